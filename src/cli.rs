@@ -1,0 +1,415 @@
+//! The command line: clap definitions, logging setup, signals, and the mapping from flags to each
+//! stage's config. `main.rs` only calls [`main`].
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::consume::{self, ConsumeConfig, DataLossPolicy, LatePolicy, StartAt};
+use crate::csv_source::{Encoding, SourceConfig};
+use crate::kafka::{Compression, KafkaConfig};
+use crate::produce::{self, ProduceConfig};
+use crate::schema::Schema;
+
+/// Default broker list; also `KAFKA_BROKERS`.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+/// Default MySQL URL (local development credentials); also `MYSQL_URL`.
+pub const DEFAULT_MYSQL_URL: &str = "mysql://reclamacoes:reclamacoes@127.0.0.1:3306/reclamacoes_db";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "app",
+    version,
+    about = "Complaints (reclamações) CSV -> Kafka -> event-time windows + MySQL enrichment -> Parquet",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format. `RUST_LOG` sets the level (default `info`).
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+// Parsed once per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read CSV files of complaints and publish every row to Kafka as typed JSON.
+    Produce(ProduceArgs),
+    /// Read the topic continuously into event-time windows, enrich from MySQL, write Parquet
+    /// exactly once, until stopped (or caught up).
+    Consume(ConsumeArgs),
+}
+
+/// Options shared by every command that talks to Kafka.
+#[derive(Debug, Args, Clone)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap brokers, comma-separated host:port.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = DEFAULT_BROKERS)]
+    pub brokers: String,
+    /// Topic to use.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "reclamacoes")]
+    pub topic: String,
+    /// Bound on every broker call (connect, metadata, produce, fetch), e.g. `10s`, `500ms`.
+    #[arg(long, env = "KAFKA_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+impl KafkaArgs {
+    pub fn config(&self) -> KafkaConfig {
+        KafkaConfig {
+            brokers: self.brokers.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// CSV files, directories (every *.csv inside, in name order) or glob patterns.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Partitions of the topic when it has to be created (an existing topic is used as it is).
+    #[arg(long, env = "PRODUCE_PARTITIONS", default_value_t = 1)]
+    pub partitions: i32,
+    /// Replication factor when the topic has to be created.
+    #[arg(long, env = "PRODUCE_REPLICATION_FACTOR", default_value_t = 1)]
+    pub replication_factor: i16,
+    /// Batch compression. lz4 is the default: fastest to compress here at a good ratio for JSON.
+    #[arg(long, env = "PRODUCE_COMPRESSION", value_enum, default_value_t = Compression::Lz4)]
+    pub compression: Compression,
+    /// How long a partly filled batch waits for more rows before it is sent.
+    #[arg(long, env = "PRODUCE_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub linger: Duration,
+    /// Uncompressed bytes per batch (per partition); must stay under the broker's message.max.bytes (1 MiB by default).
+    #[arg(long, env = "PRODUCE_BATCH_BYTES", default_value_t = 768 * 1024)]
+    pub batch_bytes: usize,
+    /// Pace the stream like a live source, in rows per second (default: as fast as possible).
+    #[arg(long, env = "PRODUCE_RATE")]
+    pub rate: Option<f64>,
+    /// Input encoding (default: detected per file: UTF-8 with or without BOM, else Windows-1252).
+    #[arg(long, env = "PRODUCE_ENCODING", value_enum)]
+    pub encoding: Option<Encoding>,
+    /// Field delimiter (default: detected from the header among ; , tab |). Use `tab` for a tab.
+    #[arg(long, env = "PRODUCE_DELIMITER", value_parser = parse_delimiter)]
+    pub delimiter: Option<u8>,
+    /// TOML schema for CSV files that are not the Banco Central format (see README).
+    #[arg(long, env = "PRODUCE_SCHEMA")]
+    pub schema: Option<PathBuf>,
+    /// Directory for the rejects file (JSON lines: file, line, reason, raw).
+    #[arg(long, env = "PRODUCE_REJECTS", default_value = "./rejects")]
+    pub rejects: PathBuf,
+    /// Fail the run (non-zero exit) on the first rejected row.
+    #[arg(long, env = "PRODUCE_STRICT")]
+    pub strict: bool,
+    /// Resume a failed run: skip every file before FILE and every row of FILE before LINE
+    /// (the summary of a failed run prints the exact value).
+    #[arg(long, env = "PRODUCE_RESUME_FROM", value_parser = parse_resume, value_name = "FILE:LINE")]
+    pub resume_from: Option<(PathBuf, u64)>,
+    /// How long a failing batch is retried (with backoff) before the run stops with a resumable error.
+    #[arg(long, env = "PRODUCE_RETRY_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub retry_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Output directory (Hive-style window_start=... folders, _late, _dead_letter, _checkpoint).
+    #[arg(long, env = "CONSUME_OUTPUT", default_value = "./output")]
+    pub output: PathBuf,
+    /// Checkpoint directory (default: <output>/_checkpoint).
+    #[arg(long, env = "CONSUME_CHECKPOINT")]
+    pub checkpoint: Option<PathBuf>,
+    /// MySQL/MariaDB URL of the enrichment table (local development credentials by default).
+    #[arg(long, env = "MYSQL_URL", default_value = DEFAULT_MYSQL_URL, hide_default_value = true)]
+    pub mysql_url: String,
+    /// Partitions to read: `all`, or a list such as `0,2,5` (static assignment, so N instances
+    /// can split a topic).
+    #[arg(long, env = "CONSUME_PARTITIONS", default_value = "all", value_parser = parse_partitions)]
+    pub partitions: PartitionList,
+    /// Where to start a partition that has no checkpoint.
+    #[arg(long, env = "CONSUME_START", value_enum, default_value_t = StartAt::Earliest)]
+    pub start: StartAt,
+    /// Stop once every assigned partition is read to its end and everything is written.
+    #[arg(long, env = "CONSUME_UNTIL_CAUGHT_UP")]
+    pub until_caught_up: bool,
+    /// TOML schema of the records (default: the built-in Banco Central schema).
+    #[arg(long, env = "CONSUME_SCHEMA")]
+    pub schema: Option<PathBuf>,
+    /// Take event time from this record field (timestamp or date) instead of the Kafka timestamp.
+    #[arg(long, env = "CONSUME_EVENT_TIME_FIELD")]
+    pub event_time_field: Option<String>,
+    /// Tumbling window width (epoch-aligned), e.g. `1m`, `30s`, `1h`.
+    #[arg(long, env = "CONSUME_WINDOW", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub window: Duration,
+    /// Watermark = highest event time seen minus this.
+    #[arg(long, env = "CONSUME_ALLOWED_LATENESS", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub allowed_lateness: Duration,
+    /// A partition without records for this long stops holding the watermark back.
+    #[arg(long, env = "CONSUME_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Records whose window already closed: write them to output/_late, or drop (counted).
+    #[arg(long, env = "CONSUME_LATE", value_enum, default_value_t = LatePolicy::SideOutput)]
+    pub late: LatePolicy,
+    /// Enrichment query: the first column is the key, every other column becomes an output column.
+    #[arg(long, env = "CONSUME_ENRICH_QUERY", default_value = crate::enrich::DEFAULT_QUERY)]
+    pub enrich_query: String,
+    /// Prefix of the enrichment output columns.
+    #[arg(long, env = "CONSUME_ENRICH_PREFIX", default_value = crate::enrich::DEFAULT_COLUMN_PREFIX)]
+    pub enrich_prefix: String,
+    /// Record field joined with the enrichment key.
+    #[arg(long, env = "CONSUME_JOIN_FIELD", default_value = "cnpj_if")]
+    pub join_field: String,
+    /// How often the enrichment table is reloaded in the background.
+    #[arg(long, env = "CONSUME_REFRESH_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub refresh_interval: Duration,
+    /// How long the first enrichment load may retry before the consumer exits.
+    #[arg(long, env = "CONSUME_MYSQL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub mysql_timeout: Duration,
+    /// A record whose key is not in the enrichment table: keep with nulls, drop, or dead-letter.
+    #[arg(long, env = "CONSUME_ON_MISS", default_value = "null")]
+    pub on_miss: crate::enrich::OnMiss,
+    /// Parquet compression: none, snappy, gzip, lz4, zstd.
+    #[arg(long, env = "CONSUME_COMPRESSION", default_value = "zstd")]
+    pub compression: crate::parquet_sink::Compression,
+    /// A Parquet file rolls to the next one past this size.
+    #[arg(long, env = "CONSUME_MAX_FILE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_file_bytes: u64,
+    /// Memory bound of buffered rows; past it the largest open window is written early.
+    #[arg(long, env = "CONSUME_MAX_BUFFER_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub max_buffer_bytes: usize,
+    /// Commit a checkpoint (and write late rows and dead letters) at least this often.
+    #[arg(long, env = "CONSUME_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub checkpoint_interval: Duration,
+    /// On SIGINT/SIGTERM, how long writing and committing may take before exiting anyway.
+    #[arg(long, env = "CONSUME_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// The checkpoint's offset was deleted by retention: fail (default), or continue from earliest.
+    #[arg(long, env = "CONSUME_ON_DATA_LOSS", value_enum, default_value_t = DataLossPolicy::Fail)]
+    pub on_data_loss: DataLossPolicy,
+    /// Bytes per fetch request and partition.
+    #[arg(long, env = "CONSUME_FETCH_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub fetch_max_bytes: i32,
+    /// How long the broker may wait for new records before answering a fetch.
+    #[arg(long, env = "CONSUME_FETCH_MAX_WAIT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub fetch_max_wait: Duration,
+    /// How often a progress line is logged.
+    #[arg(long, env = "CONSUME_STATUS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub status_interval: Duration,
+}
+
+/// `--partitions`: `None` = all.
+pub type PartitionList = Option<Vec<i32>>;
+
+fn parse_partitions(s: &str) -> Result<PartitionList, String> {
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(None);
+    }
+    let mut list: Vec<i32> = s
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<i32>()
+                .map_err(|_| format!("`{s}`: expected `all` or a list like 0,2,5"))
+        })
+        .collect::<Result<_, _>>()?;
+    list.sort_unstable();
+    list.dedup();
+    Ok(Some(list))
+}
+
+fn parse_delimiter(s: &str) -> Result<u8, String> {
+    match s {
+        "tab" | "\\t" | "\t" => Ok(b'\t'),
+        _ if s.len() == 1 && s.is_ascii() => Ok(s.as_bytes()[0]),
+        _ => Err(format!("`{s}`: give one ASCII character, or `tab`")),
+    }
+}
+
+fn parse_resume(s: &str) -> Result<(PathBuf, u64), String> {
+    let (file, line) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{s}`: expected FILE:LINE"))?;
+    let line = line
+        .parse::<u64>()
+        .map_err(|_| format!("`{s}`: LINE must be a number"))?;
+    Ok((PathBuf::from(file), line))
+}
+
+/// Sets up `tracing` (stderr; text or JSON; `RUST_LOG` respected, default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+pub async fn shutdown_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Entry point of the `app` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Produce(args) => run_produce(args).await,
+        Command::Consume(args) => run_consume(args).await,
+    }
+}
+
+async fn run_produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
+    let schema = match &args.schema {
+        Some(path) => Schema::from_toml_file(path)?,
+        None => Schema::banco_central(),
+    };
+    let config = ProduceConfig {
+        inputs: args.paths,
+        topic: args.kafka.topic.clone(),
+        partitions: args.partitions,
+        replication_factor: args.replication_factor,
+        compression: args.compression,
+        linger: args.linger,
+        batch_bytes: args.batch_bytes,
+        rate: args.rate,
+        rejects_dir: args.rejects,
+        strict: args.strict,
+        resume_from: args.resume_from,
+        retry_timeout: args.retry_timeout,
+        source: SourceConfig {
+            schema: Arc::new(schema),
+            encoding: args.encoding,
+            delimiter: args.delimiter,
+        },
+        kafka: args.kafka.config(),
+        progress_bar: std::io::stderr().is_terminal(),
+    };
+    let summary = produce::run(config, shutdown_signal())
+        .await
+        .context("produce failed")?;
+    print!("{}", summary.render());
+    Ok(if summary.interrupted {
+        ExitCode::from(130)
+    } else if summary.failure.is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+async fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
+    let schema = match &args.schema {
+        Some(path) => Schema::from_toml_file(path)?,
+        None => Schema::banco_central(),
+    };
+    let config = ConsumeConfig {
+        kafka: args.kafka.config(),
+        topic: args.kafka.topic.clone(),
+        output: args.output,
+        checkpoint_dir: args.checkpoint,
+        partitions: args.partitions,
+        start: args.start,
+        until_caught_up: args.until_caught_up,
+        schema: Arc::new(schema),
+        event_time_field: args.event_time_field,
+        window: crate::window::WindowConfig {
+            window_ms: millis(args.window),
+            allowed_lateness_ms: millis(args.allowed_lateness),
+            idle_timeout: args.idle_timeout,
+        },
+        late: args.late,
+        enrich: crate::enrich::EnrichConfig {
+            mysql_url: args.mysql_url,
+            query: args.enrich_query,
+            column_prefix: args.enrich_prefix,
+            refresh_interval: args.refresh_interval,
+            first_load_timeout: args.mysql_timeout,
+            query_timeout: Duration::from_secs(10).min(args.mysql_timeout),
+        },
+        join_field: args.join_field,
+        on_miss: args.on_miss,
+        sink: crate::parquet_sink::SinkConfig {
+            compression: args.compression,
+            max_file_bytes: args.max_file_bytes,
+            ..Default::default()
+        },
+        max_buffer_bytes: args.max_buffer_bytes,
+        checkpoint_interval: args.checkpoint_interval,
+        drain_timeout: args.drain_timeout,
+        on_data_loss: args.on_data_loss,
+        fetch_max_bytes: args.fetch_max_bytes,
+        fetch_max_wait: args.fetch_max_wait,
+        status_interval: args.status_interval,
+    };
+    let summary = consume::run(config, shutdown_signal())
+        .await
+        .context("consume failed")?;
+    print!("{}", summary.render());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,439 @@
+//! Everything that talks to Kafka through `rskafka`: connecting with a bound, topic creation,
+//! the Java-compatible murmur2 partitioner, and bounded retries around produce and fetch.
+//!
+//! rskafka 0.6 has no connect or request timeout of its own, and by default retries forever; so
+//! every call here is wrapped in [`tokio::time::timeout`] and rskafka's internal backoff gets a
+//! deadline. An unreachable broker therefore becomes a clear [`KafkaError`] naming the address
+//! within `--timeout`, never a hang.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskafka::client::error::{Error as RsError, ProtocolError};
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::{Record, RecordAndOffset};
+use rskafka::BackoffConfig;
+
+pub use rskafka::client::partition::Compression as RsCompression;
+
+/// Errors of this module; each names the broker, topic or partition and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error(
+        "cannot reach the Kafka broker at {brokers} within {timeout:?}: {reason}. Is it running \
+         (`make up`)? Check --brokers / KAFKA_BROKERS"
+    )]
+    Connect {
+        brokers: String,
+        timeout: Duration,
+        reason: String,
+    },
+    #[error(
+        "Kafka call `{what}` on {brokers} failed: {reason}. The broker may be down or overloaded; \
+         see its log (`make logs`) and retry"
+    )]
+    Call {
+        what: String,
+        brokers: String,
+        reason: String,
+    },
+    #[error(
+        "Kafka call `{what}` on {brokers} did not answer within {timeout:?}. The broker may be down \
+         or overloaded; raise --timeout or check the broker"
+    )]
+    Timeout {
+        what: String,
+        brokers: String,
+        timeout: Duration,
+    },
+    #[error(
+        "topic `{topic}` partition {partition}: offset {requested} is out of range (the broker \
+         holds {earliest}..{latest}); data between was deleted by retention or never existed. \
+         Use --on-data-loss earliest to continue from {earliest}, accepting the loss"
+    )]
+    OffsetOutOfRange {
+        topic: String,
+        partition: i32,
+        requested: i64,
+        earliest: i64,
+        latest: i64,
+    },
+    #[error("topic `{topic}` does not exist on {brokers}; produce to it first or check --topic")]
+    NoSuchTopic { topic: String, brokers: String },
+}
+
+pub type Result<T, E = KafkaError> = std::result::Result<T, E>;
+
+/// Compression codec for produced batches (`--compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    /// The default: the fastest codec here for JSON text with a good ratio (see README).
+    #[default]
+    Lz4,
+    Zstd,
+}
+
+impl From<Compression> for RsCompression {
+    fn from(c: Compression) -> Self {
+        match c {
+            Compression::None => RsCompression::NoCompression,
+            Compression::Gzip => RsCompression::Gzip,
+            Compression::Snappy => RsCompression::Snappy,
+            Compression::Lz4 => RsCompression::Lz4,
+            Compression::Zstd => RsCompression::Zstd,
+        }
+    }
+}
+
+/// How to reach the brokers.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub brokers: String,
+    /// Bound on every single broker call (connect, metadata, produce, fetch).
+    pub timeout: Duration,
+}
+
+impl KafkaConfig {
+    fn broker_list(&self) -> Vec<String> {
+        self.brokers
+            .split(',')
+            .map(|b| b.trim().to_string())
+            .filter(|b| !b.is_empty())
+            .collect()
+    }
+}
+
+/// A connected client plus the config it was built from.
+#[derive(Clone)]
+pub struct Kafka {
+    pub config: KafkaConfig,
+    pub client: Arc<Client>,
+}
+
+/// Runs one broker call with the configured timeout, mapping errors to [`KafkaError`].
+pub async fn bounded<T>(
+    config: &KafkaConfig,
+    what: &str,
+    fut: impl Future<Output = std::result::Result<T, RsError>>,
+) -> Result<T> {
+    match tokio::time::timeout(config.timeout, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(KafkaError::Call {
+            what: what.to_string(),
+            brokers: config.brokers.clone(),
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(KafkaError::Timeout {
+            what: what.to_string(),
+            brokers: config.brokers.clone(),
+            timeout: config.timeout,
+        }),
+    }
+}
+
+impl Kafka {
+    /// Connects to the brokers, failing within `config.timeout` with the address in the error.
+    pub async fn connect(config: KafkaConfig) -> Result<Kafka> {
+        let backoff = BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+            deadline: Some(config.timeout),
+        };
+        let builder = ClientBuilder::new(config.broker_list())
+            .client_id("reclamacoes")
+            .backoff_config(backoff);
+        let client = match tokio::time::timeout(config.timeout, builder.build()).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                return Err(KafkaError::Connect {
+                    brokers: config.brokers.clone(),
+                    timeout: config.timeout,
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(KafkaError::Connect {
+                    brokers: config.brokers.clone(),
+                    timeout: config.timeout,
+                    reason: "no answer".into(),
+                })
+            }
+        };
+        // `build` only opens a connection lazily on some paths; a metadata call proves the broker
+        // answers.
+        let kafka = Kafka {
+            config,
+            client: Arc::new(client),
+        };
+        kafka.list_topics().await.map_err(|e| KafkaError::Connect {
+            brokers: kafka.config.brokers.clone(),
+            timeout: kafka.config.timeout,
+            reason: e.to_string(),
+        })?;
+        Ok(kafka)
+    }
+
+    /// Topic name -> partition count.
+    pub async fn list_topics(&self) -> Result<Vec<(String, usize)>> {
+        let topics = bounded(&self.config, "list_topics", self.client.list_topics()).await?;
+        Ok(topics
+            .into_iter()
+            .map(|t| (t.name, t.partitions.len()))
+            .collect())
+    }
+
+    /// Partition count of `topic`, or `None` when it does not exist.
+    pub async fn partition_count(&self, topic: &str) -> Result<Option<usize>> {
+        Ok(self
+            .list_topics()
+            .await?
+            .into_iter()
+            .find(|(name, _)| name == topic)
+            .map(|(_, n)| n))
+    }
+
+    /// Creates `topic` when it is missing; an existing topic is used as it is. Returns the
+    /// partition count and whether it was created.
+    pub async fn ensure_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication_factor: i16,
+    ) -> Result<(usize, bool)> {
+        if let Some(n) = self.partition_count(topic).await? {
+            return Ok((n, false));
+        }
+        let controller = self
+            .client
+            .controller_client()
+            .map_err(|e| KafkaError::Call {
+                what: "controller_client".into(),
+                brokers: self.config.brokers.clone(),
+                reason: e.to_string(),
+            })?;
+        let timeout_ms = i32::try_from(self.config.timeout.as_millis()).unwrap_or(i32::MAX);
+        let created = tokio::time::timeout(
+            self.config.timeout,
+            controller.create_topic(topic, partitions, replication_factor, timeout_ms),
+        )
+        .await;
+        let was_created = match created {
+            Ok(Ok(())) => true,
+            // Another producer created it first: use it as it is.
+            Ok(Err(RsError::ServerError {
+                protocol_error: ProtocolError::TopicAlreadyExists,
+                ..
+            })) => false,
+            Ok(Err(e)) => {
+                return Err(KafkaError::Call {
+                    what: format!("create_topic {topic}"),
+                    brokers: self.config.brokers.clone(),
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(KafkaError::Timeout {
+                    what: format!("create_topic {topic}"),
+                    brokers: self.config.brokers.clone(),
+                    timeout: self.config.timeout,
+                })
+            }
+        };
+        // Metadata can lag creation by a moment.
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
+        loop {
+            if let Some(n) = self.partition_count(topic).await? {
+                if n > 0 {
+                    return Ok((n, was_created));
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(KafkaError::NoSuchTopic {
+                    topic: topic.into(),
+                    brokers: self.config.brokers.clone(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A client for one partition (leader discovery bounded by the timeout).
+    pub async fn partition(&self, topic: &str, partition: i32) -> Result<Arc<PartitionClient>> {
+        let what = format!("partition_client {topic}/{partition}");
+        let client = bounded(
+            &self.config,
+            &what,
+            self.client
+                .partition_client(topic, partition, UnknownTopicHandling::Retry),
+        )
+        .await?;
+        Ok(Arc::new(client))
+    }
+}
+
+/// One partition's fetch and offset calls, each bounded by the timeout.
+#[derive(Clone)]
+pub struct PartitionHandle {
+    pub config: KafkaConfig,
+    pub topic: String,
+    pub partition: i32,
+    pub client: Arc<PartitionClient>,
+}
+
+impl PartitionHandle {
+    pub async fn offsets(&self) -> Result<(i64, i64)> {
+        let what = format!("list_offsets {}/{}", self.topic, self.partition);
+        let earliest = bounded(
+            &self.config,
+            &what,
+            self.client.get_offset(OffsetAt::Earliest),
+        );
+        let latest = bounded(
+            &self.config,
+            &what,
+            self.client.get_offset(OffsetAt::Latest),
+        );
+        let (earliest, latest) = tokio::try_join!(earliest, latest)?;
+        Ok((earliest, latest))
+    }
+
+    /// Fetches from `offset`; returns the records and the high watermark. `OffsetOutOfRange`
+    /// comes back as [`KafkaError::OffsetOutOfRange`] with the numbers.
+    pub async fn fetch(
+        &self,
+        offset: i64,
+        max_bytes: i32,
+        max_wait_ms: i32,
+    ) -> Result<(Vec<RecordAndOffset>, i64)> {
+        let what = format!("fetch {}/{} at {offset}", self.topic, self.partition);
+        let fut = self.client.fetch_records(offset, 1..max_bytes, max_wait_ms);
+        let bound = self.config.timeout + Duration::from_millis(max_wait_ms.max(0) as u64);
+        match tokio::time::timeout(bound, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(RsError::ServerError {
+                protocol_error: ProtocolError::OffsetOutOfRange,
+                ..
+            })) => {
+                let (earliest, latest) = self.offsets().await?;
+                Err(KafkaError::OffsetOutOfRange {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    requested: offset,
+                    earliest,
+                    latest,
+                })
+            }
+            Ok(Err(e)) => Err(KafkaError::Call {
+                what,
+                brokers: self.config.brokers.clone(),
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(KafkaError::Timeout {
+                what,
+                brokers: self.config.brokers.clone(),
+                timeout: bound,
+            }),
+        }
+    }
+
+    /// Produces one batch (acks=all); returns the offsets.
+    pub async fn produce(
+        &self,
+        records: Vec<Record>,
+        compression: Compression,
+    ) -> Result<Vec<i64>> {
+        let what = format!("produce {}/{}", self.topic, self.partition);
+        bounded(
+            &self.config,
+            &what,
+            self.client.produce(records, compression.into()),
+        )
+        .await
+    }
+}
+
+/// Kafka's murmur2 (as in the Java client's `Utils.murmur2`), byte-compatible.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let length = data.len() as u32;
+    let mut h: u32 = SEED ^ length;
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    match tail.len() {
+        3 => {
+            h ^= u32::from(tail[2]) << 16;
+            h ^= u32::from(tail[1]) << 8;
+            h ^= u32::from(tail[0]);
+            h = h.wrapping_mul(M);
+        }
+        2 => {
+            h ^= u32::from(tail[1]) << 8;
+            h ^= u32::from(tail[0]);
+            h = h.wrapping_mul(M);
+        }
+        1 => {
+            h ^= u32::from(tail[0]);
+            h = h.wrapping_mul(M);
+        }
+        _ => {}
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The Java client's default partition for a keyed record: `toPositive(murmur2(key)) % n`.
+pub fn partition_for_key(key: &[u8], partitions: usize) -> i32 {
+    let positive = (murmur2(key) & 0x7fff_ffff) as u32;
+    (positive % partitions as u32) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Vectors from the Java client's `UtilsTest.testMurmur2` (kafka/clients).
+    #[test]
+    fn murmur2_matches_java_client() {
+        let cases: &[(&str, i32)] = &[
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(murmur2(input.as_bytes()), *expected, "murmur2({input})");
+        }
+        assert_eq!(murmur2(b"abc"), 479_470_107);
+    }
+
+    #[test]
+    fn partition_is_positive_modulo() {
+        for key in ["00360305", "60746948", "ABC-BRASIL (conglomerado)", ""] {
+            let p = partition_for_key(key.as_bytes(), 3);
+            assert!((0..3).contains(&p));
+        }
+    }
+}

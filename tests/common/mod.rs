@@ -1,0 +1,167 @@
+//! Shared helpers for the integration tests: where the real services are, random names, the
+//! `app` binary, and independent readers (kcat). A service that cannot be reached fails the test
+//! with a message saying to run `make up`; nothing is skipped.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use reclamacoes::kafka::{Kafka, KafkaConfig};
+
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn mysql_url() -> String {
+    std::env::var("MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://reclamacoes:reclamacoes@127.0.0.1:3306/reclamacoes_db".into())
+}
+
+pub fn kafka_config() -> KafkaConfig {
+    KafkaConfig {
+        brokers: brokers(),
+        timeout: Duration::from_secs(10),
+    }
+}
+
+/// Connects to the real broker or fails with what to do.
+pub async fn require_kafka() -> Kafka {
+    match Kafka::connect(kafka_config()).await {
+        Ok(k) => k,
+        Err(e) => panic!(
+            "Kafka is not reachable at {} ({e}). Start the local services with `make up` \
+             (or run the tests through `make test`, which starts them)",
+            brokers()
+        ),
+    }
+}
+
+pub async fn require_mysql() -> mysql_async::Conn {
+    let url = mysql_url();
+    let opts = mysql_async::Opts::from_url(&url).expect("valid MYSQL_URL");
+    match tokio::time::timeout(Duration::from_secs(10), mysql_async::Conn::new(opts)).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => panic!(
+            "MariaDB/MySQL is not reachable at 127.0.0.1:3306 ({e}). Start the local services \
+             with `make up` (or run the tests through `make test`)"
+        ),
+        Err(_) => panic!("MariaDB/MySQL did not answer within 10s; run `make up`"),
+    }
+}
+
+/// A topic name no other test uses.
+pub fn random_topic(prefix: &str) -> String {
+    format!("test-{prefix}-{:016x}", rand::random::<u64>())
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    repo_root().join("fixtures")
+}
+
+/// The real Banco Central files (`RECLAMACOES_DATA_DIR`, else `../shared/data`).
+pub fn real_data_dir() -> PathBuf {
+    let dir = std::env::var("RECLAMACOES_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("../shared/data"));
+    assert!(
+        dir.join("bcb-ranking-reclamacoes").is_dir(),
+        "the real data is not at {} — set RECLAMACOES_DATA_DIR to the folder holding \
+         bcb-ranking-reclamacoes/ and bcb-enquadramento/",
+        dir.display()
+    );
+    dir
+}
+
+pub fn app() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_app"));
+    cmd.env("KAFKA_BROKERS", brokers())
+        .env("MYSQL_URL", mysql_url())
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Runs `app` with `args`, returning the output; panics with both streams if `expect_success`
+/// does not match.
+pub fn run_app(args: &[&str], cwd: &Path, expect_success: bool) -> Output {
+    let out = app().args(args).current_dir(cwd).output().expect("run app");
+    if out.status.success() != expect_success {
+        panic!(
+            "app {args:?} exited with {:?} (expected success = {expect_success})\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// One record as kcat reads it (`-J` envelope).
+#[derive(Debug, serde::Deserialize)]
+pub struct KcatRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub payload: Option<String>,
+    pub ts: i64,
+}
+
+/// Reads every record of `topic` with kcat (an independent, librdkafka-based client).
+pub fn kcat_read_all(topic: &str) -> Vec<KcatRecord> {
+    let out = Command::new("kcat")
+        .args([
+            "-b",
+            &brokers(),
+            "-C",
+            "-t",
+            topic,
+            "-e",
+            "-q",
+            "-J",
+            "-o",
+            "beginning",
+        ])
+        .output()
+        .expect("kcat is installed (Debian package `kcat`; .ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "kcat failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("kcat prints UTF-8")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("kcat line {l}: {e}")))
+        .collect()
+}
+
+/// Runs a small Java program (single-file source) with the Kafka jars on the classpath.
+pub fn run_java(source: &str, class: &str, args: &[&str]) -> String {
+    let libs = repo_root().join(".local/kafka/libs");
+    assert!(
+        libs.is_dir(),
+        "Kafka jars not found at {} — run `make up` first",
+        libs.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(format!("{class}.java"));
+    std::fs::write(&file, source).unwrap();
+    let out = Command::new("java")
+        .arg("-cp")
+        .arg(format!("{}/*", libs.display()))
+        .arg(&file)
+        .args(args)
+        .output()
+        .expect("java is installed");
+    assert!(
+        out.status.success(),
+        "java {class} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -1,0 +1,457 @@
+//! `app consume` end to end against the real Kafka and MariaDB, read back with an independent
+//! Parquet reader (DuckDB from PyPI): fixtures, the real Banco Central data, dead letters, and
+//! exactly-once under repeated SIGKILL.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use common::{random_topic, run_app};
+use mysql_async::prelude::Queryable;
+use reclamacoes::kafka::{Compression, PartitionHandle};
+use reclamacoes::schema::{Schema, Source, Value};
+use rskafka::record::Record;
+use serde_json::Value as Json;
+
+/// Runs SQL in DuckDB over the output directory (`{out}` is replaced by its path) and returns
+/// the rows as JSON arrays.
+fn duckdb(out: &Path, sql: &str) -> Vec<Vec<Json>> {
+    let python = std::env::var("RECLAMACOES_PYTHON").unwrap_or_else(|_| {
+        common::repo_root()
+            .join(".local/venv/bin/python")
+            .display()
+            .to_string()
+    });
+    let script = r#"
+import sys, json, duckdb
+sql = sys.argv[1]
+rows = duckdb.sql(sql).fetchall()
+print(json.dumps([[v if isinstance(v, (int, float, str, type(None), bool)) else str(v) for v in r] for r in rows]))
+"#;
+    let sql = sql.replace("{out}", &out.display().to_string());
+    let result = Command::new(&python)
+        .args(["-c", script, &sql])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {python} ({e}); `.ci/run` creates .local/venv with duckdb and pyarrow"
+            )
+        });
+    assert!(
+        result.status.success(),
+        "duckdb failed on {sql}: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    serde_json::from_slice(&result.stdout).unwrap()
+}
+
+fn scalar(out: &Path, sql: &str) -> i64 {
+    duckdb(out, sql)[0][0].as_i64().unwrap()
+}
+
+fn windows_glob() -> &'static str {
+    "read_parquet('{out}/window_start=*/*.parquet', hive_partitioning = false)"
+}
+
+fn consume(topic: &str, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "consume",
+        "--topic",
+        topic,
+        "--output",
+        out.to_str().unwrap(),
+        "--until-caught-up",
+    ];
+    args.extend_from_slice(extra);
+    let o = run_app(&args, out.parent().unwrap(), true);
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+async fn handle(topic: &str, partition: i32) -> PartitionHandle {
+    let kafka = common::require_kafka().await;
+    PartitionHandle {
+        config: common::kafka_config(),
+        topic: topic.to_string(),
+        partition,
+        client: kafka.partition(topic, partition).await.unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn fixtures_end_to_end_with_enrichment_windows_and_dead_letters() {
+    let kafka = common::require_kafka().await;
+    common::require_mysql().await;
+    let topic = random_topic("consume-fixtures");
+    let work = tempfile::tempdir().unwrap();
+    run_app(
+        &[
+            "produce",
+            "--topic",
+            &topic,
+            "--partitions",
+            "3",
+            common::fixtures().to_str().unwrap(),
+        ],
+        work.path(),
+        true,
+    );
+    // Three undecodable messages on partition 1 (not JSON, wrong type, empty value).
+    kafka.ensure_topic(&topic, 3, 1).await.unwrap();
+    let bad: Vec<Record> = [&b"not json"[..], br#"{"ano":"x"}"#, b""]
+        .iter()
+        .map(|v| Record {
+            key: None,
+            value: Some(v.to_vec()),
+            headers: Default::default(),
+            timestamp: Utc::now(),
+        })
+        .collect();
+    handle(&topic, 1)
+        .await
+        .produce(bad, Compression::None)
+        .await
+        .unwrap();
+
+    let out = work.path().join("output");
+    let summary = consume(&topic, &out, &["--window", "1m"]);
+    assert!(summary.contains("rows written: 80"), "{summary}");
+    assert!(summary.contains("dead letters: 3"), "{summary}");
+
+    let glob = windows_glob();
+    assert_eq!(scalar(&out, &format!("SELECT count(*) FROM {glob}")), 80);
+    // Enrichment: 44 rows have a CNPJ in seed.sql; 31 blank + 5 unknown CNPJs stay null.
+    assert_eq!(
+        scalar(
+            &out,
+            &format!("SELECT count(*) FROM {glob} WHERE banco_nome IS NOT NULL")
+        ),
+        44
+    );
+    assert_eq!(
+        scalar(
+            &out,
+            &format!(
+                "SELECT count(*) FROM {glob} WHERE cnpj_if IS NOT NULL AND banco_nome IS NULL"
+            )
+        ),
+        5
+    );
+    // Types as an independent reader sees them.
+    let types: BTreeMap<String, String> = duckdb(
+        &out,
+        &format!("SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {glob})"),
+    )
+    .into_iter()
+    .map(|r| {
+        (
+            r[0].as_str().unwrap().to_string(),
+            r[1].as_str().unwrap().to_string(),
+        )
+    })
+    .collect();
+    assert_eq!(types["ano"], "BIGINT");
+    assert_eq!(types["indice"], "DOUBLE");
+    assert_eq!(types["cnpj_if"], "VARCHAR");
+    assert_eq!(types["banco_nome"], "VARCHAR");
+    assert_eq!(types["kafka_partition"], "INTEGER");
+    assert_eq!(types["kafka_offset"], "BIGINT");
+    assert_eq!(types["kafka_timestamp"], "TIMESTAMP WITH TIME ZONE");
+    assert_eq!(types["window_start"], "TIMESTAMP WITH TIME ZONE");
+    // Every (partition, offset) once; window columns agree with the directory.
+    assert_eq!(
+        scalar(
+            &out,
+            &format!("SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM {glob}")
+        ),
+        80
+    );
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        assert!(
+            name.starts_with("window_start=") || name.starts_with('_'),
+            "unexpected entry {name}"
+        );
+    }
+    // Text survives in UTF-8.
+    assert!(scalar(
+        &out,
+        &format!("SELECT count(*) FROM {glob} WHERE instituicao_financeira LIKE '%Ç%' OR instituicao_financeira LIKE '%Ã%' OR instituicao_financeira LIKE '%Ô%'")
+    ) > 0);
+    // Dead letters keep the raw bytes and the error.
+    let dead = duckdb(
+        &out,
+        "SELECT kafka_partition, kafka_offset, value, error FROM read_parquet('{out}/_dead_letter/*.parquet') ORDER BY kafka_offset",
+    );
+    assert_eq!(dead.len(), 3);
+    assert!(
+        dead[0][3].as_str().unwrap().contains("not valid JSON"),
+        "{dead:?}"
+    );
+    assert!(dead[1][3].as_str().unwrap().contains("ano"), "{dead:?}");
+
+    // A second run over the same output reads nothing new and writes nothing twice.
+    let again = consume(&topic, &out, &["--window", "1m"]);
+    assert!(again.contains("records read: 0"), "{again}");
+    assert_eq!(scalar(&out, &format!("SELECT count(*) FROM {glob}")), 80);
+}
+
+#[tokio::test]
+async fn real_data_918_rows_enriched_from_the_real_bancos_file() {
+    common::require_kafka().await;
+    let mut conn = common::require_mysql().await;
+    let data = common::real_data_dir();
+    // Load the real enquadramento file into a table of this test (the shared `bancos` keeps the seed).
+    let table = format!("bancos_real_{:08x}", rand::random::<u32>());
+    conn.query_drop(format!(
+        "CREATE TABLE {table} (cnpj CHAR(8) PRIMARY KEY, segmento VARCHAR(4) NOT NULL, nome VARCHAR(255) NOT NULL) DEFAULT CHARSET utf8mb4"
+    ))
+    .await
+    .unwrap();
+    let tsv =
+        std::fs::read_to_string(data.join("bcb-enquadramento/EnquadramentoInicia_v2.tsv")).unwrap();
+    let mut rows: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for line in tsv.lines().skip(1) {
+        let cols: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
+        if cols.len() >= 3 {
+            rows.insert(
+                format!("{:0>8}", cols[1].trim()),
+                (cols[0].to_string(), cols[2].to_string()),
+            );
+        }
+    }
+    assert_eq!(rows.len(), 1459);
+    conn.exec_batch(
+        format!("INSERT INTO {table} (cnpj, segmento, nome) VALUES (?, ?, ?)"),
+        rows.iter()
+            .map(|(c, (s, n))| (c.clone(), s.clone(), n.clone())),
+    )
+    .await
+    .unwrap();
+
+    let topic = random_topic("consume-real");
+    let work = tempfile::tempdir().unwrap();
+    run_app(
+        &[
+            "produce",
+            "--topic",
+            &topic,
+            "--partitions",
+            "3",
+            data.join("bcb-ranking-reclamacoes").to_str().unwrap(),
+        ],
+        work.path(),
+        true,
+    );
+    let out = work.path().join("output");
+    let query = format!("SELECT cnpj, segmento, nome FROM {table}");
+    let summary = consume(&topic, &out, &["--enrich-query", &query]);
+    conn.query_drop(format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+    assert!(summary.contains("rows written: 918"), "{summary}");
+
+    let glob = windows_glob();
+    assert_eq!(scalar(&out, &format!("SELECT count(*) FROM {glob}")), 918);
+    // Exactly the rows whose cnpj_if is in the file carry banco_nome.
+    let in_file: Vec<Vec<Json>> = duckdb(&out, &format!("SELECT cnpj_if, banco_nome FROM {glob}"));
+    let mut carried = 0;
+    for r in &in_file {
+        let cnpj = r[0].as_str();
+        let expected = cnpj.and_then(|c| rows.get(c)).map(|(_, n)| n.as_str());
+        assert_eq!(r[1].as_str(), expected, "row {r:?}");
+        carried += usize::from(expected.is_some());
+    }
+    assert_eq!(carried, 321);
+}
+
+/// Builds `n` JSON complaint records for the built-in schema, keyed by institution.
+fn synthetic_record(schema: &Schema, i: u64, event_ms: i64) -> Record {
+    let mut values = vec![Value::Null; schema.fields.len()];
+    values[0] = Value::Int(2025);
+    values[1] = Value::Int(1 + (i % 4) as i64);
+    values[2] = Value::Str("Sintético".into());
+    values[3] = Value::Str("Banco/financeira".into());
+    values[4] = Value::Str(format!("{:08}", 360305 + (i % 7)));
+    values[5] = Value::Str(format!("INSTITUIÇÃO {}", i % 13));
+    values[7] = Value::Int(i as i64);
+    let mut json = String::new();
+    schema.write_json(
+        &values,
+        Some(&Source {
+            file: "synthetic".into(),
+            line: i,
+        }),
+        &mut json,
+    );
+    Record {
+        key: Some(format!("{}", i % 13).into_bytes()),
+        value: Some(json.into_bytes()),
+        headers: Default::default(),
+        timestamp: Utc.timestamp_millis_opt(event_ms).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn exactly_once_across_repeated_sigkill() {
+    let kafka = common::require_kafka().await;
+    common::require_mysql().await;
+    let topic = random_topic("crash");
+    kafka.ensure_topic(&topic, 3, 1).await.unwrap();
+    let schema = Schema::banco_central();
+    let base = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .unwrap()
+        .timestamp_millis();
+    const PER_PARTITION: u64 = 34_000;
+    let mut expected_dead = 0u64;
+    for p in 0..3 {
+        let h = handle(&topic, p).await;
+        let mut batch = Vec::new();
+        for i in 0..PER_PARTITION {
+            // Event time walks forward through 25 one-minute windows with +-40 s of disorder;
+            // every 997th record is 5 minutes behind (late once its window has closed) and every
+            // 1009th is not JSON at all.
+            let forward = (i as i64 * 25 * 60_000) / PER_PARTITION as i64;
+            let jitter = ((i * 7919 + p as u64 * 31) % 80_000) as i64 - 40_000;
+            let mut event = base + forward + jitter;
+            if i % 997 == 0 && i > 0 {
+                event -= 5 * 60_000;
+            }
+            let record = if i % 1009 == 500 {
+                expected_dead += 1;
+                Record {
+                    key: None,
+                    value: Some(format!("garbage {i}").into_bytes()),
+                    headers: Default::default(),
+                    timestamp: Utc.timestamp_millis_opt(event).unwrap(),
+                }
+            } else {
+                synthetic_record(&schema, i, event)
+            };
+            batch.push(record);
+            if batch.len() == 2000 {
+                h.produce(std::mem::take(&mut batch), Compression::Lz4)
+                    .await
+                    .unwrap();
+            }
+        }
+        h.produce(batch, Compression::Lz4).await.unwrap();
+    }
+    let total = PER_PARTITION * 3;
+
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("output");
+    let args = [
+        "consume",
+        "--topic",
+        &topic,
+        "--output",
+        out.to_str().unwrap(),
+        "--until-caught-up",
+        "--checkpoint-interval",
+        "200ms",
+        "--max-buffer-bytes",
+        "4000000",
+        "--fetch-max-bytes",
+        "65536",
+        "--allowed-lateness",
+        "30s",
+    ];
+    // Kill at random moments until 5 kills have hit a run that was mid-stream (its last
+    // checkpoint short of the end), at most 20 attempts.
+    let mut kills = 0;
+    let mut attempts = 0;
+    while kills < 5 && attempts < 20 {
+        attempts += 1;
+        let mut child = common::app()
+            .args(args)
+            .current_dir(work.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(150 + rand::random::<u64>() % 900));
+        let still_running = child.try_wait().unwrap().is_none();
+        if still_running {
+            child.kill().unwrap(); // SIGKILL
+        }
+        child.wait().unwrap();
+        let committed = committed_offsets(&out);
+        if still_running && committed < total {
+            kills += 1;
+        }
+    }
+    assert!(
+        kills >= 5,
+        "only {kills} kills hit a run mid-stream in {attempts} attempts"
+    );
+    let summary = consume(&topic, &out, &args[6..]);
+    assert!(summary.contains("(resumed from checkpoint)"), "{summary}");
+    eprintln!("final run after {kills} kills:\n{summary}");
+
+    let all = "(SELECT kafka_partition, kafka_offset FROM read_parquet('{out}/window_start=*/*.parquet') \
+               UNION ALL SELECT kafka_partition, kafka_offset FROM read_parquet('{out}/_late/*/*.parquet') \
+               UNION ALL SELECT kafka_partition, kafka_offset FROM read_parquet('{out}/_dead_letter/*.parquet'))";
+    let rows = scalar(&out, &format!("SELECT count(*) FROM {all}"));
+    let distinct = scalar(
+        &out,
+        &format!("SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM {all}"),
+    );
+    assert_eq!(distinct as u64, total, "every (partition, offset) appears");
+    assert_eq!(rows as u64, total, "and appears once ({kills} kills)");
+    let dead = scalar(
+        &out,
+        "SELECT count(*) FROM read_parquet('{out}/_dead_letter/*.parquet')",
+    );
+    assert_eq!(dead as u64, expected_dead);
+    let late = scalar(
+        &out,
+        "SELECT count(*) FROM read_parquet('{out}/_late/*/*.parquet')",
+    );
+    assert!(late > 0, "some records were late");
+    let windows = scalar(
+        &out,
+        "SELECT count(DISTINCT window_start) FROM read_parquet('{out}/window_start=*/*.parquet')",
+    );
+    assert!(windows >= 20, "{windows} windows");
+    // Closed windows carry _SUCCESS; no temporary file is left.
+    let mut success = 0;
+    for entry in walk(&out) {
+        let name = entry.file_name().unwrap().to_string_lossy().to_string();
+        assert!(!name.ends_with(".tmp"), "leftover {name}");
+        success += usize::from(name == "_SUCCESS");
+    }
+    assert!(success >= 20, "{success} _SUCCESS markers");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Sum over partitions of the last checkpoint's `next_offset` (0 without a checkpoint).
+fn committed_offsets(out: &Path) -> u64 {
+    let path = out.join("_checkpoint/checkpoint.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return 0;
+    };
+    let json: Json = serde_json::from_str(&text).unwrap();
+    json["checkpoint"]["partitions"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p["next_offset"].as_u64().unwrap())
+        .sum()
+}
