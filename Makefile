@@ -57,6 +57,7 @@ fmt:
 
 lint:
 	cargo fmt --all -- --check
+	scripts/check-deps.sh
 	cargo clippy --all-targets -- -D warnings
 
 build:

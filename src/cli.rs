@@ -136,7 +136,7 @@ pub struct ConsumeArgs {
     #[arg(long, env = "CONSUME_CHECKPOINT")]
     pub checkpoint: Option<PathBuf>,
     /// MySQL/MariaDB URL of the enrichment table (local development credentials by default).
-    #[arg(long, env = "MYSQL_URL", default_value = DEFAULT_MYSQL_URL, hide_default_value = true)]
+    #[arg(long, env = "MYSQL_URL", default_value = DEFAULT_MYSQL_URL, hide_default_value = true, hide_env_values = true)]
     pub mysql_url: String,
     /// Partitions to read: `all`, or a list such as `0,2,5` (static assignment, so N instances
     /// can split a topic).

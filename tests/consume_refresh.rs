@@ -1,0 +1,160 @@
+//! The enrichment cache refreshes during a live run: a row changed in MySQL shows up in the
+//! records processed after the next refresh, and not in those before.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use mysql_async::prelude::Queryable;
+use reclamacoes::kafka::{Compression, PartitionHandle};
+use reclamacoes::schema::{Schema, Value};
+use rskafka::record::Record;
+
+fn record(schema: &Schema, cnpj: &str, label: &str, event_ms: i64) -> Record {
+    let mut values = vec![Value::Null; schema.fields.len()];
+    values[0] = Value::Int(2025);
+    values[1] = Value::Int(1);
+    values[2] = Value::Str("Refresh".into());
+    values[3] = Value::Str("Banco/financeira".into());
+    values[4] = Value::Str(cnpj.into());
+    values[5] = Value::Str(label.into());
+    let mut json = String::new();
+    schema.write_json(&values, None, &mut json);
+    Record {
+        key: Some(cnpj.as_bytes().to_vec()),
+        value: Some(json.into_bytes()),
+        headers: Default::default(),
+        timestamp: Utc.timestamp_millis_opt(event_ms).unwrap(),
+    }
+}
+
+fn wait_for_window(out: &std::path::Path, start_ms: i64) {
+    let dir = reclamacoes::consume::window_dir(out, start_ms);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let has_file = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+            })
+            .unwrap_or(false);
+        if has_file {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "window {} was not written within 60 s",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test]
+async fn a_row_changed_in_mysql_reaches_records_after_the_next_refresh() {
+    let kafka = common::require_kafka().await;
+    let mut conn = common::require_mysql().await;
+    let table = format!("bancos_refresh_{:08x}", rand::random::<u32>());
+    conn.query_drop(format!(
+        "CREATE TABLE {table} (cnpj CHAR(8) PRIMARY KEY, segmento VARCHAR(4) NOT NULL, nome VARCHAR(255) NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    conn.query_drop(format!(
+        "INSERT INTO {table} VALUES ('00777777', 'S2', 'ANTES')"
+    ))
+    .await
+    .unwrap();
+
+    let topic = common::random_topic("refresh");
+    kafka.ensure_topic(&topic, 1, 1).await.unwrap();
+    let handle = PartitionHandle {
+        config: common::kafka_config(),
+        topic: topic.clone(),
+        partition: 0,
+        client: kafka.partition(&topic, 0).await.unwrap(),
+    };
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("output");
+    let query = format!("SELECT cnpj, segmento, nome FROM {table}");
+    let mut consumer = common::app()
+        .args([
+            "consume",
+            "--topic",
+            &topic,
+            "--output",
+            out.to_str().unwrap(),
+            "--enrich-query",
+            &query,
+            "--refresh-interval",
+            "300ms",
+            "--window",
+            "1m",
+            "--allowed-lateness",
+            "0s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let schema = Schema::banco_central();
+    let base = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap().timestamp_millis();
+    let minute = 60_000;
+    // Batch A in the window at `base`; a later record closes that window.
+    let mut batch: Vec<Record> = (0..10)
+        .map(|i| record(&schema, "00777777", "A", base + i * 1000))
+        .collect();
+    batch.push(record(&schema, "00777777", "tick", base + 2 * minute));
+    handle.produce(batch, Compression::None).await.unwrap();
+    wait_for_window(&out, base);
+
+    conn.query_drop(format!(
+        "UPDATE {table} SET nome = 'DEPOIS' WHERE cnpj = '00777777'"
+    ))
+    .await
+    .unwrap();
+    // Several refresh intervals pass.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut batch: Vec<Record> = (0..10)
+        .map(|i| record(&schema, "00777777", "B", base + 5 * minute + i * 1000))
+        .collect();
+    batch.push(record(&schema, "00777777", "tick", base + 10 * minute));
+    handle.produce(batch, Compression::None).await.unwrap();
+    wait_for_window(&out, base + 5 * minute);
+
+    // SIGTERM: the consumer writes what it holds, commits and exits 0.
+    let pid = consumer.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = consumer.wait().unwrap();
+    conn.query_drop(format!("DROP TABLE {table}")).await.unwrap();
+    assert!(status.success(), "consumer exited with {status:?} after SIGTERM");
+
+    let python = common::repo_root().join(".local/venv/bin/python");
+    let sql = format!(
+        "SELECT instituicao_financeira, banco_nome, count(*) FROM read_parquet('{}/window_start=*/*.parquet') \
+         WHERE instituicao_financeira IN ('A', 'B') GROUP BY 1, 2 ORDER BY 1",
+        out.display()
+    );
+    let result = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sys, duckdb; print(duckdb.sql(sys.argv[1]).fetchall())",
+            &sql,
+        ])
+        .output()
+        .expect("run .local/venv/bin/python (created by .ci/run)");
+    let text = String::from_utf8_lossy(&result.stdout);
+    assert_eq!(
+        text.trim(),
+        "[('A', 'ANTES', 10), ('B', 'DEPOIS', 10)]",
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
