@@ -25,8 +25,13 @@ help:
 	@echo "make up | down | status | logs      local Kafka + MariaDB (127.0.0.1:$(KAFKA_PORT), :$(MYSQL_PORT))"
 	@echo "make seed                          reset table bancos to sql/seed.sql"
 	@echo "make load-bancos FILE=x.tsv        replace table bancos with a Banco Central enquadramento file"
+	@echo "make demo [DATA=dir] [BANCOS=x.tsv]  the whole pipeline on fixtures/ (or DATA), with a summary"
+	@echo "make static                        static musl binary (target/static/app, stripped)"
 	@echo "make test                          start missing services, run TEST_CMD, stop what it started"
 	@echo "make fmt | lint | build            cargo fmt / fmt --check + clippy / build --release"
+	@echo "make chaos                         long fault runs (CHAOS=1 tests/faults.rs, release; FUZZ_SECONDS=N fuzzes too)"
+	@echo "make bench | bench-quick           benchmarks vs kcat, Kafka perf tools, the seed's Python/PySpark (BENCHMARKS.md)"
+	@echo "make bench-produce | bench-consume | bench-profile   one step (1M rows) / perf profile"
 
 up:
 	@$(SERVICES) up
@@ -64,10 +69,40 @@ build:
 	cargo build --release
 
 # --- Reserved for the pipeline owner (targets to be added here) -------------------
-# demo:           run the pipeline end to end on fixtures/ or $RECLAMACOES_DATA_DIR
-# bench:          all benchmarks
-# bench-produce:  Kafka produce throughput (org.apache.kafka.tools.ProducerPerformance
-#                 is in .local/kafka/libs: java -cp '.local/kafka/libs/*' ...)
-# bench-consume:  Kafka consume throughput (org.apache.kafka.tools.ConsumerPerformance)
-# static:         static checks beyond lint
+# Whole pipeline on fixtures/ (or DATA=dir|files|glob) into a new topic and demo-output/<run>/.
+# BANCOS=file.tsv replaces table bancos with that enquadramento file (default: sql/seed.sql).
+.PHONY: demo
+demo:
+	@DATA='$(DATA)' BANCOS='$(BANCOS)' scripts/demo.sh
+# Benchmarks (BENCHMARKS.md): app vs kcat, Kafka's ProducerPerformance/ConsumerPerformance and
+# the seed's kafka-python/PySpark design. scripts/bench.sh installs what it needs (bench venv,
+# Spark jars, release build); services are started if missing and stopped afterwards.
+# BENCH_ARGS passes options to bench/bench.py, e.g. BENCH_ARGS='--rows 200000'.
+#   bench:          everything (1M rows side by side + scaling 100k/1M/5M, 1/3/6 partitions,
+#                   ~30 min); writes bench/results/<date>.{md,json,png} and updates BENCHMARKS.md
+#   bench-quick:    the same at 100k rows, scaling 1 and 3 partitions (a few minutes)
+#   bench-produce:  produce step only, 1M rows (app produce vs kcat -P vs ProducerPerformance vs seed)
+#   bench-consume:  consume step only, 1M rows (app consume vs ConsumerPerformance vs PySpark)
+#   bench-profile:  perf CPU profile of app produce and app consume (200k rows)
+.PHONY: bench bench-quick bench-produce bench-consume bench-profile
+bench:
+	@scripts/with-services.sh scripts/bench.sh full $(BENCH_ARGS)
+bench-quick:
+	@scripts/with-services.sh scripts/bench.sh quick $(BENCH_ARGS)
+bench-produce:
+	@scripts/with-services.sh scripts/bench.sh produce $(BENCH_ARGS)
+bench-consume:
+	@scripts/with-services.sh scripts/bench.sh consume $(BENCH_ARGS)
+bench-profile:
+	@scripts/with-services.sh scripts/bench.sh profile $(BENCH_ROWS)
+# Fully static binary: target/x86_64-unknown-linux-musl/release/app (installs the musl target
+# and musl-tools when missing; checks it with file/ldd; prints its size).
+.PHONY: static
+static:
+	@scripts/static.sh
+# Long fault runs (scripts/chaos.sh): tests/faults.rs with CHAOS=1 in release mode, e.g. 20
+# consumer SIGKILLs over 1,000,000 records; FUZZ_SECONDS=N also runs both fuzz targets N s each.
+.PHONY: chaos
+chaos:
+	@FUZZ_SECONDS='$(FUZZ_SECONDS)' CHAOS_FILTER='$(CHAOS_FILTER)' scripts/chaos.sh
 # -----------------------------------------------------------------------------------

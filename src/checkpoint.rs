@@ -153,6 +153,21 @@ pub enum CheckpointError {
          (it becomes a file name)"
     )]
     InvalidName(String),
+    #[error(
+        "the output directory {} holds {files} part file(s) of partitions {partitions:?} (e.g. {}) \
+         but there is no checkpoint directory {}: the checkpoint was deleted or --checkpoint \
+         points somewhere new. Starting over would delete those files and rewrite them from \
+         --start (losing whatever retention has removed since), so this run stops. Restore the \
+         checkpoint directory, or move the output directory aside to start over",
+        output.display(), example.display(), checkpoint_dir.display()
+    )]
+    OrphanedOutput {
+        output: PathBuf,
+        checkpoint_dir: PathBuf,
+        files: usize,
+        partitions: BTreeSet<i32>,
+        example: PathBuf,
+    },
 }
 
 fn io_err<'a>(
@@ -927,6 +942,33 @@ impl RecoveryReport {
     }
 }
 
+/// Call before [`CheckpointStore::open`] creates `checkpoint_dir`: when that directory does not
+/// exist yet but the output already holds part files of the owned partitions, those files were
+/// committed by a checkpoint that is gone (deleted, or `--checkpoint` now points elsewhere), and
+/// [`recover_output`] would delete them all as uncommitted: that is refused
+/// ([`CheckpointError::OrphanedOutput`]) instead of a silent restart. Files written before the
+/// first commit of a crashed run are not affected: `open` creates the directory before anything
+/// is written, so it exists then.
+pub fn refuse_orphaned_output(
+    scope: &OutputScope,
+    checkpoint_dir: &Path,
+) -> Result<(), CheckpointError> {
+    if checkpoint_dir.exists() {
+        return Ok(());
+    }
+    let plan = plan_recovery(scope, None)?;
+    match plan.uncommitted_files_removed.first() {
+        None => Ok(()),
+        Some(example) => Err(CheckpointError::OrphanedOutput {
+            output: scope.output_dir.clone(),
+            checkpoint_dir: checkpoint_dir.to_path_buf(),
+            files: plan.uncommitted_files_removed.len(),
+            partitions: scope.partitions.clone(),
+            example: example.clone(),
+        }),
+    }
+}
+
 /// Plans and applies startup recovery: see [`plan_recovery`].
 pub fn recover_output(
     scope: &OutputScope,
@@ -1480,6 +1522,34 @@ mod tests {
     }
 
     // ----- recovery -----
+
+    #[test]
+    fn output_without_its_checkpoint_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("output");
+        let checkpoint_dir = out.join(CHECKPOINT_DIR);
+        let scope = OutputScope::new(&out, BTreeSet::from([0, 1]));
+        // Nothing written yet: a fresh start.
+        refuse_orphaned_output(&scope, &checkpoint_dir).unwrap();
+        let window = out.join(window_dir_name(0));
+        fs::create_dir_all(&window).unwrap();
+        touch(&window.join(part_file_name(1, 0, 9, "parquet")));
+        // Another instance's partition does not count; ours does.
+        let other = OutputScope::new(&out, BTreeSet::from([2]));
+        refuse_orphaned_output(&other, &checkpoint_dir).unwrap();
+        let e = refuse_orphaned_output(&scope, &checkpoint_dir)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1 part file(s)")
+                && e.contains("no checkpoint directory")
+                && e.contains("part-1-0-9"),
+            "{e}"
+        );
+        // Once the directory exists (a run that crashed before its first commit), recovery decides.
+        fs::create_dir_all(&checkpoint_dir).unwrap();
+        refuse_orphaned_output(&scope, &checkpoint_dir).unwrap();
+    }
 
     fn touch(path: &Path) {
         fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -51,6 +51,25 @@ pub enum Command {
     /// Read the topic continuously into event-time windows, enrich from MySQL, write Parquet
     /// exactly once, until stopped (or caught up).
     Consume(ConsumeArgs),
+    /// Report what an output directory holds: windows (closed/open), files and rows per window,
+    /// schema, sample rows, late rows, dead letters, checkpoint offsets.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The output directory written by `app consume` (its --output).
+    #[arg(default_value = "./output")]
+    pub output: PathBuf,
+    /// Print one JSON object (the same numbers) instead of the text report.
+    #[arg(long)]
+    pub json: bool,
+    /// Sample rows to show (0: none).
+    #[arg(long, default_value_t = crate::inspect::DEFAULT_SAMPLE_ROWS, value_name = "N")]
+    pub sample: usize,
+    /// Checkpoint directory, if `app consume` was given --checkpoint (default <output>/_checkpoint).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// Options shared by every command that talks to Kafka.
@@ -65,13 +84,44 @@ pub struct KafkaArgs {
     /// Bound on every broker call (connect, metadata, produce, fetch), e.g. `10s`, `500ms`.
     #[arg(long, env = "KAFKA_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Connect to the brokers with TLS (rustls; trusts the Mozilla roots unless --kafka-ca-file).
+    #[arg(long, env = "KAFKA_TLS")]
+    pub kafka_tls: bool,
+    /// PEM file of the CA that signed the brokers' certificates (implies --kafka-tls).
+    #[arg(long, env = "KAFKA_CA_FILE", value_name = "PEM")]
+    pub kafka_ca_file: Option<PathBuf>,
+    /// Authenticate with SASL. The password is read only from the environment variable
+    /// KAFKA_SASL_PASSWORD (never a flag: command lines are visible to other users). Without
+    /// --kafka-tls, PLAIN sends the password in clear text.
+    #[arg(
+        long,
+        env = "KAFKA_SASL_MECHANISM",
+        value_enum,
+        requires = "kafka_sasl_username"
+    )]
+    pub kafka_sasl_mechanism: Option<crate::kafka::SaslMechanism>,
+    /// SASL user name (with --kafka-sasl-mechanism).
+    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
 }
 
 impl KafkaArgs {
     pub fn config(&self) -> KafkaConfig {
+        let tls =
+            (self.kafka_tls || self.kafka_ca_file.is_some()).then(|| crate::kafka::TlsOptions {
+                ca_file: self.kafka_ca_file.clone(),
+            });
+        let sasl = self
+            .kafka_sasl_mechanism
+            .map(|mechanism| crate::kafka::SaslOptions {
+                mechanism,
+                username: self.kafka_sasl_username.clone().unwrap_or_default(),
+                password: std::env::var("KAFKA_SASL_PASSWORD").unwrap_or_default(),
+            });
         KafkaConfig {
             brokers: self.brokers.clone(),
             timeout: self.timeout,
+            security: crate::kafka::KafkaSecurity { tls, sasl },
         }
     }
 }
@@ -123,6 +173,9 @@ pub struct ProduceArgs {
     /// How long a failing batch is retried (with backoff) before the run stops with a resumable error.
     #[arg(long, env = "PRODUCE_RETRY_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub retry_timeout: Duration,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz) on HOST:PORT, e.g. 127.0.0.1:9464.
+    #[arg(long, env = "METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -208,9 +261,13 @@ pub struct ConsumeArgs {
     /// How long the broker may wait for new records before answering a fetch.
     #[arg(long, env = "CONSUME_FETCH_MAX_WAIT", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub fetch_max_wait: Duration,
-    /// How often a progress line is logged.
+    /// How often a progress line is logged (when stderr is not a terminal; a terminal gets a
+    /// live status line).
     #[arg(long, env = "CONSUME_STATUS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub status_interval: Duration,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz) on HOST:PORT, e.g. 127.0.0.1:9464.
+    #[arg(long, env = "METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 /// `--partitions`: `None` = all.
@@ -251,10 +308,11 @@ fn parse_resume(s: &str) -> Result<(PathBuf, u64), String> {
     Ok((PathBuf::from(file), line))
 }
 
-/// Sets up `tracing` (stderr; text or JSON; `RUST_LOG` respected, default `info`).
+/// Sets up `tracing` (stderr; text or JSON; `RUST_LOG` respected, default `info` with rskafka's
+/// per-connection chatter at `warn`).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -265,28 +323,72 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
-pub async fn shutdown_signal() {
-    wait_for_signal().await;
-    tokio::spawn(async {
-        wait_for_signal().await;
-        eprintln!("second signal: exiting now");
-        std::process::exit(130);
-    });
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+///
+/// The handlers are installed when this is called, not when the future is first polled: a
+/// command polls it only once its main loop runs (after connecting, loading the enrichment table,
+/// and then only when `select!` reaches that branch), and until a handler is installed a SIGINT
+/// kills the process with the default action, without draining or printing the resume point.
+/// Must be called inside the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    match Signals::install() {
+        Ok(mut signals) => {
+            tokio::spawn(async move {
+                signals.next().await;
+                tracing::info!("Signal received: stopping cleanly (send it again to exit at once)");
+                let _ = tx.send(true);
+                signals.next().await;
+                eprintln!("second signal: exiting now");
+                std::process::exit(130);
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install the SIGINT/SIGTERM handlers; Ctrl-C will stop the process without draining");
+            // Keep `tx` alive so the future below never resolves.
+            std::mem::forget(tx);
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// SIGINT and SIGTERM (Ctrl-C elsewhere), installed once.
+struct Signals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => {}
+                _ = self.term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -317,7 +419,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Produce(args) => run_produce(args).await,
         Command::Consume(args) => run_consume(args).await,
+        Command::Inspect(args) => tokio::task::spawn_blocking(move || run_inspect(args))
+            .await
+            .context("inspect: the reading task failed")?,
     }
+}
+
+fn run_inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let options = crate::inspect::InspectOptions {
+        output: args.output,
+        checkpoint_dir: args.checkpoint,
+        sample: args.sample,
+    };
+    let report = crate::inspect::inspect(&options).context("inspect failed")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
@@ -345,6 +465,7 @@ async fn run_produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
         },
         kafka: args.kafka.config(),
         progress_bar: std::io::stderr().is_terminal(),
+        metrics_addr: args.metrics_addr,
     };
     let summary = produce::run(config, shutdown_signal())
         .await
@@ -406,6 +527,8 @@ async fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         fetch_max_bytes: args.fetch_max_bytes,
         fetch_max_wait: args.fetch_max_wait,
         status_interval: args.status_interval,
+        progress_bar: std::io::stderr().is_terminal(),
+        metrics_addr: args.metrics_addr,
     };
     let summary = consume::run(config, shutdown_signal())
         .await

@@ -34,6 +34,7 @@ use crate::enrich::{
     EnrichConfig, EnrichError, EnrichOutcome, EnrichmentCache, MySqlSource, OnMiss,
 };
 use crate::kafka::{Kafka, KafkaConfig, KafkaError, PartitionHandle};
+use crate::metrics::{BusyClocks, ConsumeMetrics, Health, Heartbeat, MetricsError, Output, Probe};
 use crate::parquet_sink::{OutputLayout, ParquetSink, SinkConfig, SinkError, WrittenFile};
 use crate::row::{DeadLetter, OutputRow};
 use crate::schema::{FieldType, Schema, Value};
@@ -50,6 +51,8 @@ pub enum ConsumeError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     #[error("{0}")]
     Config(String),
     #[error(
@@ -111,8 +114,12 @@ pub struct ConsumeConfig {
     pub on_data_loss: DataLossPolicy,
     pub fetch_max_bytes: i32,
     pub fetch_max_wait: Duration,
-    /// How often a progress line is logged.
+    /// How often a progress line is logged (without `progress_bar`).
     pub status_interval: Duration,
+    /// A live status line on the terminal instead of periodic progress log lines.
+    pub progress_bar: bool,
+    /// Serve `/metrics` and `/healthz` on this HOST:PORT.
+    pub metrics_addr: Option<String>,
 }
 
 /// What a consume run did.
@@ -143,7 +150,7 @@ impl ConsumeSummary {
     pub fn render(&self) -> String {
         let secs = self.elapsed.as_secs_f64();
         format!(
-            "consume summary: partitions {:?}{}\n  records read: {}\n  rows written: {} in {} files ({:.1} MB)\n  windows closed (_SUCCESS): {}, windows written while still open: {}\n  enrichment: {} hits, {} misses{}\n  late rows: {} to _late{}\n  dead letters: {} to _dead_letter\n  replayed and skipped (already written): {}\n  checkpoints committed: {}\n  time: {:.2} s, {:.0} records/s\n  output: {}\n",
+            "consume summary: partitions {:?}{}\n  records read: {}\n  rows written: {} in {} files ({:.1} MB)\n  windows closed (_SUCCESS): {}, windows written while still open: {}\n  enrichment: {} hits, {} misses{}, {} refresh failures\n  late rows: {} to _late{}\n  dead letters: {} to _dead_letter\n  replayed and skipped (already written): {}\n  checkpoints committed: {}\n  time: {:.2} s, {:.0} records/s\n  output: {}\n",
             self.partitions,
             if self.resumed_from_checkpoint { " (resumed from checkpoint)" } else { "" },
             self.records_read,
@@ -155,6 +162,7 @@ impl ConsumeSummary {
             self.enrich_hits,
             self.enrich_misses,
             if self.miss_dropped > 0 { format!(" ({} dropped)", self.miss_dropped) } else { String::new() },
+            self.refresh_failures,
             self.late_rows,
             if self.late_dropped > 0 { format!(", {} dropped", self.late_dropped) } else { String::new() },
             self.dead_letters,
@@ -192,6 +200,8 @@ pub async fn run(
         .window
         .validate()
         .map_err(|e| ConsumeError::Config(e.to_string()))?;
+    // Bound first: a taken address fails before anything else happens.
+    let (registry, endpoint) = crate::metrics::start(config.metrics_addr.as_deref()).await?;
     let schema = Arc::clone(&config.schema);
     let join_index = schema
         .fields
@@ -262,6 +272,13 @@ pub async fn run(
     let (cache, refresh_task) =
         EnrichmentCache::start(source, config.enrich.clone(), stop_rx.clone()).await?;
     let enrichment_columns = cache.snapshot().table().columns.clone();
+    let metrics = ConsumeMetrics::new(&registry, assigned.iter().copied());
+    let probe = Arc::new(ConsumeProbe::new(
+        &config,
+        &assigned,
+        cache.clone(),
+        &metrics,
+    ));
     let layout = OutputLayout::new(&schema, &enrichment_columns)?;
     let sink = Arc::new(ParquetSink::new(layout, config.sink.clone()));
 
@@ -275,6 +292,10 @@ pub async fn run(
     } else {
         CheckpointStore::name_for_partitions(&assigned)
     };
+    checkpoint::refuse_orphaned_output(
+        &OutputScope::new(&config.output, assigned.clone()),
+        &checkpoint_config.dir,
+    )?;
     let (store, loaded) = CheckpointStore::open(
         &checkpoint_config,
         &store_name,
@@ -378,8 +399,13 @@ pub async fn run(
     // Fetchers.
     let (fetch_tx, fetch_rx) = mpsc::channel::<Fetched>(32);
     let mut fetchers = JoinSet::new();
-    for (&p, handle) in &handles {
+    if let Some(endpoint) = &endpoint {
+        endpoint.set_probe(Arc::clone(&probe) as Arc<dyn Probe>);
+    }
+    for (slot, (&p, handle)) in handles.iter().enumerate() {
         fetchers.spawn(fetch_partition(FetchJob {
+            probe: Arc::clone(&probe),
+            slot,
             handle: handle.clone(),
             offset: next_offsets[&p],
             max_bytes: config.fetch_max_bytes,
@@ -422,10 +448,25 @@ pub async fn run(
         last_commit: Instant::now(),
         last_status: Instant::now(),
         status_rows: 0,
+        metrics,
+        published: Counts::default(),
+        probe: Arc::clone(&probe),
+        spinner: config.progress_bar.then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_msg}")
+                    .expect("valid template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        }),
     };
     let outcome = processor
         .run(fetch_rx, assigned.len(), shutdown, &stop_tx)
         .await;
+    if let Some(bar) = processor.spinner.take() {
+        bar.finish_and_clear();
+    }
     let _ = stop_tx.send(true);
     while let Some(joined) = fetchers.join_next().await {
         if let Err(e) = joined {
@@ -440,6 +481,7 @@ pub async fn run(
     summary.enrich_misses = stats.misses;
     summary.refresh_failures = stats.refresh_failures;
     summary.elapsed = started.elapsed();
+    drop(endpoint);
     Ok(summary)
 }
 
@@ -453,6 +495,9 @@ fn field_names(schema: &Schema) -> String {
 }
 
 struct FetchJob {
+    probe: Arc<ConsumeProbe>,
+    /// This fetcher's slot in `probe.fetch`.
+    slot: usize,
     handle: PartitionHandle,
     offset: i64,
     max_bytes: i32,
@@ -465,7 +510,14 @@ struct FetchJob {
 
 /// Fetches one partition in offset order until stopped (or caught up). A failed fetch is retried
 /// from the same offset with backoff; only `OffsetOutOfRange` under `--on-data-loss fail` ends it.
-async fn fetch_partition(mut job: FetchJob) {
+/// `/healthz` watches how long a fetch has gone without success (see [`ConsumeProbe`]).
+async fn fetch_partition(job: FetchJob) {
+    let (probe, slot) = (Arc::clone(&job.probe), job.slot);
+    fetch_loop(job).await;
+    probe.fetch.end(slot);
+}
+
+async fn fetch_loop(mut job: FetchJob) {
     let partition = job.handle.partition;
     let max_wait_ms = i32::try_from(job.max_wait.as_millis()).unwrap_or(i32::MAX);
     let mut backoff = Duration::from_millis(100);
@@ -473,12 +525,15 @@ async fn fetch_partition(mut job: FetchJob) {
         if *job.stop.borrow() {
             return;
         }
+        job.probe.fetch.begin(job.slot);
         let result = tokio::select! {
             r = job.handle.fetch(job.offset, job.max_bytes, max_wait_ms) => r,
             _ = job.stop.changed() => return,
         };
         match result {
             Ok((records, high_watermark)) => {
+                // Waiting on a full channel below is backpressure, not a stuck broker.
+                job.probe.fetch.end(job.slot);
                 backoff = Duration::from_millis(100);
                 if let Some(last) = records.last() {
                     job.offset = last.offset + 1;
@@ -560,6 +615,139 @@ struct Processor<'a> {
     last_commit: Instant,
     last_status: Instant,
     status_rows: u64,
+    metrics: ConsumeMetrics,
+    /// The summary counts already added to the metrics counters.
+    published: Counts,
+    probe: Arc<ConsumeProbe>,
+    /// The live status line (stderr is a terminal).
+    spinner: Option<indicatif::ProgressBar>,
+}
+
+/// Summary counters mirrored into metrics counters (by difference, once per batch or tick).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    records_read: u64,
+    late_rows: u64,
+    late_dropped: u64,
+    dead_letters: u64,
+    replay_skipped: u64,
+    miss_dropped: u64,
+    windows_closed: u64,
+    windows_flushed_open: u64,
+}
+
+impl Counts {
+    fn of(s: &ConsumeSummary) -> Self {
+        Counts {
+            records_read: s.records_read,
+            late_rows: s.late_rows,
+            late_dropped: s.late_dropped,
+            dead_letters: s.dead_letters,
+            replay_skipped: s.replay_skipped,
+            miss_dropped: s.miss_dropped,
+            windows_closed: s.windows_closed,
+            windows_flushed_open: s.windows_flushed_open,
+        }
+    }
+}
+
+/// What `/healthz` and the scrape-time metrics of `app consume` look at.
+///
+/// Unhealthy (503) when:
+/// - a partition's fetch has gone without success for longer than `fetch_bound`
+///   (3 × `--timeout` + `--fetch-max-wait`): the broker is down or unreachable. A fetcher waiting
+///   on the processor (backpressure) is not counted;
+/// - the processor loop has not turned for longer than `processor_bound` (3 × `--timeout`, at
+///   least 60 s): a write or commit is stuck;
+/// - the consumer is shutting down (draining).
+struct ConsumeProbe {
+    partitions: Vec<i32>,
+    brokers: String,
+    fetch: BusyClocks,
+    processor: Heartbeat,
+    fetch_bound: Duration,
+    processor_bound: Duration,
+    stopping: std::sync::atomic::AtomicBool,
+    cache: EnrichmentCache,
+    metrics: ConsumeMetrics,
+}
+
+impl ConsumeProbe {
+    fn new(
+        config: &ConsumeConfig,
+        assigned: &BTreeSet<i32>,
+        cache: EnrichmentCache,
+        metrics: &ConsumeMetrics,
+    ) -> Self {
+        let timeout = config.kafka.timeout;
+        ConsumeProbe {
+            partitions: assigned.iter().copied().collect(),
+            brokers: config.kafka.brokers.clone(),
+            fetch: BusyClocks::new(assigned.len()),
+            processor: Heartbeat::default(),
+            fetch_bound: timeout * 3 + config.fetch_max_wait,
+            processor_bound: (timeout * 3).max(Duration::from_secs(60)),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            cache,
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Probe for ConsumeProbe {
+    fn refresh(&self) {
+        let stats = self.cache.stats();
+        let m = &self.metrics;
+        m.enrichment_keys.set(stats.rows as f64);
+        let age = stats.last_refresh.elapsed().unwrap_or_default();
+        m.enrichment_age.set(age.as_secs_f64());
+        m.enrichment_refreshes.absolute(stats.refresh_ok);
+        m.enrichment_failures.absolute(stats.refresh_failures);
+        m.enrichment_hits.absolute(stats.hits);
+        m.enrichment_misses.absolute(stats.misses);
+    }
+
+    fn health(&self) -> Health {
+        use std::sync::atomic::Ordering;
+        if self.stopping.load(Ordering::Relaxed) {
+            return Health::failing("shutting down: writing what is buffered and committing");
+        }
+        let turned = self.processor.age();
+        if turned > self.processor_bound {
+            return Health::failing(format!(
+                "the processor has not run for {:.1} s (bound {:?}): a Parquet write or checkpoint \
+                 commit is stuck; check the output disk",
+                turned.as_secs_f64(),
+                self.processor_bound
+            ));
+        }
+        if let Some((slot, age)) = self.fetch.longest_busy() {
+            if age > self.fetch_bound {
+                return Health::failing(format!(
+                    "partition {}: no successful fetch from Kafka at {} for {:.1} s (bound 3 × \
+                     --timeout + --fetch-max-wait = {:?}); is the broker up?",
+                    self.partitions.get(slot).copied().unwrap_or(-1),
+                    self.brokers,
+                    age.as_secs_f64(),
+                    self.fetch_bound
+                ));
+            }
+        }
+        let stats = self.cache.stats();
+        Health::ok(format!(
+            "processor ran {:.1} s ago; {} partition(s) fetching; enrichment map: {} keys, \
+             loaded {:.0} s ago, {} refresh failures",
+            turned.as_secs_f64(),
+            self.partitions.len(),
+            stats.rows,
+            stats
+                .last_refresh
+                .elapsed()
+                .unwrap_or_default()
+                .as_secs_f64(),
+            stats.refresh_failures
+        ))
+    }
 }
 
 /// Files to write in one step (moved into a blocking task).
@@ -590,6 +778,7 @@ impl Processor<'_> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut interrupted = false;
         loop {
+            self.probe.processor.beat();
             tokio::select! {
                 msg = rx.recv() => match msg {
                     None => break,
@@ -597,6 +786,7 @@ impl Processor<'_> {
                         self.high_watermarks.insert(partition, high_watermark);
                         self.process(partition, records)?;
                         self.after_progress().await?;
+                        self.publish_metrics();
                     }
                     Some(Fetched::CaughtUp { partition }) => {
                         caught_up.insert(partition);
@@ -607,6 +797,7 @@ impl Processor<'_> {
                 },
                 _ = tick.tick() => {
                     self.after_progress().await?;
+                    self.publish_metrics();
                     self.status();
                 }
                 _ = &mut shutdown => {
@@ -617,6 +808,9 @@ impl Processor<'_> {
             }
         }
         let _ = stop_tx.send(true);
+        self.probe
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let drain_timeout = self.config.drain_timeout;
         let drain = async {
             if interrupted {
@@ -844,6 +1038,12 @@ impl Processor<'_> {
         .await
         .map_err(|e| ConsumeError::Internal(format!("writer task failed: {e}")))??;
         for (destination, file) in written {
+            let output = match destination {
+                Destination::Window(_) => Output::Window,
+                Destination::Late(_) => Output::Late,
+                Destination::DeadLetter => Output::DeadLetter,
+            };
+            self.metrics.file_written(output, file.rows, file.bytes);
             self.marks
                 .record_written(destination, file.partition, file.last_offset);
             if destination != Destination::DeadLetter {
@@ -863,7 +1063,11 @@ impl Processor<'_> {
             &self.next_offsets,
             &mut self.marks,
         );
+        let started = StdInstant::now();
         self.store.commit(&mut cp)?;
+        self.metrics
+            .checkpoint_duration
+            .record(started.elapsed().as_secs_f64());
         self.summary.checkpoints += 1;
         self.last_commit = Instant::now();
         self.dirty = false;
@@ -914,12 +1118,60 @@ impl Processor<'_> {
         self.write(job).await?;
         self.commit()?;
         self.mark_success(closed_dirs)?;
+        self.publish_metrics();
         self.status();
         Ok(())
     }
 
+    /// Adds what the summary counted since the last call to the metrics counters and sets the
+    /// gauges. Called once per fetched batch and per tick, never per record.
+    fn publish_metrics(&mut self) {
+        let now = Counts::of(&self.summary);
+        let was = std::mem::replace(&mut self.published, now);
+        let m = &self.metrics;
+        m.records_read
+            .increment(now.records_read - was.records_read);
+        m.late_side_output.increment(now.late_rows - was.late_rows);
+        m.late_dropped
+            .increment(now.late_dropped - was.late_dropped);
+        m.dead_letters
+            .increment(now.dead_letters - was.dead_letters);
+        m.replay_skipped
+            .increment(now.replay_skipped - was.replay_skipped);
+        m.miss_dropped
+            .increment(now.miss_dropped - was.miss_dropped);
+        m.windows_closed
+            .increment(now.windows_closed - was.windows_closed);
+        m.windows_flushed_open
+            .increment(now.windows_flushed_open - was.windows_flushed_open);
+        for (p, gauges) in &m.partitions {
+            let next = self.next_offsets.get(p).copied();
+            if let Some(next) = next {
+                gauges.next_offset.set(next as f64);
+            }
+            if let Some(&high) = self.high_watermarks.get(p) {
+                gauges.high_watermark.set(high as f64);
+                gauges.lag.set((high - next.unwrap_or(high)).max(0) as f64);
+            }
+        }
+        if let Some(w) = self.watermarks.current(Instant::now()) {
+            m.watermark.set(w as f64 / 1000.0);
+        }
+        m.open_windows.set(self.buffer.open_windows() as f64);
+        m.buffered_bytes[Output::Window as usize].set(self.buffer.buffered_bytes() as f64);
+        m.buffered_bytes[Output::Late as usize].set(self.late_bytes as f64);
+        m.buffered_bytes[Output::DeadLetter as usize].set(self.dead_bytes as f64);
+    }
+
+    /// Progress: the live status line on a terminal (every second), else a log line every
+    /// `--status-interval`.
     fn status(&mut self) {
-        if self.last_status.elapsed() < self.config.status_interval {
+        let every = if self.spinner.is_some() {
+            Duration::from_secs(1)
+        } else {
+            self.config.status_interval
+        };
+        if self.last_status.elapsed() < every {
             return;
         }
         let secs = self.last_status.elapsed().as_secs_f64();
@@ -932,8 +1184,26 @@ impl Processor<'_> {
             .watermarks
             .current(Instant::now())
             .map(|w| crate::schema::timestamp_to_string(w.saturating_mul(1000)));
+        let rate = (self.status_rows as f64 / secs.max(1e-9)) as u64;
+        if let Some(bar) = &self.spinner {
+            // Seconds are enough on a status line: 2025-01-01T00:00:00Z.
+            let watermark = watermark.as_deref().map_or("none".to_string(), |w| {
+                format!("{}Z", w.get(..19).unwrap_or(w))
+            });
+            bar.set_message(format!(
+                "{rate} records/s | lag {lag} | watermark {watermark} | {} windows open ({:.1} MB) | {} rows written | {} late | {} dead letters",
+                self.buffer.open_windows(),
+                self.buffer.buffered_bytes() as f64 / 1e6,
+                self.summary.rows_written,
+                self.summary.late_rows,
+                self.summary.dead_letters
+            ));
+            self.status_rows = 0;
+            self.last_status = Instant::now();
+            return;
+        }
         tracing::info!(
-            records_per_sec = (self.status_rows as f64 / secs.max(1e-9)) as u64,
+            records_per_sec = rate,
             lag,
             watermark = watermark.as_deref().unwrap_or("none"),
             open_windows = self.buffer.open_windows(),

@@ -66,7 +66,8 @@ pub struct Reject {
     pub file: String,
     pub line: u64,
     pub reason: String,
-    /// The row's text as read (fields re-joined with the delimiter).
+    /// The row's text as read (fields re-joined with the delimiter), at most
+    /// [`MAX_REJECT_RAW_BYTES`] bytes.
     pub raw: String,
 }
 
@@ -126,11 +127,16 @@ pub fn detect_encoding(path: &Path) -> Result<Encoding, SourceError> {
         path: path.display().to_string(),
         source,
     };
-    let mut file = File::open(path).map_err(io)?;
+    let file = File::open(path).map_err(io)?;
+    detect_encoding_from(file).map_err(io)
+}
+
+/// [`detect_encoding`] over any reader (read to its end unless invalid UTF-8 shows up first).
+pub fn detect_encoding_from(mut reader: impl Read) -> std::io::Result<Encoding> {
     let mut buf = vec![0u8; 1 << 20];
     let mut carry: Vec<u8> = Vec::new();
     loop {
-        let n = file.read(&mut buf).map_err(io)?;
+        let n = reader.read(&mut buf)?;
         if n == 0 {
             return Ok(if carry.is_empty() {
                 Encoding::Utf8
@@ -213,21 +219,11 @@ impl CsvFile {
         let delimiter = match config.delimiter {
             Some(d) => d,
             None => {
-                let mut first = String::new();
-                let mut reader = decoded_reader(path, encoding, Arc::default())?;
-                let mut buf = [0u8; 8192];
-                // The header is the first line; 64 KiB is plenty to see it.
-                while !first.contains('\n') && first.len() < 65_536 {
-                    let n = reader.read(&mut buf).map_err(|source| SourceError::Io {
-                        path: path.display().to_string(),
-                        source,
-                    })?;
-                    if n == 0 {
-                        break;
-                    }
-                    first.push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-                detect_delimiter(first.lines().next().unwrap_or(""))
+                let reader = decoded_reader(open_file(path)?, encoding, Arc::default());
+                detect_delimiter_from(reader).map_err(|source| SourceError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?
             }
         };
         Ok(CsvFile {
@@ -246,130 +242,216 @@ impl CsvFile {
         bytes_read: Arc<AtomicU64>,
         stop: &AtomicBool,
         skip_through_line: u64,
-        mut on_row: impl FnMut(Result<Row, Reject>) -> bool,
+        on_row: impl FnMut(Result<Row, Reject>) -> bool,
     ) -> Result<FileStats, SourceError> {
         let shown = self.path.display().to_string();
-        let reader = decoded_reader(&self.path, self.encoding, bytes_read)?;
-        let mut csv = csv::ReaderBuilder::new()
-            .delimiter(self.delimiter)
-            .has_headers(false)
-            .flexible(true)
-            .buffer_capacity(256 * 1024)
-            .from_reader(reader);
-        let mut record = csv::StringRecord::new();
-        let mut stats = FileStats::default();
-        let read = |csv: &mut csv::Reader<_>, record: &mut csv::StringRecord| {
-            csv.read_record(record).map_err(|e| SourceError::Csv {
-                path: shown.clone(),
-                line: e.position().map_or(0, |p| p.line()),
-                reason: e.to_string(),
-            })
-        };
-        if !read(&mut csv, &mut record)? {
-            stats.empty = true;
-            return Ok(stats);
-        }
-        let header: Vec<&str> = record.iter().collect();
-        let positions = schema.match_header(&shown, &header)?;
-        let mut columns = header.len();
-        if header.last().is_some_and(|h| h.trim().is_empty()) {
-            columns -= 1;
-        }
-        let delimiter = char::from(self.delimiter);
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let ok = match csv.read_record(&mut record) {
-                Ok(true) => true,
-                Ok(false) => break,
-                Err(e) => {
-                    // A broken record (e.g. invalid UTF-8 in a file forced to UTF-8): reject it
-                    // and go on with the next one.
-                    let line = e.position().map_or(0, |p| p.line());
-                    stats.rejected += 1;
-                    let keep_going = on_row(Err(Reject {
-                        file: shown.clone(),
-                        line,
-                        reason: format!("unreadable row: {e}"),
-                        raw: String::new(),
-                    }));
-                    if !keep_going {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            debug_assert!(ok);
-            let line = record.position().map_or(0, |p| p.line());
-            if line <= skip_through_line {
-                continue;
-            }
-            let mut fields = record.len();
-            // The empty column left by a trailing delimiter is not data.
-            if fields > columns && record.get(fields - 1).is_some_and(str::is_empty) {
-                fields -= 1;
-            }
-            let outcome = if fields != columns {
-                Err(format!("expected {columns} columns, found {fields}"))
-            } else {
-                let mut values = Vec::with_capacity(positions.len());
-                let mut failure = None;
-                for (i, &col) in positions.iter().enumerate() {
-                    match schema.parse_cell(i, &record[col]) {
-                        Ok(v) => values.push(v),
-                        Err(e) => {
-                            failure = Some(format!("column {}: {e}", col + 1));
-                            break;
-                        }
-                    }
-                }
-                match failure {
-                    None => Ok(values),
-                    Some(reason) => Err(reason),
-                }
-            };
-            let keep_going = match outcome {
-                Ok(values) => {
-                    stats.rows += 1;
-                    on_row(Ok(Row { line, values }))
-                }
-                Err(reason) => {
-                    stats.rejected += 1;
-                    let raw = record
-                        .iter()
-                        .collect::<Vec<_>>()
-                        .join(&delimiter.to_string());
-                    on_row(Err(Reject {
-                        file: shown.clone(),
-                        line,
-                        reason,
-                        raw,
-                    }))
-                }
-            };
-            if !keep_going {
-                break;
-            }
-        }
-        Ok(stats)
+        let reader = decoded_reader(open_file(&self.path)?, self.encoding, bytes_read);
+        read_rows(
+            reader,
+            &shown,
+            self.delimiter,
+            schema,
+            stop,
+            skip_through_line,
+            on_row,
+        )
     }
 }
 
-fn decoded_reader(
-    path: &Path,
-    encoding: Encoding,
-    counter: Arc<AtomicU64>,
-) -> Result<Box<dyn Read + Send>, SourceError> {
-    let file = File::open(path).map_err(|source| SourceError::Io {
+/// Reads CSV `bytes` held in memory exactly as [`CsvFile::open`] + [`CsvFile::for_each_row`]
+/// read a file with those bytes (encoding and delimiter detected unless `config` overrides
+/// them); `shown` names it in rejects and errors. Used by the fuzz targets and tests.
+pub fn for_each_row_in_bytes(
+    bytes: &[u8],
+    shown: &str,
+    config: &SourceConfig,
+    on_row: impl FnMut(Result<Row, Reject>) -> bool,
+) -> Result<FileStats, SourceError> {
+    let io = |source| SourceError::Io {
+        path: shown.to_string(),
+        source,
+    };
+    let encoding = match config.encoding {
+        Some(e) => e,
+        None => detect_encoding_from(bytes).map_err(io)?,
+    };
+    let delimiter = match config.delimiter {
+        Some(d) => d,
+        None => detect_delimiter_from(decoded_reader(
+            std::io::Cursor::new(bytes.to_vec()),
+            encoding,
+            Arc::default(),
+        ))
+        .map_err(io)?,
+    };
+    let reader = decoded_reader(
+        std::io::Cursor::new(bytes.to_vec()),
+        encoding,
+        Arc::default(),
+    );
+    read_rows(
+        reader,
+        shown,
+        delimiter,
+        &config.schema,
+        &AtomicBool::new(false),
+        0,
+        on_row,
+    )
+}
+
+/// The row loop shared by [`CsvFile::for_each_row`] and [`for_each_row_in_bytes`]: `reader`
+/// yields UTF-8 text (see [`decoded_reader`]).
+fn read_rows(
+    reader: impl Read,
+    shown: &str,
+    delimiter: u8,
+    schema: &Schema,
+    stop: &AtomicBool,
+    skip_through_line: u64,
+    mut on_row: impl FnMut(Result<Row, Reject>) -> bool,
+) -> Result<FileStats, SourceError> {
+    let mut csv = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(256 * 1024)
+        .from_reader(reader);
+    let mut record = csv::StringRecord::new();
+    let mut stats = FileStats::default();
+    let read = |csv: &mut csv::Reader<_>, record: &mut csv::StringRecord| {
+        csv.read_record(record).map_err(|e| SourceError::Csv {
+            path: shown.to_string(),
+            line: e.position().map_or(0, |p| p.line()),
+            reason: e.to_string(),
+        })
+    };
+    if !read(&mut csv, &mut record)? {
+        stats.empty = true;
+        return Ok(stats);
+    }
+    let header: Vec<&str> = record.iter().collect();
+    let positions = schema.match_header(shown, &header)?;
+    let mut columns = header.len();
+    if header.last().is_some_and(|h| h.trim().is_empty()) {
+        columns -= 1;
+    }
+    let delimiter_char = char::from(delimiter);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let ok = match csv.read_record(&mut record) {
+            Ok(true) => true,
+            Ok(false) => break,
+            Err(e) => {
+                // A broken record (e.g. invalid UTF-8 in a file forced to UTF-8): reject it
+                // and go on with the next one.
+                let line = e.position().map_or(0, |p| p.line());
+                stats.rejected += 1;
+                let keep_going = on_row(Err(Reject {
+                    file: shown.to_string(),
+                    line,
+                    reason: format!("unreadable row: {e}"),
+                    raw: String::new(),
+                }));
+                if !keep_going {
+                    break;
+                }
+                continue;
+            }
+        };
+        debug_assert!(ok);
+        let line = record.position().map_or(0, |p| p.line());
+        if line <= skip_through_line {
+            continue;
+        }
+        let mut fields = record.len();
+        // The empty column left by a trailing delimiter is not data.
+        if fields > columns && record.get(fields - 1).is_some_and(str::is_empty) {
+            fields -= 1;
+        }
+        let outcome = if fields != columns {
+            Err(format!("expected {columns} columns, found {fields}"))
+        } else {
+            let mut values = Vec::with_capacity(positions.len());
+            let mut failure = None;
+            for (i, &col) in positions.iter().enumerate() {
+                match schema.parse_cell(i, &record[col]) {
+                    Ok(v) => values.push(v),
+                    Err(e) => {
+                        failure = Some(format!("column {}: {e}", col + 1));
+                        break;
+                    }
+                }
+            }
+            match failure {
+                None => Ok(values),
+                Some(reason) => Err(reason),
+            }
+        };
+        let keep_going = match outcome {
+            Ok(values) => {
+                stats.rows += 1;
+                on_row(Ok(Row { line, values }))
+            }
+            Err(reason) => {
+                stats.rejected += 1;
+                let raw = bounded_raw(
+                    record
+                        .iter()
+                        .collect::<Vec<_>>()
+                        .join(&delimiter_char.to_string()),
+                );
+                on_row(Err(Reject {
+                    file: shown.to_string(),
+                    line,
+                    reason,
+                    raw,
+                }))
+            }
+        };
+        if !keep_going {
+            break;
+        }
+    }
+    Ok(stats)
+}
+
+/// Longest `raw` text kept in a [`Reject`] (a 10 MB broken line must not become a 10 MB line
+/// in the rejects file); longer text is cut at a character boundary and ends with `…`.
+pub const MAX_REJECT_RAW_BYTES: usize = 4096;
+
+fn bounded_raw(mut raw: String) -> String {
+    if raw.len() > MAX_REJECT_RAW_BYTES {
+        let mut cut = MAX_REJECT_RAW_BYTES;
+        while !raw.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        raw.truncate(cut);
+        raw.push('…');
+    }
+    raw
+}
+
+fn open_file(path: &Path) -> Result<File, SourceError> {
+    File::open(path).map_err(|source| SourceError::Io {
         path: path.display().to_string(),
         source,
-    })?;
+    })
+}
+
+/// UTF-8 text of `input` read in `encoding`, counting the raw bytes read into `counter`.
+fn decoded_reader(
+    input: impl Read + Send + 'static,
+    encoding: Encoding,
+    counter: Arc<AtomicU64>,
+) -> Box<dyn Read + Send> {
     let counted = CountingReader {
-        inner: BufReader::with_capacity(256 * 1024, file),
+        inner: BufReader::with_capacity(256 * 1024, input),
         counter,
     };
-    Ok(match encoding {
+    match encoding {
         // BOM sniffing strips a UTF-8 BOM; without one the bytes pass through.
         Encoding::Utf8 => Box::new(
             DecodeReaderBytesBuilder::new()
@@ -385,7 +467,22 @@ fn decoded_reader(
                 .bom_override(true)
                 .build(counted),
         ),
-    })
+    }
+}
+
+/// The delimiter of the decoded text: [`detect_delimiter`] on its first line (read up to 64 KiB).
+fn detect_delimiter_from(mut reader: impl Read) -> std::io::Result<u8> {
+    let mut first = String::new();
+    let mut buf = [0u8; 8192];
+    // The header is the first line; 64 KiB is plenty to see it.
+    while !first.contains('\n') && first.len() < 65_536 {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        first.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    Ok(detect_delimiter(first.lines().next().unwrap_or("")))
 }
 
 /// For tests and tools: the `encoding_rs` encoding of an [`Encoding`].

@@ -5,14 +5,22 @@
 //! every call here is wrapped in [`tokio::time::timeout`] and rskafka's internal backoff gets a
 //! deadline. An unreachable broker therefore becomes a clear [`KafkaError`] naming the address
 //! within `--timeout`, never a hang.
+//!
+//! Security ([`KafkaSecurity`]): TLS with rustls (`--kafka-tls`; the CA bundle of
+//! `--kafka-ca-file`, else the Mozilla roots of `webpki-roots`) and SASL PLAIN, SCRAM-SHA-256 or
+//! SCRAM-SHA-512 (`--kafka-sasl-mechanism`, `--kafka-sasl-username`, the password only from the
+//! environment variable `KAFKA_SASL_PASSWORD`). SASL without TLS sends PLAIN passwords in clear
+//! text: use it only on a trusted network. The password never appears in `Debug` output or errors.
 
+use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rskafka::client::error::{Error as RsError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder};
+use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 use rskafka::record::{Record, RecordAndOffset};
 use rskafka::BackoffConfig;
 
@@ -62,6 +70,8 @@ pub enum KafkaError {
     },
     #[error("topic `{topic}` does not exist on {brokers}; produce to it first or check --topic")]
     NoSuchTopic { topic: String, brokers: String },
+    #[error("Kafka security settings are not usable: {0}")]
+    Security(String),
 }
 
 pub type Result<T, E = KafkaError> = std::result::Result<T, E>;
@@ -97,6 +107,140 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Bound on every single broker call (connect, metadata, produce, fetch).
     pub timeout: Duration,
+    /// TLS and SASL (default: plaintext, no authentication).
+    pub security: KafkaSecurity,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            timeout: Duration::from_secs(10),
+            security: KafkaSecurity::default(),
+        }
+    }
+}
+
+/// Encryption and authentication towards the brokers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KafkaSecurity {
+    /// `None`: plaintext.
+    pub tls: Option<TlsOptions>,
+    /// `None`: no SASL authentication.
+    pub sasl: Option<SaslOptions>,
+}
+
+/// TLS to the brokers (server authentication; the broker's certificate must name the host or IP
+/// given in `--brokers`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file of the CA certificate(s) to trust; `None`: the Mozilla root store.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// SASL mechanism (`--kafka-sasl-mechanism`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SaslMechanism {
+    Plain,
+    #[value(name = "scram-sha-256")]
+    ScramSha256,
+    #[value(name = "scram-sha-512")]
+    ScramSha512,
+}
+
+/// SASL credentials. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SaslOptions {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for SaslOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SaslOptions")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+impl KafkaSecurity {
+    /// The rustls client configuration for `tls`.
+    fn tls_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let mut roots = rustls::RootCertStore::empty();
+        match &tls.ca_file {
+            Some(path) => {
+                let shown = path.display();
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                    .and_then(|it| it.collect::<std::result::Result<_, _>>())
+                    .map_err(|e| {
+                        KafkaError::Security(format!(
+                            "cannot read CA certificates from --kafka-ca-file {shown}: {e}; \
+                             give a PEM file holding the CA that signed the broker's certificate"
+                        ))
+                    })?;
+                if certs.is_empty() {
+                    return Err(KafkaError::Security(format!(
+                        "--kafka-ca-file {shown} holds no PEM certificate"
+                    )));
+                }
+                for cert in certs {
+                    roots.add(cert).map_err(|e| {
+                        KafkaError::Security(format!(
+                            "--kafka-ca-file {shown}: a certificate is not usable as a CA: {e}"
+                        ))
+                    })?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| KafkaError::Security(format!("TLS setup failed: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+
+    fn sasl_config(sasl: &SaslOptions) -> Result<SaslConfig> {
+        if sasl.username.is_empty() || sasl.password.is_empty() {
+            return Err(KafkaError::Security(
+                "--kafka-sasl-mechanism needs --kafka-sasl-username (KAFKA_SASL_USERNAME) and the \
+                 password in the environment variable KAFKA_SASL_PASSWORD"
+                    .into(),
+            ));
+        }
+        let credentials = Credentials::new(sasl.username.clone(), sasl.password.clone());
+        Ok(match sasl.mechanism {
+            SaslMechanism::Plain => SaslConfig::Plain(credentials),
+            SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
+            SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
+        })
+    }
+
+    /// Applies TLS and SASL to a client builder.
+    fn apply(&self, mut builder: ClientBuilder) -> Result<ClientBuilder> {
+        if let Some(tls) = &self.tls {
+            builder = builder.tls_config(Self::tls_config(tls)?);
+        }
+        if let Some(sasl) = &self.sasl {
+            builder = builder.sasl_config(Self::sasl_config(sasl)?);
+        }
+        Ok(builder)
+    }
+
+    /// Hides the SASL password in `text` (rskafka errors should not contain it; this is a guard).
+    fn redact(&self, text: String) -> String {
+        match &self.sasl {
+            Some(s) if !s.password.is_empty() => text.replace(&s.password, "***"),
+            _ => text,
+        }
+    }
 }
 
 impl KafkaConfig {
@@ -149,13 +293,14 @@ impl Kafka {
         let builder = ClientBuilder::new(config.broker_list())
             .client_id("reclamacoes")
             .backoff_config(backoff);
+        let builder = config.security.apply(builder)?;
         let client = match tokio::time::timeout(config.timeout, builder.build()).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => {
                 return Err(KafkaError::Connect {
                     brokers: config.brokers.clone(),
                     timeout: config.timeout,
-                    reason: e.to_string(),
+                    reason: config.security.redact(e.to_string()),
                 })
             }
             Err(_) => {
@@ -175,7 +320,7 @@ impl Kafka {
         kafka.list_topics().await.map_err(|e| KafkaError::Connect {
             brokers: kafka.config.brokers.clone(),
             timeout: kafka.config.timeout,
-            reason: e.to_string(),
+            reason: kafka.config.security.redact(e.to_string()),
         })?;
         Ok(kafka)
     }

@@ -10,7 +10,9 @@
 //! - [`produce`]: `app produce`: reader thread -> per-partition batches -> acked sends.
 //! - [`enrich`]: the MySQL reference table cache (load, background refresh, on-miss policy).
 //! - [`parquet_sink`]: atomic Parquet output and dead-letter files, rolled by size.
+//! - [`inspect`]: `app inspect`: a read-only report of an output directory.
 //! - [`consume`]: `app consume`: fetchers -> decode/enrich/route -> windows -> Parquet + checkpoint.
+//! - [`metrics`]: Prometheus metrics, `/metrics` and `/healthz` (`--metrics-addr`).
 //! - [`cli`]: clap definitions, logging, signals; `main.rs` calls [`cli::main`].
 #![deny(unsafe_code)]
 
@@ -19,7 +21,9 @@ pub mod cli;
 pub mod consume;
 pub mod csv_source;
 pub mod enrich;
+pub mod inspect;
 pub mod kafka;
+pub mod metrics;
 pub mod parquet_sink;
 pub mod produce;
 pub mod row;

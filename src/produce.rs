@@ -31,6 +31,7 @@ use crate::csv_source::{self, CsvFile, FileStats, Reject, SourceConfig, SourceEr
 use crate::kafka::{
     partition_for_key, Compression, Kafka, KafkaConfig, KafkaError, PartitionHandle,
 };
+use crate::metrics::{BusyClocks, Health, MetricsError, Probe, ProduceMetrics};
 use crate::schema::Source;
 
 /// Errors that end a produce run.
@@ -40,6 +41,8 @@ pub enum ProduceError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     #[error("cannot write rejects file {path}: {source}. Check --rejects points to a writable directory")]
     Rejects {
         path: String,
@@ -73,6 +76,8 @@ pub struct ProduceConfig {
     pub kafka: KafkaConfig,
     /// Show a progress bar (a terminal) instead of periodic log lines.
     pub progress_bar: bool,
+    /// Serve `/metrics` and `/healthz` on this HOST:PORT.
+    pub metrics_addr: Option<String>,
 }
 
 /// Position of a row in the input: (index of the file in input order, line).
@@ -233,6 +238,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<ProduceSummary, ProduceError> {
     let started = Instant::now();
+    // Bound first: a taken address fails before anything else happens.
+    let (registry, endpoint) = crate::metrics::start(config.metrics_addr.as_deref()).await?;
     let files = csv_source::expand_inputs(&config.inputs)?;
     let start_at: Position = match &config.resume_from {
         None => (0, 0),
@@ -279,6 +286,16 @@ pub async fn run(
     }
 
     let stats = Arc::new(ProduceStats::default());
+    let probe = Arc::new(ProduceProbe {
+        metrics: ProduceMetrics::new(&registry),
+        stats: Arc::clone(&stats),
+        senders: BusyClocks::new(partition_count),
+        bound: config.kafka.timeout * 3,
+        brokers: config.kafka.brokers.clone(),
+    });
+    if let Some(endpoint) = &endpoint {
+        endpoint.set_probe(Arc::clone(&probe) as Arc<dyn Probe>);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let tracker = Arc::new(Mutex::new(ResumeTracker::default()));
     let rejects = Arc::new(Mutex::new(RejectsWriter::new(&config.rejects_dir)));
@@ -320,6 +337,7 @@ pub async fn run(
         let (tx, rx) = mpsc::channel::<Batch>(2);
         batch_txs.push(tx);
         senders.spawn(send_batches(SendJob {
+            probe: Arc::clone(&probe),
             handle,
             rx,
             compression: config.compression,
@@ -589,6 +607,7 @@ fn read_files(job: ReadJob) -> Result<(), ProduceError> {
 }
 
 struct SendJob {
+    probe: Arc<ProduceProbe>,
     handle: PartitionHandle,
     rx: mpsc::Receiver<Batch>,
     compression: Compression,
@@ -608,13 +627,16 @@ async fn send_batches(mut job: SendJob) {
         }
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
+        let slot = job.handle.partition as usize;
         loop {
+            job.probe.senders.begin(slot);
             match job
                 .handle
                 .produce(batch.records.clone(), job.compression)
                 .await
             {
                 Ok(_) => {
+                    job.probe.senders.end(slot);
                     job.stats.rows_sent.fetch_add(batch.rows, Ordering::Relaxed);
                     job.stats
                         .bytes_sent
@@ -646,6 +668,50 @@ async fn send_batches(mut job: SendJob) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// What `/healthz` and the scrape-time metrics of `app produce` look at: unhealthy (503) when a
+/// partition's batch has waited for Kafka's acknowledgement (retries included) for longer than
+/// `bound` (3 × `--timeout`). Counters are copied from [`ProduceStats`] at scrape time, so
+/// the hot path does not count twice.
+struct ProduceProbe {
+    metrics: ProduceMetrics,
+    stats: Arc<ProduceStats>,
+    senders: BusyClocks,
+    bound: Duration,
+    brokers: String,
+}
+
+impl Probe for ProduceProbe {
+    fn refresh(&self) {
+        let (s, m) = (&self.stats, &self.metrics);
+        let read = s.rows_read.load(Ordering::Relaxed);
+        let sent = s.rows_sent.load(Ordering::Relaxed);
+        m.rows_read.absolute(read);
+        m.rows_sent.absolute(sent);
+        m.rows_pending.set(read.saturating_sub(sent) as f64);
+        m.rows_rejected
+            .absolute(s.rows_rejected.load(Ordering::Relaxed));
+        m.batches.absolute(s.batches.load(Ordering::Relaxed));
+        m.retries.absolute(s.retries.load(Ordering::Relaxed));
+        m.bytes_sent.absolute(s.bytes_sent.load(Ordering::Relaxed));
+        m.input_bytes
+            .absolute(s.input_bytes_read.load(Ordering::Relaxed));
+    }
+
+    fn health(&self) -> Health {
+        let sent = self.stats.rows_sent.load(Ordering::Relaxed);
+        match self.senders.longest_busy() {
+            Some((partition, age)) if age > self.bound => Health::failing(format!(
+                "partition {partition}: a batch has waited {:.1} s for Kafka at {} to acknowledge \
+                 it (bound 3 × --timeout = {:?}); is the broker up?",
+                age.as_secs_f64(),
+                self.brokers,
+                self.bound
+            )),
+            _ => Health::ok(format!("{sent} rows acknowledged")),
         }
     }
 }

@@ -642,14 +642,22 @@ fn json_to_value(ty: &FieldType, json: &serde_json::Value) -> Option<Value> {
         (FieldType::Date { .. }, J::String(s)) => Value::Date(days_since_epoch(
             NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?,
         )),
-        (FieldType::Timestamp { .. }, J::String(s)) => Value::Timestamp(
-            DateTime::parse_from_rfc3339(s)
-                .ok()?
-                .with_timezone(&Utc)
-                .timestamp_micros(),
-        ),
+        (FieldType::Timestamp { .. }, J::String(s)) => Value::Timestamp(parse_json_timestamp(s)?),
         _ => return None,
     })
+}
+
+/// A JSON timestamp: RFC 3339 (any offset), or what [`timestamp_to_string`] writes for the years
+/// RFC 3339 cannot hold (before 0000 or after 9999: `-0001-01-01T00:00:00.000000Z`,
+/// `+10000-01-01T00:00:00.000000Z`). Without the second form, a CSV timestamp such as
+/// `01/01/-0001 00:00:00` would be sent by `produce` and dead-lettered by `consume` (found by
+/// the `csv_rows` fuzz target).
+fn parse_json_timestamp(s: &str) -> Option<i64> {
+    if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+        return Some(dt.with_timezone(&Utc).timestamp_micros());
+    }
+    let naive = NaiveDateTime::parse_from_str(s.strip_suffix('Z')?, "%Y-%m-%dT%H:%M:%S%.f").ok()?;
+    Some(Utc.from_utc_datetime(&naive).timestamp_micros())
 }
 
 fn push_json_str(out: &mut String, s: &str) {
@@ -954,6 +962,39 @@ mod tests {
         assert!(json.contains("\"2026-11-25T14:00:30.000000Z\""), "{json}");
         let (back, _) = s.decode_json(json.as_bytes()).unwrap();
         assert_eq!(back[1], ts);
+    }
+
+    #[test]
+    fn timestamps_outside_rfc3339_years_survive_json() {
+        // Regression (fuzzing): years before 0000 and after 9999 are written as `-0001-…` and
+        // `+10000-…`, which RFC 3339 parsers reject; the decoder must read them back.
+        let s = Schema::from_toml_str(
+            "[[fields]]\ncolumn='when'\ntype='timestamp'\nformat='%d/%m/%Y %H:%M:%S %z'",
+            "t.toml",
+        )
+        .unwrap();
+        for text in [
+            "01/01/-0001 00:00:00 +0000",
+            "31/12/9999 23:59:59 -0100",
+            "01/01/0000 00:00:00 +0130",
+            "25/11/2026 14:00:30 +0000",
+        ] {
+            let value = s.parse_cell(0, text).unwrap();
+            let mut json = String::new();
+            s.write_json(std::slice::from_ref(&value), None, &mut json);
+            let (back, _) = s
+                .decode_json(json.as_bytes())
+                .unwrap_or_else(|e| panic!("{text} -> {json}: {e}"));
+            assert_eq!(back, vec![value], "{text} -> {json}");
+        }
+        // RFC 3339 with an offset that moves the instant past 9999 is accepted and round-trips.
+        let (v, _) = s
+            .decode_json(br#"{"when":"9999-12-31T23:30:00-01:00"}"#)
+            .unwrap();
+        let mut json = String::new();
+        s.write_json(&v, None, &mut json);
+        assert!(json.contains("+10000-01-01T00:30:00"), "{json}");
+        assert_eq!(s.decode_json(json.as_bytes()).unwrap().0, v);
     }
 
     #[test]

@@ -101,7 +101,10 @@ async fn a_row_changed_in_mysql_reaches_records_after_the_next_refresh() {
         .unwrap();
 
     let schema = Schema::banco_central();
-    let base = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap().timestamp_millis();
+    let base = Utc
+        .with_ymd_and_hms(2026, 3, 1, 12, 0, 0)
+        .unwrap()
+        .timestamp_millis();
     let minute = 60_000;
     // Batch A in the window at `base`; a later record closes that window.
     let mut batch: Vec<Record> = (0..10)
@@ -133,8 +136,13 @@ async fn a_row_changed_in_mysql_reaches_records_after_the_next_refresh() {
         .status()
         .unwrap();
     let status = consumer.wait().unwrap();
-    conn.query_drop(format!("DROP TABLE {table}")).await.unwrap();
-    assert!(status.success(), "consumer exited with {status:?} after SIGTERM");
+    conn.query_drop(format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+    assert!(
+        status.success(),
+        "consumer exited with {status:?} after SIGTERM"
+    );
 
     let python = common::repo_root().join(".local/venv/bin/python");
     let sql = format!(

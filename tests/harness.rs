@@ -95,6 +95,7 @@ async fn unreachable_broker_fails_fast_with_the_address() {
     let config = reclamacoes::kafka::KafkaConfig {
         brokers: "127.0.0.1:1".into(),
         timeout: std::time::Duration::from_secs(2),
+        ..Default::default()
     };
     let started = std::time::Instant::now();
     let err = match reclamacoes::kafka::Kafka::connect(config).await {

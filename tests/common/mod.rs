@@ -22,6 +22,7 @@ pub fn kafka_config() -> KafkaConfig {
     KafkaConfig {
         brokers: brokers(),
         timeout: Duration::from_secs(10),
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,676 @@
+"""Benchmarks side by side: the ceiling (Kafka's own perf tools, kcat), the seed's design
+(kafka-python producer, PySpark Structured Streaming consumer) and us (`app produce`,
+`app consume`). Run it through scripts/bench.sh (`make bench`, `bench-quick`, `bench-produce`,
+`bench-consume`), which installs what it needs first; BENCHMARKS.md explains every number.
+
+    python bench/bench.py --mode full|quick|produce|consume [--rows N]
+        [--scale-rows 100000,1000000,5000000] [--partitions 1,3,6] [--systems ...]
+
+Steps:
+- produce: CSV -> a fresh topic, lz4, acks=all: app produce; kcat -P of the same records
+  (key + JSON value, taken from app's topic once); ProducerPerformance at the same mean record
+  size; the seed's kafka-python producer.
+- consume: the topic app produced -> enriched Parquet: app consume --until-caught-up;
+  ConsumerPerformance (raw fetch, no decode, no output); the seed's PySpark job. Output row
+  counts and enrichment hits are checked with DuckDB.
+- scaling (full mode): app produce + app consume at each --scale-rows (1 partition) and at
+  --rows with each --partitions.
+Writes bench/results/<date>[-mode].{md,json,png}; full mode also updates BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import measure  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL = ROOT / ".local"
+DATA = LOCAL / "bench-data"
+WORK = LOCAL / "bench-work"
+JARS = LOCAL / "bench-jars"
+VENV_PY = LOCAL / "bench-venv" / "bin" / "python"
+KAFKA_LIBS = LOCAL / "kafka" / "libs"
+APP = ROOT / "target" / "release" / "app"
+GEN = ROOT / "target" / "release" / "examples" / "gen_data"
+RESULTS = ROOT / "bench" / "results"
+
+BROKERS = os.environ.get("KAFKA_BROKERS", "127.0.0.1:9092")
+MYSQL_PORT = os.environ.get("MYSQL_PORT", "3306")
+MYSQL_URL = os.environ.get(
+    "MYSQL_URL", f"mysql://reclamacoes:reclamacoes@127.0.0.1:{MYSQL_PORT}/reclamacoes_db")
+JDBC_URL = os.environ.get("BENCH_JDBC_URL", f"jdbc:mysql://127.0.0.1:{MYSQL_PORT}/reclamacoes_db")
+
+PRODUCERS = ["app", "kcat", "producer-perf", "producer-perf-batch", "seed-python"]
+# app produce's default --batch-bytes (768 KiB); the second ProducerPerformance run uses it.
+APP_BATCH_BYTES = 768 * 1024
+CONSUMERS = ["app", "consumer-perf", "seed-spark"]
+LABEL = {
+    ("produce", "app"): "app produce",
+    ("produce", "kcat"): "kcat -P (same key+JSON)",
+    ("produce", "producer-perf"): "Kafka ProducerPerformance (ceiling, client defaults)",
+    ("produce", "producer-perf-batch"): "Kafka ProducerPerformance (batch.size 768 KiB like app)",
+    ("produce", "seed-python"): "seed: kafka-python + DictReader",
+    ("consume", "app"): "app consume -> Parquet",
+    ("consume", "consumer-perf"): "Kafka ConsumerPerformance (raw fetch, ceiling)",
+    ("consume", "seed-spark"): "seed: PySpark Structured Streaming -> Parquet",
+}
+
+
+SHORT = {
+    "app": "app", "kcat": "kcat -P", "producer-perf": "ProducerPerf\n(client defaults)",
+    "producer-perf-batch": "ProducerPerf\n(768 KiB batch)", "seed-python": "seed:\nkafka-python",
+    "consumer-perf": "ConsumerPerf\n(raw fetch)", "seed-spark": "seed:\nPySpark",
+}
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(cmd, **kw):
+    """Runs a helper command (not measured); fails loudly with its output."""
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise SystemExit(f"bench: `{' '.join(map(str, cmd))}` failed ({r.returncode}):\n"
+                         f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r.stdout
+
+
+# --- Kafka admin (kafka-python, in the bench venv) -------------------------------------------
+
+def admin():
+    from kafka.admin import KafkaAdminClient
+    return KafkaAdminClient(bootstrap_servers=BROKERS.split(","), client_id="bench-admin")
+
+
+def create_topic(name, partitions):
+    from kafka.admin import NewTopic
+    a = admin()
+    try:
+        a.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        a.close()
+    # Wait until the metadata shows it.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if topic_counts(name) is not None:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"bench: topic {name} was not visible 30s after creation")
+
+
+def topic_counts(name):
+    """Records in the topic (sum of end - beginning offsets), or None if it does not exist."""
+    from kafka import KafkaConsumer, TopicPartition
+    c = KafkaConsumer(bootstrap_servers=BROKERS.split(","), enable_auto_commit=False)
+    try:
+        parts = c.partitions_for_topic(name)
+        if not parts:
+            return None
+        tps = [TopicPartition(name, p) for p in parts]
+        end, beg = c.end_offsets(tps), c.beginning_offsets(tps)
+        return sum(end[tp] - beg[tp] for tp in tps)
+    finally:
+        c.close()
+
+
+def delete_topics(names):
+    if not names:
+        return
+    a = admin()
+    try:
+        a.delete_topics(list(names))
+        log(f"deleted {len(names)} topic(s)")
+    except Exception as e:  # report, never fail the run for cleanup
+        log(f"could not delete topics {names}: {e}")
+    finally:
+        a.close()
+
+
+# --- data ----------------------------------------------------------------------------------
+
+def dataset(rows):
+    """Generates (once) `rows` rows; returns the directory and the list of its CSV files."""
+    d = DATA / f"n{rows}"
+    done = d / ".done"
+    if not done.exists():
+        shutil.rmtree(d, ignore_errors=True)
+        log(f"generating {rows:,} rows into {d.relative_to(ROOT)}")
+        run([GEN, "--rows", rows, "--out", d, "--seed", 42])
+        done.write_text("ok\n")
+    files = sorted(d.glob("*.csv"))
+    return d, files
+
+
+def export_jsonl(topic, path, rows):
+    """The topic's records as `key<TAB>value` lines (what kcat -P -K'\\t' sends back)."""
+    if path.exists() and path.with_suffix(".ok").exists():
+        return
+    log(f"exporting {topic} to {path.relative_to(ROOT)} with kcat -C")
+    with open(path, "wb") as f:
+        r = subprocess.run(["kcat", "-C", "-b", BROKERS, "-t", topic, "-e", "-q",
+                            "-f", "%k\t%s\n"], stdout=f, stderr=subprocess.PIPE)
+    if r.returncode != 0:
+        raise SystemExit(f"bench: kcat -C failed: {r.stderr.decode()[-2000:]}")
+    n = sum(1 for _ in open(path, "rb"))
+    if n != rows:
+        raise SystemExit(f"bench: {path} has {n} lines, expected {rows}")
+    path.with_suffix(".ok").write_text("ok\n")
+
+
+def jsonl_sizes(path):
+    """(records, key+value bytes, value bytes) of a key<TAB>value lines file."""
+    n = kv = v = 0
+    with open(path, "rb") as f:
+        for line in f:
+            n += 1
+            key, _, value = line.rstrip(b"\n").partition(b"\t")
+            kv += len(key) + len(value)
+            v += len(value)
+    return n, kv, v
+
+
+# --- measured systems ----------------------------------------------------------------------
+
+def result(step, system, rows, m, payload_bytes, extra=None):
+    wall = m["wall_s"]
+    r = {
+        "step": step, "system": system, "label": LABEL.get((step, system), system),
+        "rows": rows, "wall_s": wall,
+        "records_per_s": round(rows / wall) if wall else None,
+        "mb_per_s": round(payload_bytes / 1e6 / wall, 2) if wall and payload_bytes else None,
+        "cpu_s": round(m["cpu_user_s"] + m["cpu_sys_s"], 2),
+        "cpu_user_s": m["cpu_user_s"], "cpu_sys_s": m["cpu_sys_s"],
+        "max_rss_single_mb": m["max_rss_single_mb"], "peak_rss_tree_mb": m["peak_rss_tree_mb"],
+        "first_output_s": m["first_output_s"], "cmd": m["cmd"], "rc": m["rc"],
+    }
+    r.update(extra or {})
+    return r
+
+
+def check(m, what, logfile):
+    if m["rc"] != 0:
+        tail = Path(logfile).read_text(errors="replace")[-3000:] if Path(logfile).exists() else ""
+        raise SystemExit(f"bench: {what} failed with exit {m['rc']}; log {logfile}:\n{tail}")
+
+
+def app_produce(run_dir, topic, files_dir, rows, partitions, tag):
+    create_topic(topic, partitions)
+    out, err = run_dir / f"{tag}.out", run_dir / f"{tag}.err"
+    cmd = [APP, "produce", "--brokers", BROKERS, "--topic", topic, "--partitions", partitions,
+           "--compression", "lz4", "--rejects", run_dir / "rejects", files_dir]
+    log(f"{tag}: {' '.join(map(str, cmd[1:]))}")
+    m = measure([str(c) for c in cmd], cwd=run_dir, stdout=str(out), stderr=str(err))
+    check(m, "app produce", err)
+    text = out.read_text()
+    sent = int(re.search(r"rows sent \(acknowledged\): (\d+)", text).group(1))
+    if sent != rows or topic_counts(topic) != rows:
+        raise SystemExit(f"bench: app produce sent {sent} rows, topic has {topic_counts(topic)}, "
+                         f"expected {rows}; see {out}")
+    return m
+
+
+def app_consume(run_dir, topic, rows, tag):
+    outdir = run_dir / f"{tag}-output"
+    shutil.rmtree(outdir, ignore_errors=True)
+    out, err = run_dir / f"{tag}.out", run_dir / f"{tag}.err"
+    cmd = [APP, "consume", "--brokers", BROKERS, "--topic", topic, "--output", outdir,
+           "--mysql-url", MYSQL_URL, "--until-caught-up"]
+    log(f"{tag}: app consume --topic {topic} --output {outdir.relative_to(ROOT)} --until-caught-up")
+    m = measure([str(c) for c in cmd], cwd=run_dir, stdout=str(out), stderr=str(err),
+                watch=str(outdir), pattern="window_start=*/*.parquet")
+    check(m, "app consume", err)
+    text = out.read_text()
+    read = int(re.search(r"records read: (\d+)", text).group(1))
+    if read != rows:
+        raise SystemExit(f"bench: app consume read {read} records, expected {rows}; see {out}")
+    return m, outdir
+
+
+def duck(sql):
+    import duckdb
+    return duckdb.sql(sql).fetchall()
+
+
+def app_output_counts(outdir):
+    parts = [f"'{outdir}/window_start=*/*.parquet'"]
+    if list(outdir.glob("_late/**/*.parquet")):
+        parts.append(f"'{outdir}/_late/**/*.parquet'")
+    src = f"read_parquet([{', '.join(parts)}], hive_partitioning = false, union_by_name = true)"
+    return duck(f"SELECT count(*), count(banco_segmento) FROM {src}")[0]
+
+
+def spark_output_counts(outdir):
+    src = f"read_parquet('{outdir}/window_start=*/*.parquet', hive_partitioning = false)"
+    return duck(f"SELECT count(*), count(banco_segmento) FROM {src}")[0]
+
+
+def produce_step(run_dir, rows, systems, topics, results):
+    data_dir, files = dataset(rows)
+    uid = uuid.uuid4().hex[:8]
+    t_app = f"bench-{uid}-produce-app"
+    topics.append(t_app)
+    m = app_produce(run_dir, t_app, data_dir, rows, 1, "produce-app")
+    jsonl = DATA / f"n{rows}.jsonl"
+    export_jsonl(t_app, jsonl, rows)
+    n, kv_bytes, v_bytes = jsonl_sizes(jsonl)
+    record_size = round(v_bytes / n)
+    log(f"app JSON: {n:,} records, mean value {record_size} B, key+value {kv_bytes / 1e6:.1f} MB")
+    if "app" in systems:
+        results.append(result("produce", "app", rows, m, kv_bytes, {"topic": t_app}))
+
+    if "kcat" in systems:
+        t = f"bench-{uid}-produce-kcat"
+        topics.append(t)
+        create_topic(t, 1)
+        err = run_dir / "produce-kcat.err"
+        cmd = ["kcat", "-P", "-b", BROKERS, "-t", t, "-z", "lz4", "-X", "acks=all",
+               "-K", "\t", "-l", str(jsonl)]
+        log(f"produce-kcat: kcat -P -b {BROKERS} -t {t} -z lz4 -X acks=all -K '\\t' -l {jsonl.name}")
+        m = measure(cmd, stderr=str(err))
+        check(m, "kcat -P", err)
+        got = topic_counts(t)
+        if got != rows:
+            raise SystemExit(f"bench: kcat -P left {got} records in {t}, expected {rows}")
+        results.append(result("produce", "kcat", rows, m, kv_bytes, {"topic": t}))
+
+    for system, extra_props in (("producer-perf", []),
+                                ("producer-perf-batch", [f"batch.size={APP_BATCH_BYTES}",
+                                                         "linger.ms=5"])):
+        if system not in systems:
+            continue
+        t = f"bench-{uid}-produce-{system}"
+        topics.append(t)
+        create_topic(t, 1)
+        out, err = run_dir / f"produce-{system}.out", run_dir / f"produce-{system}.err"
+        cmd = ["java", "-cp", f"{KAFKA_LIBS}/*", "org.apache.kafka.tools.ProducerPerformance",
+               "--topic", t, "--num-records", str(rows), "--record-size", str(record_size),
+               "--throughput", "-1", "--producer-props", f"bootstrap.servers={BROKERS}",
+               "acks=all", "compression.type=lz4", *extra_props]
+        log(f"produce-{system}: ProducerPerformance --num-records {rows} --record-size "
+            f"{record_size} {' '.join(extra_props)}")
+        m = measure(cmd, stdout=str(out), stderr=str(err))
+        check(m, "ProducerPerformance", err)
+        last = [ln for ln in out.read_text().splitlines() if "records sent" in ln][-1]
+        own = re.search(r"([\d.]+) records/sec \(([\d.]+) MB/sec\)", last)
+        results.append(result("produce", system, rows, m, rows * record_size, {
+            "topic": t, "tool_records_per_s": float(own.group(1)),
+            "tool_mb_per_s": float(own.group(2)), "record_size": record_size,
+            "extra_props": extra_props}))
+
+    if "seed-python" in systems:
+        t = f"bench-{uid}-produce-seed"
+        topics.append(t)
+        create_topic(t, 1)
+        script = ROOT / "bench" / "seed_producer.py"
+        counted = json.loads(run([VENV_PY, script, "--topic", t, "--count-bytes", *files]))
+        out, err = run_dir / "produce-seed.out", run_dir / "produce-seed.err"
+        cmd = [str(VENV_PY), str(script), "--brokers", BROKERS, "--topic", t,
+               "--compression", "lz4", *map(str, files)]
+        log(f"produce-seed: seed_producer.py --topic {t} --compression lz4 ({len(files)} files)")
+        m = measure(cmd, stdout=str(out), stderr=str(err))
+        check(m, "the seed's kafka-python producer", err)
+        got = topic_counts(t)
+        if got != rows:
+            raise SystemExit(f"bench: seed producer left {got} records in {t}, expected {rows}")
+        results.append(result("produce", "seed-python", rows, m, counted["value_bytes"], {
+            "topic": t, "mean_value_bytes": round(counted["value_bytes"] / rows)}))
+    return t_app, kv_bytes
+
+
+def consume_step(run_dir, rows, systems, topic, payload_bytes, results):
+    checks = {}
+    if "app" in systems:
+        m, outdir = app_consume(run_dir, topic, rows, "consume-app")
+        total, hits = app_output_counts(outdir)
+        checks["app"] = (total, hits)
+        results.append(result("consume", "app", rows, m, payload_bytes,
+                              {"output_rows": total, "enrich_hits": hits,
+                               "output_mb": round(dir_bytes(outdir) / 1e6, 1)}))
+    if "consumer-perf" in systems:
+        out, err = run_dir / "consume-perf.out", run_dir / "consume-perf.err"
+        cmd = ["java", "-cp", f"{KAFKA_LIBS}/*", "org.apache.kafka.tools.ConsumerPerformance",
+               "--bootstrap-server", BROKERS, "--topic", topic, "--messages", str(rows)]
+        log(f"consume-perf: ConsumerPerformance --topic {topic} --messages {rows}")
+        m = measure(cmd, stdout=str(out), stderr=str(err))
+        check(m, "ConsumerPerformance", err)
+        lines = [ln for ln in out.read_text().splitlines() if ln.strip()]
+        hi = next(i for i, ln in enumerate(lines) if ln.startswith("start.time"))
+        names = [s.strip() for s in lines[hi].split(",")]
+        values = [s.strip() for s in lines[hi + 1].split(",")]
+        own = dict(zip(names, values))
+        got = int(float(own["data.consumed.in.nMsg"]))
+        if got != rows:
+            raise SystemExit(f"bench: ConsumerPerformance read {got} records, expected {rows}")
+        results.append(result("consume", "consumer-perf", rows, m, payload_bytes, {
+            "tool_records_per_s": float(own["nMsg.sec"]), "tool_mb_per_s": float(own["MB.sec"])}))
+    if "seed-spark" in systems:
+        outdir = run_dir / "consume-spark-output"
+        shutil.rmtree(outdir, ignore_errors=True)
+        out, err = run_dir / "consume-spark.out", run_dir / "consume-spark.err"
+        cmd = [str(VENV_PY), str(ROOT / "bench" / "spark_consumer.py"), "--brokers", BROKERS,
+               "--topic", topic, "--output", str(outdir), "--jars-dir", str(JARS),
+               "--jdbc-url", JDBC_URL]
+        log(f"consume-spark: spark_consumer.py --topic {topic} --output {outdir.relative_to(ROOT)}")
+        m = measure(cmd, cwd=run_dir, stdout=str(out), stderr=str(err), watch=str(outdir),
+                    pattern="window_start=*/*.parquet")
+        check(m, "the seed's PySpark consumer", err)
+        total, hits = spark_output_counts(outdir)
+        checks["seed-spark"] = (total, hits)
+        results.append(result("consume", "seed-spark", rows, m, payload_bytes, {
+            "output_rows": total, "enrich_hits": hits,
+            "output_mb": round(dir_bytes(outdir) / 1e6, 1),
+            "spark": json.loads(out.read_text().strip().splitlines()[-1]).get("spark")}))
+    for name, (total, hits) in checks.items():
+        if total != rows:
+            raise SystemExit(f"bench: {name} wrote {total} output rows, expected {rows}")
+    if len(set(checks.values())) > 1:
+        raise SystemExit(f"bench: output rows / enrichment hits differ between systems: {checks}")
+    if checks:
+        log(f"output check (DuckDB): rows and enrichment hits agree: {checks}")
+
+
+def dir_bytes(d):
+    return sum(p.stat().st_size for p in Path(d).rglob("*") if p.is_file())
+
+
+def scaling_step(run_dir, scale_rows, partitions, base_rows, topics, results):
+    points = [(n, 1) for n in scale_rows] + [(base_rows, p) for p in partitions if p != 1]
+    for n, p in points:
+        if any(r["step"] == "scaling-produce" and r["rows"] == n and r["partitions"] == p
+               for r in results):
+            continue
+        data_dir, _ = dataset(n)
+        t = f"bench-{uuid.uuid4().hex[:8]}-scale-{n}-p{p}"
+        topics.append(t)
+        m = app_produce(run_dir, t, data_dir, n, p, f"scale-produce-{n}-p{p}")
+        results.append(result("scaling-produce", "app", n, m, None, {"partitions": p}))
+        m, outdir = app_consume(run_dir, t, n, f"scale-consume-{n}-p{p}")
+        results.append(result("scaling-consume", "app", n, m, None, {"partitions": p}))
+        shutil.rmtree(outdir, ignore_errors=True)
+        delete_topics([t])
+        topics.remove(t)
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def machine():
+    info = {"cores": os.cpu_count(), "python": platform.python_version(),
+            "kernel": platform.release()}
+    try:
+        mem = next(ln for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
+        info["memory_gib"] = round(int(mem.split()[1]) / 2**20, 1)
+        model = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+        info["cpu"] = model.split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        pass
+    info["loadavg_start"] = open("/proc/loadavg").read().split()[:3]
+
+    def version(cmd, pattern=r"(.+)"):
+        try:
+            text = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            m = re.search(pattern, text.stdout + text.stderr)
+            return m.group(1).strip() if m else None
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    info["rustc"] = version(["rustc", "--version"])
+    info["java"] = version(["java", "-version"], r'version "([^"]+)"')
+    info["kcat"] = version(["kcat", "-V"], r"Version ([\w.\-]+)")
+    info["librdkafka"] = version(["kcat", "-V"], r"librdkafka ([\w.\-]+)")
+    kafka_jar = sorted(KAFKA_LIBS.glob("kafka-clients-*.jar"))
+    info["kafka"] = kafka_jar[-1].name.removeprefix("kafka-clients-").removesuffix(".jar") \
+        if kafka_jar else None
+    info["pyspark"] = version([VENV_PY, "-c", "import pyspark; print(pyspark.__version__)"])
+    info["kafka_python"] = version([VENV_PY, "-c", "import kafka; print(kafka.__version__)"])
+    return info
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "–"
+    if isinstance(v, float) and digits:
+        return f"{v:,.{digits}f}"
+    return f"{round(v):,}" if isinstance(v, (int, float)) else str(v)
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}×" if a and b else "–"
+
+
+def render(results, info, args, started, finished):
+    lines = []
+    add = lines.append
+    add(f"Run: {started:%Y-%m-%d %H:%M} UTC, mode `{args.mode}`, {args.rows:,} rows for the "
+        f"side-by-side steps, {(finished - started).total_seconds() / 60:.1f} min in all.")
+    add("")
+    add(f"Machine: {info.get('cores')} cores ({info.get('cpu', '?')}), "
+        f"{info.get('memory_gib', '?')} GiB memory, Linux {info.get('kernel')}; "
+        f"load average at start {' '.join(info.get('loadavg_start', []))}, at end "
+        f"{' '.join(info.get('loadavg_end', []))}. Versions: {info.get('rustc')}, Java "
+        f"{info.get('java')}, Kafka {info.get('kafka')} (broker and tools), kcat "
+        f"{info.get('kcat')} (librdkafka {info.get('librdkafka')}), kafka-python "
+        f"{info.get('kafka_python')}, pyspark {info.get('pyspark')}.")
+    add("")
+    for step, title in (("produce", "Produce: CSV -> topic (lz4, acks=all, fresh 1-partition topic each)"),
+                        ("consume", "Consume: topic -> enriched Parquet (same topic for all)")):
+        rows = [r for r in results if r["step"] == step]
+        if not rows:
+            continue
+        base = next((r for r in rows if r["system"] == "app"), None)
+        add(f"### {title}")
+        add("")
+        add("| system | records/s | MB/s | wall s | CPU s (user+sys) | peak RSS MB | "
+            "time to first output s | records/s vs app | CPU s vs app | RSS vs app |")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in rows:
+            add(f"| {r['label']} | {fmt(r['records_per_s'])} | {fmt(r['mb_per_s'], 1)} | "
+                f"{fmt(r['wall_s'], 1)} | {fmt(r['cpu_s'], 1)} "
+                f"({fmt(r['cpu_user_s'], 1)}+{fmt(r['cpu_sys_s'], 1)}) | "
+                f"{fmt(r['peak_rss_tree_mb'])} | {fmt(r['first_output_s'], 1)} | "
+                f"{ratio(r['records_per_s'], base and base['records_per_s'])} | "
+                f"{ratio(r['cpu_s'], base and base['cpu_s'])} | "
+                f"{ratio(r['peak_rss_tree_mb'], base and base['peak_rss_tree_mb'])} |")
+        add("")
+        notes = []
+        for r in rows:
+            if "tool_records_per_s" in r:
+                notes.append(f"{r['label']} reports itself {fmt(r['tool_records_per_s'])} "
+                             f"records/s, {fmt(r['tool_mb_per_s'], 1)} MB/s (without JVM start-up).")
+            if "record_size" in r:
+                props = " ".join(r.get("extra_props") or []) or "no extra producer props"
+                notes.append(f"{r['label']}: random {r['record_size']}-byte values (the mean "
+                             f"size of app's JSON values), no key; {props}.")
+            if "mean_value_bytes" in r:
+                notes.append(f"The seed's values are DictReader rows as JSON strings, "
+                             f"{r['mean_value_bytes']} bytes on average, no key.")
+            if "output_rows" in r:
+                notes.append(f"{r['label']}: {fmt(r['output_rows'])} output rows, "
+                             f"{fmt(r['enrich_hits'])} enriched (DuckDB), {r['output_mb']} MB "
+                             "of Parquet.")
+        for n in notes:
+            add(f"- {n}")
+        if notes:
+            add("")
+    sp = [r for r in results if r["step"] == "scaling-produce"]
+    sc = {(r["rows"], r["partitions"]): r for r in results if r["step"] == "scaling-consume"}
+    if sp:
+        add("### Scaling: app produce and app consume")
+        add("")
+        add("| rows | partitions | produce records/s | produce CPU s | produce peak RSS MB | "
+            "consume records/s | consume CPU s | consume peak RSS MB |")
+        add("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in sorted(sp, key=lambda r: (r["partitions"], r["rows"])):
+            c = sc.get((r["rows"], r["partitions"]), {})
+            add(f"| {fmt(r['rows'])} | {r['partitions']} | {fmt(r['records_per_s'])} | "
+                f"{fmt(r['cpu_s'], 1)} | {fmt(r['peak_rss_tree_mb'])} | "
+                f"{fmt(c.get('records_per_s'))} | {fmt(c.get('cpu_s'), 1)} | "
+                f"{fmt(c.get('peak_rss_tree_mb'))} |")
+        add("")
+    return "\n".join(lines)
+
+
+def chart(results, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [s for s in ("produce", "consume") if any(r["step"] == s for r in results)]
+    scaling = [r for r in results if r["step"].startswith("scaling")]
+    panels = len(steps) + (1 if scaling else 0)
+    if panels == 0:
+        return
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5.2), squeeze=False)
+    colors = {"app": "#d9534f", "kcat": "#5bc0de", "producer-perf": "#337ab7",
+              "producer-perf-batch": "#1f4e79",
+              "consumer-perf": "#337ab7", "seed-python": "#f0ad4e", "seed-spark": "#f0ad4e"}
+    for ax, step in zip(axes[0], steps):
+        rows = [r for r in results if r["step"] == step]
+        names = [SHORT.get(r["system"], r["system"]) for r in rows]
+        vals = [r["records_per_s"] for r in rows]
+        bars = ax.bar(range(len(rows)), vals, color=[colors.get(r["system"], "grey") for r in rows])
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(names, fontsize=8)
+        ax.set_ylabel("records/s (log scale)")
+        ax.set_title(f"{step}: {rows[0]['rows']:,} records")
+        for b, r in zip(bars, rows):
+            ax.annotate(f"{r['records_per_s']:,}/s\n{r['peak_rss_tree_mb']:,.0f} MB RSS",
+                        (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                        va="bottom", fontsize=7)
+        ax.set_ylim(top=max(vals) * 6)
+    if scaling:
+        ax = axes[0][-1]
+        points = sorted({(r["partitions"], r["rows"]) for r in scaling})
+        by = {(r["step"], r["partitions"], r["rows"]): r for r in scaling}
+        width = 0.38
+        for k, (step, color) in enumerate((("scaling-produce", "#d9534f"),
+                                           ("scaling-consume", "#8e44ad"))):
+            xs = [i + (k - 0.5) * width for i in range(len(points))]
+            rs = [by.get((step, p, n)) for p, n in points]
+            vals = [r["records_per_s"] if r else 0 for r in rs]
+            bars = ax.bar(xs, vals, width, color=color, label=f"app {step.split('-')[1]}")
+            for b, r in zip(bars, rs):
+                if r:
+                    ax.annotate(f"{r['records_per_s'] / 1000:,.0f}k/s\n"
+                                f"{r['peak_rss_tree_mb']:,.0f} MB",
+                                (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                                va="bottom", fontsize=6)
+        ax.set_xticks(range(len(points)))
+        ax.set_xticklabels([f"{n / 1e6:g}M rows\n{p} partition{'s' if p > 1 else ''}"
+                            for p, n in points], fontsize=7)
+        ax.set_ylabel("records/s")
+        ax.set_title("app scaling (labels: records/s, peak RSS)")
+        ax.set_ylim(top=max(r["records_per_s"] for r in scaling) * 1.25)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def update_benchmarks_md(report, results_md, png):
+    path = ROOT / "BENCHMARKS.md"
+    begin, end = "<!-- bench:latest:begin -->", "<!-- bench:latest:end -->"
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    block = (f"{begin}\n_Written by `make bench` from [{results_md.name}](bench/results/"
+             f"{results_md.name}); chart: [{png.name}](bench/results/{png.name})._\n\n"
+             f"![benchmarks](bench/results/{png.name})\n\n{report}\n{end}")
+    text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    path.write_text(text)
+    log(f"updated {path.relative_to(ROOT)}")
+
+
+# --- main ------------------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--mode", choices=["full", "quick", "produce", "consume"], default="quick")
+    ap.add_argument("--rows", type=int, help="rows of the side-by-side steps")
+    ap.add_argument("--scale-rows", help="comma list (full mode default 100000,1000000,5000000)")
+    ap.add_argument("--partitions", help="comma list (full mode default 1,3,6)")
+    ap.add_argument("--systems", default="all",
+                    help=f"comma list among {sorted(set(PRODUCERS + CONSUMERS))}, or all")
+    ap.add_argument("--keep", action="store_true", help="keep topics and output directories")
+    ap.add_argument("--no-update", action="store_true", help="full mode: leave BENCHMARKS.md")
+    args = ap.parse_args()
+    defaults = {"full": 1_000_000, "quick": 100_000, "produce": 1_000_000, "consume": 1_000_000}
+    args.rows = args.rows or defaults[args.mode]
+    if args.mode == "full":
+        scale_rows = [int(x) for x in (args.scale_rows or "100000,1000000,5000000").split(",")]
+        partitions = [int(x) for x in (args.partitions or "1,3,6").split(",")]
+    elif args.mode == "quick":
+        scale_rows = [int(x) for x in (args.scale_rows or str(args.rows)).split(",")]
+        partitions = [int(x) for x in (args.partitions or "1,3").split(",")]
+    else:
+        scale_rows, partitions = [], []
+    systems = set(PRODUCERS + CONSUMERS) if args.systems == "all" else set(args.systems.split(","))
+
+    for need, hint in ((APP, "cargo build --release --bin app"),
+                       (GEN, "cargo build --release --example gen_data")):
+        if not need.exists():
+            raise SystemExit(f"bench: {need} is missing; run `{hint}` (scripts/bench.sh does)")
+    started = dt.datetime.now(dt.timezone.utc)
+    stamp = started.strftime("%Y-%m-%d")
+    run_dir = WORK / started.strftime("%Y%m%dT%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log(f"mode {args.mode}, {args.rows:,} rows, work dir {run_dir.relative_to(ROOT)}")
+    info = machine()
+    results, topics = [], []
+    try:
+        if args.mode in ("full", "quick", "produce", "consume"):
+            produce_systems = systems if args.mode != "consume" else {"app"}
+            topic, payload = produce_step(run_dir, args.rows, produce_systems, topics, results)
+            if args.mode == "consume":
+                # The topic is only the input here; its produce figures are not the point.
+                for r in results:
+                    r["step"] = "consume-input"
+        if args.mode in ("full", "quick", "consume"):
+            consume_step(run_dir, args.rows, systems, topic, payload, results)
+        if args.mode in ("full", "quick"):
+            # The side-by-side app runs are also the (rows, 1 partition) scaling points.
+            for r in list(results):
+                if r["step"] in ("produce", "consume") and r["system"] == "app":
+                    results.append(dict(r, step="scaling-" + r["step"], partitions=1))
+        if scale_rows or partitions:
+            scaling_step(run_dir, scale_rows, partitions, args.rows, topics, results)
+    finally:
+        if not args.keep:
+            delete_topics(topics)
+    info["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    finished = dt.datetime.now(dt.timezone.utc)
+    report = render(results, info, args, started, finished)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = stamp if args.mode == "full" else f"{stamp}-{args.mode}"
+    md, js, png = RESULTS / f"{name}.md", RESULTS / f"{name}.json", RESULTS / f"{name}.png"
+    chart([r for r in results if r["step"] != "consume-input"], png,
+          f"reclamacoes benchmarks, {stamp}, {info.get('cores')} cores, mode {args.mode}")
+    md.write_text(f"# Benchmark results {stamp} ({args.mode})\n\n![chart]({png.name})\n\n"
+                  f"{report}\n\nRaw figures and exact commands: [{js.name}]({js.name}).\n")
+    js.write_text(json.dumps({"machine": info, "args": vars(args), "results": results},
+                             indent=1, default=str) + "\n")
+    print("\n" + report)
+    log(f"wrote {md.relative_to(ROOT)}, {js.name}, {png.name}")
+    if args.mode == "full" and not args.no_update:
+        update_benchmarks_md(report, md, png)
+    if not args.keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# The whole pipeline in one command (`make demo`), on a fresh machine, with or without Docker:
+#   1. start Kafka + MariaDB if they are not running (scripts/services.sh up)
+#   2. build the release binary (cargo build --release)
+#   3. (re)load table bancos: sql/seed.sql, or BANCOS=file.tsv (an enquadramento file)
+#   4. app produce: DATA (default fixtures/) -> a new topic demo-<timestamp>
+#   5. app consume --until-caught-up: that topic -> demo-output/<run>/ (1-minute windows)
+#   6. app inspect on the output, then the commands to query it with DuckDB and pyarrow (and,
+#      when .local/venv/bin/python has duckdb, the DuckDB query run for real)
+# Every run uses its own topic and output directory, so it can be repeated as is.
+#
+# Environment: DATA (CSV files, a directory or a glob; default fixtures), BANCOS (TSV that
+# REPLACES the shared table bancos; default: reset it to sql/seed.sql), DEMO_PARTITIONS (3),
+# DEMO_WINDOW (1m), KAFKA_BROKERS, MYSQL_URL, KAFKA_PORT, MYSQL_PORT (as in the Makefile).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CALLER_DIR=$PWD
+cd "$ROOT"
+
+DATA=${DATA:-fixtures}
+BANCOS=${BANCOS:-}
+# Relative paths are relative to where the script was started (make runs it from the repo root).
+if [[ $CALLER_DIR != "$ROOT" ]]; then
+  [[ $DATA == /* ]] || DATA=$CALLER_DIR/$DATA
+  [[ -z $BANCOS || $BANCOS == /* ]] || BANCOS=$CALLER_DIR/$BANCOS
+fi
+PARTITIONS=${DEMO_PARTITIONS:-3}
+WINDOW=${DEMO_WINDOW:-1m}
+export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:${KAFKA_PORT:-9092}}
+export MYSQL_URL=${MYSQL_URL:-mysql://reclamacoes:reclamacoes@127.0.0.1:${MYSQL_PORT:-3306}/reclamacoes_db}
+RUN=demo-$(date -u +%Y%m%d-%H%M%S)-$(printf '%04x' $((RANDOM)))
+TOPIC=$RUN
+OUT=demo-output/$RUN
+LOGS=$OUT/_logs
+APP=$ROOT/target/release/app
+PYTHON=$ROOT/.local/venv/bin/python
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+T0=$(now)
+STEP_T0=$T0
+STEP=0
+STEPS=6
+step() {
+  if ((STEP > 0)); then printf '    done in %s s\n' "$(elapsed "$STEP_T0")"; fi
+  STEP=$((STEP + 1))
+  STEP_T0=$(now)
+  printf '\n==> [%d/%d] %s\n' "$STEP" "$STEPS" "$*"
+}
+die() {
+  printf '\n[demo] ERROR: %s\n' "$*" >&2
+  printf '[demo] run %s stopped after %s s\n' "$RUN" "$(elapsed "$T0")" >&2
+  exit 1
+}
+# show_log FILE: the end of a log, for failures.
+show_log() { [[ -f $1 ]] && { echo "--- last lines of $1:" >&2; tail -n 25 "$1" >&2; }; }
+# field FILE LABEL: the value after "  LABEL: " in a summary.
+field() { sed -n "s/^  $2: //p" "$1" | head -n 1; }
+
+printf '[demo] run %s: %s -> Kafka topic %s -> %s\n' "$RUN" "$DATA" "$TOPIC" "$OUT"
+[[ -e $DATA ]] || compgen -G "$DATA" >/dev/null || die "DATA=$DATA: no such file, directory or glob match"
+if [[ -n $BANCOS && ! -r $BANCOS ]]; then die "BANCOS=$BANCOS: cannot read that file"; fi
+
+step "services: Kafka on $KAFKA_BROKERS and MariaDB (scripts/services.sh up: starts only what is not running)"
+scripts/services.sh up || die "the local services did not start (see the messages above; \`make logs\` lists the log files)"
+
+step "build: cargo build --release --bin app"
+command -v cargo >/dev/null 2>&1 ||
+  die "cargo is not installed. Install Rust with rustup (https://rustup.rs: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh), then rerun make demo"
+cargo build --release --bin app || die "the release build failed (compiler output above)"
+
+if [[ -n $BANCOS ]]; then
+  step "enrichment table: replacing table bancos with $BANCOS (scripts/services.sh load-bancos)"
+  scripts/services.sh load-bancos "$BANCOS" || die "loading $BANCOS into table bancos failed"
+else
+  step "enrichment table: resetting table bancos to sql/seed.sql (scripts/services.sh seed)"
+  scripts/services.sh seed || die "loading sql/seed.sql into table bancos failed"
+fi
+
+mkdir -p "$LOGS"
+step "produce: app produce $DATA -> topic $TOPIC ($PARTITIONS partitions)"
+echo "    $ target/release/app produce --topic $TOPIC --partitions $PARTITIONS --rejects $OUT/_rejects $DATA"
+# shellcheck disable=SC2086  # DATA may be a glob
+if ! "$APP" produce --topic "$TOPIC" --partitions "$PARTITIONS" --rejects "$OUT/_rejects" $DATA \
+    >"$LOGS/produce-summary.txt" 2>"$LOGS/produce.log"; then
+  cat "$LOGS/produce-summary.txt"
+  show_log "$LOGS/produce.log"
+  die "app produce failed"
+fi
+sed 's/^/    /' "$LOGS/produce-summary.txt"
+
+step "consume: app consume --until-caught-up, $WINDOW windows, enrichment from MySQL -> $OUT"
+echo "    $ target/release/app consume --topic $TOPIC --output $OUT --window $WINDOW --until-caught-up"
+if ! "$APP" consume --topic "$TOPIC" --output "$OUT" --window "$WINDOW" --until-caught-up \
+    >"$LOGS/consume-summary.txt" 2>"$LOGS/consume.log"; then
+  cat "$LOGS/consume-summary.txt"
+  show_log "$LOGS/consume.log"
+  die "app consume failed"
+fi
+sed 's/^/    /' "$LOGS/consume-summary.txt"
+
+step "inspect: app inspect $OUT"
+"$APP" inspect "$OUT" | tee "$LOGS/inspect.txt" | sed 's/^/    /' || die "app inspect failed"
+"$APP" inspect --json --sample 0 "$OUT" >"$LOGS/inspect.json" || die "app inspect --json failed"
+printf '    done in %s s\n' "$(elapsed "$STEP_T0")"
+
+# --- summary ------------------------------------------------------------------------------
+P=$LOGS/produce-summary.txt
+C=$LOGS/consume-summary.txt
+windows_line=$(sed -n 's/^windows: //p' "$LOGS/inspect.txt" | head -n 1)
+GLOB="$OUT/window_start=*/*.parquet"
+ENRICH_HINT=
+if [[ -z $BANCOS && $(field "$C" enrichment) == "0 hits"* ]]; then
+  ENRICH_HINT=$'\n                  no hits: table bancos holds the fictional seed that matches fixtures/; with the real\n                  data, also load the real table: make demo DATA=... BANCOS=.../EnquadramentoInicia_v2.tsv'
+fi
+DUCKDB_SQL="SELECT banco_segmento, count(*) AS linhas, sum(quantidade_total_de_reclamacoes) AS reclamacoes FROM read_parquet('$GLOB', hive_partitioning = false) GROUP BY ALL ORDER BY banco_segmento NULLS LAST"
+cat <<EOF
+
+==================================== demo summary ====================================
+run:              $RUN
+input:            $DATA (files: $(field "$P" files))
+kafka topic:      $TOPIC ($PARTITIONS partitions on $KAFKA_BROKERS)
+rows produced:    $(field "$P" "rows sent (acknowledged)")
+rejects:          $(field "$P" "rows rejected")   (rows of the CSV that could not be parsed)
+rows read:        $(field "$C" "records read")
+rows written:     $(field "$C" "rows written")
+windows:          $windows_line
+enrichment:       $(field "$C" enrichment)   (misses: no CNPJ, or one not in table bancos; bank columns stay null)${ENRICH_HINT}
+late rows:        $(field "$C" "late rows")
+dead letters:     $(field "$C" "dead letters")
+output:           $OUT/   (window_start=*/part-*.parquet; logs and summaries in $LOGS/)
+total time:       $(elapsed "$T0") s
+
+Query the files:
+  DuckDB (CLI, or: pip install duckdb and use duckdb.sql(...) in Python):
+    duckdb -c "$DUCKDB_SQL"
+  pyarrow:
+    python3 -c "import pyarrow.dataset as ds; t = ds.dataset('$OUT', format='parquet', partitioning=None).to_table(); print(t.num_rows, 'rows'); print(t.schema)"
+  (pyarrow skips the _late, _dead_letter, _checkpoint, _logs and _rejects folders: names starting with _ are ignored)
+  Look again later: target/release/app inspect $OUT   (add --json for scripts)
+EOF
+
+if [[ -x $PYTHON ]] && "$PYTHON" -c 'import duckdb' 2>/dev/null; then
+  echo
+  echo "DuckDB, run now with $PYTHON (proof that an independent reader sees the rows):"
+  "$PYTHON" - "$DUCKDB_SQL" <<'PY' | sed 's/^/    /' || die "the DuckDB query failed"
+import sys, duckdb
+duckdb.sql(sys.argv[1]).show()
+PY
+else
+  echo
+  echo "(.local/venv/bin/python with duckdb not found: the DuckDB query above was not run)"
+fi
+echo
+echo "[demo] run $RUN finished in $(elapsed "$T0") s"

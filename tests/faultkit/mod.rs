@@ -1,0 +1,489 @@
+//! Helpers of the fault, bad-input and security tests (`tests/faults.rs`, `tests/bad_input.rs`,
+//! `tests/security.rs`):
+//!
+//! - [`Private`]: a PRIVATE Kafka + MariaDB (`scripts/services.sh` with
+//!   `LOCAL_DIR=.local/faults`, ports 19092/19093/13306) that tests may stop and start; the
+//!   shared instance (9092/3306) is never stopped. Tests that use it hold a process-wide lock, so
+//!   they run one at a time; whatever `acquire` started is stopped again when the guard drops.
+//! - an independent Parquet reader (DuckDB in `.local/venv`), a topic reader (rskafka), a
+//!   Banco Central CSV generator, and child-process helpers (wait with a bound, read stderr).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use reclamacoes::kafka::{Kafka, KafkaConfig, PartitionHandle};
+use serde_json::Value as Json;
+
+pub const PRIVATE_KAFKA_PORT: u16 = 19092;
+pub const PRIVATE_KAFKA_CONTROLLER_PORT: u16 = 19093;
+pub const PRIVATE_MYSQL_PORT: u16 = 13306;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn private_dir() -> PathBuf {
+    repo_root().join(".local/faults")
+}
+
+pub fn private_brokers() -> String {
+    format!("127.0.0.1:{PRIVATE_KAFKA_PORT}")
+}
+
+pub fn private_mysql_url() -> String {
+    format!("mysql://reclamacoes:reclamacoes@127.0.0.1:{PRIVATE_MYSQL_PORT}/reclamacoes_db")
+}
+
+static PRIVATE_LOCK: Mutex<()> = Mutex::new(());
+
+/// The private Kafka + MariaDB, held by one test at a time.
+pub struct Private {
+    _lock: MutexGuard<'static, ()>,
+    record: PathBuf,
+}
+
+impl Private {
+    /// Takes the lock and starts whatever of the private instance is not running (the first
+    /// start formats Kafka and initializes MariaDB under `.local/faults`, ~20 s).
+    pub fn acquire() -> Private {
+        let lock = PRIVATE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        std::fs::create_dir_all(private_dir()).unwrap();
+        // Reuse the shared instance's Kafka jars instead of resolving them with maven again.
+        let libs = private_dir().join("kafka/libs");
+        let shared_libs = repo_root().join(".local/kafka/libs");
+        if !libs.join(".pom.sha256").exists() && shared_libs.join(".pom.sha256").exists() {
+            std::fs::create_dir_all(private_dir().join("kafka")).unwrap();
+            let status = Command::new("cp")
+                .arg("-a")
+                .arg(&shared_libs)
+                .arg(private_dir().join("kafka/"))
+                .status()
+                .unwrap();
+            assert!(status.success(), "copying the Kafka jars failed");
+        }
+        let record = private_dir().join(format!("started-by-test-{}", std::process::id()));
+        let p = Private {
+            _lock: lock,
+            record,
+        };
+        p.services(&["up", "--record", p.record.to_str().unwrap()]);
+        p
+    }
+
+    fn services(&self, args: &[&str]) {
+        let out = Command::new(repo_root().join("scripts/services.sh"))
+            .args(args)
+            .env("LOCAL_DIR", private_dir())
+            .env("KAFKA_PORT", PRIVATE_KAFKA_PORT.to_string())
+            .env(
+                "KAFKA_CONTROLLER_PORT",
+                PRIVATE_KAFKA_CONTROLLER_PORT.to_string(),
+            )
+            .env("MYSQL_PORT", PRIVATE_MYSQL_PORT.to_string())
+            .env("SERVICES_MODE", "local")
+            .output()
+            .expect("run scripts/services.sh");
+        assert!(
+            out.status.success(),
+            "private services `{}` failed (LOCAL_DIR=.local/faults, ports {PRIVATE_KAFKA_PORT}/{PRIVATE_MYSQL_PORT}):\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn pid(&self, file: &str) -> Option<u32> {
+        std::fs::read_to_string(private_dir().join(file))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    fn kill_and_wait(&self, pid: u32, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            // A zombie (exited, not yet reaped by its parent) counts as stopped.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.contains(") Z ") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pid {pid} did not exit after {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the private broker with SIGKILL (a crash, not a clean shutdown).
+    pub fn kill_kafka(&self) {
+        let pid = self
+            .pid("kafka/kafka.pid")
+            .expect("the private Kafka has a pid file");
+        self.kill_and_wait(pid, "-KILL");
+    }
+
+    /// Stops the private MariaDB (SIGTERM, as an administrator would).
+    pub fn stop_mysql(&self) {
+        let pid = self
+            .pid("mysql/mariadbd.pid")
+            .expect("the private MariaDB has a pid file");
+        self.kill_and_wait(pid, "-TERM");
+    }
+
+    /// Starts whatever is not running (after `kill_kafka` / `stop_mysql`) and waits until ready.
+    pub fn start_again(&self) {
+        self.services(&["up"]);
+    }
+
+    /// Runs SQL on the private MariaDB as the application user.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = Command::new("mariadb")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-P",
+                &PRIVATE_MYSQL_PORT.to_string(),
+                "-u",
+                "reclamacoes",
+                "-preclamacoes",
+                "-N",
+                "-B",
+                "reclamacoes_db",
+                "-e",
+                sql,
+            ])
+            .output()
+            .expect("mariadb client");
+        assert!(
+            out.status.success(),
+            "SQL `{sql}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        // Leave nothing half-stopped, then stop exactly what acquire started.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.start_again()));
+        if self.record.exists() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.services(&["down", "--only", self.record.to_str().unwrap()])
+            }));
+            let _ = std::fs::remove_file(&self.record);
+        }
+    }
+}
+
+pub fn kafka_config(brokers: &str) -> KafkaConfig {
+    KafkaConfig {
+        brokers: brokers.to_string(),
+        timeout: Duration::from_secs(10),
+        ..Default::default()
+    }
+}
+
+pub async fn connect(brokers: &str) -> Kafka {
+    Kafka::connect(kafka_config(brokers))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("Kafka is not reachable at {brokers} ({e}); start the services with `make up`")
+        })
+}
+
+pub async fn partition(kafka: &Kafka, topic: &str, p: i32) -> PartitionHandle {
+    PartitionHandle {
+        config: kafka.config.clone(),
+        topic: topic.to_string(),
+        partition: p,
+        client: kafka.partition(topic, p).await.unwrap(),
+    }
+}
+
+/// Deletes a topic this test created (big topics should not pile up on the shared broker).
+pub async fn delete_topic(brokers: &str, topic: &str) {
+    let kafka = connect(brokers).await;
+    let controller = kafka.client.controller_client().unwrap();
+    if let Err(e) = controller.delete_topic(topic, 30_000).await {
+        eprintln!("could not delete topic {topic}: {e}");
+    }
+}
+
+/// One record as read back from the topic.
+#[derive(Debug, Clone)]
+pub struct TopicRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Every record of every partition of `topic`, read with rskafka from the earliest offset to
+/// the high watermark at the time of the call.
+pub async fn read_topic(brokers: &str, topic: &str) -> Vec<TopicRecord> {
+    let kafka = connect(brokers).await;
+    let n = kafka
+        .partition_count(topic)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("topic {topic} does not exist"));
+    let mut out = Vec::new();
+    for p in 0..n as i32 {
+        let h = partition(&kafka, topic, p).await;
+        let (mut offset, end) = h.offsets().await.unwrap();
+        while offset < end {
+            let (records, _) = h.fetch(offset, 8 * 1024 * 1024, 500).await.unwrap();
+            for r in records {
+                if r.offset >= offset && r.offset < end {
+                    out.push(TopicRecord {
+                        partition: p,
+                        offset: r.offset,
+                        key: r.record.key,
+                        value: r.record.value,
+                    });
+                }
+                offset = offset.max(r.offset + 1);
+            }
+        }
+    }
+    out
+}
+
+/// `_source` (file, line) of a produced JSON value.
+pub fn source_of(value: &[u8]) -> (String, u64) {
+    let json: Json = serde_json::from_slice(value).expect("produced values are JSON");
+    (
+        json["_source"]["file"].as_str().unwrap().to_string(),
+        json["_source"]["line"].as_u64().unwrap(),
+    )
+}
+
+/// Runs SQL in DuckDB (`.local/venv`) over `out` (`{out}` is replaced by its path) and returns
+/// the rows as JSON arrays.
+pub fn duckdb(out: &Path, sql: &str) -> Vec<Vec<Json>> {
+    let python = std::env::var("RECLAMACOES_PYTHON").unwrap_or_else(|_| {
+        repo_root()
+            .join(".local/venv/bin/python")
+            .display()
+            .to_string()
+    });
+    let script = r#"
+import sys, json, duckdb
+rows = duckdb.sql(sys.argv[1]).fetchall()
+print(json.dumps([[v if isinstance(v, (int, float, str, type(None), bool)) else str(v) for v in r] for r in rows]))
+"#;
+    let sql = sql.replace("{out}", &out.display().to_string());
+    let result = Command::new(&python)
+        .args(["-c", script, &sql])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {python} ({e}); `.ci/run` creates .local/venv with duckdb")
+        });
+    assert!(
+        result.status.success(),
+        "duckdb failed on {sql}: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    serde_json::from_slice(&result.stdout).unwrap()
+}
+
+pub fn scalar(out: &Path, sql: &str) -> i64 {
+    duckdb(out, sql)[0][0].as_i64().unwrap()
+}
+
+/// Every (partition, offset) written under `out`, per place: `window`, `late` or `dead`.
+pub fn written_offsets(out: &Path) -> BTreeMap<&'static str, Vec<(i64, i64)>> {
+    let mut result = BTreeMap::new();
+    for (name, glob) in [
+        ("window", "{out}/window_start=*/*.parquet"),
+        ("late", "{out}/_late/*/*.parquet"),
+        ("dead", "{out}/_dead_letter/*.parquet"),
+    ] {
+        let pattern = glob.replace("{out}", &out.display().to_string());
+        let any = glob::glob(&pattern).unwrap().next().is_some();
+        let rows = if any {
+            duckdb(
+                out,
+                &format!(
+                    "SELECT kafka_partition, kafka_offset FROM read_parquet('{glob}', hive_partitioning = false) ORDER BY 1, 2"
+                ),
+            )
+        } else {
+            Vec::new()
+        };
+        result.insert(
+            name,
+            rows.into_iter()
+                .map(|r| (r[0].as_i64().unwrap(), r[1].as_i64().unwrap()))
+                .collect(),
+        );
+    }
+    result
+}
+
+/// Every file under `dir`, recursively.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Sum over partitions of the committed checkpoint's `next_offset` (0 without one).
+pub fn committed_offsets(out: &Path) -> u64 {
+    let Ok(text) = std::fs::read_to_string(out.join("_checkpoint/checkpoint.json")) else {
+        return 0;
+    };
+    let Ok(json) = serde_json::from_str::<Json>(&text) else {
+        return 0;
+    };
+    json["checkpoint"]["partitions"]
+        .as_object()
+        .map(|ps| ps.values().filter_map(|p| p["next_offset"].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// The `app` binary with the given services and quiet logs.
+pub fn app(brokers: &str, mysql_url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_app"));
+    cmd.env("KAFKA_BROKERS", brokers)
+        .env("MYSQL_URL", mysql_url)
+        .env("RUST_LOG", "warn")
+        .env_remove("KAFKA_TOPIC");
+    cmd
+}
+
+/// Output of a finished child, both streams as text.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn both(&self) -> String {
+        format!("--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `cmd` to completion, failing the test if it takes longer than `bound` (a hang guard,
+/// far above the expected time; not a timing assertion).
+pub fn run_bounded(cmd: &mut Command, bound: Duration) -> Finished {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn app");
+    wait_bounded(child, bound)
+}
+
+pub fn wait_bounded(mut child: Child, bound: Duration) -> Finished {
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(o) = stdout.as_mut() {
+            let _ = std::io::Read::read_to_string(o, &mut s);
+        }
+        s
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = std::io::Read::read_to_end(e, &mut s);
+        }
+        String::from_utf8_lossy(&s).to_string()
+    });
+    let deadline = Instant::now() + bound;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the process did not finish within {bound:?} (hang guard); stderr:\n{}",
+                err_thread.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Finished {
+        status,
+        stdout: out_thread.join().unwrap(),
+        stderr: err_thread.join().unwrap(),
+    }
+}
+
+/// Sends SIGINT (like Ctrl-C) to a child this test started.
+pub fn interrupt(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub const BCB_HEADER: &str = "Ano;Trimestre;Categoria;Tipo;CNPJ IF;Instituição financeira;Índice;Quantidade de reclamações reguladas procedentes;Quantidade de reclamações reguladas - outras;Quantidade de reclamações não reguladas;Quantidade total de reclamações;Quantidade total de clientes – CCS e SCR;Quantidade de clientes – CCS;Quantidade de clientes – SCR;";
+
+/// Writes a Banco Central CSV (Windows-1252, `;`, trailing `;`) with `rows` unique data lines:
+/// line `n` (2-based) has CNPJ `first_cnpj + n` and institution `INSTITUIÇÃO <tag> <n>`.
+pub fn write_bcb_csv(path: &Path, rows: usize, tag: &str) {
+    let mut text = String::with_capacity(rows * 160);
+    text.push_str(BCB_HEADER);
+    text.push('\n');
+    for i in 0..rows {
+        let line = i + 2;
+        text.push_str(&format!(
+            "2025;{}º;Demais bancos, financeiras;Banco/financeira;{:08};INSTITUIÇÃO {tag} {line};{},{:02};{};{};{};{};{};{};{};\n",
+            1 + i % 4,
+            10_000_000 + i,
+            i % 100,
+            i % 97,
+            i % 7,
+            i % 11,
+            i % 13,
+            i % 7 + i % 11 + i % 13,
+            100_000 + i,
+            90_000 + i,
+            10_000,
+        ));
+    }
+    let (bytes, _, unmappable) = encoding_rs::WINDOWS_1252.encode(&text);
+    assert!(!unmappable);
+    std::fs::File::create(path)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
+}
+
+/// Polls `cond` every 100 ms until it holds, failing after `bound` with `what`.
+pub fn wait_until(bound: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {bound:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,325 @@
+//! `app inspect --json` against a real output directory (fixtures produced to the real Kafka and
+//! consumed with `--until-caught-up`, with dead letters, a closed window and late rows), its
+//! numbers checked against DuckDB reading the same files.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use chrono::{Duration as ChronoDuration, Utc};
+use common::{random_topic, run_app};
+use reclamacoes::kafka::{Compression, PartitionHandle};
+use rskafka::record::Record;
+use serde_json::Value as Json;
+
+const PARTITIONS: i32 = 3;
+
+/// Runs SQL in DuckDB (`{out}` is replaced by the output directory) and returns the rows.
+fn duckdb(out: &Path, sql: &str) -> Vec<Vec<Json>> {
+    let python = std::env::var("RECLAMACOES_PYTHON").unwrap_or_else(|_| {
+        common::repo_root()
+            .join(".local/venv/bin/python")
+            .display()
+            .to_string()
+    });
+    let script = r#"
+import sys, json, duckdb
+rows = duckdb.sql(sys.argv[1]).fetchall()
+print(json.dumps([[v if isinstance(v, (int, float, str, type(None), bool)) else str(v) for v in r] for r in rows]))
+"#;
+    let sql = sql.replace("{out}", &out.display().to_string());
+    let result = Command::new(&python)
+        .args(["-c", script, &sql])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {python} ({e}); `.ci/run` creates .local/venv with duckdb and pyarrow"
+            )
+        });
+    assert!(
+        result.status.success(),
+        "duckdb failed on {sql}: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    serde_json::from_slice(&result.stdout).unwrap()
+}
+
+fn scalar(out: &Path, sql: &str) -> u64 {
+    duckdb(out, sql)[0][0].as_u64().unwrap()
+}
+
+async fn handle(topic: &str, partition: i32) -> PartitionHandle {
+    let kafka = common::require_kafka().await;
+    PartitionHandle {
+        config: common::kafka_config(),
+        topic: topic.to_string(),
+        partition,
+        client: kafka.partition(topic, partition).await.unwrap(),
+    }
+}
+
+fn record(value: &[u8], timestamp: chrono::DateTime<Utc>) -> Record {
+    Record {
+        key: None,
+        value: Some(value.to_vec()),
+        headers: Default::default(),
+        timestamp,
+    }
+}
+
+fn consume(topic: &str, out: &Path) -> String {
+    let o = run_app(
+        &[
+            "consume",
+            "--topic",
+            topic,
+            "--output",
+            out.to_str().unwrap(),
+            "--window",
+            "1m",
+            "--until-caught-up",
+        ],
+        out.parent().unwrap(),
+        true,
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn inspect_json(out: &Path) -> Json {
+    let o = run_app(
+        &["inspect", "--json", out.to_str().unwrap()],
+        out.parent().unwrap(),
+        true,
+    );
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("inspect --json is not JSON ({e}): {:?}", o.stdout))
+}
+
+#[tokio::test]
+async fn inspect_json_agrees_with_duckdb() {
+    common::require_kafka().await;
+    common::require_mysql().await;
+    let topic = random_topic("inspect");
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("output");
+    run_app(
+        &[
+            "produce",
+            "--topic",
+            &topic,
+            "--partitions",
+            &PARTITIONS.to_string(),
+            common::fixtures().to_str().unwrap(),
+        ],
+        work.path(),
+        true,
+    );
+    // A valid record to copy, and on every partition one record 10 minutes in the future: the
+    // watermark passes the fixtures' window, which closes (_SUCCESS).
+    let payload = common::kcat_read_all(&topic)
+        .into_iter()
+        .find_map(|r| r.payload)
+        .expect("the fixtures produced records");
+    let future = Utc::now() + ChronoDuration::minutes(10);
+    for p in 0..PARTITIONS {
+        handle(&topic, p)
+            .await
+            .produce(vec![record(payload.as_bytes(), future)], Compression::None)
+            .await
+            .unwrap();
+    }
+    // Two undecodable records -> _dead_letter.
+    handle(&topic, 1)
+        .await
+        .produce(
+            vec![
+                record(b"not json", Utc::now()),
+                record(br#"{"ano":"x"}"#, Utc::now()),
+            ],
+            Compression::None,
+        )
+        .await
+        .unwrap();
+    let first = consume(&topic, &out);
+    assert!(first.contains("rows written: 83"), "{first}");
+
+    // Records of the (now closed) present window arrive after the first run: late, one per
+    // partition.
+    for p in 0..PARTITIONS {
+        handle(&topic, p)
+            .await
+            .produce(
+                vec![record(payload.as_bytes(), Utc::now())],
+                Compression::None,
+            )
+            .await
+            .unwrap();
+    }
+    let second = consume(&topic, &out);
+    assert!(second.contains("late rows: 3 to _late"), "{second}");
+
+    let report = inspect_json(&out);
+    let num = |v: &Json| v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"));
+    let windows_glob = "read_parquet('{out}/window_start=*/*.parquet', hive_partitioning = false, filename = true)";
+
+    // Row totals.
+    let total = scalar(&out, &format!("SELECT count(*) FROM {windows_glob}"));
+    assert_eq!(num(&report["total_rows"]), total);
+    assert_eq!(total, 83, "80 fixture rows + 3 future records");
+
+    // Rows per window, keyed by directory name; the rows' window_start column agrees.
+    let by_dir: BTreeMap<String, u64> = duckdb(
+        &out,
+        &format!(
+            "SELECT regexp_extract(filename, '(window_start=[^/]+)/', 1) AS dir, count(*), \
+             count(DISTINCT window_start) FROM {windows_glob} GROUP BY dir ORDER BY dir"
+        ),
+    )
+    .into_iter()
+    .map(|r| {
+        assert_eq!(
+            r[2].as_u64(),
+            Some(1),
+            "one window_start value per directory: {r:?}"
+        );
+        (r[0].as_str().unwrap().to_string(), r[1].as_u64().unwrap())
+    })
+    .collect();
+    let windows = report["windows"].as_array().unwrap();
+    let reported: BTreeMap<String, u64> = windows
+        .iter()
+        .map(|w| (w["dir"].as_str().unwrap().to_string(), num(&w["rows"])))
+        .collect();
+    assert_eq!(reported, by_dir);
+    assert!(
+        windows.len() >= 2,
+        "the present window(s) and the future one"
+    );
+
+    // Window count and files per window.
+    let files_by_dir: BTreeMap<String, u64> = duckdb(
+        &out,
+        "SELECT regexp_extract(file, '(window_start=[^/]+)/', 1) AS dir, count(*) \
+         FROM glob('{out}/window_start=*/*.parquet') GROUP BY dir",
+    )
+    .into_iter()
+    .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_u64().unwrap()))
+    .collect();
+    assert_eq!(num(&report["window_count"]), files_by_dir.len() as u64);
+    for w in windows {
+        assert_eq!(num(&w["files"]), files_by_dir[w["dir"].as_str().unwrap()]);
+    }
+    assert_eq!(
+        num(&report["total_files"]),
+        files_by_dir.values().sum::<u64>()
+    );
+
+    // Closed windows = directories holding _SUCCESS.
+    let closed: Vec<String> = duckdb(
+        &out,
+        "SELECT regexp_extract(file, '(window_start=[^/]+)/', 1) FROM glob('{out}/window_start=*/_SUCCESS') ORDER BY 1",
+    )
+    .into_iter()
+    .map(|r| r[0].as_str().unwrap().to_string())
+    .collect();
+    let reported_closed: Vec<String> = windows
+        .iter()
+        .filter(|w| w["closed"] == Json::Bool(true))
+        .map(|w| w["dir"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(reported_closed, closed);
+    assert_eq!(num(&report["closed_windows"]), closed.len() as u64);
+    assert!(!closed.is_empty(), "the fixtures' window closed");
+    assert_eq!(
+        num(&report["open_windows"]),
+        windows.len() as u64 - closed.len() as u64
+    );
+
+    // Late rows and dead letters.
+    let late = scalar(
+        &out,
+        "SELECT count(*) FROM read_parquet('{out}/_late/window_start=*/*.parquet', hive_partitioning = false)",
+    );
+    assert_eq!(num(&report["late"]["rows"]), late);
+    assert_eq!(late, 3);
+    let dead = duckdb(
+        &out,
+        "SELECT kafka_partition, kafka_offset, error FROM read_parquet('{out}/_dead_letter/*.parquet') ORDER BY kafka_offset",
+    );
+    assert_eq!(num(&report["dead_letters"]["rows"]), dead.len() as u64);
+    assert_eq!(dead.len(), 2);
+    let errors = report["dead_letters"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2);
+    for (reported, read) in errors.iter().zip(&dead) {
+        assert_eq!(reported["kafka_partition"], read[0]);
+        assert_eq!(reported["kafka_offset"], read[1]);
+        assert_eq!(reported["error"], read[2]);
+    }
+
+    // Schema: the columns and order DuckDB sees, with the Arrow types.
+    let columns: Vec<String> = duckdb(
+        &out,
+        &format!(
+            "SELECT column_name FROM (DESCRIBE SELECT * EXCLUDE (filename) FROM {windows_glob})"
+        ),
+    )
+    .into_iter()
+    .map(|r| r[0].as_str().unwrap().to_string())
+    .collect();
+    let schema: Vec<String> = report["schema"]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(schema, columns);
+    let sample_rows = report["sample"]["rows"].as_array().unwrap();
+    assert_eq!(sample_rows.len(), 5);
+    assert_eq!(sample_rows[0].as_array().unwrap().len(), columns.len());
+
+    // Checkpoint: every partition's next offset is the end of the partition.
+    let checkpoints = report["checkpoints"].as_array().unwrap();
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    let c = &checkpoints[0];
+    assert_eq!(c["topic"], Json::String(topic.clone()));
+    assert!(num(&c["generation"]) >= 2, "two runs committed: {c}");
+    for p in 0..PARTITIONS {
+        let (_, high) = handle(&topic, p).await.offsets().await.unwrap();
+        let offsets = &c["partitions"][p.to_string()];
+        assert_eq!(offsets["next_offset"].as_i64(), Some(high), "partition {p}");
+        assert_eq!(
+            offsets["resume_offset"].as_i64(),
+            Some(high),
+            "partition {p}"
+        );
+    }
+
+    // The text report says the same.
+    let text = run_app(&["inspect", out.to_str().unwrap()], work.path(), true);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!(
+            "windows: {} ({} closed, {} open)",
+            windows.len(),
+            closed.len(),
+            windows.len() - closed.len()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("late rows (_late): 3 rows"), "{text}");
+    assert!(
+        text.contains("dead letters (_dead_letter): 2 records"),
+        "{text}"
+    );
+
+    // A directory that is not an output is a clear error.
+    let err = run_app(
+        &["inspect", work.path().to_str().unwrap()],
+        work.path(),
+        false,
+    );
+    let err = String::from_utf8_lossy(&err.stderr);
+    assert!(err.contains("holds no output"), "{err}");
+}

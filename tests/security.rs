@@ -1,0 +1,796 @@
+//! Security: secrets stay out of logs, errors and `--help`; Kafka TLS and SASL (PLAIN,
+//! SCRAM-SHA-256, SCRAM-SHA-512) work against a real broker and fail clearly; TLS to MySQL is
+//! enforced when asked for; no record value ever becomes part of a file path.
+//!
+//! The TLS/SASL broker is a PRIVATE single-node Kafka started by this test (free ports, a
+//! temporary directory, a throw-away CA made with `openssl`, SCRAM users added at format time);
+//! the shared services are only read from.
+
+mod faultkit;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use faultkit::{app, run_bounded, walk, Finished};
+use reclamacoes::kafka::Compression;
+use reclamacoes::schema::{Schema, Value};
+use rskafka::record::Record;
+
+const HANG_GUARD: Duration = Duration::from_secs(300);
+
+fn shared_brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn shared_mysql_url() -> String {
+    std::env::var("MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://reclamacoes:reclamacoes@127.0.0.1:3306/reclamacoes_db".into())
+}
+
+fn random_topic(prefix: &str) -> String {
+    format!("test-security-{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// The `error:` line of a failed run, for the test log.
+fn error_line(output: &Finished) -> String {
+    output
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or("(no error line)")
+        .to_string()
+}
+
+fn assert_absent(output: &Finished, secret: &str, what: &str) {
+    let both = output.both();
+    assert!(
+        !both.contains(secret),
+        "{what}: the secret `{secret}` appears in the output:\n{both}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Passwords never appear
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn passwords_never_appear_in_logs_errors_or_help() {
+    let brokers = shared_brokers();
+    let kafka = faultkit::connect(&brokers).await;
+    let topic = random_topic("passwords");
+    kafka.ensure_topic(&topic, 1, 1).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("output");
+    let consume = |url: &str, log: &str| {
+        run_bounded(
+            app(&brokers, url)
+                .env("RUST_LOG", log)
+                .args([
+                    "consume",
+                    "--topic",
+                    &topic,
+                    "--output",
+                    out.to_str().unwrap(),
+                    "--until-caught-up",
+                    "--mysql-timeout",
+                    "2s",
+                ])
+                .current_dir(work.path()),
+            HANG_GUARD,
+        )
+    };
+
+    // 1. An unreachable host, with every log level on.
+    let secret = "Unreachable-S3cret-pw";
+    let url = format!("mysql://someone:{secret}@127.0.0.1:1/db");
+    let done = consume(&url, "trace");
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("127.0.0.1:1") && done.stderr.contains("someone:***@"),
+        "the error names the server (password redacted):\n{}",
+        done.stderr
+    );
+    assert_absent(&done, secret, "unreachable MySQL, RUST_LOG=trace");
+
+    // 2. The real server with a wrong password.
+    let secret = "Wr0ng-Passw0rd-x";
+    let real = shared_mysql_url();
+    let url = real.replacen(":reclamacoes@", &format!(":{secret}@"), 1);
+    assert_ne!(url, real, "MYSQL_URL has the expected shape");
+    let done = consume(&url, "debug");
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.to_lowercase().contains("access denied"),
+        "the error says why:\n{}",
+        done.stderr
+    );
+    assert_absent(&done, secret, "wrong MySQL password, RUST_LOG=debug");
+
+    // 3. A password with URL-special characters (percent-encoded in the URL).
+    let secret = "p%40ss%2Fw0rd";
+    let done = consume(&format!("mysql://someone:{secret}@127.0.0.1:1/db"), "debug");
+    assert_absent(&done, secret, "percent-encoded password");
+    assert_absent(&done, "p@ss/w0rd", "decoded password");
+
+    // 4. --help never shows environment values (clap would print `[env: MYSQL_URL=...]`).
+    for sub in ["consume", "produce"] {
+        let help = run_bounded(
+            Command::new(env!("CARGO_BIN_EXE_app"))
+                .args([sub, "--help"])
+                .env("MYSQL_URL", "mysql://u:Help-S3cret@h:3306/d")
+                .env("KAFKA_SASL_PASSWORD", "Sasl-Help-S3cret")
+                .env("KAFKA_SASL_USERNAME", "alice")
+                .env("KAFKA_BROKERS", "broker-with-S3cret-in-name:9092"),
+            HANG_GUARD,
+        );
+        assert!(help.status.success());
+        assert_absent(&help, "Help-S3cret", &format!("{sub} --help"));
+        assert_absent(&help, "Sasl-Help-S3cret", &format!("{sub} --help"));
+        assert!(
+            !help.stdout.contains("mysql://u:"),
+            "{sub} --help shows the MySQL URL from the environment:\n{}",
+            help.stdout
+        );
+    }
+
+    // 5. The Kafka SASL password, against a broker that does not speak SASL.
+    let secret = "Kafka-Sasl-S3cret";
+    let done = run_bounded(
+        app(&brokers, &shared_mysql_url())
+            .env("RUST_LOG", "trace")
+            .env("KAFKA_SASL_PASSWORD", secret)
+            .args([
+                "produce",
+                "--topic",
+                &topic,
+                "--timeout",
+                "3s",
+                "--kafka-sasl-mechanism",
+                "scram-sha-256",
+                "--kafka-sasl-username",
+                "alice",
+            ])
+            .arg(faultkit::repo_root().join("fixtures"))
+            .current_dir(work.path()),
+        HANG_GUARD,
+    );
+    assert!(!done.status.success(), "{}", done.both());
+    assert_absent(&done, secret, "Kafka SASL password");
+}
+
+#[test]
+fn sasl_options_never_print_the_password() {
+    let options = reclamacoes::kafka::SaslOptions {
+        mechanism: reclamacoes::kafka::SaslMechanism::Plain,
+        username: "alice".into(),
+        password: "Debug-S3cret".into(),
+    };
+    let config = reclamacoes::kafka::KafkaConfig {
+        security: reclamacoes::kafka::KafkaSecurity {
+            tls: None,
+            sasl: Some(options),
+        },
+        ..Default::default()
+    };
+    let shown = format!("{config:?} {config:#?}");
+    assert!(
+        !shown.contains("Debug-S3cret") && shown.contains("alice"),
+        "{shown}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A private broker with SASL_PLAINTEXT, SSL and SASL_SSL listeners
+// ---------------------------------------------------------------------------------------------
+
+const PLAIN_PASSWORD: &str = "alice-plain-Pw1";
+const SCRAM_PASSWORD: &str = "alice-scram-Pw2";
+
+struct SecureBroker {
+    dir: tempfile::TempDir,
+    child: Child,
+    plaintext: u16,
+    sasl_plaintext: u16,
+    ssl: u16,
+    sasl_ssl: u16,
+}
+
+impl Drop for SecureBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let mut ports = [0u16; N];
+    for (i, l) in listeners.iter().enumerate() {
+        ports[i] = l.local_addr().unwrap().port();
+    }
+    ports
+}
+
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A CA and a server certificate for 127.0.0.1 (IP SAN), and the PKCS12 keystore Kafka reads.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str], what: &str| {
+        run(Command::new("openssl").args(args).current_dir(dir), what);
+    };
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=reclamacoes test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+        "openssl: CA",
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        "openssl: server key",
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+        "openssl: sign the server certificate",
+    );
+    openssl(
+        &[
+            "pkcs12",
+            "-export",
+            "-in",
+            "server.pem",
+            "-inkey",
+            "server.key",
+            "-out",
+            "server.p12",
+            "-passout",
+            "pass:changeit",
+            "-name",
+            "kafka",
+        ],
+        "openssl: PKCS12 keystore",
+    );
+}
+
+fn start_secure_broker() -> SecureBroker {
+    let libs = faultkit::repo_root().join(".local/kafka/libs");
+    assert!(
+        libs.is_dir(),
+        "Kafka jars not found at {}; run `make up` first",
+        libs.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let [plaintext, controller, sasl_plaintext, ssl, sasl_ssl] = free_ports::<5>();
+    let d = dir.path().display();
+    let jaas = |listener: &str| {
+        format!(
+            "listener.name.{listener}.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_alice=\"{PLAIN_PASSWORD}\";\n\
+             listener.name.{listener}.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
+             listener.name.{listener}.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n"
+        )
+    };
+    let config = format!(
+        "process.roles=broker,controller\n\
+         node.id=1\n\
+         controller.quorum.bootstrap.servers=127.0.0.1:{controller}\n\
+         controller.listener.names=CONTROLLER\n\
+         listeners=PLAINTEXT://127.0.0.1:{plaintext},CONTROLLER://127.0.0.1:{controller},SASL_PLAINTEXT://127.0.0.1:{sasl_plaintext},SSL://127.0.0.1:{ssl},SASL_SSL://127.0.0.1:{sasl_ssl}\n\
+         advertised.listeners=PLAINTEXT://127.0.0.1:{plaintext},CONTROLLER://127.0.0.1:{controller},SASL_PLAINTEXT://127.0.0.1:{sasl_plaintext},SSL://127.0.0.1:{ssl},SASL_SSL://127.0.0.1:{sasl_ssl}\n\
+         inter.broker.listener.name=PLAINTEXT\n\
+         listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL\n\
+         sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512\n\
+         {}{}\
+         ssl.keystore.type=PKCS12\n\
+         ssl.keystore.location={d}/server.p12\n\
+         ssl.keystore.password=changeit\n\
+         ssl.key.password=changeit\n\
+         ssl.client.auth=none\n\
+         log.dirs={d}/data\n\
+         num.partitions=1\n\
+         offsets.topic.replication.factor=1\n\
+         transaction.state.log.replication.factor=1\n\
+         transaction.state.log.min.isr=1\n\
+         share.coordinator.state.topic.replication.factor=1\n\
+         share.coordinator.state.topic.min.isr=1\n\
+         default.replication.factor=1\n\
+         min.insync.replicas=1\n\
+         auto.create.topics.enable=false\n",
+        jaas("sasl_plaintext"),
+        jaas("sasl_ssl"),
+    );
+    let conf = dir.path().join("server.properties");
+    std::fs::write(&conf, config).unwrap();
+    let log4j = faultkit::repo_root().join("services/kafka/log4j2.xml");
+    let java = |logs: &Path| {
+        let mut cmd = Command::new("java");
+        cmd.args([
+            "-Xms128m",
+            "-Xmx512m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+        ])
+        .arg("-Djava.net.preferIPv4Stack=true")
+        .arg(format!("-Dkafka.logs.dir={}", logs.display()))
+        .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
+        .arg("-cp")
+        .arg(format!("{}/*", libs.display()));
+        cmd
+    };
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let cluster_id = run(
+        java(&logs).args(["kafka.tools.StorageTool", "random-uuid"]),
+        "kafka random-uuid",
+    )
+    .lines()
+    .last()
+    .unwrap()
+    .trim()
+    .to_string();
+    run(
+        java(&logs)
+            .args(["kafka.tools.StorageTool", "format", "--config"])
+            .arg(&conf)
+            .args(["--cluster-id", &cluster_id, "--standalone"])
+            .args([
+                "--add-scram",
+                &format!("SCRAM-SHA-256=[name=alice,password={SCRAM_PASSWORD}]"),
+                "--add-scram",
+                &format!("SCRAM-SHA-512=[name=alice,password={SCRAM_PASSWORD}]"),
+            ]),
+        "kafka storage format",
+    );
+    let child = java(&logs)
+        .arg("kafka.Kafka")
+        .arg(&conf)
+        .stdout(std::fs::File::create(logs.join("stdout.log")).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut broker = SecureBroker {
+        dir,
+        child,
+        plaintext,
+        sasl_plaintext,
+        ssl,
+        sasl_ssl,
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = broker.child.try_wait().unwrap() {
+            panic!(
+                "the TLS/SASL broker exited ({status}); see {}",
+                broker.dir.path().join("logs").display()
+            );
+        }
+        let ready = Command::new("kcat")
+            .args(["-b", &format!("127.0.0.1:{plaintext}"), "-L", "-m", "3"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("broker 1 at"));
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the TLS/SASL broker did not start within 120 s; see {}",
+            broker.dir.path().join("logs").display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    broker
+}
+
+impl SecureBroker {
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+/// `app` against the secure broker at `port`; `password` goes to the environment only (the
+/// security `flags` are added after the subcommand by the callers).
+fn secure_app(port: u16, flags: &[&str], password: Option<&str>) -> Command {
+    let mut cmd = app(&format!("127.0.0.1:{port}"), &shared_mysql_url());
+    cmd.env_remove("KAFKA_SASL_PASSWORD");
+    let _ = flags;
+    if let Some(p) = password {
+        cmd.env("KAFKA_SASL_PASSWORD", p);
+    }
+    cmd
+}
+
+fn produce_fixtures(port: u16, topic: &str, flags: &[&str], password: Option<&str>) -> Finished {
+    let work = tempfile::tempdir().unwrap();
+    run_bounded(
+        secure_app(port, flags, password)
+            .args([
+                "produce",
+                "--topic",
+                topic,
+                "--timeout",
+                "5s",
+                "--retry-timeout",
+                "5s",
+            ])
+            .args(flags)
+            .arg(faultkit::repo_root().join("fixtures"))
+            .current_dir(work.path()),
+        HANG_GUARD,
+    )
+}
+
+fn consume_all(
+    port: u16,
+    topic: &str,
+    flags: &[&str],
+    password: Option<&str>,
+    out: &Path,
+) -> Finished {
+    run_bounded(
+        secure_app(port, flags, password)
+            .args([
+                "consume",
+                "--topic",
+                topic,
+                "--output",
+                out.to_str().unwrap(),
+                "--until-caught-up",
+                "--timeout",
+                "5s",
+            ])
+            .args(flags),
+        HANG_GUARD,
+    )
+}
+
+#[tokio::test]
+async fn kafka_tls_and_sasl_against_a_real_broker() {
+    faultkit::connect(&shared_brokers()).await; // the jars and MySQL come from `make up`
+    let broker = start_secure_broker();
+    let topic = random_topic("tls-sasl");
+    let kafka = faultkit::connect(&format!("127.0.0.1:{}", broker.plaintext)).await;
+    kafka.ensure_topic(&topic, 2, 1).await.unwrap();
+    let ca = broker.ca().display().to_string();
+    let work = tempfile::tempdir().unwrap();
+
+    // SASL_PLAINTEXT with PLAIN: produce the 80 fixture rows.
+    let plain = [
+        "--kafka-sasl-mechanism",
+        "plain",
+        "--kafka-sasl-username",
+        "alice",
+    ];
+    let done = produce_fixtures(broker.sasl_plaintext, &topic, &plain, Some(PLAIN_PASSWORD));
+    assert!(done.status.success(), "SASL PLAIN produce\n{}", done.both());
+    assert!(
+        done.stdout.contains("rows sent (acknowledged): 80"),
+        "{}",
+        done.stdout
+    );
+    assert_absent(&done, PLAIN_PASSWORD, "SASL PLAIN produce");
+
+    // Wrong password: a clear authentication error, without the password.
+    let done = produce_fixtures(broker.sasl_plaintext, &topic, &plain, Some("Not-The-Pw9"));
+    assert!(!done.status.success(), "{}", done.both());
+    assert!(
+        done.stderr
+            .contains(&format!("127.0.0.1:{}", broker.sasl_plaintext))
+            && done.stderr.to_lowercase().contains("authentication"),
+        "the error names the broker and the failed authentication:\n{}",
+        done.stderr
+    );
+    assert_absent(&done, "Not-The-Pw9", "wrong SASL password");
+    eprintln!("wrong SASL password -> {}", error_line(&done));
+
+    // No password in the environment: refused before connecting.
+    let done = produce_fixtures(broker.sasl_plaintext, &topic, &plain, None);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("KAFKA_SASL_PASSWORD"),
+        "{}",
+        done.stderr
+    );
+    eprintln!("no SASL password -> {}", error_line(&done));
+
+    // SASL_PLAINTEXT with SCRAM-SHA-256: consume them.
+    let scram256 = [
+        "--kafka-sasl-mechanism",
+        "scram-sha-256",
+        "--kafka-sasl-username",
+        "alice",
+    ];
+    let out = work.path().join("scram256");
+    let done = consume_all(
+        broker.sasl_plaintext,
+        &topic,
+        &scram256,
+        Some(SCRAM_PASSWORD),
+        &out,
+    );
+    assert!(
+        done.status.success(),
+        "SCRAM-SHA-256 consume\n{}",
+        done.both()
+    );
+    assert!(done.stdout.contains("rows written: 80"), "{}", done.stdout);
+    assert_absent(&done, SCRAM_PASSWORD, "SCRAM consume");
+
+    // SSL with the test CA: produce 80 more.
+    let tls = ["--kafka-ca-file", ca.as_str()];
+    let done = produce_fixtures(broker.ssl, &topic, &tls, None);
+    assert!(done.status.success(), "TLS produce\n{}", done.both());
+    assert!(
+        done.stdout.contains("rows sent (acknowledged): 80"),
+        "{}",
+        done.stdout
+    );
+
+    // SSL trusting only the public roots: the test CA is unknown, a clear error.
+    let done = produce_fixtures(broker.ssl, &topic, &["--kafka-tls"], None);
+    assert!(!done.status.success(), "{}", done.both());
+    assert!(
+        done.stderr.contains(&format!("127.0.0.1:{}", broker.ssl))
+            && (done.stderr.contains("UnknownIssuer") || done.stderr.contains("certificate")),
+        "the error names the broker and the certificate problem:\n{}",
+        done.stderr
+    );
+    eprintln!("unknown CA -> {}", error_line(&done));
+
+    // A CA file that is not PEM.
+    let bogus = work.path().join("bogus.pem");
+    std::fs::write(&bogus, "not a certificate").unwrap();
+    let done = produce_fixtures(
+        broker.ssl,
+        &topic,
+        &["--kafka-ca-file", bogus.to_str().unwrap()],
+        None,
+    );
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("bogus.pem") && done.stderr.contains("no PEM certificate"),
+        "{}",
+        done.stderr
+    );
+
+    // Plaintext against the TLS port: an error within --timeout, not a hang.
+    let done = produce_fixtures(broker.ssl, &topic, &[], None);
+    assert!(!done.status.success(), "{}", done.both());
+    eprintln!("plaintext to the TLS port -> {}", error_line(&done));
+
+    // SASL_SSL with SCRAM-SHA-512: everything (160 rows) from scratch.
+    let mut both = vec!["--kafka-ca-file", ca.as_str()];
+    both.extend([
+        "--kafka-sasl-mechanism",
+        "scram-sha-512",
+        "--kafka-sasl-username",
+        "alice",
+    ]);
+    let out = work.path().join("sasl_ssl");
+    let done = consume_all(broker.sasl_ssl, &topic, &both, Some(SCRAM_PASSWORD), &out);
+    assert!(done.status.success(), "SASL_SSL consume\n{}", done.both());
+    assert!(done.stdout.contains("rows written: 160"), "{}", done.stdout);
+    assert_absent(&done, SCRAM_PASSWORD, "SASL_SSL consume");
+    eprintln!(
+        "TLS/SASL broker: PLAIN, SCRAM-SHA-256 (SASL_PLAINTEXT), TLS with a private CA (SSL), \
+         SCRAM-SHA-512 over TLS (SASL_SSL) all worked; wrong password, unknown CA, bad CA file \
+         and plaintext-to-TLS failed clearly"
+    );
+}
+
+#[tokio::test]
+async fn mysql_require_ssl_is_enforced_not_silently_dropped() {
+    // The local MariaDB has no TLS configured: asking for TLS must fail, never fall back to
+    // plaintext.
+    let brokers = shared_brokers();
+    let kafka = faultkit::connect(&brokers).await;
+    let topic = random_topic("mysql-tls");
+    kafka.ensure_topic(&topic, 1, 1).await.unwrap();
+    let url = format!("{}?require_ssl=true", shared_mysql_url());
+    let work = tempfile::tempdir().unwrap();
+    let done = run_bounded(
+        app(&brokers, &url).args([
+            "consume",
+            "--topic",
+            &topic,
+            "--output",
+            work.path().join("out").to_str().unwrap(),
+            "--until-caught-up",
+            "--mysql-timeout",
+            "3s",
+        ]),
+        HANG_GUARD,
+    );
+    assert!(!done.status.success(), "{}", done.both());
+    let lower = done.stderr.to_lowercase();
+    assert!(
+        lower.contains("tls") || lower.contains("ssl"),
+        "the error says TLS is the problem:\n{}",
+        done.stderr
+    );
+    assert_absent(&done, ":reclamacoes@", "MySQL TLS error");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Record values never become paths
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn record_values_never_become_file_paths() {
+    let brokers = shared_brokers();
+    let kafka = faultkit::connect(&brokers).await;
+    let topic = random_topic("paths");
+    kafka.ensure_topic(&topic, 1, 1).await.unwrap();
+    let h = faultkit::partition(&kafka, &topic, 0).await;
+    let schema = Schema::banco_central();
+    let evil = [
+        "../../../../tmp/evil",
+        "/etc/passwd",
+        "..\\..\\windows",
+        "window_start=1970-01-01T00:00:00Z",
+        "_checkpoint/checkpoint.json",
+        "a\0b",
+        "part-0-0-0.parquet",
+    ];
+    let ts = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();
+    let mut records = Vec::new();
+    for (i, text) in evil.iter().enumerate() {
+        let mut values = vec![Value::Null; schema.fields.len()];
+        values[0] = Value::Int(2025);
+        values[1] = Value::Int(1);
+        values[2] = Value::Str(text.to_string());
+        values[3] = Value::Str(text.to_string());
+        values[5] = Value::Str(text.to_string());
+        let mut json = String::new();
+        schema.write_json(
+            &values,
+            Some(&reclamacoes::schema::Source {
+                file: text.to_string(),
+                line: i as u64,
+            }),
+            &mut json,
+        );
+        records.push(Record {
+            key: Some(text.as_bytes().to_vec()),
+            value: Some(json.into_bytes()),
+            headers: Default::default(),
+            timestamp: ts + chrono::Duration::seconds(i as i64),
+        });
+        // And as an undecodable message (dead letter) with the same text as value.
+        records.push(Record {
+            key: Some(text.as_bytes().to_vec()),
+            value: Some(text.as_bytes().to_vec()),
+            headers: Default::default(),
+            timestamp: ts,
+        });
+    }
+    h.produce(records, Compression::None).await.unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("output");
+    let done = run_bounded(
+        app(&brokers, &shared_mysql_url())
+            .args([
+                "consume",
+                "--topic",
+                &topic,
+                "--output",
+                out.to_str().unwrap(),
+                "--until-caught-up",
+            ])
+            .current_dir(work.path()),
+        HANG_GUARD,
+    );
+    assert!(done.status.success(), "{}", done.both());
+    assert!(done.stdout.contains("rows written: 7"), "{}", done.stdout);
+    assert!(done.stdout.contains("dead letters: 7"), "{}", done.stdout);
+
+    // Nothing outside the output directory, and every path inside is one the consumer names
+    // from event time, partition numbers and offsets only.
+    let top: Vec<String> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(
+        top,
+        vec!["output".to_string()],
+        "nothing written next to the output"
+    );
+    let part = regex_lite(r"part-\d+-\d+-\d+\.parquet");
+    for file in walk(&out) {
+        let rel = file
+            .strip_prefix(&out)
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let ok = match rel.split('/').collect::<Vec<_>>().as_slice() {
+            [w, f]
+                if w.starts_with("window_start=2026-02-01T00:0")
+                    && (part(f) || *f == "_SUCCESS") =>
+            {
+                true
+            }
+            ["_late", w, f] if w.starts_with("window_start=") && part(f) => true,
+            ["_dead_letter", f] if part(f) => true,
+            ["_checkpoint", f] if f.starts_with("checkpoint") && f.ends_with(".json") => true,
+            _ => false,
+        };
+        assert!(ok, "unexpected path {rel}");
+    }
+}
+
+/// A tiny matcher for `part-<digits>-<digits>-<digits>.parquet` (no regex crate needed).
+fn regex_lite(_pattern: &str) -> impl Fn(&str) -> bool {
+    |name: &str| {
+        let Some(rest) = name
+            .strip_prefix("part-")
+            .and_then(|r| r.strip_suffix(".parquet"))
+        else {
+            return false;
+        };
+        let parts: Vec<&str> = rest.split('-').collect();
+        parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    }
+}
