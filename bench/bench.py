@@ -258,58 +258,87 @@ def spark_output_counts(outdir):
     return duck(f"SELECT count(*), count(banco_segmento) FROM {src}")[0]
 
 
+REPEAT = 1  # runs per measurement of the cheap systems (--repeat); the seed's run once
+
+
+def median_of(n, once):
+    """Calls once(i) n times; returns the (m, extra) of the run with the median wall time, with
+    every run's records/s-relevant wall time in extra["runs_wall_s"]."""
+    runs = [once(i) for i in range(n)]
+    runs.sort(key=lambda r: r[0]["wall_s"])
+    m, extra = runs[len(runs) // 2]
+    extra = dict(extra or {})
+    if n > 1:
+        extra["runs_wall_s"] = [r[0]["wall_s"] for r in runs]
+    return m, extra
+
+
 def produce_step(run_dir, rows, systems, topics, results):
     data_dir, files = dataset(rows)
     uid = uuid.uuid4().hex[:8]
-    t_app = f"bench-{uid}-produce-app"
-    topics.append(t_app)
-    m = app_produce(run_dir, t_app, data_dir, rows, 1, "produce-app")
+
+    def app_once(i):
+        t = f"bench-{uid}-produce-app-{i}"
+        topics.append(t)
+        return app_produce(run_dir, t, data_dir, rows, 1, f"produce-app-{i}"), {"topic": t}
+
+    m, extra = median_of(REPEAT if "app" in systems else 1, app_once)
+    t_app = f"bench-{uid}-produce-app-0"
     jsonl = DATA / f"n{rows}.jsonl"
     export_jsonl(t_app, jsonl, rows)
     n, kv_bytes, v_bytes = jsonl_sizes(jsonl)
     record_size = round(v_bytes / n)
     log(f"app JSON: {n:,} records, mean value {record_size} B, key+value {kv_bytes / 1e6:.1f} MB")
     if "app" in systems:
-        results.append(result("produce", "app", rows, m, kv_bytes, {"topic": t_app}))
+        results.append(result("produce", "app", rows, m, kv_bytes, extra))
 
     if "kcat" in systems:
-        t = f"bench-{uid}-produce-kcat"
-        topics.append(t)
-        create_topic(t, 1)
-        err = run_dir / "produce-kcat.err"
-        cmd = ["kcat", "-P", "-b", BROKERS, "-t", t, "-z", "lz4", "-X", "acks=all",
-               "-K", "\t", "-l", str(jsonl)]
-        log(f"produce-kcat: kcat -P -b {BROKERS} -t {t} -z lz4 -X acks=all -K '\\t' -l {jsonl.name}")
-        m = measure(cmd, stderr=str(err))
-        check(m, "kcat -P", err)
-        got = topic_counts(t)
-        if got != rows:
-            raise SystemExit(f"bench: kcat -P left {got} records in {t}, expected {rows}")
-        results.append(result("produce", "kcat", rows, m, kv_bytes, {"topic": t}))
+        def kcat_once(i):
+            t = f"bench-{uid}-produce-kcat-{i}"
+            topics.append(t)
+            create_topic(t, 1)
+            err = run_dir / f"produce-kcat-{i}.err"
+            cmd = ["kcat", "-P", "-b", BROKERS, "-t", t, "-z", "lz4", "-X", "acks=all",
+                   "-K", "\t", "-l", str(jsonl)]
+            log(f"produce-kcat: kcat -P -b {BROKERS} -t {t} -z lz4 -X acks=all -K '\\t' "
+                f"-l {jsonl.name}")
+            m = measure(cmd, stderr=str(err))
+            check(m, "kcat -P", err)
+            got = topic_counts(t)
+            if got != rows:
+                raise SystemExit(f"bench: kcat -P left {got} records in {t}, expected {rows}")
+            return m, {"topic": t}
+
+        m, extra = median_of(REPEAT, kcat_once)
+        results.append(result("produce", "kcat", rows, m, kv_bytes, extra))
 
     for system, extra_props in (("producer-perf", []),
                                 ("producer-perf-batch", [f"batch.size={APP_BATCH_BYTES}",
                                                          "linger.ms=5"])):
         if system not in systems:
             continue
-        t = f"bench-{uid}-produce-{system}"
-        topics.append(t)
-        create_topic(t, 1)
-        out, err = run_dir / f"produce-{system}.out", run_dir / f"produce-{system}.err"
-        cmd = ["java", "-cp", f"{KAFKA_LIBS}/*", "org.apache.kafka.tools.ProducerPerformance",
-               "--topic", t, "--num-records", str(rows), "--record-size", str(record_size),
-               "--throughput", "-1", "--producer-props", f"bootstrap.servers={BROKERS}",
-               "acks=all", "compression.type=lz4", *extra_props]
-        log(f"produce-{system}: ProducerPerformance --num-records {rows} --record-size "
-            f"{record_size} {' '.join(extra_props)}")
-        m = measure(cmd, stdout=str(out), stderr=str(err))
-        check(m, "ProducerPerformance", err)
-        last = [ln for ln in out.read_text().splitlines() if "records sent" in ln][-1]
-        own = re.search(r"([\d.]+) records/sec \(([\d.]+) MB/sec\)", last)
-        results.append(result("produce", system, rows, m, rows * record_size, {
-            "topic": t, "tool_records_per_s": float(own.group(1)),
-            "tool_mb_per_s": float(own.group(2)), "record_size": record_size,
-            "extra_props": extra_props}))
+
+        def perf_once(i, system=system, extra_props=extra_props):
+            t = f"bench-{uid}-produce-{system}-{i}"
+            topics.append(t)
+            create_topic(t, 1)
+            out, err = run_dir / f"produce-{system}-{i}.out", run_dir / f"produce-{system}-{i}.err"
+            cmd = ["java", "-cp", f"{KAFKA_LIBS}/*", "org.apache.kafka.tools.ProducerPerformance",
+                   "--topic", t, "--num-records", str(rows), "--record-size", str(record_size),
+                   "--throughput", "-1", "--producer-props", f"bootstrap.servers={BROKERS}",
+                   "acks=all", "compression.type=lz4", *extra_props]
+            log(f"produce-{system}: ProducerPerformance --num-records {rows} --record-size "
+                f"{record_size} {' '.join(extra_props)}")
+            m = measure(cmd, stdout=str(out), stderr=str(err))
+            check(m, "ProducerPerformance", err)
+            last = [ln for ln in out.read_text().splitlines() if "records sent" in ln][-1]
+            own = re.search(r"([\d.]+) records/sec \(([\d.]+) MB/sec\)", last)
+            return m, {"topic": t, "tool_records_per_s": float(own.group(1)),
+                       "tool_mb_per_s": float(own.group(2)), "record_size": record_size,
+                       "extra_props": extra_props}
+
+        m, extra = median_of(REPEAT, perf_once)
+        results.append(result("produce", system, rows, m, rows * record_size, extra))
 
     if "seed-python" in systems:
         t = f"bench-{uid}-produce-seed"
@@ -334,29 +363,38 @@ def produce_step(run_dir, rows, systems, topics, results):
 def consume_step(run_dir, rows, systems, topic, payload_bytes, results):
     checks = {}
     if "app" in systems:
-        m, outdir = app_consume(run_dir, topic, rows, "consume-app")
-        total, hits = app_output_counts(outdir)
-        checks["app"] = (total, hits)
-        results.append(result("consume", "app", rows, m, payload_bytes,
-                              {"output_rows": total, "enrich_hits": hits,
-                               "output_mb": round(dir_bytes(outdir) / 1e6, 1)}))
+        def app_once(i):
+            m, outdir = app_consume(run_dir, topic, rows, f"consume-app-{i}")
+            total, hits = app_output_counts(outdir)
+            extra = {"output_rows": total, "enrich_hits": hits,
+                     "output_mb": round(dir_bytes(outdir) / 1e6, 1)}
+            shutil.rmtree(outdir, ignore_errors=True)
+            return m, extra
+
+        m, extra = median_of(REPEAT, app_once)
+        checks["app"] = (extra["output_rows"], extra["enrich_hits"])
+        results.append(result("consume", "app", rows, m, payload_bytes, extra))
     if "consumer-perf" in systems:
-        out, err = run_dir / "consume-perf.out", run_dir / "consume-perf.err"
-        cmd = ["java", "-cp", f"{KAFKA_LIBS}/*", "org.apache.kafka.tools.ConsumerPerformance",
-               "--bootstrap-server", BROKERS, "--topic", topic, "--messages", str(rows)]
-        log(f"consume-perf: ConsumerPerformance --topic {topic} --messages {rows}")
-        m = measure(cmd, stdout=str(out), stderr=str(err))
-        check(m, "ConsumerPerformance", err)
-        lines = [ln for ln in out.read_text().splitlines() if ln.strip()]
-        hi = next(i for i, ln in enumerate(lines) if ln.startswith("start.time"))
-        names = [s.strip() for s in lines[hi].split(",")]
-        values = [s.strip() for s in lines[hi + 1].split(",")]
-        own = dict(zip(names, values))
-        got = int(float(own["data.consumed.in.nMsg"]))
-        if got != rows:
-            raise SystemExit(f"bench: ConsumerPerformance read {got} records, expected {rows}")
-        results.append(result("consume", "consumer-perf", rows, m, payload_bytes, {
-            "tool_records_per_s": float(own["nMsg.sec"]), "tool_mb_per_s": float(own["MB.sec"])}))
+        def perf_once(i):
+            out, err = run_dir / f"consume-perf-{i}.out", run_dir / f"consume-perf-{i}.err"
+            cmd = ["java", "-cp", f"{KAFKA_LIBS}/*", "org.apache.kafka.tools.ConsumerPerformance",
+                   "--bootstrap-server", BROKERS, "--topic", topic, "--messages", str(rows)]
+            log(f"consume-perf: ConsumerPerformance --topic {topic} --messages {rows}")
+            m = measure(cmd, stdout=str(out), stderr=str(err))
+            check(m, "ConsumerPerformance", err)
+            lines = [ln for ln in out.read_text().splitlines() if ln.strip()]
+            hi = next(i for i, ln in enumerate(lines) if ln.startswith("start.time"))
+            names = [x.strip() for x in lines[hi].split(",")]
+            values = [x.strip() for x in lines[hi + 1].split(",")]
+            own = dict(zip(names, values))
+            got = int(float(own["data.consumed.in.nMsg"]))
+            if got != rows:
+                raise SystemExit(f"bench: ConsumerPerformance read {got} records, expected {rows}")
+            return m, {"tool_records_per_s": float(own["nMsg.sec"]),
+                       "tool_mb_per_s": float(own["MB.sec"])}
+
+        m, extra = median_of(REPEAT, perf_once)
+        results.append(result("consume", "consumer-perf", rows, m, payload_bytes, extra))
     if "seed-spark" in systems:
         outdir = run_dir / "consume-spark-output"
         shutil.rmtree(outdir, ignore_errors=True)
@@ -394,15 +432,25 @@ def scaling_step(run_dir, scale_rows, partitions, base_rows, topics, results):
                for r in results):
             continue
         data_dir, _ = dataset(n)
-        t = f"bench-{uuid.uuid4().hex[:8]}-scale-{n}-p{p}"
-        topics.append(t)
-        m = app_produce(run_dir, t, data_dir, n, p, f"scale-produce-{n}-p{p}")
-        results.append(result("scaling-produce", "app", n, m, None, {"partitions": p}))
-        m, outdir = app_consume(run_dir, t, n, f"scale-consume-{n}-p{p}")
-        results.append(result("scaling-consume", "app", n, m, None, {"partitions": p}))
-        shutil.rmtree(outdir, ignore_errors=True)
-        delete_topics([t])
-        topics.remove(t)
+        uid = uuid.uuid4().hex[:8]
+        made = []
+
+        def produce_once(i):
+            t = f"bench-{uid}-scale-{n}-p{p}-{i}"
+            made.append(t)
+            return app_produce(run_dir, t, data_dir, n, p, f"scale-produce-{n}-p{p}-{i}"), {}
+
+        m, extra = median_of(REPEAT, produce_once)
+        results.append(result("scaling-produce", "app", n, m, None, dict(extra, partitions=p)))
+
+        def consume_once(i):
+            m, outdir = app_consume(run_dir, made[0], n, f"scale-consume-{n}-p{p}-{i}")
+            shutil.rmtree(outdir, ignore_errors=True)
+            return m, {}
+
+        m, extra = median_of(REPEAT, consume_once)
+        results.append(result("scaling-consume", "app", n, m, None, dict(extra, partitions=p)))
+        delete_topics(made)
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -455,7 +503,9 @@ def render(results, info, args, started, finished):
     lines = []
     add = lines.append
     add(f"Run: {started:%Y-%m-%d %H:%M} UTC, mode `{args.mode}`, {args.rows:,} rows for the "
-        f"side-by-side steps, {(finished - started).total_seconds() / 60:.1f} min in all.")
+        f"side-by-side steps, {(finished - started).total_seconds() / 60:.1f} min in all. "
+        f"app, kcat and the Kafka tools: median of {args.repeat} run(s) each (by wall time); "
+        "the seed's producer and consumer: one run.")
     add("")
     add(f"Machine: {info.get('cores')} cores ({info.get('cpu', '?')}), "
         f"{info.get('memory_gib', '?')} GiB memory, Linux {info.get('kernel')}; "
@@ -487,6 +537,10 @@ def render(results, info, args, started, finished):
         add("")
         notes = []
         for r in rows:
+            if r.get("runs_wall_s"):
+                rates = sorted(round(r["rows"] / w) for w in r["runs_wall_s"])
+                notes.append(f"{r['label']}: median of {len(rates)} runs; records/s ranged "
+                             f"{rates[0]:,}–{rates[-1]:,}.")
             if "tool_records_per_s" in r:
                 notes.append(f"{r['label']} reports itself {fmt(r['tool_records_per_s'])} "
                              f"records/s, {fmt(r['tool_mb_per_s'], 1)} MB/s (without JVM start-up).")
@@ -606,6 +660,10 @@ def main():
     ap.add_argument("--partitions", help="comma list (full mode default 1,3,6)")
     ap.add_argument("--systems", default="all",
                     help=f"comma list among {sorted(set(PRODUCERS + CONSUMERS))}, or all")
+    ap.add_argument("--repeat", type=int,
+                    help="runs per measurement of app, kcat and the Kafka tools; the median (by "
+                         "wall time) is reported (default: 3 in full mode, else 1); the seed's "
+                         "producer and consumer run once")
     ap.add_argument("--keep", action="store_true", help="keep topics and output directories")
     ap.add_argument("--no-update", action="store_true", help="full mode: leave BENCHMARKS.md")
     args = ap.parse_args()
@@ -620,6 +678,9 @@ def main():
     else:
         scale_rows, partitions = [], []
     systems = set(PRODUCERS + CONSUMERS) if args.systems == "all" else set(args.systems.split(","))
+    global REPEAT
+    REPEAT = args.repeat or (3 if args.mode == "full" else 1)
+    args.repeat = REPEAT
 
     for need, hint in ((APP, "cargo build --release --bin app"),
                        (GEN, "cargo build --release --example gen_data")):

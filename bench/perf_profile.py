@@ -39,9 +39,9 @@ STAGES = {
     ],
     "consume": [
         ("processor: Processor::process (everything below)", r"^reclamacoes::consume::Processor::process$"),
-        ("  JSON decoding: Schema::decode_json", r"^reclamacoes::schema::Schema::decode_json$"),
+        ("  JSON decoding: Schema::decode_json", r"^reclamacoes::schema::Schema::decode_json"),
         ("    into serde_json::Value maps", r"^serde_json::value::de::<impl serde_core::de::Deserialize for serde_json::value::Value>::deserialize$"),
-        ("  enrichment: EnrichSnapshot::enrich", r"^reclamacoes::enrich::EnrichSnapshot::enrich$"),
+        ("  enrichment: EnrichSnapshot::enrich", r"^reclamacoes::enrich::EnrichSnapshot::enrich"),
         ("  windows: WindowBuffer::route", r"^reclamacoes::window::WindowBuffer::route$"),
         ("Kafka fetch decoding: rskafka read_records", r"^rskafka::protocol::record::RecordBatchBody::read_records$"),
         ("  LZ4 decompression", r"^LZ4_decompress_generic"),

@@ -15,6 +15,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 LOCAL=$ROOT/.local
+# No bench/__pycache__ in the work tree.
+export PYTHONDONTWRITEBYTECODE=1
 VENV=$LOCAL/bench-venv
 JARS=$LOCAL/bench-jars
 # pyspark's version must equal spark.version in bench/spark/pom.xml.

@@ -534,6 +534,22 @@ impl Checkpoint {
     }
 
     /// Per-partition maximum event times, for [`Watermarks::restore`].
+    /// A checkpoint committed while partitions are still replaying (after a restart) keeps, for
+    /// each of them, the replay target it resumed with as `next_offset` (the resume offset is
+    /// left as captured). Without this, a crash during replay would leave a checkpoint whose
+    /// `next_offset` is below rows its restored watermark maxima already account for; the next
+    /// restart would then lift its replay barrier too early and close windows whose rows had not
+    /// been re-read yet, turning on-time rows into late ones (exactly once still held; found by
+    /// `tests/faults.rs`, where a partition's on-time rows ended up in `_late` after repeated
+    /// SIGKILLs).
+    pub fn keep_replay_targets(&mut self, replay_until: &BTreeMap<i32, i64>) {
+        for (partition, &target) in replay_until {
+            if let Some(state) = self.partitions.get_mut(partition) {
+                state.next_offset = state.next_offset.max(target);
+            }
+        }
+    }
+
     pub fn watermark_maxima(&self) -> BTreeMap<i32, Option<i64>> {
         self.partitions
             .iter()
@@ -1522,6 +1538,27 @@ mod tests {
     }
 
     // ----- recovery -----
+
+    #[test]
+    fn replay_targets_survive_a_commit_during_replay() {
+        let mut cp = sample(1);
+        let before = cp.partitions.clone();
+        let (&p, state) = before.iter().next().unwrap();
+        let replay_until = BTreeMap::from([(p, state.next_offset + 100), (999, 5)]);
+        cp.keep_replay_targets(&replay_until);
+        assert_eq!(cp.partitions[&p].next_offset, state.next_offset + 100);
+        assert_eq!(cp.partitions[&p].resume_offset, state.resume_offset);
+        for (q, s) in &before {
+            if *q != p {
+                assert_eq!(&cp.partitions[q], s);
+            }
+        }
+        assert!(!cp.partitions.contains_key(&999));
+        // A target already passed changes nothing.
+        let mut again = cp.clone();
+        again.keep_replay_targets(&BTreeMap::from([(p, 0)]));
+        assert_eq!(again, cp);
+    }
 
     #[test]
     fn output_without_its_checkpoint_directory_is_refused() {

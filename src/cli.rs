@@ -244,7 +244,7 @@ pub struct ConsumeArgs {
     #[arg(long, env = "CONSUME_MAX_FILE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_file_bytes: u64,
     /// Memory bound of buffered rows; past it the largest open window is written early.
-    #[arg(long, env = "CONSUME_MAX_BUFFER_BYTES", default_value_t = 512 * 1024 * 1024)]
+    #[arg(long, env = "CONSUME_MAX_BUFFER_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_buffer_bytes: usize,
     /// Commit a checkpoint (and write late rows and dead letters) at least this often.
     #[arg(long, env = "CONSUME_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]

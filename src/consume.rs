@@ -857,7 +857,7 @@ impl Processor<'_> {
                 Err("the message has no value (null)".to_string())
             } else {
                 self.schema
-                    .decode_json(value)
+                    .decode_json_reserving(value, snapshot.table().columns.len())
                     .map_err(|e| e.to_string())
                     .and_then(|(values, _)| {
                         let event_time_ms = match self.event_time_index {
@@ -1063,6 +1063,7 @@ impl Processor<'_> {
             &self.next_offsets,
             &mut self.marks,
         );
+        cp.keep_replay_targets(&self.replay_until);
         let started = StdInstant::now();
         self.store.commit(&mut cp)?;
         self.metrics

@@ -30,8 +30,8 @@ pub use rskafka::client::partition::Compression as RsCompression;
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
     #[error(
-        "cannot reach the Kafka broker at {brokers} within {timeout:?}: {reason}. Is it running \
-         (`make up`)? Check --brokers / KAFKA_BROKERS"
+        "cannot reach the Kafka broker at {brokers} within {timeout:?}: {reason}. {}",
+        connect_hint(reason)
     )]
     Connect {
         brokers: String,
@@ -75,6 +75,25 @@ pub enum KafkaError {
 }
 
 pub type Result<T, E = KafkaError> = std::result::Result<T, E>;
+
+/// What to do about a failed connection, from the reason rskafka gave.
+fn connect_hint(reason: &str) -> &'static str {
+    let lower = reason.to_ascii_lowercase();
+    if lower.contains("sasl") || lower.contains("authenticat") {
+        "SASL authentication failed: check --kafka-sasl-mechanism, --kafka-sasl-username and the \
+         password in KAFKA_SASL_PASSWORD"
+    } else if lower.contains("certificate") || lower.contains("tls") {
+        "The TLS handshake failed: check --kafka-ca-file (the CA that signed the broker's \
+         certificate) and that the broker's certificate names the host given in --brokers"
+    } else {
+        "Is it running (`make up`)? Check --brokers / KAFKA_BROKERS, and --kafka-tls / \
+         --kafka-sasl-* if the listener needs TLS or SASL"
+    }
+}
+
+/// Extra time the outer bound of a connect gets over rskafka's own retry deadline, so that
+/// rskafka's error (with the real reason: refused, TLS, SASL) arrives before our bare timeout.
+const CONNECT_GRACE: Duration = Duration::from_secs(2);
 
 /// Compression codec for produced batches (`--compression`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -288,29 +307,34 @@ impl Kafka {
             init_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
             base: 2.0,
-            deadline: Some(config.timeout),
+            // rskafka counts only the time slept between attempts against this deadline, not
+            // the attempts themselves (a refused SASL handshake, a TLS failure); half the
+            // timeout leaves room for them, so its error (with the real reason) usually arrives
+            // before our outer bound fires with a bare "no answer".
+            deadline: Some(config.timeout / 2),
         };
         let builder = ClientBuilder::new(config.broker_list())
             .client_id("reclamacoes")
             .backoff_config(backoff);
         let builder = config.security.apply(builder)?;
-        let client = match tokio::time::timeout(config.timeout, builder.build()).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => {
-                return Err(KafkaError::Connect {
-                    brokers: config.brokers.clone(),
-                    timeout: config.timeout,
-                    reason: config.security.redact(e.to_string()),
-                })
-            }
-            Err(_) => {
-                return Err(KafkaError::Connect {
-                    brokers: config.brokers.clone(),
-                    timeout: config.timeout,
-                    reason: "no answer".into(),
-                })
-            }
-        };
+        let client =
+            match tokio::time::timeout(config.timeout + CONNECT_GRACE, builder.build()).await {
+                Ok(Ok(client)) => client,
+                Ok(Err(e)) => {
+                    return Err(KafkaError::Connect {
+                        brokers: config.brokers.clone(),
+                        timeout: config.timeout,
+                        reason: config.security.redact(e.to_string()),
+                    })
+                }
+                Err(_) => {
+                    return Err(KafkaError::Connect {
+                        brokers: config.brokers.clone(),
+                        timeout: config.timeout,
+                        reason: "no answer".into(),
+                    })
+                }
+            };
         // `build` only opens a connection lazily on some paths; a metadata call proves the broker
         // answers.
         let kafka = Kafka {

@@ -18,7 +18,13 @@ pub struct OutputRow {
 impl OutputRow {
     /// Approximate memory held by this row, used to bound buffers (`--max-buffer-bytes`).
     pub fn size_bytes(&self) -> usize {
-        std::mem::size_of::<OutputRow>() + self.values.iter().map(Value::size_bytes).sum::<usize>()
+        // The vector's spare capacity and its allocation count too: the estimate should track
+        // what the allocator really holds, or --max-buffer-bytes is exceeded several times over.
+        let spare = self.values.capacity() - self.values.len();
+        std::mem::size_of::<OutputRow>()
+            + 16
+            + spare * std::mem::size_of::<Value>()
+            + self.values.iter().map(Value::size_bytes).sum::<usize>()
     }
 }
 

