@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -195,10 +196,16 @@ def result(step, system, rows, m, payload_bytes, extra=None):
         "cpu_s": round(m["cpu_user_s"] + m["cpu_sys_s"], 2),
         "cpu_user_s": m["cpu_user_s"], "cpu_sys_s": m["cpu_sys_s"],
         "max_rss_single_mb": m["max_rss_single_mb"], "peak_rss_tree_mb": m["peak_rss_tree_mb"],
-        "first_output_s": m["first_output_s"], "cmd": m["cmd"], "rc": m["rc"],
+        "first_output_s": m["first_output_s"], "cmd": [redact(c) for c in m["cmd"]],
+        "rc": m["rc"],
     }
     r.update(extra or {})
     return r
+
+
+def redact(arg):
+    """Hides the password of a URL (`mysql://user:***@host`): results are committed."""
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", arg)
 
 
 def check(m, what, logfile):
@@ -487,6 +494,12 @@ def machine():
     return info
 
 
+def short_path(arg):
+    """Repository paths relative to the root, so commands read the same on every machine."""
+    root = str(ROOT) + "/"
+    return arg.replace(root, "") if isinstance(arg, str) else str(arg)
+
+
 def fmt(v, digits=0):
     if v is None:
         return "–"
@@ -559,6 +572,15 @@ def render(results, info, args, started, finished):
             add(f"- {n}")
         if notes:
             add("")
+    cmds = [r for r in results if r["step"] in ("produce", "consume")]
+    if cmds:
+        add("### Exact commands (the reported run of each)")
+        add("")
+        add("```sh")
+        for r in cmds:
+            add(" ".join("$'\\t'" if c == "\t" else shlex.quote(short_path(c)) for c in r["cmd"]))
+        add("```")
+        add("")
     sp = [r for r in results if r["step"] == "scaling-produce"]
     sc = {(r["rows"], r["partitions"]): r for r in results if r["step"] == "scaling-consume"}
     if sp:
@@ -666,7 +688,12 @@ def main():
                          "producer and consumer run once")
     ap.add_argument("--keep", action="store_true", help="keep topics and output directories")
     ap.add_argument("--no-update", action="store_true", help="full mode: leave BENCHMARKS.md")
+    ap.add_argument("--report-from", metavar="JSON",
+                    help="run nothing: re-render the .md/.png (and BENCHMARKS.md) of that run")
     args = ap.parse_args()
+    if args.report_from:
+        report_from(args.report_from)
+        return
     defaults = {"full": 1_000_000, "quick": 100_000, "produce": 1_000_000, "consume": 1_000_000}
     args.rows = args.rows or defaults[args.mode]
     if args.mode == "full":
@@ -687,7 +714,6 @@ def main():
         if not need.exists():
             raise SystemExit(f"bench: {need} is missing; run `{hint}` (scripts/bench.sh does)")
     started = dt.datetime.now(dt.timezone.utc)
-    stamp = started.strftime("%Y-%m-%d")
     run_dir = WORK / started.strftime("%Y%m%dT%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     log(f"mode {args.mode}, {args.rows:,} rows, work dir {run_dir.relative_to(ROOT)}")
@@ -715,6 +741,14 @@ def main():
             delete_topics(topics)
     info["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     finished = dt.datetime.now(dt.timezone.utc)
+    write_outputs(results, info, args, started, finished)
+    if not args.keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def write_outputs(results, info, args, started, finished):
+    """bench/results/<name>.{md,json,png}, and BENCHMARKS.md's latest section in full mode."""
+    stamp = started.strftime("%Y-%m-%d")
     report = render(results, info, args, started, finished)
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = stamp if args.mode == "full" else f"{stamp}-{args.mode}"
@@ -722,16 +756,23 @@ def main():
     chart([r for r in results if r["step"] != "consume-input"], png,
           f"reclamacoes benchmarks, {stamp}, {info.get('cores')} cores, mode {args.mode}")
     md.write_text(f"# Benchmark results {stamp} ({args.mode})\n\n![chart]({png.name})\n\n"
-                  f"{report}\n\nRaw figures and exact commands: [{js.name}]({js.name}).\n")
-    js.write_text(json.dumps({"machine": info, "args": vars(args), "results": results},
+                  f"{report}\n\nRaw figures: [{js.name}]({js.name}).\n")
+    js.write_text(json.dumps({"machine": info, "args": vars(args), "started": started.isoformat(),
+                              "finished": finished.isoformat(), "results": results},
                              indent=1, default=str) + "\n")
     print("\n" + report)
     log(f"wrote {md.relative_to(ROOT)}, {js.name}, {png.name}")
     if args.mode == "full" and not args.no_update:
         update_benchmarks_md(report, md, png)
-    if not args.keep:
-        shutil.rmtree(run_dir, ignore_errors=True)
 
+
+def report_from(path):
+    """Re-renders the outputs of an earlier run from its JSON (after a change to the report)."""
+    data = json.loads(Path(path).read_text())
+    args = argparse.Namespace(**data["args"])
+    started = dt.datetime.fromisoformat(data["started"])
+    finished = dt.datetime.fromisoformat(data["finished"])
+    write_outputs(data["results"], data["machine"], args, started, finished)
 
 if __name__ == "__main__":
     main()

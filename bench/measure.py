@@ -133,6 +133,9 @@ def measure(cmd, *, cwd=None, env=None, stdout=None, stderr=None, watch=None,
         user, sys_ = sampled_user, sampled_sys
     if watch and state["first"] is None and glob.glob(os.path.join(watch, pattern), recursive=True):
         state["first"] = wall
+    if state["first"] is not None:
+        # The sampler may notice the file only after the command ended.
+        state["first"] = min(state["first"], wall)
     return {
         "cmd": [str(c) for c in cmd],
         "rc": proc.returncode,

@@ -397,7 +397,9 @@ pub async fn run(
     };
 
     // Fetchers.
-    let (fetch_tx, fetch_rx) = mpsc::channel::<Fetched>(32);
+    // Two fetches in hand per partition keep the processor busy; more only holds decompressed
+    // records outside --max-buffer-bytes (measured: 32 slots cost ~600 MB on a backlog).
+    let (fetch_tx, fetch_rx) = mpsc::channel::<Fetched>((2 * handles.len()).max(4));
     let mut fetchers = JoinSet::new();
     if let Some(endpoint) = &endpoint {
         endpoint.set_probe(Arc::clone(&probe) as Arc<dyn Probe>);
