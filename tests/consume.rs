@@ -4,9 +4,11 @@
 
 mod common;
 
+use common::duckdb;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
@@ -16,38 +18,6 @@ use reclamacoes::kafka::{Compression, PartitionHandle};
 use reclamacoes::schema::{Schema, Source, Value};
 use rskafka::record::Record;
 use serde_json::Value as Json;
-
-/// Runs SQL in DuckDB over the output directory (`{out}` is replaced by its path) and returns
-/// the rows as JSON arrays.
-fn duckdb(out: &Path, sql: &str) -> Vec<Vec<Json>> {
-    let python = std::env::var("RECLAMACOES_PYTHON").unwrap_or_else(|_| {
-        common::repo_root()
-            .join(".local/venv/bin/python")
-            .display()
-            .to_string()
-    });
-    let script = r#"
-import sys, json, duckdb
-sql = sys.argv[1]
-rows = duckdb.sql(sql).fetchall()
-print(json.dumps([[v if isinstance(v, (int, float, str, type(None), bool)) else str(v) for v in r] for r in rows]))
-"#;
-    let sql = sql.replace("{out}", &out.display().to_string());
-    let result = Command::new(&python)
-        .args(["-c", script, &sql])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {python} ({e}); `.ci/run` creates .local/venv with duckdb and pyarrow"
-            )
-        });
-    assert!(
-        result.status.success(),
-        "duckdb failed on {sql}: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    serde_json::from_slice(&result.stdout).unwrap()
-}
 
 fn scalar(out: &Path, sql: &str) -> i64 {
     duckdb(out, sql)[0][0].as_i64().unwrap()

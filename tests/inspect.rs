@@ -4,9 +4,10 @@
 
 mod common;
 
+use common::duckdb;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use chrono::{Duration as ChronoDuration, Utc};
 use common::{random_topic, run_app};
@@ -15,36 +16,6 @@ use rskafka::record::Record;
 use serde_json::Value as Json;
 
 const PARTITIONS: i32 = 3;
-
-/// Runs SQL in DuckDB (`{out}` is replaced by the output directory) and returns the rows.
-fn duckdb(out: &Path, sql: &str) -> Vec<Vec<Json>> {
-    let python = std::env::var("RECLAMACOES_PYTHON").unwrap_or_else(|_| {
-        common::repo_root()
-            .join(".local/venv/bin/python")
-            .display()
-            .to_string()
-    });
-    let script = r#"
-import sys, json, duckdb
-rows = duckdb.sql(sys.argv[1]).fetchall()
-print(json.dumps([[v if isinstance(v, (int, float, str, type(None), bool)) else str(v) for v in r] for r in rows]))
-"#;
-    let sql = sql.replace("{out}", &out.display().to_string());
-    let result = Command::new(&python)
-        .args(["-c", script, &sql])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {python} ({e}); `.ci/run` creates .local/venv with duckdb and pyarrow"
-            )
-        });
-    assert!(
-        result.status.success(),
-        "duckdb failed on {sql}: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    serde_json::from_slice(&result.stdout).unwrap()
-}
 
 fn scalar(out: &Path, sql: &str) -> u64 {
     duckdb(out, sql)[0][0].as_u64().unwrap()

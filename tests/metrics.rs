@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::duckdb;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -16,7 +18,6 @@ use chrono::Utc;
 use common::{random_topic, run_app};
 use reclamacoes::kafka::{Compression, Kafka, KafkaConfig, PartitionHandle};
 use rskafka::record::Record;
-use serde_json::Value as Json;
 
 // ----------------------------------------------------------------------------- helpers
 
@@ -165,36 +166,6 @@ fn wait_for<T>(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Runs SQL in DuckDB (`{out}` = the output directory); rows as JSON arrays.
-fn duckdb(out: &Path, sql: &str) -> Vec<Vec<Json>> {
-    let python = std::env::var("RECLAMACOES_PYTHON").unwrap_or_else(|_| {
-        common::repo_root()
-            .join(".local/venv/bin/python")
-            .display()
-            .to_string()
-    });
-    let script = r#"
-import sys, json, duckdb
-rows = duckdb.sql(sys.argv[1]).fetchall()
-print(json.dumps([[v if isinstance(v, (int, float, str, type(None), bool)) else str(v) for v in r] for r in rows]))
-"#;
-    let sql = sql.replace("{out}", &out.display().to_string());
-    let result = Command::new(&python)
-        .args(["-c", script, &sql])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {python} ({e}); `.ci/run` creates .local/venv with duckdb and pyarrow"
-            )
-        });
-    assert!(
-        result.status.success(),
-        "duckdb failed on {sql}: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    serde_json::from_slice(&result.stdout).unwrap()
 }
 
 fn scalar(out: &Path, sql: &str) -> f64 {

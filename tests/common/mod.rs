@@ -166,3 +166,34 @@ pub fn run_java(source: &str, class: &str, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Runs SQL in DuckDB (an independent Parquet reader; `{out}` is replaced by the output
+/// directory) and returns the rows as JSON arrays.
+pub fn duckdb(out: &Path, sql: &str) -> Vec<Vec<serde_json::Value>> {
+    let python = std::env::var("RECLAMACOES_PYTHON").unwrap_or_else(|_| {
+        repo_root()
+            .join(".local/venv/bin/python")
+            .display()
+            .to_string()
+    });
+    let script = r#"
+import sys, json, duckdb
+rows = duckdb.sql(sys.argv[1]).fetchall()
+print(json.dumps([[v if isinstance(v, (int, float, str, type(None), bool)) else str(v) for v in r] for r in rows]))
+"#;
+    let sql = sql.replace("{out}", &out.display().to_string());
+    let result = Command::new(&python)
+        .args(["-c", script, &sql])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {python} ({e}); `.ci/run` creates .local/venv with duckdb and pyarrow"
+            )
+        });
+    assert!(
+        result.status.success(),
+        "duckdb failed on {sql}: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    serde_json::from_slice(&result.stdout).unwrap()
+}
