@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::consume::{self, ConsumeConfig, DataLossPolicy, LatePolicy, StartAt};
+use crate::consume::{self, ConsumeConfig, DataLossPolicy, IdleAdvance, LatePolicy, StartAt};
 use crate::csv_source::{Encoding, SourceConfig};
 use crate::kafka::{Compression, KafkaConfig};
 use crate::produce::{self, ProduceConfig};
@@ -67,9 +67,6 @@ pub struct InspectArgs {
     /// Sample rows to show (0: none).
     #[arg(long, default_value_t = crate::inspect::DEFAULT_SAMPLE_ROWS, value_name = "N")]
     pub sample: usize,
-    /// Checkpoint directory, if `app consume` was given --checkpoint (default <output>/_checkpoint).
-    #[arg(long)]
-    pub checkpoint: Option<PathBuf>,
 }
 
 /// Options shared by every command that talks to Kafka.
@@ -182,12 +179,9 @@ pub struct ProduceArgs {
 pub struct ConsumeArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// Output directory (Hive-style window_start=... folders, _late, _dead_letter, _checkpoint).
+    /// Output directory: the table (window=... folders), _late, _dead_letter, _staging, _checkpoint.
     #[arg(long, env = "CONSUME_OUTPUT", default_value = "./output")]
     pub output: PathBuf,
-    /// Checkpoint directory (default: <output>/_checkpoint).
-    #[arg(long, env = "CONSUME_CHECKPOINT")]
-    pub checkpoint: Option<PathBuf>,
     /// MySQL/MariaDB URL of the enrichment table (local development credentials by default).
     #[arg(long, env = "MYSQL_URL", default_value = DEFAULT_MYSQL_URL, hide_default_value = true, hide_env_values = true)]
     pub mysql_url: String,
@@ -196,11 +190,15 @@ pub struct ConsumeArgs {
     #[arg(long, env = "CONSUME_PARTITIONS", default_value = "all", value_parser = parse_partitions)]
     pub partitions: PartitionList,
     /// Where to start a partition that has no checkpoint.
-    #[arg(long, env = "CONSUME_START", value_enum, default_value_t = StartAt::Earliest)]
-    pub start: StartAt,
+    #[arg(long, env = "CONSUME_START", value_enum, default_value_t = StartArg::Earliest)]
+    pub start: StartArg,
     /// Stop once every assigned partition is read to its end and everything is written.
     #[arg(long, env = "CONSUME_UNTIL_CAUGHT_UP")]
     pub until_caught_up: bool,
+    /// With --until-caught-up: the end of the topic is the end of the stream. Every window
+    /// closes and gets _SUCCESS; records that arrive later are late. For bounded runs only.
+    #[arg(long, env = "CONSUME_CLOSE_WINDOWS", requires = "until_caught_up")]
+    pub close_windows: bool,
     /// TOML schema of the records (default: the built-in Banco Central schema).
     #[arg(long, env = "CONSUME_SCHEMA")]
     pub schema: Option<PathBuf>,
@@ -210,15 +208,25 @@ pub struct ConsumeArgs {
     /// Tumbling window width (epoch-aligned), e.g. `1m`, `30s`, `1h`.
     #[arg(long, env = "CONSUME_WINDOW", default_value = "1m", value_parser = humantime::parse_duration)]
     pub window: Duration,
-    /// Watermark = highest event time seen minus this.
+    /// A partition's watermark = its highest event time minus this.
     #[arg(long, env = "CONSUME_ALLOWED_LATENESS", default_value = "10s", value_parser = humantime::parse_duration)]
     pub allowed_lateness: Duration,
-    /// A partition without records for this long stops holding the watermark back.
+    /// A partition without records for this long is idle: it follows the other partitions and,
+    /// with --idle-advance, the wall clock.
     #[arg(long, env = "CONSUME_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// Idle partitions' watermark advances with the wall clock (now - allowed lateness), so the
+    /// last window of a quiet stream closes on time. `auto`: on for the Kafka timestamp, off for
+    /// --event-time-field (a field's times need not track the clock).
+    #[arg(long, env = "CONSUME_IDLE_ADVANCE", value_enum, default_value_t = IdleAdvanceArg::Auto)]
+    pub idle_advance: IdleAdvanceArg,
+    /// Event times further ahead of the wall clock than this go to _dead_letter (they would
+    /// move the watermark and make every later record late); `off` to accept any.
+    #[arg(long, env = "CONSUME_MAX_FUTURE", default_value = "5m", value_parser = parse_optional_duration)]
+    pub max_future: OptionalDuration,
     /// Records whose window already closed: write them to output/_late, or drop (counted).
-    #[arg(long, env = "CONSUME_LATE", value_enum, default_value_t = LatePolicy::SideOutput)]
-    pub late: LatePolicy,
+    #[arg(long, env = "CONSUME_LATE", value_enum, default_value_t = LateArg::SideOutput)]
+    pub late: LateArg,
     /// Enrichment query: the first column is the key, every other column becomes an output column.
     #[arg(long, env = "CONSUME_ENRICH_QUERY", default_value = crate::enrich::DEFAULT_QUERY)]
     pub enrich_query: String,
@@ -239,12 +247,13 @@ pub struct ConsumeArgs {
     pub on_miss: crate::enrich::OnMiss,
     /// Parquet compression: none, snappy, gzip, lz4, zstd.
     #[arg(long, env = "CONSUME_COMPRESSION", default_value = "zstd")]
-    pub compression: crate::parquet_sink::Compression,
-    /// A Parquet file rolls to the next one past this size.
+    pub compression: crate::output::Compression,
+    /// A closed window's rows of one partition go to one file, or several of about this size.
     #[arg(long, env = "CONSUME_MAX_FILE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_file_bytes: u64,
-    /// Memory bound of buffered rows; past it the largest open window is written early.
-    #[arg(long, env = "CONSUME_MAX_BUFFER_BYTES", default_value_t = 256 * 1024 * 1024)]
+    /// Memory bound of the open Parquet row groups (all partitions together); past it, the
+    /// largest open window's row group is staged, so row groups get smaller, files do not.
+    #[arg(long, env = "CONSUME_MAX_BUFFER_BYTES", default_value_t = DEFAULT_MAX_BUFFER_BYTES)]
     pub max_buffer_bytes: usize,
     /// Commit a checkpoint (and write late rows and dead letters) at least this often.
     #[arg(long, env = "CONSUME_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -253,10 +262,10 @@ pub struct ConsumeArgs {
     #[arg(long, env = "CONSUME_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
     /// The checkpoint's offset was deleted by retention: fail (default), or continue from earliest.
-    #[arg(long, env = "CONSUME_ON_DATA_LOSS", value_enum, default_value_t = DataLossPolicy::Fail)]
-    pub on_data_loss: DataLossPolicy,
-    /// Bytes per fetch request and partition.
-    #[arg(long, env = "CONSUME_FETCH_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, env = "CONSUME_ON_DATA_LOSS", value_enum, default_value_t = DataLossArg::Fail)]
+    pub on_data_loss: DataLossArg,
+    /// Bytes per fetch request and partition (compressed; about 5x that once decompressed).
+    #[arg(long, env = "CONSUME_FETCH_MAX_BYTES", default_value_t = DEFAULT_FETCH_MAX_BYTES)]
     pub fetch_max_bytes: i32,
     /// How long the broker may wait for new records before answering a fetch.
     #[arg(long, env = "CONSUME_FETCH_MAX_WAIT", default_value = "500ms", value_parser = humantime::parse_duration)]
@@ -268,6 +277,54 @@ pub struct ConsumeArgs {
     /// Serve Prometheus metrics (/metrics) and health (/healthz) on HOST:PORT, e.g. 127.0.0.1:9464.
     #[arg(long, env = "METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+}
+
+/// Default `--max-buffer-bytes`: with the fetch buffers, the consumer stays under 128 MB.
+pub const DEFAULT_MAX_BUFFER_BYTES: usize = 48 * 1024 * 1024;
+/// Default `--fetch-max-bytes`.
+pub const DEFAULT_FETCH_MAX_BYTES: i32 = 1024 * 1024;
+
+/// `--start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StartArg {
+    Earliest,
+    Latest,
+}
+
+/// `--late`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LateArg {
+    /// Write it to `output/_late/`.
+    SideOutput,
+    /// Count it and drop it.
+    Drop,
+}
+
+/// `--on-data-loss`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DataLossArg {
+    Fail,
+    Earliest,
+}
+
+/// `--idle-advance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IdleAdvanceArg {
+    Auto,
+    On,
+    Off,
+}
+
+/// A duration, or `off`.
+pub type OptionalDuration = Option<Duration>;
+
+fn parse_optional_duration(s: &str) -> Result<OptionalDuration, String> {
+    if matches!(s.trim().to_ascii_lowercase().as_str(), "off" | "none" | "0") {
+        return Ok(None);
+    }
+    humantime::parse_duration(s)
+        .map(Some)
+        .map_err(|e| format!("`{s}`: {e}; give a duration such as 5m, or `off`"))
 }
 
 /// `--partitions`: `None` = all.
@@ -322,76 +379,6 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
-///
-/// The handlers are installed when this is called, not when the future is first polled: a
-/// command polls it only once its main loop runs (after connecting, loading the enrichment table,
-/// and then only when `select!` reaches that branch), and until a handler is installed a SIGINT
-/// kills the process with the default action, without draining or printing the resume point.
-/// Must be called inside the runtime.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    let (tx, mut rx) = tokio::sync::watch::channel(false);
-    match Signals::install() {
-        Ok(mut signals) => {
-            tokio::spawn(async move {
-                signals.next().await;
-                tracing::info!("Signal received: stopping cleanly (send it again to exit at once)");
-                let _ = tx.send(true);
-                signals.next().await;
-                eprintln!("second signal: exiting now");
-                std::process::exit(130);
-            });
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot install the SIGINT/SIGTERM handlers; Ctrl-C will stop the process without draining");
-            // Keep `tx` alive so the future below never resolves.
-            std::mem::forget(tx);
-        }
-    }
-    async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
-}
-
-/// SIGINT and SIGTERM (Ctrl-C elsewhere), installed once.
-struct Signals {
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Signals> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            Ok(Signals {
-                int: signal(SignalKind::interrupt())?,
-                term: signal(SignalKind::terminate())?,
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            Ok(Signals {})
-        }
-    }
-
-    async fn next(&mut self) {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                _ = self.int.recv() => {}
-                _ = self.term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 /// Entry point of the `app` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -428,7 +415,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn run_inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let options = crate::inspect::InspectOptions {
         output: args.output,
-        checkpoint_dir: args.checkpoint,
         sample: args.sample,
     };
     let report = crate::inspect::inspect(&options).context("inspect failed")?;
@@ -467,7 +453,7 @@ async fn run_produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
         progress_bar: std::io::stderr().is_terminal(),
         metrics_addr: args.metrics_addr,
     };
-    let summary = produce::run(config, shutdown_signal())
+    let summary = produce::run(config, crate::shutdown::on_signals().wait())
         .await
         .context("produce failed")?;
     print!("{}", summary.render());
@@ -485,26 +471,52 @@ fn millis(d: Duration) -> i64 {
 }
 
 async fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = crate::shutdown::on_signals();
     let schema = match &args.schema {
         Some(path) => Schema::from_toml_file(path)?,
         None => Schema::banco_central(),
     };
     let config = ConsumeConfig {
-        kafka: args.kafka.config(),
-        topic: args.kafka.topic.clone(),
-        output: args.output,
-        checkpoint_dir: args.checkpoint,
-        partitions: args.partitions,
-        start: args.start,
-        until_caught_up: args.until_caught_up,
-        schema: Arc::new(schema),
-        event_time_field: args.event_time_field,
-        window: crate::window::WindowConfig {
-            window_ms: millis(args.window),
-            allowed_lateness_ms: millis(args.allowed_lateness),
-            idle_timeout: args.idle_timeout,
+        source: consume::SourceConfig {
+            kafka: args.kafka.config(),
+            topic: args.kafka.topic.clone(),
+            partitions: args.partitions,
+            start: match args.start {
+                StartArg::Earliest => StartAt::Earliest,
+                StartArg::Latest => StartAt::Latest,
+            },
+            until_caught_up: args.until_caught_up,
+            on_data_loss: match args.on_data_loss {
+                DataLossArg::Fail => DataLossPolicy::Fail,
+                DataLossArg::Earliest => DataLossPolicy::Earliest,
+            },
+            fetch_max_bytes: args.fetch_max_bytes,
+            fetch_max_wait: args.fetch_max_wait,
         },
-        late: args.late,
+        records: consume::RecordsConfig {
+            schema: Arc::new(schema),
+            event_time_field: args.event_time_field,
+            join_field: args.join_field,
+            on_miss: args.on_miss,
+            max_future: args.max_future,
+        },
+        windows: consume::WindowsConfig {
+            window: crate::window::WindowConfig {
+                window_ms: millis(args.window),
+                allowed_lateness_ms: millis(args.allowed_lateness),
+                idle_timeout: args.idle_timeout,
+            },
+            late: match args.late {
+                LateArg::SideOutput => LatePolicy::SideOutput,
+                LateArg::Drop => LatePolicy::Drop,
+            },
+            idle_advance: match args.idle_advance {
+                IdleAdvanceArg::Auto => IdleAdvance::Auto,
+                IdleAdvanceArg::On => IdleAdvance::On,
+                IdleAdvanceArg::Off => IdleAdvance::Off,
+            },
+            close_at_end: args.close_windows,
+        },
         enrich: crate::enrich::EnrichConfig {
             mysql_url: args.mysql_url,
             query: args.enrich_query,
@@ -513,24 +525,25 @@ async fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             first_load_timeout: args.mysql_timeout,
             query_timeout: Duration::from_secs(10).min(args.mysql_timeout),
         },
-        join_field: args.join_field,
-        on_miss: args.on_miss,
-        sink: crate::parquet_sink::SinkConfig {
-            compression: args.compression,
-            max_file_bytes: args.max_file_bytes,
-            ..Default::default()
+        sink: consume::SinkConfig {
+            location: args.output,
+            output: crate::output::OutputConfig {
+                format: crate::output::FormatConfig {
+                    compression: args.compression,
+                },
+                max_file_bytes: args.max_file_bytes,
+            },
+            max_buffer_bytes: args.max_buffer_bytes,
+            checkpoint_interval: args.checkpoint_interval,
         },
-        max_buffer_bytes: args.max_buffer_bytes,
-        checkpoint_interval: args.checkpoint_interval,
-        drain_timeout: args.drain_timeout,
-        on_data_loss: args.on_data_loss,
-        fetch_max_bytes: args.fetch_max_bytes,
-        fetch_max_wait: args.fetch_max_wait,
-        status_interval: args.status_interval,
-        progress_bar: std::io::stderr().is_terminal(),
-        metrics_addr: args.metrics_addr,
+        run: consume::RunConfig {
+            drain_timeout: args.drain_timeout,
+            status_interval: args.status_interval,
+            progress_bar: std::io::stderr().is_terminal(),
+            metrics_addr: args.metrics_addr,
+        },
     };
-    let summary = consume::run(config, shutdown_signal())
+    let summary = consume::run(config, shutdown)
         .await
         .context("consume failed")?;
     print!("{}", summary.render());

@@ -19,9 +19,8 @@
 //!                                    consumer ◀── EnrichSnapshot::enrich(key, values, OnMiss)
 //! ```
 //!
-//! Shutdown is signalled with a `tokio::sync::watch::Receiver<bool>`: the refresh task (and a
-//! first load still retrying) stops as soon as the value becomes `true` **or the sender is
-//! dropped**.
+//! Shutdown is a [`Shutdown`] handle: the refresh task (and a first load still retrying) stops
+//! as soon as it fires (or its trigger is dropped).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -31,10 +30,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use arrow::array::ArrayRef;
 use chrono::{NaiveDate, NaiveDateTime};
 use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
-use tokio::sync::watch;
+use crate::shutdown::Shutdown;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -167,6 +167,11 @@ pub struct ReferenceTable {
     pub null_keys: u64,
     /// Rows whose key was already seen (the last one wins).
     pub duplicate_keys: u64,
+    /// Row number of each key in [`arrow`](Self::arrow).
+    pub index: HashMap<String, u32>,
+    /// The table as Arrow columns aligned with [`columns`](Self::columns): the consumer enriches
+    /// a whole batch with one `take` per column.
+    pub arrow: Vec<ArrayRef>,
 }
 
 impl ReferenceTable {
@@ -190,16 +195,32 @@ impl ReferenceTable {
                 }
             }
         }
+        let columns: Vec<(String, FieldType)> = columns
+            .into_iter()
+            .skip(1)
+            .map(|(name, ty)| (format!("{prefix}{name}"), ty))
+            .collect();
+        let keys: Vec<&String> = map.keys().collect();
+        let index = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| ((*k).clone(), i as u32))
+            .collect();
+        let arrow = columns
+            .iter()
+            .enumerate()
+            .map(|(c, (_, ty))| {
+                crate::schema::values_to_array(ty, keys.iter().map(|k| map[*k].get(c)))
+            })
+            .collect();
         ReferenceTable {
-            columns: columns
-                .into_iter()
-                .skip(1)
-                .map(|(name, ty)| (format!("{prefix}{name}"), ty))
-                .collect(),
+            columns,
             rows: map,
             loaded_at: SystemTime::now(),
             null_keys,
             duplicate_keys,
+            index,
+            arrow,
         }
     }
 
@@ -663,7 +684,7 @@ impl EnrichmentCache {
     pub async fn start<S: ReferenceSource + 'static>(
         source: S,
         config: EnrichConfig,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: Shutdown,
     ) -> Result<(EnrichmentCache, JoinHandle<()>), EnrichError> {
         let target = source.describe();
         let table = first_load(&source, config.first_load_timeout, &mut shutdown).await?;
@@ -697,6 +718,12 @@ impl EnrichmentCache {
             table: self.current(),
             shared: Arc::clone(&self.shared),
         }
+    }
+
+    /// Counts lookups done elsewhere (the consumer's columnar enrichment).
+    pub fn count_lookups(&self, hits: u64, misses: u64) {
+        self.shared.hits.fetch_add(hits, Ordering::Relaxed);
+        self.shared.misses.fetch_add(misses, Ordering::Relaxed);
     }
 
     /// The output columns (prefixed names and types) of the table being served.
@@ -735,17 +762,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Resolves when shutdown is requested (`true`) or the sender is gone.
-async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow_and_update() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
 
 /// Exponential backoff: `initial`, doubling, capped at `max`.
 #[derive(Debug)]
@@ -779,7 +795,7 @@ impl Backoff {
 async fn first_load<S: ReferenceSource>(
     source: &S,
     timeout: Duration,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut Shutdown,
 ) -> Result<ReferenceTable, EnrichError> {
     let target = source.describe();
     let started = Instant::now();
@@ -793,7 +809,7 @@ async fn first_load<S: ReferenceSource>(
         attempts += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let attempt = tokio::select! {
-            _ = shutdown_requested(shutdown) => return Err(cancelled()),
+            _ = shutdown.requested() => return Err(cancelled()),
             r = tokio::time::timeout(remaining, source.load()) => r,
         };
         let error = match attempt {
@@ -817,7 +833,7 @@ async fn first_load<S: ReferenceSource>(
         tracing::warn!(source = %target, attempt = attempts, retry_in = ?delay, error = %error,
             "enrichment table not loaded yet; retrying");
         tokio::select! {
-            _ = shutdown_requested(shutdown) => return Err(cancelled()),
+            _ = shutdown.requested() => return Err(cancelled()),
             _ = tokio::time::sleep(delay) => {}
         }
     }
@@ -827,17 +843,17 @@ async fn refresh_loop<S: ReferenceSource>(
     source: S,
     shared: Arc<Shared>,
     interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
     let mut backoff = Backoff::new(REFRESH_INITIAL_BACKOFF, interval);
     let mut delay = interval;
     loop {
         tokio::select! {
-            _ = shutdown_requested(&mut shutdown) => break,
+            _ = shutdown.requested() => break,
             _ = tokio::time::sleep(delay) => {}
         }
         let loaded = tokio::select! {
-            _ = shutdown_requested(&mut shutdown) => break,
+            _ = shutdown.requested() => break,
             r = source.load() => r,
         };
         let checked = loaded.and_then(|table| {
@@ -1010,7 +1026,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refresh_replaces_the_table_atomically() {
         let fake = Fake::serving(banco(&[("00360305", "S1", "CAIXA ECONÔMICA FEDERAL")]));
-        let (_tx, rx) = watch::channel(false);
+        let (_tx, rx) = crate::shutdown::channel();
         let (cache, _task) = EnrichmentCache::start(fake.clone(), config(1000, 5000), rx)
             .await
             .unwrap();
@@ -1049,7 +1065,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failed_refresh_keeps_serving_then_recovers() {
         let fake = Fake::serving(banco(&[("1", "S1", "A")]));
-        let (_tx, rx) = watch::channel(false);
+        let (_tx, rx) = crate::shutdown::channel();
         let (cache, _task) = EnrichmentCache::start(fake.clone(), config(10_000, 5000), rx)
             .await
             .unwrap();
@@ -1083,7 +1099,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn backoff_is_capped_at_the_interval() {
         let fake = Fake::serving(banco(&[("1", "S1", "A")]));
-        let (_tx, rx) = watch::channel(false);
+        let (_tx, rx) = crate::shutdown::channel();
         let (cache, _task) = EnrichmentCache::start(fake.clone(), config(1000, 5000), rx)
             .await
             .unwrap();
@@ -1096,7 +1112,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refresh_with_different_columns_is_rejected() {
         let fake = Fake::serving(banco(&[("1", "S1", "A")]));
-        let (_tx, rx) = watch::channel(false);
+        let (_tx, rx) = crate::shutdown::channel();
         let (cache, _task) = EnrichmentCache::start(fake.clone(), config(1000, 5000), rx)
             .await
             .unwrap();
@@ -1120,7 +1136,7 @@ mod tests {
     async fn first_load_retries_then_fails_with_a_redacted_actionable_error() {
         let fake = Fake::default();
         fake.set(Err("Connection refused (os error 111)".into()));
-        let (_tx, rx) = watch::channel(false);
+        let (_tx, rx) = crate::shutdown::channel();
         let started = Instant::now();
         let err = EnrichmentCache::start(fake.clone(), config(1000, 3000), rx)
             .await
@@ -1145,7 +1161,7 @@ mod tests {
     async fn first_load_succeeds_after_retries() {
         let fake = Fake::default();
         fake.set(Err("not yet".into()));
-        let (_tx, rx) = watch::channel(false);
+        let (_tx, rx) = crate::shutdown::channel();
         let starting = tokio::spawn({
             let fake = fake.clone();
             async move { EnrichmentCache::start(fake, config(1000, 30_000), rx).await }
@@ -1160,17 +1176,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shutdown_stops_refresh_and_first_load() {
         let fake = Fake::serving(banco(&[("1", "S1", "A")]));
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = crate::shutdown::channel();
         let (_cache, task) = EnrichmentCache::start(fake.clone(), config(1000, 5000), rx)
             .await
             .unwrap();
-        tx.send(true).unwrap();
+        tx.trigger();
         task.await.unwrap();
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(fake.loads(), 1);
 
         let down = Fake::default();
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = crate::shutdown::channel();
         drop(tx);
         let err = EnrichmentCache::start(down, config(1000, 60_000), rx)
             .await
@@ -1181,7 +1197,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn enrich_applies_the_miss_policy() {
         let fake = Fake::serving(banco(&[("00360305", "S1", "CAIXA")]));
-        let (_tx, rx) = watch::channel(false);
+        let (_tx, rx) = crate::shutdown::channel();
         let (cache, _task) = EnrichmentCache::start(fake, config(1000, 5000), rx)
             .await
             .unwrap();

@@ -1,41 +1,41 @@
-//! `app inspect`: a read-only report of an output directory written by `app consume`.
+//! `app inspect`: a read-only report of an output written by `app consume`.
 //!
-//! This module owns reading an output directory back: the windows (`window_start=…`, closed when
-//! they hold a `_SUCCESS` marker — or an instance's `_SUCCESS-<checkpoint name>` — open
-//! otherwise), files, rows (from Parquet footers, see [`read_row_count`]) and bytes per window,
-//! the schema and a few sample rows of the first file, the late rows (`_late/window_start=…`), the
-//! dead letters (`_dead_letter`, with their first errors) and the checkpoints
-//! (`_checkpoint/checkpoint*.json`: generation and per-partition offsets). [`Report::render`]
-//! prints it for people, [`Report`]'s `Serialize` gives the same numbers as JSON for scripts.
+//! It reads the output through the same [`Store`] and the same names ([`layout::classify`]) as
+//! the consumer: the windows (complete when they hold a success marker, whose manifest lists
+//! their files), their files, rows (from Parquet footers), bytes and writers; open windows'
+//! staged row groups; the schema and a few sample rows of the first file; the late rows, the
+//! dead letters (with their first errors) and each partition's checkpoint (generation, writer,
+//! offsets, what is closed). [`Report::render`] prints it for people, [`Report`]'s `Serialize`
+//! gives the same numbers as JSON for scripts.
 //!
-//! Nothing is written, locked or deleted: it is safe to run while a consumer writes, although
-//! the numbers are then a snapshot that may already be out of date. Part files being written
-//! (hidden `.part-….tmp`) are counted apart and never read. Checkpoints are read as they are;
-//! their checksum is not verified (the consumer does that when it loads them).
+//! Outputs of layout 1 (`window_start=…` folders, one `checkpoint.json`) are read too, so an old
+//! output can be looked at before it is moved aside.
 //!
-//! Blocking I/O: call it from `spawn_blocking` in async code.
+//! Nothing is written, locked or deleted: it is safe to run while a consumer writes (the numbers
+//! are then a snapshot). Temporary files are counted apart and never read. Blocking I/O: call it
+//! from `spawn_blocking` in async code.
 
-use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, StringArray};
-use arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef};
+use arrow::array::{Array, ArrayRef, AsArray, StringArray};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema as ArrowSchema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+use bytes::Bytes;
 use chrono::DateTime;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use parquet::errors::ParquetError;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::checkpoint::{
-    parse_window_dir_name, Checkpoint, CHECKPOINT_DIR, DEAD_LETTER_DIR, LATE_DIR, SUCCESS_MARKER,
-    TMP_SUFFIX,
+use crate::checkpoint::store::read_latest;
+use crate::checkpoint::CheckpointError;
+use crate::output::layout::{
+    self, Destination, Entry, FileKind, PartName, CHECKPOINT_DIR, DEAD_LETTER_DIR, LATE_DIR,
 };
-use crate::parquet_sink::{parse_file_name, read_row_count, SinkError};
+use crate::output::store::{LocalStore, ObjectInfo, Store, StoreError};
 
 /// Sample rows shown by default (`--sample`).
 pub const DEFAULT_SAMPLE_ROWS: usize = 5;
@@ -46,7 +46,7 @@ const MAX_CELL_CHARS: usize = 24;
 /// Windows listed one per line in the text report; beyond this, the first and last half.
 const MAX_WINDOWS_LISTED: usize = 40;
 
-/// Errors of `app inspect`. Each names the path and what to do.
+/// Errors of `app inspect`. Each names the location and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
     #[error(
@@ -60,43 +60,32 @@ pub enum InspectError {
     )]
     NotADirectory { path: PathBuf },
     #[error(
-        "{} holds no output of `app consume`: no window_start=… directories, no {LATE_DIR}, \
-         {DEAD_LETTER_DIR} or {CHECKPOINT_DIR}; give the directory passed to `app consume \
-         --output` (has the consumer run yet?)", path.display()
+        "{location} holds no output of `app consume`: no window=… folders, no {LATE_DIR}, \
+         {DEAD_LETTER_DIR} or {CHECKPOINT_DIR}; give the location passed to `app consume \
+         --output` (has the consumer run yet?)"
     )]
-    NoOutput { path: PathBuf },
-    #[error("cannot {action} {}: {source}; check that it exists and is readable", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-    #[error(
-        "cannot read Parquet file {}: {source}; the file may be truncated or not Parquet (files \
-         are written under a temporary name and renamed when complete, so a damaged final file \
-         points at a disk or copy problem)", path.display()
-    )]
-    Parquet { path: PathBuf, source: ParquetError },
+    NoOutput { location: String },
     #[error(transparent)]
-    Sink(#[from] SinkError),
-}
-
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> InspectError + 'a {
-    move |source| InspectError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(
+        "cannot read Parquet file {key} in {location}: {source}; the file may be truncated or \
+         not Parquet (files appear under their name only when complete, so a damaged one points \
+         at a disk or copy problem)"
+    )]
+    Parquet {
+        key: String,
+        location: String,
+        source: ParquetError,
+    },
 }
 
 /// What to inspect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InspectOptions {
-    /// The `--output` directory of `app consume`.
+    /// The `--output` of `app consume`.
     pub output: PathBuf,
-    /// The checkpoint directory, when `app consume` was given `--checkpoint`
-    /// (default `<output>/_checkpoint`).
-    pub checkpoint_dir: Option<PathBuf>,
     /// Sample rows to show (0: none).
     pub sample: usize,
 }
@@ -105,7 +94,6 @@ impl InspectOptions {
     pub fn new(output: impl Into<PathBuf>) -> Self {
         InspectOptions {
             output: output.into(),
-            checkpoint_dir: None,
             sample: DEFAULT_SAMPLE_ROWS,
         }
     }
@@ -114,21 +102,25 @@ impl InspectOptions {
 /// Everything `app inspect` reports. Serialized as the `--json` output.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
-    pub output: PathBuf,
-    /// Number of `window_start=…` directories.
+    pub output: String,
+    /// 2 for this version's layout, 1 for outputs of earlier versions.
+    pub layout: u32,
+    /// Window directories with table files.
     pub window_count: usize,
-    /// Windows with a `_SUCCESS` marker.
+    /// Windows with a success marker: every assigned partition closed them.
     pub closed_windows: usize,
+    /// Windows with files but no marker yet (some partition has not closed them).
     pub open_windows: usize,
-    /// Part files in all windows (not counting `_late` and `_dead_letter`).
+    /// Table files in all windows (not counting `_late` and `_dead_letter`).
     pub total_files: usize,
-    /// Rows in all windows (not counting `_late` and `_dead_letter`).
     pub total_rows: u64,
     pub total_bytes: u64,
-    /// Files still being written (`.part-….tmp`) anywhere in the output; not read.
+    /// Temporary files of writes in progress (or interrupted); not read.
     pub unfinished_files: usize,
     /// By window start, oldest first.
     pub windows: Vec<WindowInfo>,
+    /// Open windows' staged row groups (not part of the table until the window closes).
+    pub staged: StagedInfo,
     /// Columns of the first file (None when there is no data file).
     pub schema: Option<SchemaInfo>,
     pub sample: Option<Sample>,
@@ -137,19 +129,32 @@ pub struct Report {
     pub checkpoints: Vec<CheckpointInfo>,
 }
 
-/// One `window_start=…` directory.
+/// One window directory.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WindowInfo {
-    /// The directory name, e.g. `window_start=2026-05-01T12:34:00Z`.
+    /// The directory name, e.g. `window=2026-05-01T12:34:00Z`.
     pub dir: String,
     /// Window start, RFC 3339 UTC.
     pub start: String,
     pub start_ms: i64,
-    /// A `_SUCCESS` (or per-instance `_SUCCESS-…`) marker is present.
+    /// A success marker is present.
     pub closed: bool,
     /// The marker files present.
     pub markers: Vec<String>,
     pub files: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Partitions with files in it.
+    pub partitions: Vec<i32>,
+    /// The consumer runs (writer ids) that wrote its files.
+    pub writers: Vec<String>,
+}
+
+/// `_staging/window=…/part-*.staged`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StagedInfo {
+    pub windows: usize,
+    pub row_groups: usize,
     pub rows: u64,
     pub bytes: u64,
 }
@@ -157,7 +162,7 @@ pub struct WindowInfo {
 /// The columns of one file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SchemaInfo {
-    /// Path of the file, relative to the output directory.
+    /// The file, relative to the output.
     pub file: String,
     pub columns: Vec<ColumnInfo>,
 }
@@ -174,14 +179,14 @@ pub struct ColumnInfo {
 /// The first rows of the output, as text.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sample {
-    /// The files they come from, relative to the output directory.
+    /// The files they come from, relative to the output.
     pub files: Vec<String>,
     pub columns: Vec<String>,
     /// One entry per row, one value per column; `None` is null.
     pub rows: Vec<Vec<Option<String>>>,
 }
 
-/// `_late/window_start=…/part-*.parquet`.
+/// `_late/window=…`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LateInfo {
     pub windows: usize,
@@ -192,7 +197,7 @@ pub struct LateInfo {
     pub rows_by_window: BTreeMap<String, u64>,
 }
 
-/// `_dead_letter/part-*.parquet`.
+/// `_dead_letter`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DeadLetterInfo {
     pub files: usize,
@@ -209,117 +214,242 @@ pub struct DeadLetterError {
     pub error: String,
 }
 
-/// One checkpoint file (`checkpoint.json`, or `checkpoint-p0_1.json` per instance).
+/// One partition's latest checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CheckpointInfo {
-    pub file: PathBuf,
-    /// Set when the file could not be read as a checkpoint; the other fields are then empty.
-    pub problem: Option<String>,
-    pub generation: Option<u64>,
-    pub topic: Option<String>,
-    pub window_ms: Option<i64>,
-    /// Every window ending at or before this (RFC 3339 UTC) is closed; None before any close.
+    pub file: String,
+    pub partition: i32,
+    pub generation: u64,
+    /// The consumer run (writer id) that committed it.
+    pub writer: String,
+    pub topic: String,
+    pub window_ms: i64,
+    /// Every window ending at or before this (RFC 3339 UTC) is closed for the partition.
     pub closed_before: Option<String>,
-    pub open_windows: usize,
-    pub partitions: BTreeMap<i32, PartitionOffsets>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PartitionOffsets {
-    /// The next offset the consumer had not yet read when it committed.
-    pub next_offset: i64,
-    /// Where a restart fetches from (lowest offset still held only in memory).
+    /// Where a restart fetches from (the lowest offset held only in memory at the commit).
     pub resume_offset: i64,
+    /// The next offset not yet read at the commit.
+    pub next_offset: i64,
+    /// Open windows with staged row groups.
+    pub staged_windows: usize,
 }
 
-/// The checkpoint file layout (see `checkpoint`): the checkpoint and its checksum.
-#[derive(Deserialize)]
-struct CheckpointFile {
-    #[allow(dead_code)]
-    checksum: String,
-    checkpoint: Checkpoint,
+struct Reader<'a> {
+    store: &'a dyn Store,
 }
 
-/// Reads `options.output` and builds the report.
+impl Reader<'_> {
+    fn get(&self, key: &str) -> Result<Bytes, InspectError> {
+        self.store.get(key)?.ok_or_else(|| InspectError::Parquet {
+            key: key.to_string(),
+            location: self.store.describe(),
+            source: ParquetError::General("vanished while being read".into()),
+        })
+    }
+
+    fn parquet_err(&self, key: &str) -> impl FnOnce(ParquetError) -> InspectError + '_ {
+        let key = key.to_string();
+        move |source| InspectError::Parquet {
+            key,
+            location: self.store.describe(),
+            source,
+        }
+    }
+
+    fn builder(&self, key: &str) -> Result<ParquetRecordBatchReaderBuilder<Bytes>, InspectError> {
+        ParquetRecordBatchReaderBuilder::try_new(self.get(key)?).map_err(self.parquet_err(key))
+    }
+
+    fn rows(&self, key: &str) -> Result<u64, InspectError> {
+        let b = self.builder(key)?;
+        Ok(u64::try_from(b.metadata().file_metadata().num_rows()).unwrap_or(0))
+    }
+
+    /// At most `limit` rows of `key` (only the `columns` named, all when `None`).
+    fn read(
+        &self,
+        key: &str,
+        limit: usize,
+        columns: Option<&[&str]>,
+    ) -> Result<Vec<RecordBatch>, InspectError> {
+        let mut builder = self
+            .builder(key)?
+            .with_limit(limit)
+            .with_batch_size(limit.clamp(1, 8192));
+        if let Some(columns) = columns {
+            let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+            builder = builder.with_projection(mask);
+        }
+        let reader = builder.build().map_err(self.parquet_err(key))?;
+        let mut batches = Vec::new();
+        for batch in reader {
+            batches.push(batch.map_err(|e| InspectError::Parquet {
+                key: key.to_string(),
+                location: self.store.describe(),
+                source: ParquetError::ArrowError(e.to_string()),
+            })?);
+        }
+        Ok(batches)
+    }
+}
+
+/// Reads a local output directory and builds the report.
 pub fn inspect(options: &InspectOptions) -> Result<Report, InspectError> {
     let out = &options.output;
-    match fs::metadata(out) {
+    match std::fs::metadata(out) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(InspectError::NotADirectory { path: out.clone() }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(InspectError::NotFound { path: out.clone() })
-        }
-        Err(e) => return Err(io_err("read", out)(e)),
+        Err(_) => return Err(InspectError::NotFound { path: out.clone() }),
     }
-    let checkpoint_dir = options
-        .checkpoint_dir
-        .clone()
-        .unwrap_or_else(|| out.join(CHECKPOINT_DIR));
+    inspect_store(&LocalStore::new(out), options.sample)
+}
 
-    let mut windows = Vec::new();
+/// One data file found in the listing.
+struct DataFile {
+    key: String,
+    size: u64,
+    part: PartName,
+}
+
+/// Builds the report of any output store.
+pub fn inspect_store(store: &dyn Store, sample_rows: usize) -> Result<Report, InspectError> {
+    let listing = store.list("")?;
+    let legacy = listing
+        .iter()
+        .any(|o| matches!(layout::classify(&o.key), Entry::Legacy));
+    let r = Reader { store };
+    let mut windows: BTreeMap<i64, (String, Vec<DataFile>, Vec<String>)> = BTreeMap::new();
+    let mut late: BTreeMap<i64, Vec<DataFile>> = BTreeMap::new();
+    let mut dead = Vec::new();
+    let mut staged = StagedInfo::default();
+    let mut staged_windows = BTreeSet::new();
     let mut unfinished = 0usize;
-    let mut found_any = checkpoint_dir.is_dir();
-    let mut window_files: Vec<PathBuf> = Vec::new();
-    for (name, path) in list_dir(out)? {
-        if name == LATE_DIR || name == DEAD_LETTER_DIR {
-            found_any = true;
-            continue;
-        }
-        let Some(start_ms) = parse_window_dir_name(&name) else {
-            continue;
+    let mut found_any = false;
+    for o in &listing {
+        let entry = if legacy {
+            classify_legacy(o)
+        } else {
+            layout::classify(&o.key)
         };
-        if !path.is_dir() {
-            continue;
+        match entry {
+            Entry::Data { destination, part } => {
+                found_any = true;
+                let file = DataFile {
+                    key: o.key.clone(),
+                    size: o.size,
+                    part,
+                };
+                match destination {
+                    Destination::Window(w) => {
+                        let dir = o.key.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+                        windows.entry(w).or_insert_with(|| (dir, vec![], vec![])).1.push(file)
+                    }
+                    Destination::Late(w) => late.entry(w).or_default().push(file),
+                    Destination::DeadLetter => dead.push(file),
+                }
+            }
+            Entry::Success { window, name } => {
+                found_any = true;
+                let dir = o.key.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+                windows
+                    .entry(window)
+                    .or_insert_with(|| (dir, vec![], vec![]))
+                    .2
+                    .push(name);
+            }
+            Entry::Staged { window, part } => {
+                found_any = true;
+                staged_windows.insert(window);
+                staged.row_groups += 1;
+                staged.bytes += o.size;
+                let _ = part;
+                staged.rows += r.rows(&o.key)?;
+            }
+            Entry::Temp { .. } => unfinished += 1,
+            Entry::Checkpoint { .. } | Entry::Legacy => found_any = true,
+            Entry::Other => {}
         }
-        found_any = true;
-        let listing = list_parts(&path)?;
-        unfinished += listing.unfinished;
+    }
+    staged.windows = staged_windows.len();
+    if !found_any {
+        return Err(InspectError::NoOutput {
+            location: store.describe(),
+        });
+    }
+    let mut infos = Vec::new();
+    let mut table_files = Vec::new();
+    for (start, (dir, mut files, markers)) in windows {
+        files.sort_by_key(|f| (f.part.partition, f.part.first_offset));
         let mut info = WindowInfo {
-            dir: name,
-            start: rfc3339(start_ms),
-            start_ms,
-            closed: !listing.markers.is_empty(),
-            markers: listing.markers,
-            files: listing.parts.len(),
+            dir,
+            start: rfc3339(start),
+            start_ms: start,
+            closed: !markers.is_empty(),
+            markers,
+            files: files.len(),
             rows: 0,
             bytes: 0,
+            partitions: files
+                .iter()
+                .map(|f| f.part.partition)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            writers: files
+                .iter()
+                .filter_map(|f| f.part.writer.map(|w| w.to_string()))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         };
-        for part in &listing.parts {
-            info.rows += read_row_count(part)?;
-            info.bytes += file_len(part)?;
+        for f in &files {
+            info.rows += r.rows(&f.key)?;
+            info.bytes += f.size;
         }
-        window_files.extend(listing.parts);
-        windows.push(info);
+        table_files.extend(files.into_iter().map(|f| f.key));
+        infos.push(info);
     }
-    if !found_any {
-        return Err(InspectError::NoOutput { path: out.clone() });
+    let mut late_info = LateInfo::default();
+    let mut late_files = Vec::new();
+    for (start, mut files) in late {
+        files.sort_by_key(|f| (f.part.partition, f.part.first_offset));
+        let mut rows = 0;
+        for f in &files {
+            rows += r.rows(&f.key)?;
+            late_info.bytes += f.size;
+        }
+        late_info.windows += 1;
+        late_info.files += files.len();
+        late_info.rows += rows;
+        let name = files[0].key.rsplit_once('/').map_or("", |(d, _)| d);
+        let name = name.strip_prefix(&format!("{LATE_DIR}/")).unwrap_or(name);
+        late_info.rows_by_window.insert(name.to_string(), rows);
+        let _ = start;
+        late_files.extend(files.into_iter().map(|f| f.key));
     }
-    windows.sort_by_key(|w| w.start_ms);
-    window_files.sort_by_key(|p| {
-        let start = p
-            .parent()
-            .and_then(Path::file_name)
-            .and_then(|n| n.to_str())
-            .and_then(parse_window_dir_name);
-        (start, part_order(p))
-    });
-
-    let (late, late_files, late_unfinished) = late_info(&out.join(LATE_DIR))?;
-    unfinished += late_unfinished;
-    let (dead_letters, dead_unfinished) = dead_letter_info(&out.join(DEAD_LETTER_DIR))?;
-    unfinished += dead_unfinished;
+    dead.sort_by_key(|f| (f.part.partition, f.part.first_offset));
+    let mut dead_info = DeadLetterInfo::default();
+    for f in &dead {
+        dead_info.files += 1;
+        dead_info.rows += r.rows(&f.key)?;
+        dead_info.bytes += f.size;
+        if dead_info.errors.len() < DEAD_LETTER_ERRORS_SHOWN {
+            let wanted = DEAD_LETTER_ERRORS_SHOWN - dead_info.errors.len();
+            dead_info.errors.extend(dead_letter_errors(&r, &f.key, wanted)?);
+        }
+    }
 
     // Schema and sample: the first window file, else the first late file.
-    let data_files: Vec<PathBuf> = if window_files.is_empty() {
+    let data_files = if table_files.is_empty() {
         late_files
     } else {
-        window_files
+        table_files
     };
     let (schema, sample) = match data_files.first() {
         Some(first) => {
-            let schema = read_schema(first)?;
+            let schema = Arc::clone(r.builder(first)?.schema());
             let info = SchemaInfo {
-                file: relative(out, first),
+                file: first.clone(),
                 columns: schema
                     .fields()
                     .iter()
@@ -330,8 +460,8 @@ pub fn inspect(options: &InspectOptions) -> Result<Report, InspectError> {
                     })
                     .collect(),
             };
-            let sample = if options.sample > 0 {
-                Some(read_sample(out, &data_files, &schema, options.sample)?)
+            let sample = if sample_rows > 0 {
+                Some(read_sample(&r, &data_files, &schema, sample_rows)?)
             } else {
                 None
             };
@@ -339,84 +469,88 @@ pub fn inspect(options: &InspectOptions) -> Result<Report, InspectError> {
         }
         None => (None, None),
     };
-
-    let checkpoints = checkpoint_infos(&checkpoint_dir)?;
+    let checkpoints = if legacy {
+        Vec::new()
+    } else {
+        read_latest(store)?
+            .into_iter()
+            .map(|(c, key)| CheckpointInfo {
+                file: key,
+                partition: c.partition,
+                generation: c.generation,
+                writer: c.writer.clone(),
+                topic: c.topic.clone(),
+                window_ms: c.window_ms,
+                closed_before: (c.closed_before != i64::MIN).then(|| {
+                    if c.closed_before == i64::MAX {
+                        "the end of the stream (--close-windows)".to_string()
+                    } else {
+                        rfc3339(c.closed_before)
+                    }
+                }),
+                resume_offset: c.resume_offset,
+                next_offset: c.next_offset,
+                staged_windows: c.staged.len(),
+            })
+            .collect()
+    };
     Ok(Report {
-        output: out.clone(),
-        window_count: windows.len(),
-        closed_windows: windows.iter().filter(|w| w.closed).count(),
-        open_windows: windows.iter().filter(|w| !w.closed).count(),
-        total_files: windows.iter().map(|w| w.files).sum(),
-        total_rows: windows.iter().map(|w| w.rows).sum(),
-        total_bytes: windows.iter().map(|w| w.bytes).sum(),
+        output: store.describe(),
+        layout: if legacy { 1 } else { layout::LAYOUT_VERSION },
+        window_count: infos.len(),
+        closed_windows: infos.iter().filter(|w| w.closed).count(),
+        open_windows: infos.iter().filter(|w| !w.closed).count(),
+        total_files: infos.iter().map(|w| w.files).sum(),
+        total_rows: infos.iter().map(|w| w.rows).sum(),
+        total_bytes: infos.iter().map(|w| w.bytes).sum(),
         unfinished_files: unfinished,
-        windows,
+        windows: infos,
+        staged,
         schema,
         sample,
-        late,
-        dead_letters,
+        late: late_info,
+        dead_letters: dead_info,
         checkpoints,
     })
 }
 
-/// (name, path) of the entries of `dir`, sorted by name; names that are not UTF-8 are skipped
-/// (the consumer never writes them).
-fn list_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>, InspectError> {
-    let mut entries = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
-        let entry = entry.map_err(io_err("list", dir))?;
-        if let Ok(name) = entry.file_name().into_string() {
-            entries.push((name, entry.path()));
-        }
+/// Layout 1: `window_start=…/part-<p>-<first>-<last>.parquet`, `_late/window_start=…/…`,
+/// `_dead_letter/part-….parquet`, `_SUCCESS` markers.
+fn classify_legacy(o: &ObjectInfo) -> Entry {
+    let (dir, name) = o.key.rsplit_once('/').unwrap_or(("", &o.key));
+    if layout::parse_temp_name(name).is_some() {
+        return Entry::Temp {
+            for_key: o.key.clone(),
+        };
     }
-    entries.sort();
-    Ok(entries)
-}
-
-/// The files of one destination directory.
-struct PartListing {
-    /// Finished `part-<p>-<first>-<last>.parquet` files, by partition then first offset.
-    parts: Vec<PathBuf>,
-    /// `_SUCCESS` and `_SUCCESS-<instance>` files.
-    markers: Vec<String>,
-    /// In-progress (`*.tmp`) files.
-    unfinished: usize,
-}
-
-fn list_parts(dir: &Path) -> Result<PartListing, InspectError> {
-    let mut listing = PartListing {
-        parts: Vec::new(),
-        markers: Vec::new(),
-        unfinished: 0,
+    let destination = if dir == DEAD_LETTER_DIR {
+        Some(Destination::DeadLetter)
+    } else if let Some(w) = dir
+        .strip_prefix(LATE_DIR)
+        .and_then(|d| d.strip_prefix('/'))
+        .and_then(layout::parse_legacy_window_dir)
+    {
+        Some(Destination::Late(w))
+    } else {
+        layout::parse_legacy_window_dir(dir).map(Destination::Window)
     };
-    for (name, path) in list_dir(dir)? {
-        if name.ends_with(TMP_SUFFIX) {
-            listing.unfinished += 1;
-        } else if name == SUCCESS_MARKER || name.starts_with(&format!("{SUCCESS_MARKER}-")) {
-            listing.markers.push(name);
-        } else if parse_file_name(&name).is_some() && path.is_file() {
-            listing.parts.push(path);
-        }
+    let Some(destination) = destination else {
+        return if dir == CHECKPOINT_DIR {
+            Entry::Legacy
+        } else {
+            Entry::Other
+        };
+    };
+    if let (Destination::Window(window), true) = (destination, layout::is_success_marker(name)) {
+        return Entry::Success {
+            window,
+            name: name.to_string(),
+        };
     }
-    listing.parts.sort_by_key(|p| part_order(p));
-    Ok(listing)
-}
-
-/// (partition, first offset) of a part file, for a stable reading order.
-fn part_order(path: &Path) -> Option<(i32, i64)> {
-    let name = path.file_name()?.to_str()?;
-    parse_file_name(name).map(|(p, first, _)| (p, first))
-}
-
-fn file_len(path: &Path) -> Result<u64, InspectError> {
-    Ok(fs::metadata(path).map_err(io_err("read", path))?.len())
-}
-
-fn relative(base: &Path, path: &Path) -> String {
-    path.strip_prefix(base)
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    match PartName::parse(name) {
+        Some(part) if part.kind == FileKind::Table => Entry::Data { destination, part },
+        _ => Entry::Other,
+    }
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -425,139 +559,41 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_else(|| format!("{ms} ms"))
 }
 
-fn late_info(dir: &Path) -> Result<(LateInfo, Vec<PathBuf>, usize), InspectError> {
-    let mut info = LateInfo::default();
-    let mut files = Vec::new();
-    let mut unfinished = 0;
-    if !dir.is_dir() {
-        return Ok((info, files, unfinished));
-    }
-    let mut dirs: Vec<(i64, String, PathBuf)> = list_dir(dir)?
-        .into_iter()
-        .filter(|(_, path)| path.is_dir())
-        .filter_map(|(name, path)| parse_window_dir_name(&name).map(|s| (s, name, path)))
-        .collect();
-    dirs.sort();
-    for (_, name, path) in dirs {
-        let listing = list_parts(&path)?;
-        unfinished += listing.unfinished;
-        let mut rows = 0;
-        for part in &listing.parts {
-            rows += read_row_count(part)?;
-            info.bytes += file_len(part)?;
-        }
-        info.windows += 1;
-        info.files += listing.parts.len();
-        info.rows += rows;
-        info.rows_by_window.insert(name, rows);
-        files.extend(listing.parts);
-    }
-    Ok((info, files, unfinished))
-}
-
-fn dead_letter_info(dir: &Path) -> Result<(DeadLetterInfo, usize), InspectError> {
-    let mut info = DeadLetterInfo::default();
-    if !dir.is_dir() {
-        return Ok((info, 0));
-    }
-    let listing = list_parts(dir)?;
-    for part in &listing.parts {
-        info.files += 1;
-        info.rows += read_row_count(part)?;
-        info.bytes += file_len(part)?;
-        if info.errors.len() < DEAD_LETTER_ERRORS_SHOWN {
-            let wanted = DEAD_LETTER_ERRORS_SHOWN - info.errors.len();
-            info.errors.extend(read_dead_letter_errors(part, wanted)?);
-        }
-    }
-    Ok((info, listing.unfinished))
-}
-
-fn parquet_err(path: &Path) -> impl FnOnce(ParquetError) -> InspectError + '_ {
-    move |source| InspectError::Parquet {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn reader_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, InspectError> {
-    let file = File::open(path).map_err(io_err("open", path))?;
-    ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err(path))
-}
-
-fn read_schema(path: &Path) -> Result<SchemaRef, InspectError> {
-    Ok(Arc::clone(reader_builder(path)?.schema()))
-}
-
-/// Reads at most `limit` rows of `path` (only the `columns` named, all when `None`).
-fn read_rows(
-    path: &Path,
-    limit: usize,
-    columns: Option<&[&str]>,
-) -> Result<Vec<RecordBatch>, InspectError> {
-    let mut builder = reader_builder(path)?
-        .with_limit(limit)
-        .with_batch_size(limit.clamp(1, 8192));
-    if let Some(columns) = columns {
-        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
-        builder = builder.with_projection(mask);
-    }
-    let reader = builder.build().map_err(parquet_err(path))?;
-    let mut batches = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| InspectError::Parquet {
-            path: path.to_path_buf(),
-            source: ParquetError::ArrowError(e.to_string()),
-        })?;
-        batches.push(batch);
-    }
-    Ok(batches)
-}
-
-fn read_dead_letter_errors(
-    path: &Path,
+fn dead_letter_errors(
+    r: &Reader,
+    key: &str,
     limit: usize,
 ) -> Result<Vec<DeadLetterError>, InspectError> {
     let columns = ["kafka_partition", "kafka_offset", "error"];
     let mut errors = Vec::new();
-    for batch in read_rows(path, limit, Some(&columns))? {
-        let column = |name: &str| -> Result<ArrayRef, InspectError> {
-            batch
-                .column_by_name(name)
-                .cloned()
-                .ok_or_else(|| InspectError::Parquet {
-                    path: path.to_path_buf(),
-                    source: ParquetError::General(format!(
-                        "it has no column `{name}`, so it is not a dead-letter file"
-                    )),
-                })
+    for batch in r.read(key, limit, Some(&columns))? {
+        let bad = || InspectError::Parquet {
+            key: key.to_string(),
+            location: r.store.describe(),
+            source: ParquetError::General(
+                "it does not have the dead-letter columns (kafka_partition, kafka_offset, error)"
+                    .into(),
+            ),
         };
-        let wrong_type = |name: &str| InspectError::Parquet {
-            path: path.to_path_buf(),
-            source: ParquetError::General(format!(
-                "column `{name}` does not have the dead-letter type"
-            )),
+        let (Some(p), Some(o), Some(e)) = (
+            batch.column_by_name("kafka_partition"),
+            batch.column_by_name("kafka_offset"),
+            batch.column_by_name("error"),
+        ) else {
+            return Err(bad());
         };
-        let partitions = column("kafka_partition")?;
-        let partitions = partitions
-            .as_any()
-            .downcast_ref::<Int32Array>()
-            .ok_or_else(|| wrong_type("kafka_partition"))?;
-        let offsets = column("kafka_offset")?;
-        let offsets = offsets
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(|| wrong_type("kafka_offset"))?;
-        let messages = column("error")?;
-        let messages = messages
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| wrong_type("error"))?;
+        let (Some(p), Some(o), Some(e)) = (
+            p.as_primitive_opt::<Int32Type>(),
+            o.as_primitive_opt::<Int64Type>(),
+            e.as_string_opt::<i32>(),
+        ) else {
+            return Err(bad());
+        };
         for i in 0..batch.num_rows() {
             errors.push(DeadLetterError {
-                kafka_partition: partitions.value(i),
-                kafka_offset: offsets.value(i),
-                error: messages.value(i).to_string(),
+                kafka_partition: p.value(i),
+                kafka_offset: o.value(i),
+                error: e.value(i).to_string(),
             });
         }
     }
@@ -568,8 +604,8 @@ fn read_dead_letter_errors(
 /// The first `limit` rows of `files` (in order), as text; files whose schema differs from
 /// `schema` (another enrichment query) are skipped.
 fn read_sample(
-    out: &Path,
-    files: &[PathBuf],
+    r: &Reader,
+    files: &[String],
     schema: &SchemaRef,
     limit: usize,
 ) -> Result<Sample, InspectError> {
@@ -579,18 +615,19 @@ fn read_sample(
         rows: Vec::new(),
     };
     let options = FormatOptions::default();
-    for path in files {
+    for key in files {
         let wanted = limit - sample.rows.len();
         if wanted == 0 {
             break;
         }
-        if read_schema(path)?.fields() != schema.fields() {
+        if r.builder(key)?.schema().fields() != schema.fields() {
             continue;
         }
         let before = sample.rows.len();
-        for batch in read_rows(path, wanted, None)? {
+        for batch in r.read(key, wanted, None)? {
             let arrow_err = |e: arrow::error::ArrowError| InspectError::Parquet {
-                path: path.clone(),
+                key: key.clone(),
+                location: r.store.describe(),
                 source: ParquetError::ArrowError(e.to_string()),
             };
             let columns = batch
@@ -614,7 +651,7 @@ fn read_sample(
             }
         }
         if sample.rows.len() > before {
-            sample.files.push(relative(out, path));
+            sample.files.push(key.clone());
         }
     }
     sample.rows.truncate(limit);
@@ -630,64 +667,6 @@ fn utc_offset_timestamps(column: &ArrayRef) -> Result<ArrayRef, arrow::error::Ar
         }
         _ => Ok(Arc::clone(column)),
     }
-}
-
-fn checkpoint_infos(dir: &Path) -> Result<Vec<CheckpointInfo>, InspectError> {
-    if !dir.is_dir() {
-        return Ok(Vec::new());
-    }
-    let mut infos = Vec::new();
-    for (name, path) in list_dir(dir)? {
-        // Current generations only: `checkpoint.json`, `checkpoint-p0_1.json`.
-        let is_current = name.starts_with("checkpoint")
-            && name.ends_with(".json")
-            && !name.ends_with(".prev.json");
-        if !is_current || !path.is_file() {
-            continue;
-        }
-        let mut info = CheckpointInfo {
-            file: path.clone(),
-            problem: None,
-            generation: None,
-            topic: None,
-            window_ms: None,
-            closed_before: None,
-            open_windows: 0,
-            partitions: BTreeMap::new(),
-        };
-        let bytes = fs::read(&path).map_err(io_err("read", &path))?;
-        match serde_json::from_slice::<CheckpointFile>(&bytes) {
-            Ok(CheckpointFile { checkpoint: c, .. }) => {
-                info.generation = Some(c.generation);
-                info.topic = Some(c.topic);
-                info.window_ms = Some(c.window_ms);
-                info.closed_before =
-                    (c.closed_before != i64::MIN).then(|| rfc3339(c.closed_before));
-                info.open_windows = c.open_windows.len();
-                info.partitions = c
-                    .partitions
-                    .into_iter()
-                    .map(|(p, s)| {
-                        (
-                            p,
-                            PartitionOffsets {
-                                next_offset: s.next_offset,
-                                resume_offset: s.resume_offset,
-                            },
-                        )
-                    })
-                    .collect();
-            }
-            Err(e) => {
-                info.problem = Some(format!(
-                    "not a readable checkpoint ({e}); the consumer falls back to the .prev.json \
-                     generation when it starts"
-                ))
-            }
-        }
-        infos.push(info);
-    }
-    Ok(infos)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -754,7 +733,14 @@ impl Report {
     pub fn render(&self) -> String {
         use std::fmt::Write as _;
         let mut s = String::new();
-        let _ = writeln!(s, "output: {}", self.output.display());
+        let _ = writeln!(s, "output: {} (layout {})", self.output, self.layout);
+        if self.layout == 1 {
+            let _ = writeln!(
+                s,
+                "  written by an earlier version of app: this version reads it here but does not \
+                 consume into it; consume into a new --output"
+            );
+        }
         let _ = writeln!(
             s,
             "windows: {} ({} closed, {} open), {}, {}, {}",
@@ -768,8 +754,8 @@ impl Report {
         if !self.windows.is_empty() {
             let _ = writeln!(
                 s,
-                "  {:<26} {:<7} {:>6} {:>12} {:>10}",
-                "window_start", "state", "files", "rows", "size"
+                "  {:<26} {:<7} {:>6} {:>12} {:>10}  {}",
+                "window_start", "state", "files", "rows", "size", "partitions"
             );
             let listed: Vec<Option<&WindowInfo>> = if self.windows.len() > MAX_WINDOWS_LISTED {
                 let half = MAX_WINDOWS_LISTED / 2;
@@ -784,14 +770,17 @@ impl Report {
             for w in listed {
                 match w {
                     Some(w) => {
+                        let parts: Vec<String> =
+                            w.partitions.iter().map(i32::to_string).collect();
                         let _ = writeln!(
                             s,
-                            "  {:<26} {:<7} {:>6} {:>12} {:>10}",
+                            "  {:<26} {:<7} {:>6} {:>12} {:>10}  {}",
                             w.start,
                             if w.closed { "closed" } else { "open" },
                             w.files,
                             w.rows,
-                            human_bytes(w.bytes)
+                            human_bytes(w.bytes),
+                            parts.join(",")
                         );
                     }
                     None => {
@@ -806,10 +795,21 @@ impl Report {
             if self.open_windows > 0 {
                 let _ = writeln!(
                     s,
-                    "  (open: no _SUCCESS yet — the window had not passed the watermark when the \
-                     consumer stopped; its rows so far are committed, more may still arrive)"
+                    "  (open: some partition has not closed the window yet, so it has no _SUCCESS; \
+                     the files listed are final, more partitions' files may still come)"
                 );
             }
+        }
+        if self.staged.row_groups > 0 {
+            let _ = writeln!(
+                s,
+                "staged: {} in {} of {} ({}): open windows' rows, not in the table until their \
+                 window closes",
+                plural(self.staged.rows, "row", "rows"),
+                plural(self.staged.row_groups as u64, "row group", "row groups"),
+                plural(self.staged.windows as u64, "window", "windows"),
+                human_bytes(self.staged.bytes)
+            );
         }
         if self.unfinished_files > 0 {
             let _ = writeln!(
@@ -883,38 +883,32 @@ impl Report {
             );
         }
         if self.checkpoints.is_empty() {
-            let _ = writeln!(s, "checkpoint: none");
-        }
-        for c in &self.checkpoints {
-            let file = relative(&self.output, &c.file);
-            if let Some(problem) = &c.problem {
-                let _ = writeln!(s, "checkpoint {file}: {problem}");
-                continue;
-            }
+            let _ = writeln!(s, "checkpoints: none");
+        } else {
+            let c0 = &self.checkpoints[0];
             let _ = writeln!(
                 s,
-                "checkpoint {file}: generation {}, topic `{}`, window {}, closed before {}, open windows: {}",
-                c.generation.unwrap_or(0),
-                c.topic.as_deref().unwrap_or("?"),
-                c.window_ms
-                    .map(|ms| humantime::format_duration(std::time::Duration::from_millis(
-                        ms.max(0) as u64
-                    ))
-                    .to_string())
-                    .unwrap_or_else(|| "?".into()),
-                c.closed_before.as_deref().unwrap_or("(nothing closed yet)"),
-                c.open_windows,
+                "checkpoints ({CHECKPOINT_DIR}/partition=*): topic `{}`, window {}",
+                c0.topic,
+                humantime::format_duration(std::time::Duration::from_millis(
+                    c0.window_ms.max(0) as u64
+                ))
             );
             let _ = writeln!(
                 s,
-                "  {:>9} {:>14} {:>14}",
-                "partition", "next_offset", "resume_offset"
+                "  {:>9} {:>10} {:>8} {:>14} {:>14}  closed before",
+                "partition", "generation", "writer", "next_offset", "resume_offset"
             );
-            for (p, o) in &c.partitions {
+            for c in &self.checkpoints {
                 let _ = writeln!(
                     s,
-                    "  {:>9} {:>14} {:>14}",
-                    p, o.next_offset, o.resume_offset
+                    "  {:>9} {:>10} {:>8} {:>14} {:>14}  {}",
+                    c.partition,
+                    c.generation,
+                    c.writer,
+                    c.next_offset,
+                    c.resume_offset,
+                    c.closed_before.as_deref().unwrap_or("(nothing closed yet)")
                 );
             }
         }
@@ -932,333 +926,7 @@ fn truncate_text(s: &str, max: usize) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::checkpoint::window_dir_name;
-    use crate::parquet_sink::{OutputLayout, ParquetSink, SinkConfig};
-    use crate::row::{DeadLetter, OutputRow};
-    use crate::schema::{FieldType, Schema, Value};
-
-    const MINUTE: i64 = 60_000;
-    const T0: i64 = 1_767_323_040_000; // 2026-01-02T03:04:00Z
-
-    fn sink() -> ParquetSink {
-        let layout = OutputLayout::new(
-            &Schema::banco_central(),
-            &[("banco_nome".into(), FieldType::String)],
-        )
-        .unwrap();
-        ParquetSink::new(layout, SinkConfig::default())
-    }
-
-    fn row(partition: i32, offset: i64, event_time_ms: i64) -> OutputRow {
-        let schema = Schema::banco_central();
-        let mut values = vec![Value::Null; schema.fields.len()];
-        values[0] = Value::Int(2025);
-        values[5] = Value::Str(format!(
-            "BANCO MUITO COMPRIDO DE NOME EXTENSO S.A. #{offset}"
-        ));
-        values.push(Value::Str("BANCO AURORA S.A.".into()));
-        OutputRow {
-            partition,
-            offset,
-            kafka_timestamp_ms: event_time_ms,
-            event_time_ms,
-            values,
-        }
-    }
-
-    /// Two windows (the first closed, 3 + 2 rows over two partitions; the second open, 4 rows),
-    /// 2 late rows, 2 dead letters, a checkpoint, and a leftover temporary file.
-    fn fixture(out: &Path) {
-        let s = sink();
-        let w0 = out.join(window_dir_name(T0));
-        let w1 = out.join(window_dir_name(T0 + MINUTE));
-        let rows = |p: i32, offsets: std::ops::Range<i64>, t: i64| -> Vec<OutputRow> {
-            offsets.map(|o| row(p, o, t + o)).collect()
-        };
-        s.write_rows(&w0, 0, &rows(0, 0..3, T0), MINUTE).unwrap();
-        s.write_rows(&w0, 1, &rows(1, 0..2, T0), MINUTE).unwrap();
-        fs::write(w0.join(SUCCESS_MARKER), b"").unwrap();
-        s.write_rows(&w1, 0, &rows(0, 3..7, T0 + MINUTE), MINUTE)
-            .unwrap();
-        fs::write(w1.join(".part-1-9-9.parquet.tmp"), b"partial").unwrap();
-        let late = out.join(LATE_DIR).join(window_dir_name(T0));
-        s.write_rows(&late, 1, &rows(1, 10..12, T0), MINUTE)
-            .unwrap();
-        let letters: Vec<DeadLetter> = (0..2)
-            .map(|i| DeadLetter {
-                partition: 1,
-                offset: 20 + i,
-                kafka_timestamp_ms: T0,
-                key: None,
-                value: Some(b"not json".to_vec()),
-                error: format!("value is not valid JSON #{i}"),
-            })
-            .collect();
-        s.write_dead_letters(&out.join(DEAD_LETTER_DIR), 1, &letters)
-            .unwrap();
-        let checkpoint = serde_json::json!({
-            "checksum": "fnv1a64:0000000000000000",
-            "checkpoint": {
-                "version": 1,
-                "generation": 7,
-                "topic": "t",
-                "window_ms": MINUTE,
-                "closed_before": T0 + MINUTE,
-                "partitions": {
-                    "0": {"resume_offset": 7, "next_offset": 7, "watermark_max_event_ms": T0 + MINUTE + 6},
-                    "1": {"resume_offset": 22, "next_offset": 22, "watermark_max_event_ms": T0 + 11}
-                },
-                "open_windows": [T0 + MINUTE],
-                "marks": {}
-            }
-        });
-        let dir = out.join(CHECKPOINT_DIR);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("checkpoint.json"), checkpoint.to_string()).unwrap();
-        fs::write(dir.join("checkpoint.prev.json"), b"{}").unwrap();
-    }
-
-    #[test]
-    fn reports_windows_rows_late_dead_letters_and_checkpoint() {
-        let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path().join("output");
-        fixture(&out);
-        let report = inspect(&InspectOptions::new(&out)).unwrap();
-        assert_eq!(report.window_count, 2);
-        assert_eq!((report.closed_windows, report.open_windows), (1, 1));
-        assert_eq!((report.total_files, report.total_rows), (3, 9));
-        assert_eq!(report.unfinished_files, 1);
-        let w = &report.windows;
-        assert_eq!(w[0].dir, "window_start=2026-01-02T03:04:00Z");
-        assert_eq!(w[0].start, "2026-01-02T03:04:00Z");
-        assert_eq!((w[0].closed, w[0].files, w[0].rows), (true, 2, 5));
-        assert_eq!(w[0].markers, vec!["_SUCCESS"]);
-        assert_eq!((w[1].closed, w[1].files, w[1].rows), (false, 1, 4));
-        assert!(w[0].bytes > 0);
-        assert_eq!(report.total_bytes, w[0].bytes + w[1].bytes);
-
-        assert_eq!(
-            (report.late.windows, report.late.files, report.late.rows),
-            (1, 1, 2)
-        );
-        assert_eq!(
-            report.late.rows_by_window["window_start=2026-01-02T03:04:00Z"],
-            2
-        );
-        assert_eq!(
-            (report.dead_letters.files, report.dead_letters.rows),
-            (1, 2)
-        );
-        assert_eq!(
-            report.dead_letters.errors[1],
-            DeadLetterError {
-                kafka_partition: 1,
-                kafka_offset: 21,
-                error: "value is not valid JSON #1".into()
-            }
-        );
-
-        let schema = report.schema.as_ref().unwrap();
-        assert_eq!(
-            schema.file,
-            "window_start=2026-01-02T03:04:00Z/part-0-0-2.parquet"
-        );
-        let ty = |name: &str| {
-            schema
-                .columns
-                .iter()
-                .find(|c| c.name == name)
-                .unwrap()
-                .data_type
-                .clone()
-        };
-        assert_eq!(ty("ano"), "Int64");
-        assert_eq!(ty("banco_nome"), "Utf8");
-        assert_eq!(ty("kafka_offset"), "Int64");
-        assert!(
-            ty("window_start").starts_with("Timestamp("),
-            "{}",
-            ty("window_start")
-        );
-
-        // Five rows: three from the first file, two from the second, in offset order.
-        let sample = report.sample.as_ref().unwrap();
-        assert_eq!(sample.rows.len(), 5);
-        assert_eq!(sample.files.len(), 2);
-        let offset_col = sample
-            .columns
-            .iter()
-            .position(|c| c == "kafka_offset")
-            .unwrap();
-        let partition_col = sample
-            .columns
-            .iter()
-            .position(|c| c == "kafka_partition")
-            .unwrap();
-        let keys: Vec<(String, String)> = sample
-            .rows
-            .iter()
-            .map(|r| {
-                (
-                    r[partition_col].clone().unwrap(),
-                    r[offset_col].clone().unwrap(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            keys,
-            [("0", "0"), ("0", "1"), ("0", "2"), ("1", "0"), ("1", "1")]
-                .map(|(p, o)| (p.to_string(), o.to_string()))
-        );
-        // Nulls stay nulls in the sample.
-        let indice = sample.columns.iter().position(|c| c == "indice").unwrap();
-        assert_eq!(sample.rows[0][indice], None);
-
-        assert_eq!(report.checkpoints.len(), 1, "{:?}", report.checkpoints);
-        let c = &report.checkpoints[0];
-        assert_eq!(c.problem, None);
-        assert_eq!(c.generation, Some(7));
-        assert_eq!(c.topic.as_deref(), Some("t"));
-        assert_eq!(c.closed_before.as_deref(), Some("2026-01-02T03:05:00Z"));
-        assert_eq!(c.open_windows, 1);
-        assert_eq!(
-            c.partitions[&1],
-            PartitionOffsets {
-                next_offset: 22,
-                resume_offset: 22
-            }
-        );
-    }
-
-    #[test]
-    fn json_has_the_same_numbers() {
-        let tmp = tempfile::tempdir().unwrap();
-        fixture(tmp.path());
-        let mut options = InspectOptions::new(tmp.path());
-        options.sample = 2;
-        let report = inspect(&options).unwrap();
-        let json = serde_json::to_value(&report).unwrap();
-        assert_eq!(json["total_rows"], 9);
-        assert_eq!(json["window_count"], 2);
-        assert_eq!(json["closed_windows"], 1);
-        assert_eq!(json["windows"][1]["rows"], 4);
-        assert_eq!(json["windows"][0]["closed"], true);
-        assert_eq!(json["late"]["rows"], 2);
-        assert_eq!(json["dead_letters"]["rows"], 2);
-        assert_eq!(json["checkpoints"][0]["generation"], 7);
-        assert_eq!(json["checkpoints"][0]["partitions"]["0"]["next_offset"], 7);
-        assert_eq!(json["sample"]["rows"].as_array().unwrap().len(), 2);
-        assert_eq!(json["schema"]["columns"][0]["name"], "ano");
-        assert_eq!(json["schema"]["columns"][0]["type"], "Int64");
-    }
-
-    #[test]
-    fn renders_a_readable_report() {
-        let tmp = tempfile::tempdir().unwrap();
-        fixture(tmp.path());
-        let text = inspect(&InspectOptions::new(tmp.path())).unwrap().render();
-        for expected in [
-            "windows: 2 (1 closed, 1 open), 3 files, 9 rows",
-            "2026-01-02T03:04:00Z       closed       2            5",
-            "2026-01-02T03:05:00Z       open         1            4",
-            "in progress: 1 file",
-            "schema (20 columns, from window_start=2026-01-02T03:04:00Z/part-0-0-2.parquet):",
-            "  banco_nome ",
-            "sample (5 rows from window_start=2026-01-02T03:04:00Z/part-0-0-2.parquet, \
-             window_start=2026-01-02T03:04:00Z/part-1-0-1.parquet",
-            "| instituicao_financeira                          | BANCO MUITO COMPRIDO DE… | BANCO MUITO COMPRIDO DE… |",
-            "| indice                                          |                          |                          |",
-            "late rows (_late): 2 rows in 1 file (1 window)",
-            "dead letters (_dead_letter): 2 records in 1 file",
-            "  partition 1 offset 20: value is not valid JSON #0",
-            "checkpoint _checkpoint/checkpoint.json: generation 7, topic `t`, window 1m, \
-             closed before 2026-01-02T03:05:00Z, open windows: 1",
-            "          1             22             22",
-        ] {
-            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
-        }
-    }
-
-    #[test]
-    fn no_sample_when_asked_for_none_and_empty_output_is_reported() {
-        let tmp = tempfile::tempdir().unwrap();
-        fixture(tmp.path());
-        let mut options = InspectOptions::new(tmp.path());
-        options.sample = 0;
-        let report = inspect(&options).unwrap();
-        assert!(report.sample.is_none());
-        assert!(report.schema.is_some());
-
-        // Only a checkpoint (nothing written yet): zeros, not an error.
-        let only_checkpoint = tempfile::tempdir().unwrap();
-        fs::create_dir_all(only_checkpoint.path().join(CHECKPOINT_DIR)).unwrap();
-        let report = inspect(&InspectOptions::new(only_checkpoint.path())).unwrap();
-        assert_eq!((report.window_count, report.total_rows), (0, 0));
-        assert!(report.schema.is_none() && report.sample.is_none());
-        assert!(report.render().contains("schema: (no data files yet)"));
-    }
-
-    #[test]
-    fn clear_errors_for_missing_empty_or_damaged_output() {
-        let tmp = tempfile::tempdir().unwrap();
-        let missing = tmp.path().join("nope");
-        let err = inspect(&InspectOptions::new(&missing))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("does not exist") && err.contains("nope") && err.contains("--output"),
-            "{err}"
-        );
-
-        let empty = tmp.path().join("empty");
-        fs::create_dir(&empty).unwrap();
-        fs::write(empty.join("notes.txt"), b"x").unwrap();
-        let err = inspect(&InspectOptions::new(&empty))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("holds no output"), "{err}");
-
-        let file = empty.join("notes.txt");
-        let err = inspect(&InspectOptions::new(&file))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not a directory"), "{err}");
-
-        let damaged = tmp.path().join("damaged");
-        let w = damaged.join(window_dir_name(T0));
-        fs::create_dir_all(&w).unwrap();
-        fs::write(w.join("part-0-0-0.parquet"), b"not parquet").unwrap();
-        let err = inspect(&InspectOptions::new(&damaged))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("part-0-0-0.parquet"), "{err}");
-
-        // A damaged checkpoint is reported, not fatal.
-        let tmp2 = tempfile::tempdir().unwrap();
-        fixture(tmp2.path());
-        fs::write(
-            tmp2.path().join(CHECKPOINT_DIR).join("checkpoint.json"),
-            b"{tor",
-        )
-        .unwrap();
-        let report = inspect(&InspectOptions::new(tmp2.path())).unwrap();
-        let problem = report.checkpoints[0].problem.as_deref().unwrap();
-        assert!(problem.contains("not a readable checkpoint"), "{problem}");
-        assert!(report.render().contains("not a readable checkpoint"));
-    }
-
-    #[test]
-    fn per_instance_markers_and_checkpoints() {
-        let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path();
-        let w = out.join(window_dir_name(T0));
-        sink().write_rows(&w, 2, &[row(2, 5, T0)], MINUTE).unwrap();
-        fs::write(w.join("_SUCCESS-checkpoint-p2"), b"").unwrap();
-        let report = inspect(&InspectOptions::new(out)).unwrap();
-        assert!(report.windows[0].closed);
-        assert_eq!(report.windows[0].markers, vec!["_SUCCESS-checkpoint-p2"]);
-    }
+/// The output location `inspect` reads, for messages.
+pub fn location(path: &Path) -> String {
+    LocalStore::new(path).describe()
 }

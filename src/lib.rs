@@ -1,19 +1,22 @@
 //! # reclamações: CSV -> Kafka -> event-time windows + MySQL enrichment -> Parquet
 //!
 //! ## Layout
-//! - [`schema`]: the typed record shape shared by both commands (CSV cell parsing, JSON, Arrow).
-//! - [`row`]: the decoded, enriched record that flows to the sinks.
-//! - [`window`]: event-time windows, watermarks, idle partitions, per-window row buffers.
-//! - [`checkpoint`]: exactly-once marks, atomic checkpoint files, output recovery at startup.
+//! - [`schema`]: the typed record shape shared by both commands (CSV cells, JSON, Arrow types).
 //! - [`csv_source`]: input files, encoding/delimiter detection, rows or rejects.
 //! - [`kafka`]: rskafka with bounds: connect, topics, murmur2 partitioner, produce, fetch.
 //! - [`produce`]: `app produce`: reader thread -> per-partition batches -> acked sends.
-//! - [`enrich`]: the MySQL reference table cache (load, background refresh, on-miss policy).
-//! - [`parquet_sink`]: atomic Parquet output and dead-letter files, rolled by size.
-//! - [`inspect`]: `app inspect`: a read-only report of an output directory.
-//! - [`consume`]: `app consume`: fetchers -> decode/enrich/route -> windows -> Parquet + checkpoint.
+//! - [`enrich`]: the MySQL reference table cache (load, background refresh, Arrow columns).
+//! - [`window`]: event-time window arithmetic and the window settings.
+//! - [`consume`]: `app consume`: fetch -> decode -> the pure per-partition core -> sink, and the
+//!   coordinator (see its module docs for its own layout).
+//! - [`checkpoint`]: per-partition checkpoints (marks, generations, recovery at startup).
+//! - [`output`]: the output's names ([`output::layout`]), Parquet format, the [`output::Store`]
+//!   seam (local disk) and the per-partition sink.
+//! - [`inspect`]: `app inspect`: a read-only report of an output.
 //! - [`metrics`]: Prometheus metrics, `/metrics` and `/healthz` (`--metrics-addr`).
-//! - [`cli`]: clap definitions, logging, signals; `main.rs` calls [`cli::main`].
+//! - [`shutdown`]: the stop signal every command and task takes.
+//! - [`cli`]: clap definitions, logging, flags -> each stage's config; `main.rs` calls
+//!   [`cli::main`].
 #![deny(unsafe_code)]
 
 pub mod checkpoint;
@@ -24,8 +27,8 @@ pub mod enrich;
 pub mod inspect;
 pub mod kafka;
 pub mod metrics;
-pub mod parquet_sink;
+pub mod output;
 pub mod produce;
-pub mod row;
 pub mod schema;
+pub mod shutdown;
 pub mod window;

@@ -161,13 +161,13 @@ pub const C_WINDOWS_CLOSED: MetricDef = def(
     "reclamacoes_consume_windows_closed_total",
     Kind::Counter,
     &[],
-    "Windows closed by the watermark (written with _SUCCESS).",
+    "Windows closed by a partition's watermark (written as their final file); _SUCCESS follows once every partition closed them.",
 );
-pub const C_WINDOWS_FLUSHED_OPEN: MetricDef = def(
-    "reclamacoes_consume_windows_flushed_open_total",
+pub const C_ROW_GROUPS_STAGED: MetricDef = def(
+    "reclamacoes_consume_row_groups_staged_total",
     Kind::Counter,
     &[],
-    "Open windows written early (buffer full, end of input or shutdown), without _SUCCESS.",
+    "Row groups of open windows written to _staging (memory bound reached, or shutdown); they join the window's file when it closes.",
 );
 pub const C_NEXT_OFFSET: MetricDef = def(
     "reclamacoes_consume_partition_next_offset",
@@ -191,19 +191,31 @@ pub const C_WATERMARK: MetricDef = def(
     "reclamacoes_consume_watermark_timestamp_seconds",
     Kind::Gauge,
     &[],
-    "Event-time watermark (Unix seconds); windows ending at or before it are closed.",
+    "The lowest partition watermark (Unix seconds): windows ending at or before it are closed in every partition.",
+);
+pub const C_PARTITION_WATERMARK: MetricDef = def(
+    "reclamacoes_consume_partition_watermark_timestamp_seconds",
+    Kind::Gauge,
+    &["partition"],
+    "A partition's watermark (Unix seconds): its windows ending at or before it are closed.",
+);
+pub const C_WATERMARK_SOURCE: MetricDef = def(
+    "reclamacoes_consume_partition_watermark_source",
+    Kind::Gauge,
+    &["partition", "source"],
+    "1 for what moves a partition's watermark now: source=event_time (records), idle_clock (idle, wall clock), following (idle, other partitions) or none.",
 );
 pub const C_OPEN_WINDOWS: MetricDef = def(
     "reclamacoes_consume_open_windows",
     Kind::Gauge,
     &[],
-    "Windows currently buffered (not yet closed).",
+    "Windows holding rows of some partition (in memory or staged), not yet closed.",
 );
 pub const C_BUFFERED_BYTES: MetricDef = def(
     "reclamacoes_consume_buffered_bytes",
     Kind::Gauge,
     &["buffer"],
-    "Estimated memory of buffered rows: buffer=windows, late or dead_letter.",
+    "Memory of open Parquet row groups: buffer=windows, late or dead_letter (bounded by --max-buffer-bytes).",
 );
 pub const C_ENRICH_KEYS: MetricDef = def(
     "reclamacoes_consume_enrichment_keys",
@@ -306,11 +318,13 @@ pub const METRICS: &[MetricDef] = &[
     C_FILE_SIZE,
     C_CHECKPOINT_DURATION,
     C_WINDOWS_CLOSED,
-    C_WINDOWS_FLUSHED_OPEN,
+    C_ROW_GROUPS_STAGED,
     C_NEXT_OFFSET,
     C_HIGH_WATERMARK,
     C_LAG,
     C_WATERMARK,
+    C_PARTITION_WATERMARK,
+    C_WATERMARK_SOURCE,
     C_OPEN_WINDOWS,
     C_BUFFERED_BYTES,
     C_ENRICH_KEYS,
@@ -794,7 +808,8 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 
 // ----------------------------------------------------------------------------- handles
 
-/// Counters and gauges of `app consume`, registered once.
+/// Counters and gauges of `app consume`, registered once and set at scrape time from the
+/// consumer's own counters (`consume::progress`), so nothing is counted twice.
 #[derive(Debug, Clone)]
 pub struct ConsumeMetrics {
     pub records_read: Counter,
@@ -811,7 +826,7 @@ pub struct ConsumeMetrics {
     pub file_size: Histogram,
     pub checkpoint_duration: Histogram,
     pub windows_closed: Counter,
-    pub windows_flushed_open: Counter,
+    pub row_groups_staged: Counter,
     pub watermark: Gauge,
     pub open_windows: Gauge,
     /// Indexed by [`Output`] (windows, late, dead letters).
@@ -826,13 +841,19 @@ pub struct ConsumeMetrics {
     pub partitions: Vec<(i32, PartitionGauges)>,
 }
 
-/// Per-partition position gauges.
+/// Per-partition gauges.
 #[derive(Debug, Clone)]
 pub struct PartitionGauges {
     pub next_offset: Gauge,
     pub high_watermark: Gauge,
     pub lag: Gauge,
+    pub watermark: Gauge,
+    /// Indexed like [`WATERMARK_SOURCES`].
+    pub source: [Gauge; 4],
 }
+
+/// Label values of [`C_WATERMARK_SOURCE`].
+pub const WATERMARK_SOURCES: [&str; 4] = ["none", "event_time", "idle_clock", "following"];
 
 /// The three outputs of the consumer, as label values and array indexes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -865,7 +886,7 @@ impl ConsumeMetrics {
             file_size: registry.histogram(&C_FILE_SIZE, &[]),
             checkpoint_duration: registry.histogram(&C_CHECKPOINT_DURATION, &[]),
             windows_closed: registry.counter(&C_WINDOWS_CLOSED, &[]),
-            windows_flushed_open: registry.counter(&C_WINDOWS_FLUSHED_OPEN, &[]),
+            row_groups_staged: registry.counter(&C_ROW_GROUPS_STAGED, &[]),
             watermark: registry.gauge(&C_WATERMARK, &[]),
             open_windows: registry.gauge(&C_OPEN_WINDOWS, &[]),
             buffered_bytes: BUFFER_LABELS.map(|b| registry.gauge(&C_BUFFERED_BYTES, &[b])),
@@ -883,33 +904,14 @@ impl ConsumeMetrics {
                         next_offset: registry.gauge(&C_NEXT_OFFSET, &[&label]),
                         high_watermark: registry.gauge(&C_HIGH_WATERMARK, &[&label]),
                         lag: registry.gauge(&C_LAG, &[&label]),
+                        watermark: registry.gauge(&C_PARTITION_WATERMARK, &[&label]),
+                        source: WATERMARK_SOURCES
+                            .map(|s| registry.gauge(&C_WATERMARK_SOURCE, &[&label, s])),
                     };
                     (p, gauges)
                 })
                 .collect(),
         }
-    }
-
-    /// The gauges of `partition` (a short linear search: partitions are few and this runs once
-    /// per fetched batch).
-    pub fn partition(&self, partition: i32) -> Option<&PartitionGauges> {
-        self.partitions
-            .iter()
-            .find(|(p, _)| *p == partition)
-            .map(|(_, g)| g)
-    }
-
-    /// Records a written file of `output`.
-    pub fn file_written(&self, output: Output, rows: u64, bytes: u64) {
-        let i = output as usize;
-        match output {
-            Output::Window => self.rows_written_window.increment(rows),
-            Output::Late => self.rows_written_late.increment(rows),
-            Output::DeadLetter => {}
-        }
-        self.files_written[i].increment(1);
-        self.bytes_written[i].increment(bytes);
-        self.file_size.record(bytes as f64);
     }
 }
 
@@ -986,9 +988,14 @@ mod tests {
         let registry = Registry::prometheus();
         let m = ConsumeMetrics::new(&registry, [0, 2]);
         m.records_read.increment(83);
-        m.file_written(Output::Window, 80, 4096);
-        m.file_written(Output::DeadLetter, 3, 1000);
-        m.partition(2).unwrap().lag.set(7.0);
+        m.rows_written_window.increment(80);
+        m.files_written[Output::Window as usize].increment(1);
+        m.bytes_written[Output::Window as usize].increment(4096);
+        m.files_written[Output::DeadLetter as usize].increment(1);
+        m.bytes_written[Output::DeadLetter as usize].increment(1000);
+        m.partitions[1].1.lag.set(7.0);
+        m.file_size.record(4096.0);
+        m.file_size.record(1000.0);
         m.checkpoint_duration.record(0.02);
         let endpoint = Endpoint::bind("127.0.0.1:0", registry.clone())
             .await
@@ -1081,7 +1088,7 @@ mod tests {
         let registry = Registry::disabled();
         let m = ConsumeMetrics::new(&registry, [0]);
         m.records_read.increment(1);
-        m.file_written(Output::Late, 1, 1);
+        m.files_written[Output::Late as usize].increment(1);
         assert_eq!(registry.render(), "");
     }
 

@@ -80,7 +80,8 @@ impl FieldType {
         }
     }
 
-    fn describe(&self) -> String {
+    /// How errors name the type (`an integer`, `up to 8 digits`).
+    pub(crate) fn describe(&self) -> String {
         match self {
             FieldType::String => "text".into(),
             FieldType::Int { ordinal: false } => "an integer".into(),
@@ -663,7 +664,7 @@ fn json_to_value(ty: &FieldType, json: &serde_json::Value) -> Option<Value> {
 /// `+10000-01-01T00:00:00.000000Z`). Without the second form, a CSV timestamp such as
 /// `01/01/-0001 00:00:00` would be sent by `produce` and dead-lettered by `consume` (found by
 /// the `csv_rows` fuzz target).
-fn parse_json_timestamp(s: &str) -> Option<i64> {
+pub(crate) fn parse_json_timestamp(s: &str) -> Option<i64> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Some(dt.with_timezone(&Utc).timestamp_micros());
     }
@@ -697,7 +698,7 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-fn shorten(s: &str) -> String {
+pub(crate) fn shorten(s: &str) -> String {
     const MAX: usize = 60;
     if s.chars().count() <= MAX {
         s.to_string()
@@ -769,7 +770,7 @@ fn parse_timestamp(text: &str, format: &str) -> Option<i64> {
     Some(Utc.from_utc_datetime(&naive).timestamp_micros())
 }
 
-fn days_since_epoch(d: NaiveDate) -> i32 {
+pub(crate) fn days_since_epoch(d: NaiveDate) -> i32 {
     (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid epoch")).num_days() as i32
 }
 
@@ -786,6 +787,42 @@ pub fn timestamp_to_string(micros: i64) -> String {
     match DateTime::<Utc>::from_timestamp_micros(micros) {
         Some(dt) => dt.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
         None => micros.to_string(),
+    }
+}
+
+/// An Arrow array of `ty` from typed values (`None` and values of another type become nulls:
+/// callers build the values for that type, e.g. the enrichment table from MySQL columns).
+pub fn values_to_array<'a>(
+    ty: &FieldType,
+    values: impl Iterator<Item = Option<&'a Value>>,
+) -> arrow::array::ArrayRef {
+    use arrow::array::{
+        BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder,
+        TimestampMicrosecondBuilder,
+    };
+    use std::sync::Arc;
+    macro_rules! build {
+        ($builder:expr, $variant:ident) => {{
+            let mut b = $builder;
+            for v in values {
+                match v {
+                    Some(Value::$variant(x)) => b.append_value(x.clone()),
+                    _ => b.append_null(),
+                }
+            }
+            Arc::new(b.finish()) as arrow::array::ArrayRef
+        }};
+    }
+    match ty {
+        FieldType::String | FieldType::Digits { .. } => build!(StringBuilder::new(), Str),
+        FieldType::Int { .. } => build!(Int64Builder::new(), Int),
+        FieldType::Float | FieldType::DecimalComma => build!(Float64Builder::new(), Float),
+        FieldType::Bool => build!(BooleanBuilder::new(), Bool),
+        FieldType::Date { .. } => build!(Date32Builder::new(), Date),
+        FieldType::Timestamp { .. } => build!(
+            TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            Timestamp
+        ),
     }
 }
 

@@ -1,0 +1,252 @@
+//! Startup recovery: before anything is fetched, bring the files of one partition back to exactly
+//! what its checkpoint committed. Planned without side effects ([`plan`]), then applied
+//! ([`Plan::apply`]); idempotent, so a crash during recovery is harmless.
+//!
+//! For partition `p` with checkpoint `cp` (resume offset `r`), a file is kept iff:
+//! - a staged row group of window `W`: it is in `cp.staged[W]`;
+//! - a table file of window `W`: `W` is closed per `cp`, and `last <= mark(W)` or `last < r`;
+//! - a late file of `W`: `last <= mark(_late/W)` or `last < r`;
+//! - a dead-letter file: `cp` lists it, or `last < r`;
+//!
+//! and every temporary file of `p` is deleted. Why that is exact: files are written in offset
+//! order per destination, and a commit covers everything written before it (`consume::core`);
+//! marks below `r` are pruned, but no file written after the commit can hold only offsets below
+//! `r` (everything below `r` was routed before the commit). Table files of a window that the
+//! checkpoint considers open were written by a close that never committed; staged files not in
+//! the checkpoint were staged after it, or merged by a later close and kept only while the
+//! previous generation might still be needed.
+//!
+//! Without a checkpoint, data files of `p` are refused rather than deleted
+//! ([`CheckpointError::OrphanedOutput`]): they were committed by a checkpoint that is gone.
+//! Files of other partitions, success markers (see `consume::success`) and anything that is not
+//! ours are never touched.
+
+use super::store::CheckpointError;
+use super::PartitionCheckpoint;
+use crate::output::layout::{self, Destination, Entry, FileKind, Key};
+use crate::output::store::{ObjectInfo, Store};
+
+/// What recovery of one partition deletes and keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub partition: i32,
+    /// Temporary files of interrupted writes.
+    pub temp: Vec<Key>,
+    /// Data and staged files written after the checkpoint.
+    pub uncommitted: Vec<Key>,
+    /// Committed data and staged files.
+    pub kept: usize,
+}
+
+impl Plan {
+    pub fn is_clean(&self) -> bool {
+        self.temp.is_empty() && self.uncommitted.is_empty()
+    }
+
+    pub fn apply(&self, store: &dyn Store) -> Result<(), CheckpointError> {
+        for key in self.temp.iter().chain(&self.uncommitted) {
+            store.delete(key)?;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a layout-1 output (see [`CheckpointError::Legacy`]).
+pub fn refuse_legacy(store: &dyn Store, listing: &[ObjectInfo]) -> Result<(), CheckpointError> {
+    match listing
+        .iter()
+        .find(|o| matches!(layout::classify(&o.key), Entry::Legacy))
+    {
+        Some(o) => Err(CheckpointError::Legacy {
+            location: store.describe(),
+            example: o.key.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Plans recovery of `partition` (see the module docs). `listing` is every object of the output.
+pub fn plan(
+    store: &dyn Store,
+    partition: i32,
+    checkpoint: Option<&PartitionCheckpoint>,
+    listing: &[ObjectInfo],
+) -> Result<Plan, CheckpointError> {
+    let mut plan = Plan {
+        partition,
+        ..Plan::default()
+    };
+    let mut data = Vec::new();
+    for o in listing {
+        match layout::classify(&o.key) {
+            Entry::Temp { for_key } => {
+                let owner = match layout::classify(&for_key) {
+                    Entry::Data { part, .. } | Entry::Staged { part, .. } => Some(part.partition),
+                    _ => None,
+                };
+                if owner == Some(partition) {
+                    plan.temp.push(o.key.clone());
+                }
+            }
+            Entry::Data { destination, part } if part.partition == partition => {
+                data.push((o.key.clone(), Some(destination), None, part))
+            }
+            Entry::Staged { window, part } if part.partition == partition => {
+                data.push((o.key.clone(), None, Some(window), part))
+            }
+            _ => {}
+        }
+    }
+    let Some(cp) = checkpoint else {
+        if let Some((example, ..)) = data.first() {
+            return Err(CheckpointError::OrphanedOutput {
+                location: store.describe(),
+                partition,
+                files: data.len(),
+                example: example.clone(),
+            });
+        }
+        return Ok(plan);
+    };
+    let resume = cp.resume_offset;
+    for (key, destination, staged_window, part) in data {
+        let name = part.to_string();
+        let keep = match (destination, staged_window) {
+            (None, Some(window)) => cp
+                .staged
+                .get(&window)
+                .is_some_and(|files| files.iter().any(|f| f.name == name)),
+            (Some(Destination::Window(w)), _) => {
+                cp.is_closed(w)
+                    && (cp
+                        .marks
+                        .get(Destination::Window(w))
+                        .is_some_and(|m| part.last_offset <= m)
+                        || part.last_offset < resume)
+            }
+            (Some(Destination::Late(w)), _) => {
+                cp.marks
+                    .get(Destination::Late(w))
+                    .is_some_and(|m| part.last_offset <= m)
+                    || part.last_offset < resume
+            }
+            (Some(Destination::DeadLetter), _) => {
+                cp.marks.has_dead_letter_file(&name) || part.last_offset < resume
+            }
+            (None, None) => unreachable!("every data entry has a destination or a window"),
+        };
+        debug_assert!(part.kind != FileKind::Staged || staged_window.is_some());
+        if keep {
+            plan.kept += 1;
+        } else {
+            plan.uncommitted.push(key);
+        }
+    }
+    plan.temp.sort();
+    plan.uncommitted.sort();
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{FileRef, Marks, CHECKPOINT_VERSION};
+    use crate::output::layout::{data_key, staged_key, PartName, WriterId};
+    use crate::output::store::MemStore;
+
+    const W: i64 = 60_000;
+
+    fn part(p: i32, first: i64, last: i64, kind: FileKind) -> PartName {
+        PartName::new(p, first, last, WriterId(7), kind)
+    }
+
+    fn fref(part: &PartName) -> FileRef {
+        FileRef {
+            name: part.to_string(),
+            first: part.first_offset,
+            last: part.last_offset,
+            rows: 1,
+            bytes: 1,
+        }
+    }
+
+    #[test]
+    fn keeps_exactly_what_the_checkpoint_committed() {
+        let store = MemStore::new();
+        let closed = part(0, 0, 9, FileKind::Table); // window 0, closed, committed
+        let closed_after = part(0, 10, 12, FileKind::Table); // window 0 again? no: window W2 closed after the commit
+        let staged_ok = part(0, 20, 29, FileKind::Staged); // window 2W, open, listed
+        let staged_late = part(0, 30, 31, FileKind::Staged); // staged after the commit
+        let late_ok = part(0, 13, 13, FileKind::Side);
+        let late_new = part(0, 40, 40, FileKind::Side);
+        let dead_ok = part(0, 14, 14, FileKind::Side);
+        let dead_new = part(0, 41, 41, FileKind::Side);
+        let other_partition = part(1, 0, 99, FileKind::Table);
+        let keys = [
+            data_key(Destination::Window(0), &closed),
+            data_key(Destination::Window(W), &closed_after),
+            staged_key(2 * W, &staged_ok),
+            staged_key(2 * W, &staged_late),
+            data_key(Destination::Late(0), &late_ok),
+            data_key(Destination::Late(0), &late_new),
+            data_key(Destination::DeadLetter, &dead_ok),
+            data_key(Destination::DeadLetter, &dead_new),
+            data_key(Destination::Window(0), &other_partition),
+            format!("window=1970-01-01T00:00:00Z/{}", layout::temp_name(&closed_after.to_string())),
+            "window=1970-01-01T00:00:00Z/_SUCCESS".to_string(),
+        ];
+        for k in &keys {
+            store.put(k, b"x").unwrap();
+        }
+        let mut marks = Marks::default();
+        marks.record(Destination::Window(0), 9);
+        marks.record(Destination::Late(0), 13);
+        marks.record(Destination::Window(2 * W), 29);
+        marks.record_dead_letters(&[14], fref(&dead_ok));
+        let cp = PartitionCheckpoint {
+            version: CHECKPOINT_VERSION,
+            generation: 3,
+            topic: "t".into(),
+            partition: 0,
+            window_ms: W,
+            writer: "00000007".into(),
+            resume_offset: 20,
+            next_offset: 35,
+            max_event_ms: None,
+            closed_before: W, // window 0 closed; window W and 2W open
+            staged: [(2 * W, vec![fref(&staged_ok)])].into(),
+            marks,
+        };
+        let listing = store.list("").unwrap();
+        let plan = plan(&store, 0, Some(&cp), &listing).unwrap();
+        let mut expected = vec![
+            keys[1].clone(), // a close of window W that never committed
+            keys[3].clone(),
+            keys[5].clone(),
+            keys[7].clone(),
+        ];
+        expected.sort();
+        assert_eq!(plan.uncommitted, expected);
+        assert_eq!(plan.temp, vec![keys[9].clone()]);
+        assert_eq!(plan.kept, 4);
+        plan.apply(&store).unwrap();
+        let again = super::plan(&store, 0, Some(&cp), &store.list("").unwrap()).unwrap();
+        assert!(again.is_clean(), "idempotent: {again:?}");
+        assert!(store.get(&keys[8]).unwrap().is_some(), "other partitions untouched");
+        assert!(store.get(&keys[10]).unwrap().is_some(), "markers untouched");
+    }
+
+    #[test]
+    fn data_without_a_checkpoint_is_refused_and_layout_1_too() {
+        let store = MemStore::new();
+        let p = part(2, 0, 9, FileKind::Table);
+        store.put(&data_key(Destination::Window(0), &p), b"x").unwrap();
+        let listing = store.list("").unwrap();
+        let e = plan(&store, 2, None, &listing).unwrap_err().to_string();
+        assert!(e.contains("no checkpoint") && e.contains("partition 2"), "{e}");
+        assert!(plan(&store, 1, None, &listing).unwrap().is_clean());
+        store.put("_checkpoint/checkpoint.json", b"{}").unwrap();
+        let e = refuse_legacy(&store, &store.list("").unwrap()).unwrap_err().to_string();
+        assert!(e.contains("layout 1") && e.contains("new --output"), "{e}");
+    }
+}

@@ -1,0 +1,910 @@
+//! Decoding a fetched batch: Kafka records (JSON values) straight into Arrow columns of the output
+//! schema, enriched with one columnar lookup, plus the dead letters and, per record, what the core
+//! needs to route it ([`RecordMeta`]). Pure: no I/O; the wall clock is an argument.
+//!
+//! Each value is parsed once by `serde_json` through a `DeserializeSeed` into per-field slots
+//! (strings borrowed from the message when they have no escapes); a record is typed and checked
+//! completely before anything is appended to the column builders, so a bad record never leaves a
+//! builder half-written. There is no `serde_json::Value` and no per-record map.
+//!
+//! A record becomes a dead letter (raw key and value kept, with the reason) when it is not JSON,
+//! not an object, has trailing data, misses a required field or has one of the wrong type, has a
+//! null value, a null event time, an event time more than `--max-future` ahead of the wall clock
+//! (so one bad clock cannot move the watermark and turn every later record late), or, with
+//! `--on-miss dead-letter`, a key that is not in the enrichment table.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{
+    new_null_array, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder,
+    Int32Array, Int64Array, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondArray,
+    TimestampMicrosecondBuilder, UInt32Array,
+};
+use arrow::datatypes::SchemaRef;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserializer as _;
+
+use super::core::{RecordKind, RecordMeta};
+use crate::enrich::{OnMiss, ReferenceTable};
+use crate::output::parquet::{dead_letter_schema, OutputSchema};
+use crate::schema::{self, FieldType, Schema};
+use crate::window::{window_end, window_start};
+
+/// How records are decoded and classified.
+#[derive(Debug, Clone)]
+pub struct DecodeConfig {
+    pub schema: Arc<Schema>,
+    /// Index of the event-time field; `None`: the Kafka timestamp.
+    pub event_time_field: Option<usize>,
+    /// Index of the field joined with the enrichment key.
+    pub join_field: usize,
+    pub on_miss: OnMiss,
+    /// Event times further than this ahead of the wall clock are refused (`None`: no limit).
+    pub max_future_ms: Option<i64>,
+    pub window_ms: i64,
+}
+
+/// One fetched Kafka record.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'a> {
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+}
+
+/// A decoded batch: table rows, dead letters and one [`RecordMeta`] per record.
+#[derive(Debug, Clone)]
+pub struct DecodedBatch {
+    pub partition: i32,
+    /// Output-schema rows (decoded and enriched), in offset order.
+    pub rows: RecordBatch,
+    /// Dead-letter rows, in offset order.
+    pub dead: RecordBatch,
+    pub metas: Vec<RecordMeta>,
+    pub enrich_hits: u64,
+    pub enrich_misses: u64,
+}
+
+/// Errors of decoding that are not the record's fault.
+#[derive(Debug, thiserror::Error)]
+#[error("building the Arrow columns of partition {partition} failed: {message}; this is a bug, please report it")]
+pub struct DecodeError {
+    partition: i32,
+    message: String,
+}
+
+/// Decodes batches for one output schema. Cheap to share across partitions.
+#[derive(Debug)]
+pub struct Decoder {
+    config: DecodeConfig,
+    output: SchemaRef,
+    dead_schema: SchemaRef,
+    names: HashMap<Box<str>, usize>,
+    enrich_source: String,
+}
+
+impl Decoder {
+    /// `enrich_source` names the enrichment table in dead-letter reasons (no secret).
+    pub fn new(config: DecodeConfig, output: &OutputSchema, enrich_source: &str) -> Self {
+        let names = config
+            .schema
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.clone().into_boxed_str(), i))
+            .collect();
+        Decoder {
+            output: Arc::clone(output.arrow()),
+            dead_schema: dead_letter_schema(),
+            names,
+            enrich_source: enrich_source.to_string(),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &DecodeConfig {
+        &self.config
+    }
+
+    /// Decodes `records` (in offset order) of `partition`, enriching from `table`.
+    pub fn decode<'a>(
+        &self,
+        partition: i32,
+        records: impl ExactSizeIterator<Item = RawRecord<'a>>,
+        table: &ReferenceTable,
+        now_wall_ms: i64,
+    ) -> Result<DecodedBatch, DecodeError> {
+        let n = records.len();
+        let fields = &self.config.schema.fields;
+        let mut columns: Vec<ColumnBuilder> =
+            fields.iter().map(|f| ColumnBuilder::new(&f.ty, n)).collect();
+        let mut offsets = Vec::with_capacity(n);
+        let mut kafka_ts = Vec::with_capacity(n);
+        let mut event_times = Vec::with_capacity(n);
+        let mut lookups: Vec<Option<u32>> = Vec::with_capacity(n);
+        let mut dead = DeadLetters::default();
+        let mut metas = Vec::with_capacity(n);
+        let (mut hits, mut misses) = (0u64, 0u64);
+        let mut slots: Vec<Slot> = Vec::with_capacity(fields.len());
+        let mut typed: Vec<Typed> = Vec::with_capacity(fields.len());
+        for rec in records {
+            let outcome = match rec.value {
+                None => Err("the message has no value (null)".to_string()),
+                Some(bytes) => self.parse(bytes, &mut slots, &mut typed),
+            };
+            let outcome = outcome.and_then(|()| {
+                let event_ms = match self.config.event_time_field {
+                    None => rec.timestamp_ms,
+                    Some(i) => match typed[i] {
+                        Typed::Timestamp(us) => us.div_euclid(1000),
+                        Typed::Date(d) => i64::from(d) * 86_400_000,
+                        _ => {
+                            return Err(format!(
+                                "event-time field `{}` is null",
+                                fields[i].name
+                            ))
+                        }
+                    },
+                };
+                Ok(event_ms)
+            });
+            let event_ms = match outcome {
+                Ok(t) => t,
+                Err(error) => {
+                    let letter = dead.push(partition, &rec, error);
+                    metas.push(RecordMeta {
+                        offset: rec.offset,
+                        kind: RecordKind::Dead {
+                            letter,
+                            event_ms: None,
+                        },
+                    });
+                    continue;
+                }
+            };
+            if let Some(max) = self.config.max_future_ms {
+                if event_ms > now_wall_ms.saturating_add(max) {
+                    let error = format!(
+                        "event time {} is more than {} ahead of the wall clock ({}); refused so it \
+                         cannot move the watermark (raise --max-future if such times are real)",
+                        schema::timestamp_to_string(event_ms.saturating_mul(1000)),
+                        humantime::format_duration(std::time::Duration::from_millis(max as u64)),
+                        schema::timestamp_to_string(now_wall_ms.saturating_mul(1000)),
+                    );
+                    let letter = dead.push(partition, &rec, error);
+                    metas.push(RecordMeta {
+                        offset: rec.offset,
+                        kind: RecordKind::Dead {
+                            letter,
+                            event_ms: Some(event_ms),
+                        },
+                    });
+                    continue;
+                }
+            }
+            let key = typed[self.config.join_field].as_key();
+            let found = key.as_deref().and_then(|k| table.index.get(k).copied());
+            if found.is_some() {
+                hits += 1;
+            } else {
+                misses += 1;
+                match self.config.on_miss {
+                    OnMiss::Null => {}
+                    OnMiss::Drop => {
+                        metas.push(RecordMeta {
+                            offset: rec.offset,
+                            kind: RecordKind::Dropped { event_ms },
+                        });
+                        continue;
+                    }
+                    OnMiss::DeadLetter => {
+                        let error = match &key {
+                            Some(k) => format!(
+                                "enrichment: key `{k}` not found in the reference table from {}",
+                                self.enrich_source
+                            ),
+                            None => "enrichment: the record has no key to look up".to_string(),
+                        };
+                        let letter = dead.push(partition, &rec, error);
+                        metas.push(RecordMeta {
+                            offset: rec.offset,
+                            kind: RecordKind::Dead {
+                                letter,
+                                event_ms: Some(event_ms),
+                            },
+                        });
+                        continue;
+                    }
+                }
+            }
+            let row = offsets.len() as u32;
+            for (builder, value) in columns.iter_mut().zip(typed.iter()) {
+                builder.append(value);
+            }
+            offsets.push(rec.offset);
+            kafka_ts.push(rec.timestamp_ms);
+            event_times.push(event_ms);
+            lookups.push(found);
+            metas.push(RecordMeta {
+                offset: rec.offset,
+                kind: RecordKind::Row { row, event_ms },
+            });
+        }
+        let rows = self.rows_batch(
+            partition,
+            columns,
+            &offsets,
+            &kafka_ts,
+            &event_times,
+            &lookups,
+            table,
+        )?;
+        let dead = dead.finish(&self.dead_schema).map_err(|message| DecodeError {
+            partition,
+            message,
+        })?;
+        Ok(DecodedBatch {
+            partition,
+            rows,
+            dead,
+            metas,
+            enrich_hits: hits,
+            enrich_misses: misses,
+        })
+    }
+
+    /// Parses and types one value into `typed` (one entry per schema field).
+    fn parse<'b>(
+        &self,
+        bytes: &'b [u8],
+        slots: &mut Vec<Slot<'b>>,
+        typed: &mut Vec<Typed<'b>>,
+    ) -> Result<(), String> {
+        let fields = &self.config.schema.fields;
+        // Cleared per record; borrowed strings live as long as the batch's bytes.
+        let slots_b: &mut Vec<Slot<'b>> = slots;
+        slots_b.clear();
+        slots_b.resize(fields.len(), Slot::Missing);
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let top = de
+            .deserialize_any(TopVisitor {
+                names: &self.names,
+                fields: &self.config.schema,
+                slots: slots_b,
+            })
+            .and_then(|top| de.end().map(|()| top));
+        match top {
+            Err(e) => return Err(format!("field `(message)`: is not valid JSON: {e}")),
+            Ok(Top::NotObject(kind)) => {
+                return Err(format!(
+                    "field `(message)`: is JSON but not an object (found {kind})"
+                ))
+            }
+            Ok(Top::Object) => {}
+        }
+        typed.clear();
+        for (field, slot) in fields.iter().zip(slots_b.drain(..)) {
+            let value = match slot {
+                Slot::Missing | Slot::Null => {
+                    if field.required {
+                        return Err(format!(
+                            "field `{}`: is required but missing or null",
+                            field.name
+                        ));
+                    }
+                    Typed::Null
+                }
+                slot => type_slot(&field.ty, slot).map_err(|found| {
+                    format!(
+                        "field `{}`: expected {}, found {found}",
+                        field.name,
+                        field.ty.describe()
+                    )
+                })?,
+            };
+            typed.push(value);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rows_batch(
+        &self,
+        partition: i32,
+        columns: Vec<ColumnBuilder>,
+        offsets: &[i64],
+        kafka_ts: &[i64],
+        event_times: &[i64],
+        lookups: &[Option<u32>],
+        table: &ReferenceTable,
+    ) -> Result<RecordBatch, DecodeError> {
+        let fail = |message: String| DecodeError { partition, message };
+        let n = offsets.len();
+        let mut arrays: Vec<ArrayRef> = columns.into_iter().map(ColumnBuilder::finish).collect();
+        let indices = UInt32Array::from(lookups.to_vec());
+        for (c, (_, ty)) in table.columns.iter().enumerate() {
+            let array = match table.arrow.get(c) {
+                Some(values) if !table.index.is_empty() => {
+                    arrow::compute::take(values.as_ref(), &indices, None)
+                        .map_err(|e| fail(e.to_string()))?
+                }
+                _ => new_null_array(&ty.arrow_type(), n),
+            };
+            arrays.push(array);
+        }
+        let micros = |ms: i64| ms.saturating_mul(1000);
+        let w = self.config.window_ms;
+        arrays.push(Arc::new(Int32Array::from_value(partition, n)));
+        arrays.push(Arc::new(Int64Array::from(offsets.to_vec())));
+        let ts = |values: Vec<i64>| -> ArrayRef {
+            Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+        };
+        arrays.push(ts(kafka_ts.iter().map(|&t| micros(t)).collect()));
+        arrays.push(ts(event_times
+            .iter()
+            .map(|&t| micros(window_start(t, w)))
+            .collect()));
+        arrays.push(ts(event_times
+            .iter()
+            .map(|&t| micros(window_end(window_start(t, w), w)))
+            .collect()));
+        RecordBatch::try_new(Arc::clone(&self.output), arrays).map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// A field's raw JSON value.
+#[derive(Debug, Clone, PartialEq)]
+enum Slot<'a> {
+    Missing,
+    Null,
+    Str(Cow<'a, str>),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
+    Array,
+    Object,
+}
+
+/// A field's typed value.
+#[derive(Debug, Clone, PartialEq)]
+enum Typed<'a> {
+    Null,
+    Str(Cow<'a, str>),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Date(i32),
+    Timestamp(i64),
+}
+
+impl Typed<'_> {
+    /// The value as an enrichment key (as `schema::Value::as_key` writes it).
+    fn as_key(&self) -> Option<Cow<'_, str>> {
+        Some(match self {
+            Typed::Null => return None,
+            Typed::Str(s) => Cow::Borrowed(s.as_ref()),
+            Typed::Int(i) => Cow::Owned(i.to_string()),
+            Typed::Float(f) => Cow::Owned(f.to_string()),
+            Typed::Bool(b) => Cow::Owned(b.to_string()),
+            Typed::Date(d) => Cow::Owned(schema::date_to_string(*d)),
+            Typed::Timestamp(t) => Cow::Owned(schema::timestamp_to_string(*t)),
+        })
+    }
+}
+
+/// Types a present, non-null slot; `Err` carries how the value looked (for the message).
+fn type_slot<'a>(ty: &FieldType, slot: Slot<'a>) -> Result<Typed<'a>, String> {
+    let shown = |slot: &Slot| -> String {
+        match slot {
+            Slot::Str(s) => schema::shorten(&serde_json::to_string(s.as_ref()).unwrap_or_default()),
+            Slot::I64(v) => v.to_string(),
+            Slot::U64(v) => v.to_string(),
+            Slot::F64(v) => format!("{v}"),
+            Slot::Bool(b) => b.to_string(),
+            Slot::Array => "an array".into(),
+            Slot::Object => "an object".into(),
+            Slot::Missing | Slot::Null => "null".into(),
+        }
+    };
+    let typed = match (ty, &slot) {
+        (FieldType::String, Slot::Str(_)) => match slot {
+            Slot::Str(s) => Typed::Str(s),
+            _ => unreachable!(),
+        },
+        (FieldType::Digits { width }, Slot::Str(s))
+            if s.bytes().all(|b| b.is_ascii_digit()) && (*width == 0 || s.len() == *width) =>
+        {
+            match slot {
+                Slot::Str(s) => Typed::Str(s),
+                _ => unreachable!(),
+            }
+        }
+        (FieldType::Int { .. }, Slot::I64(v)) => Typed::Int(*v),
+        (FieldType::Int { .. }, Slot::U64(v)) if *v <= i64::MAX as u64 => Typed::Int(*v as i64),
+        (FieldType::Float | FieldType::DecimalComma, Slot::I64(v)) => Typed::Float(*v as f64),
+        (FieldType::Float | FieldType::DecimalComma, Slot::U64(v)) => Typed::Float(*v as f64),
+        (FieldType::Float | FieldType::DecimalComma, Slot::F64(v)) => Typed::Float(*v),
+        (FieldType::Bool, Slot::Bool(b)) => Typed::Bool(*b),
+        (FieldType::Date { .. }, Slot::Str(s)) => {
+            match chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+                Ok(d) => Typed::Date(schema::days_since_epoch(d)),
+                Err(_) => return Err(shown(&slot)),
+            }
+        }
+        (FieldType::Timestamp { .. }, Slot::Str(s)) => match schema::parse_json_timestamp(s) {
+            Some(us) => Typed::Timestamp(us),
+            None => return Err(shown(&slot)),
+        },
+        _ => return Err(shown(&slot)),
+    };
+    Ok(typed)
+}
+
+enum Top {
+    Object,
+    NotObject(&'static str),
+}
+
+struct TopVisitor<'s, 'b> {
+    names: &'s HashMap<Box<str>, usize>,
+    fields: &'s Schema,
+    slots: &'s mut Vec<Slot<'b>>,
+}
+
+impl<'de, 's> Visitor<'de> for TopVisitor<'s, 'de> {
+    type Value = Top;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
+        // Producers write the fields in schema order: try the next expected name first.
+        let mut hint = 0usize;
+        let fields = &self.fields.fields;
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let index = match fields.get(hint) {
+                Some(f) if f.name == key.as_ref() => Some(hint),
+                _ => self.names.get(key.as_ref()).copied(),
+            };
+            match index {
+                Some(i) => {
+                    self.slots[i] = map.next_value_seed(SlotSeed)?;
+                    hint = i + 1;
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Top::Object)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Top, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Top::NotObject("an array"))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Top, E> {
+        Ok(Top::NotObject("a string"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Top, E> {
+        Ok(Top::NotObject("null"))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Top, E> {
+        Ok(Top::NotObject("a boolean"))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Top, E> {
+        Ok(Top::NotObject("a number"))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Top, E> {
+        Ok(Top::NotObject("a number"))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Top, E> {
+        Ok(Top::NotObject("a number"))
+    }
+}
+
+/// A map key, borrowed from the message when it has no escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// A field value of any JSON kind.
+struct SlotSeed;
+
+impl<'de> DeserializeSeed<'de> for SlotSeed {
+    type Value = Slot<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(SlotVisitor)
+    }
+}
+
+struct SlotVisitor;
+
+impl<'de> Visitor<'de> for SlotVisitor {
+    type Value = Slot<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Slot::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Slot::I64(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Slot::U64(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Slot::F64(v))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Slot::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Slot::Str(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Slot::Str(Cow::Owned(v)))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Slot::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Slot::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Slot::Array)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Slot::Object)
+    }
+}
+
+/// A column being built, by Arrow type.
+enum ColumnBuilder {
+    Utf8(StringBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    Date(Date32Builder),
+    Timestamp(TimestampMicrosecondBuilder),
+}
+
+impl ColumnBuilder {
+    fn new(ty: &FieldType, n: usize) -> Self {
+        match ty {
+            FieldType::String | FieldType::Digits { .. } => {
+                ColumnBuilder::Utf8(StringBuilder::with_capacity(n, n * 24))
+            }
+            FieldType::Int { .. } => ColumnBuilder::Int(Int64Builder::with_capacity(n)),
+            FieldType::Float | FieldType::DecimalComma => {
+                ColumnBuilder::Float(Float64Builder::with_capacity(n))
+            }
+            FieldType::Bool => ColumnBuilder::Bool(BooleanBuilder::with_capacity(n)),
+            FieldType::Date { .. } => ColumnBuilder::Date(Date32Builder::with_capacity(n)),
+            FieldType::Timestamp { .. } => ColumnBuilder::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC"),
+            ),
+        }
+    }
+
+    /// Appends a value typed for this column (`type_slot` guarantees the match).
+    fn append(&mut self, value: &Typed) {
+        match (self, value) {
+            (ColumnBuilder::Utf8(b), Typed::Str(s)) => b.append_value(s),
+            (ColumnBuilder::Int(b), Typed::Int(v)) => b.append_value(*v),
+            (ColumnBuilder::Float(b), Typed::Float(v)) => b.append_value(*v),
+            (ColumnBuilder::Bool(b), Typed::Bool(v)) => b.append_value(*v),
+            (ColumnBuilder::Date(b), Typed::Date(v)) => b.append_value(*v),
+            (ColumnBuilder::Timestamp(b), Typed::Timestamp(v)) => b.append_value(*v),
+            (ColumnBuilder::Utf8(b), _) => b.append_null(),
+            (ColumnBuilder::Int(b), _) => b.append_null(),
+            (ColumnBuilder::Float(b), _) => b.append_null(),
+            (ColumnBuilder::Bool(b), _) => b.append_null(),
+            (ColumnBuilder::Date(b), _) => b.append_null(),
+            (ColumnBuilder::Timestamp(b), _) => b.append_null(),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Utf8(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Int(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Float(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Bool(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Date(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Timestamp(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Dead letters being collected: raw bytes, losslessly.
+#[derive(Default)]
+struct DeadLetters {
+    partitions: Vec<i32>,
+    offsets: Vec<i64>,
+    timestamps: Vec<i64>,
+    keys: Vec<Option<Vec<u8>>>,
+    values: Vec<Option<Vec<u8>>>,
+    errors: Vec<String>,
+}
+
+impl DeadLetters {
+    fn push(&mut self, partition: i32, rec: &RawRecord, error: String) -> u32 {
+        let i = self.offsets.len() as u32;
+        self.partitions.push(partition);
+        self.offsets.push(rec.offset);
+        self.timestamps.push(rec.timestamp_ms.saturating_mul(1000));
+        self.keys.push(rec.key.map(<[u8]>::to_vec));
+        self.values.push(rec.value.map(<[u8]>::to_vec));
+        self.errors.push(error);
+        i
+    }
+
+    fn finish(self, schema: &SchemaRef) -> Result<RecordBatch, String> {
+        let binary = |items: &[Option<Vec<u8>>]| -> ArrayRef {
+            let mut b = BinaryBuilder::with_capacity(
+                items.len(),
+                items.iter().flatten().map(Vec::len).sum(),
+            );
+            for item in items {
+                b.append_option(item.as_deref());
+            }
+            Arc::new(b.finish())
+        };
+        let mut errors = StringBuilder::new();
+        for e in &self.errors {
+            errors.append_value(e);
+        }
+        RecordBatch::try_new(
+            Arc::clone(schema),
+            vec![
+                Arc::new(Int32Array::from(self.partitions)),
+                Arc::new(Int64Array::from(self.offsets)),
+                Arc::new(TimestampMicrosecondArray::from(self.timestamps).with_timezone("UTC")),
+                binary(&self.keys),
+                binary(&self.values),
+                Arc::new(errors.finish()),
+            ],
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enrich::ReferenceTable;
+    use crate::schema::{Source, Value};
+    use arrow::array::{Array, AsArray};
+    use proptest::prelude::*;
+
+    fn table() -> ReferenceTable {
+        ReferenceTable::build(
+            "banco_",
+            vec![
+                ("cnpj".into(), FieldType::String),
+                ("nome".into(), FieldType::String),
+            ],
+            vec![vec![Value::Str("00360305".into()), Value::Str("CAIXA".into())]],
+        )
+    }
+
+    fn decoder(on_miss: OnMiss, max_future_ms: Option<i64>) -> Decoder {
+        let schema = Arc::new(Schema::banco_central());
+        let join = schema.fields.iter().position(|f| f.name == "cnpj_if").unwrap();
+        let output = OutputSchema::new(&schema, &table().columns).unwrap();
+        Decoder::new(
+            DecodeConfig {
+                schema,
+                event_time_field: None,
+                join_field: join,
+                on_miss,
+                max_future_ms,
+                window_ms: 60_000,
+            },
+            &output,
+            "mysql://127.0.0.1:3306/db",
+        )
+    }
+
+    fn json(cnpj: Option<&str>, name: &str) -> Vec<u8> {
+        let schema = Schema::banco_central();
+        let mut values = vec![Value::Null; schema.fields.len()];
+        values[0] = Value::Int(2025);
+        values[1] = Value::Int(2);
+        values[2] = Value::Str("Cat".into());
+        values[3] = Value::Str("Banco".into());
+        values[4] = cnpj.map_or(Value::Null, |c| Value::Str(c.into()));
+        values[5] = Value::Str(name.into());
+        values[6] = Value::Float(54.79);
+        let mut out = String::new();
+        schema.write_json(
+            &values,
+            Some(&Source {
+                file: "f".into(),
+                line: 1,
+            }),
+            &mut out,
+        );
+        out.into_bytes()
+    }
+
+    fn decode(d: &Decoder, values: &[Option<Vec<u8>>], now: i64) -> DecodedBatch {
+        let records: Vec<RawRecord> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| RawRecord {
+                offset: 100 + i as i64,
+                timestamp_ms: 1_000 * i as i64,
+                key: None,
+                value: v.as_deref(),
+            })
+            .collect();
+        d.decode(7, records.into_iter(), &table(), now).unwrap()
+    }
+
+    #[test]
+    fn rows_are_typed_enriched_and_carry_their_window() {
+        let d = decoder(OnMiss::Null, None);
+        let batch = decode(
+            &d,
+            &[
+                Some(json(Some("00360305"), "CAIXA ECONÔMICA \"FEDERAL\"")),
+                Some(json(None, "SEM CNPJ")),
+            ],
+            0,
+        );
+        assert_eq!(batch.rows.num_rows(), 2);
+        assert_eq!((batch.enrich_hits, batch.enrich_misses), (1, 1));
+        let col = |name: &str| batch.rows.column_by_name(name).unwrap().clone();
+        assert_eq!(
+            col("instituicao_financeira").as_string::<i32>().value(0),
+            "CAIXA ECONÔMICA \"FEDERAL\""
+        );
+        assert_eq!(col("banco_nome").as_string::<i32>().value(0), "CAIXA");
+        assert!(col("banco_nome").is_null(1));
+        assert_eq!(
+            col("indice")
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .value(0),
+            54.79
+        );
+        assert_eq!(
+            col("kafka_offset")
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values(),
+            &[100, 101]
+        );
+        assert_eq!(
+            batch.metas[1],
+            RecordMeta {
+                offset: 101,
+                kind: RecordKind::Row {
+                    row: 1,
+                    event_ms: 1_000
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn bad_records_become_dead_letters_with_the_reason_and_the_raw_bytes() {
+        let d = decoder(OnMiss::DeadLetter, Some(300_000));
+        let good = json(Some("00360305"), "OK");
+        let wrong_type = String::from_utf8(good.clone())
+            .unwrap()
+            .replace("\"ano\":2025", "\"ano\":\"2025\"");
+        let missing = String::from_utf8(good.clone())
+            .unwrap()
+            .replace("\"instituicao_financeira\":\"OK\",", "");
+        let cases: Vec<(Option<Vec<u8>>, &str)> = vec![
+            (Some(b"hello".to_vec()), "is not valid JSON"),
+            (Some(b"[1,{\"a\":2}]".to_vec()), "not an object (found an array)"),
+            (Some(b"null".to_vec()), "not an object (found null)"),
+            (None, "the message has no value (null)"),
+            (Some(wrong_type.into_bytes()), "field `ano`: expected an integer, found \"2025\""),
+            (Some(missing.into_bytes()), "field `instituicao_financeira`: is required but missing or null"),
+            (Some([&good[..], b" x"].concat()), "trailing characters"),
+            (Some(json(Some("99999999"), "MISS")), "key `99999999` not found"),
+            (Some(json(None, "NO KEY")), "no key to look up"),
+        ];
+        let values: Vec<Option<Vec<u8>>> = cases.iter().map(|(v, _)| v.clone()).collect();
+        let batch = decode(&d, &values, 10_000_000);
+        assert_eq!(batch.rows.num_rows(), 0);
+        assert_eq!(batch.dead.num_rows(), cases.len());
+        let errors = batch.dead.column(5).as_string::<i32>();
+        let raw = batch.dead.column(4).as_binary::<i32>();
+        for (i, (value, expected)) in cases.iter().enumerate() {
+            assert!(errors.value(i).contains(expected), "{i}: {}", errors.value(i));
+            match value {
+                Some(v) => assert_eq!(raw.value(i), &v[..]),
+                None => assert!(raw.is_null(i)),
+            }
+        }
+        // A refused but decodable record keeps its event time (the core checks its window's marks).
+        assert!(matches!(batch.metas[7].kind, RecordKind::Dead { event_ms: Some(_), .. }));
+        assert!(matches!(batch.metas[0].kind, RecordKind::Dead { event_ms: None, .. }));
+    }
+
+    #[test]
+    fn far_future_event_times_are_refused() {
+        let d = decoder(OnMiss::Null, Some(300_000));
+        let now = 1_000_000_000_000;
+        let ok = RawRecord { offset: 0, timestamp_ms: now + 299_000, key: None, value: None };
+        let v = json(Some("00360305"), "X");
+        let records = [
+            RawRecord { value: Some(&v), ..ok },
+            RawRecord { offset: 1, timestamp_ms: now + 3_000_000, key: None, value: Some(&v) },
+        ];
+        let batch = d.decode(0, records.into_iter(), &table(), now).unwrap();
+        assert_eq!(batch.rows.num_rows(), 1);
+        let error = batch.dead.column(5).as_string::<i32>().value(0).to_string();
+        assert!(error.contains("ahead of the wall clock") && error.contains("--max-future"), "{error}");
+    }
+
+    #[test]
+    fn on_miss_drop_is_counted_not_written() {
+        let d = decoder(OnMiss::Drop, None);
+        let batch = decode(&d, &[Some(json(Some("12345678"), "X"))], 0);
+        assert_eq!((batch.rows.num_rows(), batch.dead.num_rows()), (0, 0));
+        assert!(matches!(batch.metas[0].kind, RecordKind::Dropped { .. }));
+    }
+
+    proptest! {
+        /// What `produce` writes, `consume` decodes: any text survives.
+        #[test]
+        fn any_institution_name_round_trips(name in "\\PC{0,40}") {
+            let d = decoder(OnMiss::Null, None);
+            let batch = decode(&d, &[Some(json(Some("00360305"), &name))], 0);
+            prop_assert_eq!(batch.rows.num_rows(), 1, "{:?}", batch.dead.column(5));
+            let col = batch.rows.column_by_name("instituicao_financeira").unwrap();
+            prop_assert_eq!(col.as_string::<i32>().value(0), name.as_str());
+        }
+
+        /// Arbitrary bytes never panic and always account for every record.
+        #[test]
+        fn arbitrary_bytes_are_rows_or_dead_letters(values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8)) {
+            let d = decoder(OnMiss::Null, None);
+            let values: Vec<Option<Vec<u8>>> = values.into_iter().map(Some).collect();
+            let batch = decode(&d, &values, 0);
+            prop_assert_eq!(batch.rows.num_rows() + batch.dead.num_rows(), values.len());
+            prop_assert_eq!(batch.metas.len(), values.len());
+        }
+    }
+}

@@ -1,0 +1,1067 @@
+//! `app consume`: Kafka -> decode -> enrich -> event-time windows -> Parquet, exactly once.
+//!
+//! ```text
+//!  per partition (independent):
+//!   fetch task ──(1 batch)──▶ decode task ──(1 batch)──▶ process task ──▶ output store
+//!   rskafka, retries,         JSON -> Arrow columns,       PartitionPipeline: core routes,
+//!   OffsetOutOfRange policy   enrichment (columnar),       sink writes Parquet row groups,
+//!                             dead letters                 checkpoint commits (blocking pool)
+//!  instance:
+//!   coordinator: shutdown, end of input, _SUCCESS markers (instance::SuccessTracker),
+//!   progress line; Board: the boundary idle partitions follow; counters and /metrics
+//! ```
+//!
+//! Layout:
+//! - [`core`]: the pure per-partition decisions (routing, windows, watermark, what to commit).
+//! - [`decode`]: records into Arrow columns, enrichment, dead letters (pure).
+//! - [`pipeline`]: core + sink for one partition, synchronously; recovery at startup.
+//! - [`instance`]: cross-partition decisions: the idle boundary and the success markers (pure).
+//! - [`progress`]: counters (once), partition status, summary, progress line, metrics, health.
+//! - this file: configuration of each stage, the async tasks and the coordinator.
+//!
+//! Exactly once is argued in [`core`]'s module docs; the tasks here only move batches in order
+//! and never commit anything the pipeline did not write. Memory is bounded by configuration:
+//! per partition at most one fetched batch in each channel and one in each stage, and the
+//! pipeline's open row groups stay under `--max-buffer-bytes` divided among the partitions.
+
+pub mod core;
+pub mod decode;
+pub mod instance;
+pub mod pipeline;
+pub mod progress;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+pub use self::core::LatePolicy;
+pub use self::progress::ConsumeSummary;
+use self::core::{CoreConfig, Now};
+use self::decode::{DecodeConfig, DecodedBatch, Decoder, RawRecord};
+use self::instance::{Board, SuccessTracker};
+use self::pipeline::{PartitionPipeline, PipelineConfig, PipelineError, Progress, Recovered};
+use self::progress::{ConsumeProbe, Counters, PartitionStatus, StatusLine};
+use crate::checkpoint::{recovery, CheckpointError};
+use crate::enrich::{EnrichConfig, EnrichError, EnrichmentCache, MySqlSource, OnMiss};
+use crate::kafka::{Kafka, KafkaConfig, KafkaError, PartitionHandle};
+use crate::metrics::{BusyClocks, ConsumeMetrics, MetricsError, Probe};
+use crate::output::layout::{SuccessScope, WriterId};
+use crate::output::{LocalStore, OutputConfig, OutputSchema, ParquetFormatError, Store, StoreError};
+use crate::schema::{FieldType, Schema};
+use crate::shutdown::{self, Shutdown};
+use crate::window::WindowConfig;
+
+/// Errors that stop the consumer. Committed output stays valid; a restart resumes.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Enrich(#[from] EnrichError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Format(#[from] ParquetFormatError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "draining did not finish within --drain-timeout {0:?}; nothing committed is lost, a restart \
+         resumes from the last checkpoint"
+    )]
+    DrainTimeout(Duration),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Where to start a partition that has no checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Earliest,
+    Latest,
+}
+
+/// What to do when the checkpoint's offset was deleted by retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataLossPolicy {
+    Fail,
+    Earliest,
+}
+
+/// Whether an idle partition's watermark follows the wall clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleAdvance {
+    /// On when the event time is the Kafka timestamp (it tracks the clock), off for a field.
+    Auto,
+    On,
+    Off,
+}
+
+/// The Kafka side: what to read and how.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub kafka: KafkaConfig,
+    pub topic: String,
+    /// `None` = every partition of the topic.
+    pub partitions: Option<Vec<i32>>,
+    pub start: StartAt,
+    /// Stop once every partition is read to its end and written.
+    pub until_caught_up: bool,
+    pub on_data_loss: DataLossPolicy,
+    /// Bytes per fetch request and partition.
+    pub fetch_max_bytes: i32,
+    pub fetch_max_wait: Duration,
+}
+
+/// The records: their shape, event time, enrichment join and refusals.
+#[derive(Debug, Clone)]
+pub struct RecordsConfig {
+    pub schema: Arc<Schema>,
+    /// Take event time from this field instead of the Kafka timestamp.
+    pub event_time_field: Option<String>,
+    pub join_field: String,
+    pub on_miss: OnMiss,
+    /// Event times further ahead of the wall clock go to `_dead_letter` (`None`: no limit).
+    pub max_future: Option<Duration>,
+}
+
+/// The event-time windows.
+#[derive(Debug, Clone)]
+pub struct WindowsConfig {
+    pub window: WindowConfig,
+    pub late: LatePolicy,
+    pub idle_advance: IdleAdvance,
+    /// With `until_caught_up`: the end of the topic is the end of the stream, every window
+    /// closes and gets `_SUCCESS`.
+    pub close_at_end: bool,
+}
+
+/// The output.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub location: PathBuf,
+    pub output: OutputConfig,
+    /// Bound on the open Parquet row groups of all partitions together.
+    pub max_buffer_bytes: usize,
+    pub checkpoint_interval: Duration,
+}
+
+/// How the run behaves and reports.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub drain_timeout: Duration,
+    pub status_interval: Duration,
+    /// A live status line on the terminal instead of periodic progress log lines.
+    pub progress_bar: bool,
+    pub metrics_addr: Option<String>,
+}
+
+/// Everything `app consume` needs, one part per stage.
+#[derive(Debug, Clone)]
+pub struct ConsumeConfig {
+    pub source: SourceConfig,
+    pub records: RecordsConfig,
+    pub windows: WindowsConfig,
+    pub enrich: EnrichConfig,
+    pub sink: SinkConfig,
+    pub run: RunConfig,
+}
+
+/// How often idle partitions are checked (and the processor's loop turns without records).
+const TICK: Duration = Duration::from_millis(200);
+
+/// Runs the consumer until `shutdown` fires or, with `until_caught_up`, every partition is read
+/// to its end. Both paths write what is in memory and commit.
+pub async fn run(config: ConsumeConfig, shutdown: Shutdown) -> Result<ConsumeSummary, ConsumeError> {
+    let started = std::time::Instant::now();
+    config
+        .windows
+        .window
+        .validate()
+        .map_err(|e| ConsumeError::Config(e.to_string()))?;
+    let (registry, endpoint) = crate::metrics::start(config.run.metrics_addr.as_deref()).await?;
+    let schema = Arc::clone(&config.records.schema);
+    let (join_field, event_time_field) = resolve_fields(&config.records)?;
+
+    // Kafka first (cheap to check), then the enrichment table (may retry for --mysql-timeout).
+    let kafka = Kafka::connect(config.source.kafka.clone()).await?;
+    let topic = config.source.topic.clone();
+    let partition_count =
+        kafka
+            .partition_count(&topic)
+            .await?
+            .ok_or_else(|| KafkaError::NoSuchTopic {
+                topic: topic.clone(),
+                brokers: config.source.kafka.brokers.clone(),
+            })?;
+    let assigned = assignment(&config.source, &topic, partition_count)?;
+    let (stop, stop_handle) = shutdown::channel();
+    let source = MySqlSource::new(&config.enrich)?;
+    let (cache, refresh_task) =
+        EnrichmentCache::start(source, config.enrich.clone(), stop_handle.clone()).await?;
+    let table = Arc::clone(cache.snapshot().table());
+    let output_schema = OutputSchema::new(&schema, &table.columns)?;
+    let window_ms = config.windows.window.window_ms;
+
+    // The output: recovery of every assigned partition before anything is fetched.
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(&config.sink.location));
+    let location = store.describe();
+    let recovered = recover_all(&store, &topic, window_ms, &assigned).await?;
+    let scope = if assigned.len() == partition_count {
+        SuccessScope::AllPartitions
+    } else {
+        SuccessScope::Some(assigned.iter().copied().collect())
+    };
+    let mut tracker = SuccessTracker::new(scope, window_ms, &assigned);
+    let counters = Arc::new(Counters::default());
+    reconcile_markers(&store, &mut tracker, &recovered, &counters).await?;
+
+    // Start offsets: the checkpoint's, else --start.
+    let mut starts = BTreeMap::new();
+    for &p in &assigned {
+        let handle = PartitionHandle {
+            config: config.source.kafka.clone(),
+            topic: topic.clone(),
+            partition: p,
+            client: kafka.partition(&topic, p).await?,
+        };
+        let (earliest, latest) = handle.offsets().await?;
+        let fresh = match config.source.start {
+            StartAt::Earliest => earliest,
+            StartAt::Latest => latest,
+        };
+        let mut rec = recovered[&p].clone();
+        if let Some(cp) = rec.checkpoint.as_mut() {
+            if cp.resume_offset < earliest {
+                match config.source.on_data_loss {
+                    DataLossPolicy::Fail => {
+                        return Err(KafkaError::OffsetOutOfRange {
+                            topic: topic.clone(),
+                            partition: p,
+                            requested: cp.resume_offset,
+                            earliest,
+                            latest,
+                        }
+                        .into())
+                    }
+                    DataLossPolicy::Earliest => {
+                        tracing::error!(
+                            partition = p,
+                            resume = cp.resume_offset,
+                            earliest,
+                            lost = earliest - cp.resume_offset,
+                            "Data deleted by retention; continuing from earliest (--on-data-loss earliest)"
+                        );
+                        cp.resume_offset = earliest;
+                        cp.next_offset = cp.next_offset.max(earliest);
+                    }
+                }
+            }
+        }
+        starts.insert(p, (handle, rec, fresh));
+    }
+    let resumed = recovered.values().any(|r| r.checkpoint.is_some());
+    tracing::info!(
+        topic = %topic,
+        partitions = ?assigned,
+        resumed,
+        output = %location,
+        "Consuming"
+    );
+
+    // Shared state of the instance.
+    let statuses: Vec<Arc<PartitionStatus>> = assigned
+        .iter()
+        .map(|p| Arc::new(PartitionStatus::new(*p)))
+        .collect();
+    let board = Arc::new(Mutex::new(Board::new(assigned.iter().copied())));
+    let metrics = ConsumeMetrics::new(&registry, assigned.iter().copied());
+    let timeout = config.source.kafka.timeout;
+    let probe = Arc::new(ConsumeProbe {
+        brokers: config.source.kafka.brokers.clone(),
+        output: location.clone(),
+        fetch: BusyClocks::new(assigned.len()),
+        fetch_bound: timeout * 3 + config.source.fetch_max_wait,
+        processor_bound: (timeout * 3).max(Duration::from_secs(60)),
+        stopping: Default::default(),
+        cache: cache.clone(),
+        metrics: metrics.clone(),
+        counters: Arc::clone(&counters),
+        statuses: statuses.clone(),
+    });
+    if let Some(endpoint) = &endpoint {
+        endpoint.set_probe(Arc::clone(&probe) as Arc<dyn Probe>);
+    }
+
+    let idle_advance = match config.windows.idle_advance {
+        IdleAdvance::On => true,
+        IdleAdvance::Off => false,
+        IdleAdvance::Auto => event_time_field.is_none(),
+    };
+    let pipeline_config = PipelineConfig {
+        topic: topic.clone(),
+        core: CoreConfig {
+            window_ms,
+            allowed_lateness_ms: config.windows.window.allowed_lateness_ms,
+            late: config.windows.late,
+            idle_timeout_ms: millis(config.windows.window.idle_timeout),
+            idle_advance,
+        },
+        output: config.sink.output.clone(),
+        memory_budget: config.sink.max_buffer_bytes / assigned.len().max(1),
+    };
+    let decoder = Arc::new(Decoder::new(
+        DecodeConfig {
+            schema: Arc::clone(&schema),
+            event_time_field,
+            join_field,
+            on_miss: config.records.on_miss,
+            max_future_ms: config.records.max_future.map(millis),
+            window_ms,
+        },
+        &output_schema,
+        cache.describe(),
+    ));
+    let writer = WriterId::random();
+    let clock = Clock::new();
+    let (events_tx, mut events) = mpsc::channel::<Event>(64);
+    let mut tasks = JoinSet::new();
+    for (slot, (p, (handle, rec, fresh))) in starts.into_iter().enumerate() {
+        let now = clock.now();
+        let pipeline = PartitionPipeline::start(
+            Arc::clone(&store),
+            &pipeline_config,
+            &output_schema,
+            p,
+            writer,
+            &rec,
+            fresh,
+            now,
+        )?;
+        let from = pipeline.core().next_offset();
+        let (fetch_tx, fetch_rx) = mpsc::channel(1);
+        let (decoded_tx, decoded_rx) = mpsc::channel(1);
+        tasks.spawn(fetch(FetchJob {
+            handle,
+            offset: from,
+            max_bytes: config.source.fetch_max_bytes,
+            max_wait: config.source.fetch_max_wait,
+            until_caught_up: config.source.until_caught_up,
+            on_data_loss: config.source.on_data_loss,
+            tx: fetch_tx,
+            stop: stop_handle.clone(),
+            probe: Arc::clone(&probe),
+            slot,
+        }));
+        tasks.spawn(decode_partition(
+            p,
+            Arc::clone(&decoder),
+            cache.clone(),
+            fetch_rx,
+            decoded_tx,
+            clock.clone(),
+        ));
+        tasks.spawn(process(ProcessJob {
+            partition: p,
+            pipeline,
+            rx: decoded_rx,
+            events: events_tx.clone(),
+            stop: stop_handle.clone(),
+            board: Arc::clone(&board),
+            status: Arc::clone(&statuses[slot]),
+            counters: Arc::clone(&counters),
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            checkpoint_interval: config.sink.checkpoint_interval,
+            close_at_end: config.windows.close_at_end && config.source.until_caught_up,
+        }));
+    }
+    drop(events_tx);
+
+    // The coordinator.
+    let spinner = config.run.progress_bar.then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_msg}")
+                .expect("valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    });
+    let status_every = if spinner.is_some() {
+        Duration::from_secs(1)
+    } else {
+        config.run.status_interval
+    };
+    let mut status_tick = tokio::time::interval_at(Instant::now() + status_every, status_every);
+    let mut status_line = StatusLine::default();
+    let mut shutdown = shutdown;
+    let mut done = BTreeSet::new();
+    let mut failure: Option<ConsumeError> = None;
+    let mut draining_since: Option<Instant> = None;
+    let drain_timeout = config.run.drain_timeout;
+    loop {
+        let drain_deadline = draining_since.map(|t| t + drain_timeout);
+        tokio::select! {
+            _ = shutdown.requested(), if draining_since.is_none() => {
+                tracing::info!("Shutdown requested: writing what is buffered and committing");
+                draining_since = Some(Instant::now());
+                probe.stopping.store(true, Ordering::Relaxed);
+                stop.trigger();
+            }
+            event = events.recv() => match event {
+                None => break,
+                Some(Event::Committed { partition, closed_before, closed }) => {
+                    let markers = tracker.committed(partition, closed_before, &closed);
+                    write_markers(&store, markers, &counters).await?;
+                }
+                Some(Event::Done { partition }) => {
+                    done.insert(partition);
+                    if done.len() == assigned.len() {
+                        break;
+                    }
+                }
+                Some(Event::Failed { partition, error }) => {
+                    tracing::error!(partition, error = %error, "A partition failed; stopping");
+                    failure.get_or_insert(error);
+                    if draining_since.is_none() {
+                        draining_since = Some(Instant::now());
+                        probe.stopping.store(true, Ordering::Relaxed);
+                        stop.trigger();
+                    }
+                    done.insert(partition);
+                    if done.len() == assigned.len() {
+                        break;
+                    }
+                }
+            },
+            _ = status_tick.tick() => {
+                let line = status_line.render(&counters, &statuses);
+                match &spinner {
+                    Some(bar) => bar.set_message(line),
+                    None => tracing::info!("{line}"),
+                }
+            }
+            _ = sleep_until(drain_deadline) => {
+                failure.get_or_insert(ConsumeError::DrainTimeout(drain_timeout));
+                break;
+            }
+        }
+    }
+    if let Some(bar) = spinner {
+        bar.finish_and_clear();
+    }
+    probe.stopping.store(true, Ordering::Relaxed);
+    stop.trigger();
+    tasks.abort_all();
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined {
+            if !e.is_cancelled() {
+                tracing::error!(error = %e, "A consumer task failed");
+            }
+        }
+    }
+    drop(stop);
+    let _ = refresh_task.await;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let stats = cache.stats();
+    let mut summary = ConsumeSummary::from_counters(&counters);
+    summary.enrich_hits = stats.hits;
+    summary.enrich_misses = stats.misses;
+    summary.refresh_failures = stats.refresh_failures;
+    summary.windows_open = statuses
+        .iter()
+        .map(|s| s.open_windows.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(0);
+    summary.elapsed = started.elapsed();
+    summary.output = location;
+    summary.partitions = assigned.iter().copied().collect();
+    summary.resumed_from_checkpoint = resumed;
+    drop(endpoint);
+    Ok(summary)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The join field and the event-time field, by index.
+fn resolve_fields(records: &RecordsConfig) -> Result<(usize, Option<usize>), ConsumeError> {
+    let schema = &records.schema;
+    let names = || {
+        schema
+            .fields
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let join = schema
+        .fields
+        .iter()
+        .position(|f| f.name == records.join_field)
+        .ok_or_else(|| {
+            ConsumeError::Config(format!(
+                "--join-field `{}` is not a field of the schema `{}` (fields: {})",
+                records.join_field,
+                schema.name,
+                names()
+            ))
+        })?;
+    let event_time = match &records.event_time_field {
+        None => None,
+        Some(name) => {
+            let i = schema
+                .fields
+                .iter()
+                .position(|f| &f.name == name)
+                .ok_or_else(|| {
+                    ConsumeError::Config(format!(
+                        "--event-time-field `{name}` is not a field of the schema (fields: {})",
+                        names()
+                    ))
+                })?;
+            if !matches!(
+                schema.fields[i].ty,
+                FieldType::Timestamp { .. } | FieldType::Date { .. }
+            ) {
+                return Err(ConsumeError::Config(format!(
+                    "--event-time-field `{name}` must be a timestamp or date field"
+                )));
+            }
+            Some(i)
+        }
+    };
+    Ok((join, event_time))
+}
+
+fn assignment(
+    source: &SourceConfig,
+    topic: &str,
+    partition_count: usize,
+) -> Result<BTreeSet<i32>, ConsumeError> {
+    match &source.partitions {
+        None => Ok((0..partition_count as i32).collect()),
+        Some(list) => {
+            for p in list {
+                if *p < 0 || *p as usize >= partition_count {
+                    return Err(ConsumeError::Config(format!(
+                        "--partitions: topic `{topic}` has partitions 0..{} but {p} was asked for",
+                        partition_count - 1
+                    )));
+                }
+            }
+            Ok(list.iter().copied().collect())
+        }
+    }
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ConsumeError> + Send + 'static,
+) -> Result<T, ConsumeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ConsumeError::Internal(format!("a storage task failed: {e}")))?
+}
+
+async fn recover_all(
+    store: &Arc<dyn Store>,
+    topic: &str,
+    window_ms: i64,
+    assigned: &BTreeSet<i32>,
+) -> Result<BTreeMap<i32, Recovered>, ConsumeError> {
+    let store = Arc::clone(store);
+    let topic = topic.to_string();
+    let assigned = assigned.clone();
+    blocking(move || {
+        let listing = store.list("")?;
+        recovery::refuse_legacy(store.as_ref(), &listing)?;
+        let mut out = BTreeMap::new();
+        for p in assigned {
+            let r = pipeline::recover(store.as_ref(), &topic, p, window_ms, &listing)?;
+            if !r.plan.is_clean() {
+                tracing::warn!(
+                    partition = p,
+                    temp_removed = r.plan.temp.len(),
+                    uncommitted_removed = r.plan.uncommitted.len(),
+                    kept = r.plan.kept,
+                    "Recovered the output to the last checkpoint"
+                );
+            }
+            out.insert(p, r);
+        }
+        Ok(out)
+    })
+    .await
+}
+
+async fn reconcile_markers(
+    store: &Arc<dyn Store>,
+    tracker: &mut SuccessTracker,
+    recovered: &BTreeMap<i32, Recovered>,
+    counters: &Arc<Counters>,
+) -> Result<(), ConsumeError> {
+    let checkpoints: BTreeMap<_, _> = recovered
+        .iter()
+        .filter_map(|(p, r)| r.checkpoint.clone().map(|c| (*p, c)))
+        .collect();
+    let store2 = Arc::clone(store);
+    let listing = blocking(move || Ok(store2.list("")?)).await?;
+    let store2 = Arc::clone(store);
+    let (remove, create) = tracker.start(&checkpoints, &listing, |key| {
+        store2
+            .get(key)
+            .ok()
+            .flatten()
+            .and_then(|b| crate::output::parquet::row_count(&b, key).ok())
+            .unwrap_or(0)
+    });
+    let store2 = Arc::clone(store);
+    blocking(move || {
+        for key in remove {
+            tracing::info!(marker = %key, "Removing a success marker the checkpoint does not support");
+            store2.delete(&key)?;
+        }
+        Ok(())
+    })
+    .await?;
+    write_markers(store, create, counters).await
+}
+
+async fn write_markers(
+    store: &Arc<dyn Store>,
+    markers: Vec<instance::Marker>,
+    counters: &Arc<Counters>,
+) -> Result<(), ConsumeError> {
+    if markers.is_empty() {
+        return Ok(());
+    }
+    let n = markers.len() as u64;
+    let store = Arc::clone(store);
+    blocking(move || {
+        for m in markers {
+            store.put(&m.key, &m.to_json())?;
+        }
+        Ok(())
+    })
+    .await?;
+    counters.markers_written.fetch_add(n, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Wall clock and a monotonic clock from one origin (tokio's, so tests can pause it).
+#[derive(Debug, Clone)]
+struct Clock {
+    origin: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            origin: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Now {
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Now {
+            wall_ms,
+            mono_ms: self.origin.elapsed().as_millis() as i64,
+        }
+    }
+}
+
+/// What a partition's process task tells the coordinator.
+enum Event {
+    Committed {
+        partition: i32,
+        closed_before: i64,
+        closed: Vec<core::ClosedWindow>,
+    },
+    Done {
+        partition: i32,
+    },
+    Failed {
+        partition: i32,
+        error: ConsumeError,
+    },
+}
+
+/// One fetch result.
+enum Fetched {
+    Records {
+        records: Vec<rskafka::record::RecordAndOffset>,
+        high_watermark: i64,
+    },
+    /// Read to its end (`--until-caught-up`): nothing more comes.
+    CaughtUp,
+    Failed(KafkaError),
+}
+
+/// One decoded batch.
+enum Decoded {
+    Batch {
+        batch: Box<DecodedBatch>,
+        high_watermark: i64,
+    },
+    CaughtUp,
+    Failed(ConsumeError),
+}
+
+struct FetchJob {
+    handle: PartitionHandle,
+    offset: i64,
+    max_bytes: i32,
+    max_wait: Duration,
+    until_caught_up: bool,
+    on_data_loss: DataLossPolicy,
+    tx: mpsc::Sender<Fetched>,
+    stop: Shutdown,
+    probe: Arc<ConsumeProbe>,
+    slot: usize,
+}
+
+/// Fetches one partition in offset order until stopped (or caught up). A failed fetch is retried
+/// from the same offset with backoff; only `OffsetOutOfRange` under `--on-data-loss fail` ends it.
+async fn fetch(mut job: FetchJob) {
+    let partition = job.handle.partition;
+    let max_wait_ms = i32::try_from(job.max_wait.as_millis()).unwrap_or(i32::MAX);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if job.stop.is_requested() {
+            break;
+        }
+        job.probe.fetch.begin(job.slot);
+        let result = tokio::select! {
+            r = job.handle.fetch(job.offset, job.max_bytes, max_wait_ms) => r,
+            _ = job.stop.requested() => break,
+        };
+        match result {
+            Ok((records, high_watermark)) => {
+                // Waiting on a full channel below is backpressure, not a stuck broker.
+                job.probe.fetch.end(job.slot);
+                backoff = Duration::from_millis(100);
+                if let Some(last) = records.last() {
+                    job.offset = last.offset + 1;
+                    let msg = Fetched::Records {
+                        records,
+                        high_watermark,
+                    };
+                    tokio::select! {
+                        sent = job.tx.send(msg) => if sent.is_err() { break },
+                        _ = job.stop.requested() => break,
+                    }
+                }
+                if job.until_caught_up && job.offset >= high_watermark {
+                    let _ = job.tx.send(Fetched::CaughtUp).await;
+                    break;
+                }
+            }
+            Err(KafkaError::OffsetOutOfRange {
+                earliest,
+                requested,
+                ..
+            }) if job.on_data_loss == DataLossPolicy::Earliest && requested < earliest => {
+                tracing::error!(
+                    partition,
+                    requested,
+                    earliest,
+                    lost = earliest - requested,
+                    "Data deleted by retention; continuing from earliest (--on-data-loss earliest)"
+                );
+                job.offset = earliest;
+            }
+            Err(e @ KafkaError::OffsetOutOfRange { .. }) => {
+                let _ = job.tx.send(Fetched::Failed(e)).await;
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(partition, offset = job.offset, error = %e, retry_in = ?backoff, "Fetch failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = job.stop.requested() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    job.probe.fetch.end(job.slot);
+}
+
+/// Decodes fetched batches on the blocking pool, one at a time, in order.
+async fn decode_partition(
+    partition: i32,
+    decoder: Arc<Decoder>,
+    cache: EnrichmentCache,
+    mut rx: mpsc::Receiver<Fetched>,
+    tx: mpsc::Sender<Decoded>,
+    clock: Clock,
+) {
+    while let Some(msg) = rx.recv().await {
+        let out = match msg {
+            Fetched::CaughtUp => Decoded::CaughtUp,
+            Fetched::Failed(e) => Decoded::Failed(e.into()),
+            Fetched::Records {
+                records,
+                high_watermark,
+            } => {
+                let decoder = Arc::clone(&decoder);
+                let table = Arc::clone(cache.snapshot().table());
+                let now = clock.now().wall_ms;
+                let decoded = tokio::task::spawn_blocking(move || {
+                    let raw = records.iter().map(|r| RawRecord {
+                        offset: r.offset,
+                        timestamp_ms: r.record.timestamp.timestamp_millis(),
+                        key: r.record.key.as_deref(),
+                        value: r.record.value.as_deref(),
+                    });
+                    decoder.decode(partition, raw, &table, now)
+                })
+                .await;
+                match decoded {
+                    Ok(Ok(batch)) => {
+                        cache.count_lookups(batch.enrich_hits, batch.enrich_misses);
+                        Decoded::Batch {
+                            batch: Box::new(batch),
+                            high_watermark,
+                        }
+                    }
+                    Ok(Err(e)) => Decoded::Failed(ConsumeError::Internal(e.to_string())),
+                    Err(e) => Decoded::Failed(ConsumeError::Internal(format!(
+                        "the decoding task of partition {partition} failed: {e}"
+                    ))),
+                }
+            }
+        };
+        let last = !matches!(out, Decoded::Batch { .. });
+        if tx.send(out).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+struct ProcessJob {
+    partition: i32,
+    pipeline: PartitionPipeline,
+    rx: mpsc::Receiver<Decoded>,
+    events: mpsc::Sender<Event>,
+    stop: Shutdown,
+    board: Arc<Mutex<Board>>,
+    status: Arc<PartitionStatus>,
+    counters: Arc<Counters>,
+    metrics: ConsumeMetrics,
+    clock: Clock,
+    checkpoint_interval: Duration,
+    close_at_end: bool,
+}
+
+/// What the processor does next.
+enum Step {
+    Batch(Box<DecodedBatch>),
+    Tick(Option<i64>),
+    Checkpoint,
+    Finish { close_windows: bool },
+}
+
+/// Runs one partition's pipeline: batches, ticks and checkpoints, each on the blocking pool.
+async fn process(job: ProcessJob) {
+    let partition = job.partition;
+    let events = job.events.clone();
+    let mut processor = Processor {
+        pipeline: Some(job.pipeline),
+        rx: job.rx,
+        events: job.events,
+        stop: job.stop,
+        board: job.board,
+        status: job.status,
+        counters: job.counters,
+        metrics: job.metrics,
+        clock: job.clock,
+        checkpoint_interval: job.checkpoint_interval,
+        close_at_end: job.close_at_end,
+        partition,
+        dirty: false,
+        last_commit: Instant::now(),
+    };
+    let event = match processor.run().await {
+        Ok(()) => Event::Done { partition },
+        Err(error) => Event::Failed { partition, error },
+    };
+    let _ = events.send(event).await;
+}
+
+struct Processor {
+    partition: i32,
+    /// Out only while a step runs on the blocking pool.
+    pipeline: Option<PartitionPipeline>,
+    rx: mpsc::Receiver<Decoded>,
+    events: mpsc::Sender<Event>,
+    stop: Shutdown,
+    board: Arc<Mutex<Board>>,
+    status: Arc<PartitionStatus>,
+    counters: Arc<Counters>,
+    metrics: ConsumeMetrics,
+    clock: Clock,
+    checkpoint_interval: Duration,
+    close_at_end: bool,
+    /// Something changed since the last commit.
+    dirty: bool,
+    last_commit: Instant,
+}
+
+impl Processor {
+    async fn run(&mut self) -> Result<(), ConsumeError> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.status.processor.beat();
+            let step = tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    Some(Decoded::Batch { batch, high_watermark }) => {
+                        self.status.high_watermark.store(high_watermark, Ordering::Relaxed);
+                        Step::Batch(batch)
+                    }
+                    Some(Decoded::CaughtUp) => Step::Finish { close_windows: self.close_at_end },
+                    Some(Decoded::Failed(e)) => return Err(e),
+                    None => Step::Finish { close_windows: false },
+                },
+                _ = tick.tick() => {
+                    if self.dirty && self.last_commit.elapsed() >= self.checkpoint_interval {
+                        Step::Checkpoint
+                    } else {
+                        let boundary = self.board.lock().unwrap_or_else(|p| p.into_inner()).boundary();
+                        Step::Tick(boundary)
+                    }
+                }
+                _ = self.stop.requested() => Step::Finish { close_windows: false },
+            };
+            let finishing = matches!(step, Step::Finish { .. });
+            let progress = self.step(step).await?;
+            if finishing {
+                return Ok(());
+            }
+            // A close becomes final, and counts for _SUCCESS, only once committed.
+            if progress.tally.windows_closed > 0 {
+                self.step(Step::Checkpoint).await?;
+            }
+        }
+    }
+
+    /// Runs one step on the blocking pool, then counts, publishes and reports its commits.
+    async fn step(&mut self, step: Step) -> Result<Progress, ConsumeError> {
+        let now = self.clock.now();
+        let mut p = self
+            .pipeline
+            .take()
+            .expect("the pipeline is back after every step");
+        let (p, result) = tokio::task::spawn_blocking(move || {
+            let result = run_step(&mut p, step, now);
+            (p, result)
+        })
+        .await
+        .map_err(|e| ConsumeError::Internal(format!("a processing task failed: {e}")))?;
+        let outcome = result.map(|(progress, commits)| {
+            publish(&p, &self.status, &self.board, now);
+            (progress, commits, p.core().closed_before())
+        });
+        self.pipeline = Some(p);
+        let (progress, commits, closed_before) = outcome?;
+        for size in self.counters.add_progress(&progress) {
+            self.metrics.file_size.record(size as f64);
+        }
+        if progress.tally.records_read > 0 || !progress.written.is_empty() {
+            self.dirty = true;
+        }
+        for (committed, duration) in commits {
+            self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .checkpoint_duration
+                .record(duration.as_secs_f64());
+            self.dirty = false;
+            self.last_commit = Instant::now();
+            let _ = self
+                .events
+                .send(Event::Committed {
+                    partition: self.partition,
+                    closed_before,
+                    closed: committed.closed,
+                })
+                .await;
+        }
+        Ok(progress)
+    }
+}
+
+type StepResult = Result<(Progress, Vec<(core::Committed, Duration)>), PipelineError>;
+
+fn run_step(p: &mut PartitionPipeline, step: Step, now: Now) -> StepResult {
+    let mut commits = Vec::new();
+    let progress = match step {
+        Step::Batch(batch) => p.process(&batch, now)?,
+        Step::Tick(boundary) => p.tick(now, boundary)?,
+        Step::Checkpoint => {
+            let mut progress = Progress::default();
+            let started = std::time::Instant::now();
+            let committed = p.checkpoint(&mut progress)?;
+            commits.push((committed, started.elapsed()));
+            progress
+        }
+        Step::Finish { close_windows } => {
+            let mut progress = Progress::default();
+            let started = std::time::Instant::now();
+            for committed in p.finish(close_windows, &mut progress)? {
+                commits.push((committed, started.elapsed()));
+            }
+            progress
+        }
+    };
+    Ok((progress, commits))
+}
+
+/// Publishes a partition's position for the progress line, metrics and idle partitions.
+fn publish(p: &PartitionPipeline, status: &PartitionStatus, board: &Mutex<Board>, now: Now) {
+    let core = p.core();
+    status
+        .next_offset
+        .store(core.next_offset(), Ordering::Relaxed);
+    let (watermark, source) = core.effective_watermark();
+    status
+        .watermark_ms
+        .store(watermark.unwrap_or(i64::MIN), Ordering::Relaxed);
+    status.source.store(source as u64, Ordering::Relaxed);
+    status
+        .open_windows
+        .store(core.open_windows().count() as u64, Ordering::Relaxed);
+    let buffered = p.memory_by_output();
+    for (i, b) in buffered.iter().enumerate() {
+        status.buffered[i].store(*b as u64, Ordering::Relaxed);
+    }
+    board
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .update(core.partition(), core.closed_before(), !core.is_idle(now));
+}

@@ -1,0 +1,315 @@
+//! One partition's processing, synchronously: the pure [`PartitionCore`] decides, the
+//! [`PartitionSink`] writes, and this glue applies the core's effects in order, feeds the
+//! confirmations back, keeps the partition's memory under its bound, and commits its checkpoint.
+//! It blocks on storage I/O; the async layer (`consume::run`) calls it from blocking threads.
+//!
+//! The exactly-once property test at the bottom drives this real code (core, sink, recovery,
+//! checkpoint store) over an in-memory store that can fail any call, i.e. crash between any two
+//! steps, and checks that every offset ends up in exactly one file.
+
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch, UInt32Array};
+use arrow::datatypes::Int64Type;
+
+use super::core::{Committed, CoreConfig, Effect, Now, PartitionCore, Start, Tally};
+use super::decode::DecodedBatch;
+use crate::checkpoint::recovery::{self, Plan};
+use crate::checkpoint::{self, CheckpointError, FileRef, PartitionCheckpoint};
+use crate::output::layout::{Destination, WriterId};
+use crate::output::store::{ObjectInfo, Store};
+use crate::output::{OutputConfig, OutputSchema, PartitionSink, SinkError};
+
+/// Errors of a partition's processing.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("selecting rows for {destination} failed: {message}; this is a bug, please report it")]
+    Select {
+        destination: Destination,
+        message: String,
+    },
+}
+
+/// What a partition's state was recovered to at startup.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    pub checkpoint: Option<PartitionCheckpoint>,
+    pub newest_generation: u64,
+    pub plan: Plan,
+    pub fell_back: Vec<String>,
+}
+
+/// Loads the partition's checkpoint and deletes what it does not cover (see
+/// `checkpoint::recovery`). `listing` is every object of the output, taken once at startup.
+pub fn recover(
+    store: &dyn Store,
+    topic: &str,
+    partition: i32,
+    window_ms: i64,
+    listing: &[ObjectInfo],
+) -> Result<Recovered, CheckpointError> {
+    let loaded = checkpoint::load(store, topic, partition, window_ms)?;
+    let plan = recovery::plan(store, partition, loaded.checkpoint.as_ref(), listing)?;
+    plan.apply(store)?;
+    Ok(Recovered {
+        checkpoint: loaded.checkpoint,
+        newest_generation: loaded.newest_generation,
+        plan,
+        fell_back: loaded.fell_back,
+    })
+}
+
+/// What one call did, for the counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub tally: Tally,
+    /// Files written (final, late, dead-letter and staged).
+    pub written: Vec<(FileKindWritten, FileRef)>,
+}
+
+/// Which output a written file belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKindWritten {
+    Window,
+    Late,
+    DeadLetter,
+    Staged,
+}
+
+/// One partition: core + sink.
+#[derive(Debug)]
+pub struct PartitionPipeline {
+    core: PartitionCore,
+    sink: PartitionSink,
+    writer: WriterId,
+    memory_budget: usize,
+}
+
+/// How a partition runs.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub topic: String,
+    pub core: CoreConfig,
+    pub output: OutputConfig,
+    /// Bound on the bytes of this partition's open row groups; past it, the largest open window
+    /// is staged (memory pressure makes row groups smaller, never files more numerous).
+    pub memory_budget: usize,
+}
+
+impl PartitionPipeline {
+    /// Starts a partition from what [`recover`] found (`fresh_offset` is where a partition
+    /// without a checkpoint starts) and commits a first generation at once: it claims the
+    /// partition (a second writer of it is fenced from here on), and it makes every data file
+    /// written afterwards one that a checkpoint of this partition governs, so a crash before
+    /// the next commit is recovered, not mistaken for an output whose checkpoint was deleted.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        store: Arc<dyn Store>,
+        config: &PipelineConfig,
+        schema: &OutputSchema,
+        partition: i32,
+        writer: WriterId,
+        recovered: &Recovered,
+        fresh_offset: i64,
+        now: Now,
+    ) -> Result<PartitionPipeline, PipelineError> {
+        let start = match &recovered.checkpoint {
+            Some(cp) => Start::Checkpoint(Box::new(cp.clone())),
+            None => Start::Fresh {
+                offset: fresh_offset,
+            },
+        };
+        let mut core = PartitionCore::new(&config.topic, partition, config.core.clone(), start, now);
+        core.set_generation(recovered.newest_generation);
+        let sink = PartitionSink::new(store, partition, writer, schema, &config.output);
+        let mut pipeline = PartitionPipeline {
+            core,
+            sink,
+            writer,
+            memory_budget: config.memory_budget,
+        };
+        pipeline.checkpoint(&mut Progress::default())?;
+        Ok(pipeline)
+    }
+
+    pub fn core(&self) -> &PartitionCore {
+        &self.core
+    }
+
+    /// Bytes held by the partition's open row groups.
+    pub fn memory(&self) -> usize {
+        self.sink.memory()
+    }
+
+    /// Bytes held by open row groups of windows, late windows and dead letters.
+    pub fn memory_by_output(&self) -> [usize; 3] {
+        self.sink.memory_by_output()
+    }
+
+    pub fn set_memory_budget(&mut self, bytes: usize) {
+        self.memory_budget = bytes;
+    }
+
+    /// Routes and writes one decoded batch.
+    pub fn process(&mut self, batch: &DecodedBatch, now: Now) -> Result<Progress, PipelineError> {
+        let routing = self.core.route(&batch.metas, now);
+        let mut out = Progress {
+            tally: routing.tally,
+            ..Progress::default()
+        };
+        self.apply(routing.effects, Some(batch), &mut out)?;
+        self.relieve(&mut out)?;
+        Ok(out)
+    }
+
+    /// Idle detection and advance; `boundary` is the instance boundary an idle partition follows.
+    pub fn tick(&mut self, now: Now, boundary: Option<i64>) -> Result<Progress, PipelineError> {
+        let routing = self.core.tick(now, boundary);
+        let mut out = Progress {
+            tally: routing.tally,
+            ..Progress::default()
+        };
+        self.apply(routing.effects, None, &mut out)?;
+        Ok(out)
+    }
+
+    fn apply(
+        &mut self,
+        effects: Vec<Effect>,
+        batch: Option<&DecodedBatch>,
+        out: &mut Progress,
+    ) -> Result<(), PipelineError> {
+        for effect in effects {
+            match effect {
+                Effect::Rows { dest, rows } => {
+                    let batch = batch.expect("rows come with a batch");
+                    let selected = select(&batch.rows, &rows, dest)?;
+                    let offsets = selected
+                        .column_by_name(crate::output::parquet::COLUMN_OFFSET)
+                        .expect("output rows have kafka_offset")
+                        .as_primitive::<Int64Type>();
+                    let (first, last) = (offsets.value(0), offsets.value(offsets.len() - 1));
+                    self.sink.append(dest, &selected, first, last)?;
+                }
+                Effect::DeadLetters { letters } => {
+                    let batch = batch.expect("dead letters come with a batch");
+                    let selected = select(&batch.dead, &letters, Destination::DeadLetter)?;
+                    let offsets = selected.column(1).as_primitive::<Int64Type>();
+                    let (first, last) = (offsets.value(0), offsets.value(offsets.len() - 1));
+                    self.sink
+                        .append(Destination::DeadLetter, &selected, first, last)?;
+                }
+                Effect::Close { window } => {
+                    let staged = self.core.closing_staged(window).to_vec();
+                    let files = self.sink.close_window(window, &staged)?;
+                    for f in &files {
+                        out.written.push((FileKindWritten::Window, f.clone()));
+                    }
+                    self.core.window_closed(window, files);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages the largest open windows while over the memory bound; then, if late rows or dead
+    /// letters are what holds the memory, writes them early.
+    fn relieve(&mut self, out: &mut Progress) -> Result<(), PipelineError> {
+        while self.sink.memory() > self.memory_budget {
+            let Some((window, _)) = self.sink.largest_window() else {
+                break;
+            };
+            self.stage(window, out)?;
+        }
+        if self.sink.memory() > self.memory_budget {
+            self.flush_side(out)?;
+        }
+        Ok(())
+    }
+
+    fn stage(&mut self, window: i64, out: &mut Progress) -> Result<(), PipelineError> {
+        if let Some(file) = self.sink.stage(window)? {
+            out.written.push((FileKindWritten::Staged, file.clone()));
+            self.core.window_staged(window, file);
+        }
+        Ok(())
+    }
+
+    fn flush_side(&mut self, out: &mut Progress) -> Result<(), PipelineError> {
+        for window in self.core.late_in_memory() {
+            if let Some(file) = self.sink.flush_side(Destination::Late(window))? {
+                out.written.push((FileKindWritten::Late, file.clone()));
+                self.core.late_written(window, file);
+            }
+        }
+        if self.core.dead_letters_in_memory() {
+            if let Some(file) = self.sink.flush_side(Destination::DeadLetter)? {
+                out.written.push((FileKindWritten::DeadLetter, file.clone()));
+                self.core.dead_letters_written(file);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes late rows and dead letters, then commits the partition's checkpoint and deletes
+    /// staged files no retained generation needs. Fails with `Fenced` if another writer
+    /// committed this generation first.
+    pub fn checkpoint(&mut self, out: &mut Progress) -> Result<Committed, PipelineError> {
+        self.flush_side(out)?;
+        let cp = self.core.capture(self.writer);
+        checkpoint::commit(self.sink.store().as_ref(), &cp)?;
+        let committed = self.core.committed(cp.generation);
+        for (window, file) in &committed.retired_staged {
+            self.sink.delete_staged(*window, file)?;
+        }
+        Ok(committed)
+    }
+
+    /// End of input or shutdown: with `close_windows`, every window closes (end of stream);
+    /// otherwise the open windows' rows in memory are staged so the checkpoint covers them. Then
+    /// commits (twice when the first commit retired staged files, so they are deleted too).
+    pub fn finish(
+        &mut self,
+        close_windows: bool,
+        out: &mut Progress,
+    ) -> Result<Vec<Committed>, PipelineError> {
+        if close_windows {
+            let routing = self.core.close_all();
+            out.tally.add(&routing.tally);
+            self.apply(routing.effects, None, out)?;
+        } else {
+            for window in self.core.windows_in_memory() {
+                self.stage(window, out)?;
+            }
+        }
+        let mut commits = vec![self.checkpoint(out)?];
+        if self.core.has_retired() {
+            commits.push(self.checkpoint(out)?);
+        }
+        Ok(commits)
+    }
+}
+
+/// The rows at `indices` (increasing) of `batch`: a zero-copy slice when contiguous.
+fn select(
+    batch: &RecordBatch,
+    indices: &[u32],
+    destination: Destination,
+) -> Result<RecordBatch, PipelineError> {
+    let (first, last) = (indices[0] as usize, indices[indices.len() - 1] as usize);
+    if last - first + 1 == indices.len() {
+        return Ok(batch.slice(first, indices.len()));
+    }
+    let indices = UInt32Array::from(indices.to_vec());
+    arrow::compute::take_record_batch(batch, &indices).map_err(|e| PipelineError::Select {
+        destination,
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests;
