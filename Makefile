@@ -19,7 +19,7 @@ unexport TEST_CMD
 
 SERVICES := scripts/services.sh
 
-.PHONY: help up down status seed load-bancos logs test fmt lint build
+.PHONY: help up down status seed load-bancos logs test fmt lint build python-env
 
 help:
 	@echo "make up | down | status | logs      local Kafka + MariaDB (127.0.0.1:$(KAFKA_PORT), :$(MYSQL_PORT))"
@@ -27,7 +27,8 @@ help:
 	@echo "make load-bancos FILE=x.tsv        replace table bancos with a Banco Central enquadramento file"
 	@echo "make demo [DATA=dir] [BANCOS=x.tsv]  the whole pipeline on fixtures/ (or DATA), with a summary"
 	@echo "make static                        static musl binary (target/static/app, stripped)"
-	@echo "make test                          start missing services, run TEST_CMD, stop what it started"
+	@echo "make test                          Python readers (.local/venv), start missing services, run TEST_CMD, stop what it started"
+	@echo "make python-env                    create/update .local/venv (duckdb, pyarrow, pandas, polars; pinned)"
 	@echo "make fmt | lint | build            cargo fmt / fmt --check + clippy / build --release"
 	@echo "make chaos                         long fault runs (CHAOS=1 tests/faults.rs, release; FUZZ_SECONDS=N fuzzes too)"
 	@echo "make bench | bench-quick           benchmarks vs kcat, Kafka perf tools, the seed's Python/PySpark (BENCHMARKS.md)"
@@ -52,9 +53,11 @@ load-bancos:
 logs:
 	@$(SERVICES) logs
 
-# Starts only the services that are not running, runs $(TEST_CMD), then stops exactly
+# Creates/updates the tests' Python readers (.local/venv, scripts/python-env.sh; instant when
+# current), starts only the services that are not running, runs $(TEST_CMD), then stops exactly
 # those it started (also on failure or Ctrl-C); exits with the test command's status.
 test:
+	@scripts/python-env.sh
 	@TEST_CMD='$(subst ','\'',$(value TEST_CMD))' scripts/with-services.sh
 
 fmt:
@@ -67,6 +70,11 @@ lint:
 
 build:
 	cargo build --release
+
+# The pinned Python environment of the independent Parquet readers (.local/venv); test, chaos
+# and demo run it themselves.
+python-env:
+	@scripts/python-env.sh
 
 # --- Reserved for the pipeline owner (targets to be added here) -------------------
 # Whole pipeline on fixtures/ (or DATA=dir|files|glob) into a new topic and demo-output/<run>/.

@@ -8,8 +8,11 @@
 #   and consume; PRIVATE MariaDB stopped during consume and at startup; output disk full;
 #   damaged checkpoints; retention below the checkpoint (the same as in `make test`).
 #
-# The private instance lives in .local/faults (Kafka 127.0.0.1:19092/19093, MariaDB :13306);
-# the tests start it and stop what they started. The shared services are never stopped.
+# The private instance lives in .local/faults (Kafka 127.0.0.1:19092/19093, MariaDB :13306;
+# RECLAMACOES_FAULTS_KAFKA_PORT, RECLAMACOES_FAULTS_KAFKA_CONTROLLER_PORT and
+# RECLAMACOES_FAULTS_MYSQL_PORT move it, so that two checkouts can run this at once); the tests
+# start it and stop what they started. The shared services are never stopped. The tests read
+# the output back with DuckDB from .local/venv, which scripts/python-env.sh creates first.
 #
 # Optional: FUZZ_SECONDS=N also runs each cargo-fuzz target for N seconds (needs nightly and
 # cargo-fuzz; see fuzz/README.md). CHAOS_FILTER=name runs only the matching fault tests.
@@ -21,6 +24,7 @@ cd "$ROOT"
 
 log() { printf '[chaos] %s\n' "$*" >&2; }
 
+scripts/python-env.sh
 started=$(date +%s)
 log "fault suite, CHAOS=1, release build (1,000,000 records, 20 consumer SIGKILLs)"
 CHAOS=1 scripts/with-services.sh cargo test --release --test faults -- \

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The whole pipeline in one command (`make demo`), on a fresh machine, with or without Docker:
 #   1. start Kafka + MariaDB if they are not running (scripts/services.sh up)
-#   2. build the release binary (cargo build --release)
-#   3. (re)load table bancos: sql/seed.sql, or BANCOS=file.tsv (an enquadramento file)
-#   4. app produce: DATA (default fixtures/) -> a new topic demo-<timestamp>
-#   5. app consume --until-caught-up: that topic -> demo-output/<run>/ (1-minute windows)
-#   6. app inspect on the output, then the commands to query it with DuckDB and pyarrow (and,
-#      when .local/venv/bin/python has duckdb, the DuckDB query run for real)
+#   2. the Python readers: .local/venv with pinned duckdb and pyarrow (scripts/python-env.sh;
+#      instant when current)
+#   3. build the release binary (cargo build --release)
+#   4. (re)load table bancos: sql/seed.sql, or BANCOS=file.tsv (an enquadramento file)
+#   5. app produce: DATA (default fixtures/) -> a new topic demo-<timestamp>
+#   6. app consume --until-caught-up: that topic -> demo-output/<run>/ (1-minute windows)
+#   7. app inspect on the output, a summary with the commands to query it with DuckDB and
+#      pyarrow, and those commands run with .local/venv/bin/python (independent readers)
 # Every run uses its own topic and output directory, so it can be repeated as is.
 #
 # Environment: DATA (CSV files, a directory or a glob; default fixtures), BANCOS (TSV that
@@ -34,14 +36,14 @@ TOPIC=$RUN
 OUT=demo-output/$RUN
 LOGS=$OUT/_logs
 APP=$ROOT/target/release/app
-PYTHON=$ROOT/.local/venv/bin/python
+PYTHON=${LOCAL_DIR:-$ROOT/.local}/venv/bin/python
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 T0=$(now)
 STEP_T0=$T0
 STEP=0
-STEPS=6
+STEPS=7
 step() {
   if ((STEP > 0)); then printf '    done in %s s\n' "$(elapsed "$STEP_T0")"; fi
   STEP=$((STEP + 1))
@@ -64,6 +66,9 @@ if [[ -n $BANCOS && ! -r $BANCOS ]]; then die "BANCOS=$BANCOS: cannot read that 
 
 step "services: Kafka on $KAFKA_BROKERS and MariaDB (scripts/services.sh up: starts only what is not running)"
 scripts/services.sh up || die "the local services did not start (see the messages above; \`make logs\` lists the log files)"
+
+step "Python readers: ${PYTHON#"$ROOT"/} with duckdb and pyarrow (scripts/python-env.sh)"
+scripts/python-env.sh || die "the Python environment of the readers could not be made (see the message above)"
 
 step "build: cargo build --release --bin app"
 command -v cargo >/dev/null 2>&1 ||
@@ -114,7 +119,25 @@ ENRICH_HINT=
 if [[ -z $BANCOS && $(field "$C" enrichment) == "0 hits"* ]]; then
   ENRICH_HINT=$'\n                  no hits: table bancos holds the fictional seed that matches fixtures/; with the real\n                  data, also load the real table: make demo DATA=... BANCOS=.../EnquadramentoInicia_v2.tsv'
 fi
+
+# ==== Independent readers: the DuckDB query and the pyarrow read (the ONE place for them) ====
+# The summary prints these commands and the run ends by executing them, exactly as printed,
+# with .local/venv/bin/python (step 2). A change of the output layout or of the read calls is
+# made here only.
+PY_SHOWN=${PYTHON#"$ROOT"/}
 DUCKDB_SQL="SELECT banco_segmento, count(*) AS linhas, sum(quantidade_total_de_reclamacoes) AS reclamacoes FROM read_parquet('$GLOB', hive_partitioning = false) GROUP BY ALL ORDER BY banco_segmento NULLS LAST"
+DUCKDB_PY="import sys, duckdb; duckdb.sql(sys.argv[1]).show()"
+PYARROW_PY="import pyarrow.dataset as ds; t = ds.dataset('$OUT', format='parquet', partitioning=None).to_table(); print(t.num_rows, 'rows,', t.num_columns, 'columns'); print(t.schema.remove_metadata())"
+run_readers() {
+  echo
+  echo "Independent readers, run now (proof that other tools read the files):"
+  echo "  DuckDB $("$PYTHON" -c 'import duckdb; print(duckdb.__version__)'):"
+  "$PYTHON" -c "$DUCKDB_PY" "$DUCKDB_SQL" | sed 's/^/    /' || die "the DuckDB query failed (command above)"
+  echo "  pyarrow $("$PYTHON" -c 'import pyarrow; print(pyarrow.__version__)'):"
+  "$PYTHON" -c "$PYARROW_PY" | sed 's/^/    /' || die "the pyarrow read failed (command above)"
+}
+# =============================================================================================
+
 cat <<EOF
 
 ==================================== demo summary ====================================
@@ -132,25 +155,16 @@ dead letters:     $(field "$C" "dead letters")
 output:           $OUT/   (window_start=*/part-*.parquet; logs and summaries in $LOGS/)
 total time:       $(elapsed "$T0") s
 
-Query the files:
-  DuckDB (CLI, or: pip install duckdb and use duckdb.sql(...) in Python):
-    duckdb -c "$DUCKDB_SQL"
+Query the files (.local/venv has duckdb and pyarrow; make python-env makes it):
+  DuckDB:
+    $PY_SHOWN -c "$DUCKDB_PY" "$DUCKDB_SQL"
+    (or with the DuckDB CLI: duckdb -c "$DUCKDB_SQL")
   pyarrow:
-    python3 -c "import pyarrow.dataset as ds; t = ds.dataset('$OUT', format='parquet', partitioning=None).to_table(); print(t.num_rows, 'rows'); print(t.schema)"
+    $PY_SHOWN -c "$PYARROW_PY"
   (pyarrow skips the _late, _dead_letter, _checkpoint, _logs and _rejects folders: names starting with _ are ignored)
   Look again later: target/release/app inspect $OUT   (add --json for scripts)
 EOF
 
-if [[ -x $PYTHON ]] && "$PYTHON" -c 'import duckdb' 2>/dev/null; then
-  echo
-  echo "DuckDB, run now with $PYTHON (proof that an independent reader sees the rows):"
-  "$PYTHON" - "$DUCKDB_SQL" <<'PY' | sed 's/^/    /' || die "the DuckDB query failed"
-import sys, duckdb
-duckdb.sql(sys.argv[1]).show()
-PY
-else
-  echo
-  echo "(.local/venv/bin/python with duckdb not found: the DuckDB query above was not run)"
-fi
+run_readers
 echo
 echo "[demo] run $RUN finished in $(elapsed "$T0") s"

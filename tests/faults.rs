@@ -12,8 +12,10 @@
 //! | `damaged_checkpoint_...` | checkpoint truncated; both generations damaged; the only file empty; the checkpoint directory deleted | falls back to the previous generation (logged, damaged file kept aside); otherwise a clear error and nothing in the output touched |
 //! | `retention_below_the_checkpoint_...` | DeleteRecords past the checkpoint | `--on-data-loss fail` errors with the numbers; `earliest` continues and the loss is exactly the deleted range |
 //!
-//! The PRIVATE instance (`LOCAL_DIR=.local/faults`, Kafka 19092/19093, MariaDB 13306) is started
-//! by the tests that need it and stopped again afterwards; the shared services are never stopped.
+//! The PRIVATE instance (`LOCAL_DIR=.local/faults`, Kafka 19092/19093, MariaDB 13306; other ports
+//! with `RECLAMACOES_FAULTS_KAFKA_PORT`, `RECLAMACOES_FAULTS_KAFKA_CONTROLLER_PORT`,
+//! `RECLAMACOES_FAULTS_MYSQL_PORT`) is started by the tests that need it and stopped again
+//! afterwards; the shared services are never stopped.
 //! `CHAOS=1` (what `make chaos` sets) makes the long variants run; without it the short ones run.
 
 mod faultkit;
@@ -323,14 +325,24 @@ async fn sigkilled_consumer_writes_exactly_once_and_late_only_what_is_late() {
         done.both()
     );
 
-    // Killed: SIGKILL at random moments until `wanted_kills` kills hit a run mid-stream.
+    // Killed: SIGKILL at random moments until `wanted_kills` kills hit a run mid-stream. Kills
+    // are paced by the committed progress, not by the clock, so they spread over the stream
+    // whatever the machine's speed: each run is killed once its committed offsets pass a random
+    // target (what is left of the kill span shared among the kills still to come, times a random
+    // factor in [0.5, 1.5)), after a further random delay of up to 100 ms, so the kill lands
+    // anywhere between checkpoints (in a flush, a rename, a checkpoint write, or a replay after
+    // the previous kill). The kill span is the first 90% of the stream, less twice the largest
+    // overshoot seen (committed offsets past the target at the kill), so that no run reaches the
+    // end before it is killed; past the span, runs are killed during startup or replay.
     let killed = work.path().join("killed");
-    // Spread the kills so that all of them can land before the end of the stream: a run makes
-    // progress for about its lifetime minus startup and replay.
-    let max_sleep_ms = (reference_time.as_millis() as u64 / u64::from(wanted_kills)).max(1000);
-    let (mut kills, mut attempts) = (0u32, 0u32);
+    let (mut kills, mut attempts, mut overshoot) = (0u32, 0u32, 0u64);
     while kills < wanted_kills && attempts < wanted_kills * 8 {
         attempts += 1;
+        let kill_span = (total * 9 / 10).min(total.saturating_sub(2 * overshoot));
+        let committed = faultkit::committed_offsets(&killed);
+        let stride = kill_span.saturating_sub(committed) / u64::from(wanted_kills - kills);
+        let target = (committed + stride / 2 + rand::random::<u64>() % (stride + 1))
+            .min(kill_span.max(committed));
         let mut child = app(&brokers, &mysql)
             .args(consume_args(&killed))
             .current_dir(work.path())
@@ -338,16 +350,25 @@ async fn sigkilled_consumer_writes_exactly_once_and_late_only_what_is_late() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(
-            150 + rand::random::<u64>() % max_sleep_ms,
-        ));
+        let deadline = Instant::now() + HANG_GUARD;
+        while child.try_wait().unwrap().is_none() && faultkit::committed_offsets(&killed) < target {
+            assert!(
+                Instant::now() < deadline,
+                "run {attempts} did not commit up to {target} of {total} offsets within {HANG_GUARD:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 100));
         let still_running = child.try_wait().unwrap().is_none();
         if still_running {
             child.kill().unwrap(); // SIGKILL
         }
         child.wait().unwrap();
-        if still_running && faultkit::committed_offsets(&killed) < total {
+        let after = faultkit::committed_offsets(&killed);
+        overshoot = overshoot.max(after.saturating_sub(target));
+        if still_running && after < total {
             kills += 1;
+            eprintln!("kill {kills}: target {target}, committed {after} of {total}");
         }
     }
     assert!(
@@ -362,7 +383,8 @@ async fn sigkilled_consumer_writes_exactly_once_and_late_only_what_is_late() {
     );
     assert!(last.status.success(), "final run failed\n{}", last.both());
     eprintln!(
-        "{kills} SIGKILLs survived over {total} records (reference run {reference_time:?})\n{}",
+        "{kills} SIGKILLs in {attempts} attempts survived over {total} records (reference run \
+         {reference_time:?})\n{}",
         last.stdout
     );
 
@@ -912,7 +934,7 @@ async fn mariadb_outage_keeps_the_stale_map_and_refresh_recovers() {
     );
     let message = fresh.both();
     assert!(
-        message.contains(&format!("127.0.0.1:{}", faultkit::PRIVATE_MYSQL_PORT))
+        message.contains(&format!("127.0.0.1:{}", faultkit::private_mysql_port()))
             && message.contains("3s")
             && !message.contains("reclamacoes@")
             && !message.contains(":reclamacoes"),

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: where the real services are, random names, the
-//! `app` binary, and independent readers (kcat). A service that cannot be reached fails the test
-//! with a message saying to run `make up`; nothing is skipped.
+//! `app` binary, and independent readers (kcat; DuckDB from the Python environment that
+//! `scripts/python-env.sh` makes, which `make test` and `make chaos` run first). A service or
+//! reader that cannot be reached fails the test with a message saying what to run; nothing is
+//! skipped. `tests/faultkit` re-exports the DuckDB reader from here.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -127,7 +129,7 @@ pub fn kcat_read_all(topic: &str) -> Vec<KcatRecord> {
             "beginning",
         ])
         .output()
-        .expect("kcat is installed (Debian package `kcat`; .ci/run installs it)");
+        .expect("kcat is installed (Debian package `kcat`; `make test` / `make up` install it)");
     assert!(
         out.status.success(),
         "kcat failed: {}",
@@ -167,15 +169,18 @@ pub fn run_java(source: &str, class: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The Python interpreter of the independent readers: `RECLAMACOES_PYTHON` when set, else
+/// `.local/venv/bin/python` (made by `scripts/python-env.sh`, which `make test` runs).
+pub fn python() -> PathBuf {
+    std::env::var_os("RECLAMACOES_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".local/venv/bin/python"))
+}
+
 /// Runs SQL in DuckDB (an independent Parquet reader; `{out}` is replaced by the output
 /// directory) and returns the rows as JSON arrays.
 pub fn duckdb(out: &Path, sql: &str) -> Vec<Vec<serde_json::Value>> {
-    let python = std::env::var("RECLAMACOES_PYTHON").unwrap_or_else(|_| {
-        repo_root()
-            .join(".local/venv/bin/python")
-            .display()
-            .to_string()
-    });
+    let python = python();
     let script = r#"
 import sys, json, duckdb
 rows = duckdb.sql(sys.argv[1]).fetchall()
@@ -187,12 +192,17 @@ print(json.dumps([[v if isinstance(v, (int, float, str, type(None), bool)) else 
         .output()
         .unwrap_or_else(|e| {
             panic!(
-                "cannot run {python} ({e}); `.ci/run` creates .local/venv with duckdb and pyarrow"
+                "cannot run {} ({e}): the Python readers are missing. Run the tests through \
+                 `make test` (it runs scripts/python-env.sh first), or run \
+                 scripts/python-env.sh once, which creates .local/venv with duckdb and pyarrow",
+                python.display()
             )
         });
     assert!(
         result.status.success(),
-        "duckdb failed on {sql}: {}",
+        "duckdb ({}) failed on {sql}: {}\n(if duckdb is missing there, rerun \
+         scripts/python-env.sh; it reinstalls the pinned set)",
+        python.display(),
         String::from_utf8_lossy(&result.stderr)
     );
     serde_json::from_slice(&result.stdout).unwrap()

@@ -2,12 +2,19 @@
 //! `tests/security.rs`):
 //!
 //! - [`Private`]: a PRIVATE Kafka + MariaDB (`scripts/services.sh` with
-//!   `LOCAL_DIR=.local/faults`, ports 19092/19093/13306) that tests may stop and start; the
-//!   shared instance (9092/3306) is never stopped. Tests that use it hold a process-wide lock, so
-//!   they run one at a time; whatever `acquire` started is stopped again when the guard drops.
-//! - an independent Parquet reader (DuckDB in `.local/venv`), a topic reader (rskafka), a
-//!   Banco Central CSV generator, and child-process helpers (wait with a bound, read stderr).
+//!   `LOCAL_DIR=.local/faults`, ports 19092/19093/13306, or `RECLAMACOES_FAULTS_KAFKA_PORT`,
+//!   `RECLAMACOES_FAULTS_KAFKA_CONTROLLER_PORT`, `RECLAMACOES_FAULTS_MYSQL_PORT`, so that two
+//!   checkouts can run the fault suite at once) that tests may stop and start; the shared
+//!   instance (9092/3306) is never stopped. Tests that use it hold a process-wide lock, so they
+//!   run one at a time; whatever `acquire` started is stopped again when the guard drops.
+//! - the independent Parquet reader of `tests/common` ([`duckdb`], re-exported), a topic reader
+//!   (rskafka), a Banco Central CSV generator, and child-process helpers (wait with a bound,
+//!   read stderr).
 #![allow(dead_code)]
+
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::duckdb;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -19,9 +26,30 @@ use std::time::{Duration, Instant};
 use reclamacoes::kafka::{Kafka, KafkaConfig, PartitionHandle};
 use serde_json::Value as Json;
 
-pub const PRIVATE_KAFKA_PORT: u16 = 19092;
-pub const PRIVATE_KAFKA_CONTROLLER_PORT: u16 = 19093;
-pub const PRIVATE_MYSQL_PORT: u16 = 13306;
+/// A port of the private instance: `var` when set, else `default`.
+fn private_port(var: &str, default: u16) -> u16 {
+    match std::env::var(var) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            panic!("{var}={v:?} is not a TCP port; set it to a free port (1-65535) or unset it")
+        }),
+        Err(_) => default,
+    }
+}
+
+/// Kafka listener of the private instance (`RECLAMACOES_FAULTS_KAFKA_PORT`, default 19092).
+pub fn private_kafka_port() -> u16 {
+    private_port("RECLAMACOES_FAULTS_KAFKA_PORT", 19092)
+}
+
+/// Kafka controller of the private instance (`RECLAMACOES_FAULTS_KAFKA_CONTROLLER_PORT`, 19093).
+pub fn private_kafka_controller_port() -> u16 {
+    private_port("RECLAMACOES_FAULTS_KAFKA_CONTROLLER_PORT", 19093)
+}
+
+/// MariaDB of the private instance (`RECLAMACOES_FAULTS_MYSQL_PORT`, default 13306).
+pub fn private_mysql_port() -> u16 {
+    private_port("RECLAMACOES_FAULTS_MYSQL_PORT", 13306)
+}
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -32,11 +60,14 @@ pub fn private_dir() -> PathBuf {
 }
 
 pub fn private_brokers() -> String {
-    format!("127.0.0.1:{PRIVATE_KAFKA_PORT}")
+    format!("127.0.0.1:{}", private_kafka_port())
 }
 
 pub fn private_mysql_url() -> String {
-    format!("mysql://reclamacoes:reclamacoes@127.0.0.1:{PRIVATE_MYSQL_PORT}/reclamacoes_db")
+    format!(
+        "mysql://reclamacoes:reclamacoes@127.0.0.1:{}/reclamacoes_db",
+        private_mysql_port()
+    )
 }
 
 static PRIVATE_LOCK: Mutex<()> = Mutex::new(());
@@ -79,19 +110,23 @@ impl Private {
         let out = Command::new(repo_root().join("scripts/services.sh"))
             .args(args)
             .env("LOCAL_DIR", private_dir())
-            .env("KAFKA_PORT", PRIVATE_KAFKA_PORT.to_string())
+            .env("KAFKA_PORT", private_kafka_port().to_string())
             .env(
                 "KAFKA_CONTROLLER_PORT",
-                PRIVATE_KAFKA_CONTROLLER_PORT.to_string(),
+                private_kafka_controller_port().to_string(),
             )
-            .env("MYSQL_PORT", PRIVATE_MYSQL_PORT.to_string())
+            .env("MYSQL_PORT", private_mysql_port().to_string())
             .env("SERVICES_MODE", "local")
             .output()
             .expect("run scripts/services.sh");
         assert!(
             out.status.success(),
-            "private services `{}` failed (LOCAL_DIR=.local/faults, ports {PRIVATE_KAFKA_PORT}/{PRIVATE_MYSQL_PORT}):\n{}",
+            "private services `{}` failed (LOCAL_DIR=.local/faults, ports {}/{}/{}; another checkout \
+             running the fault suite needs other RECLAMACOES_FAULTS_*_PORT values):\n{}",
             args.join(" "),
+            private_kafka_port(),
+            private_kafka_controller_port(),
+            private_mysql_port(),
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -149,7 +184,7 @@ impl Private {
                 "-h",
                 "127.0.0.1",
                 "-P",
-                &PRIVATE_MYSQL_PORT.to_string(),
+                &private_mysql_port().to_string(),
                 "-u",
                 "reclamacoes",
                 "-preclamacoes",
@@ -266,35 +301,6 @@ pub fn source_of(value: &[u8]) -> (String, u64) {
     )
 }
 
-/// Runs SQL in DuckDB (`.local/venv`) over `out` (`{out}` is replaced by its path) and returns
-/// the rows as JSON arrays.
-pub fn duckdb(out: &Path, sql: &str) -> Vec<Vec<Json>> {
-    let python = std::env::var("RECLAMACOES_PYTHON").unwrap_or_else(|_| {
-        repo_root()
-            .join(".local/venv/bin/python")
-            .display()
-            .to_string()
-    });
-    let script = r#"
-import sys, json, duckdb
-rows = duckdb.sql(sys.argv[1]).fetchall()
-print(json.dumps([[v if isinstance(v, (int, float, str, type(None), bool)) else str(v) for v in r] for r in rows]))
-"#;
-    let sql = sql.replace("{out}", &out.display().to_string());
-    let result = Command::new(&python)
-        .args(["-c", script, &sql])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {python} ({e}); `.ci/run` creates .local/venv with duckdb")
-        });
-    assert!(
-        result.status.success(),
-        "duckdb failed on {sql}: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    serde_json::from_slice(&result.stdout).unwrap()
-}
-
 pub fn scalar(out: &Path, sql: &str) -> i64 {
     duckdb(out, sql)[0][0].as_i64().unwrap()
 }
@@ -346,17 +352,23 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Sum over partitions of the committed checkpoint's `next_offset` (0 without one).
+/// Sum over partitions of the committed checkpoint's `next_offset` (0 without one): the
+/// current generation, or the previous one while a commit is between its two renames (or was
+/// killed there), as the consumer itself would resume.
 pub fn committed_offsets(out: &Path) -> u64 {
-    let Ok(text) = std::fs::read_to_string(out.join("_checkpoint/checkpoint.json")) else {
-        return 0;
+    let read = |name: &str| -> Option<u64> {
+        let text = std::fs::read_to_string(out.join("_checkpoint").join(name)).ok()?;
+        let json = serde_json::from_str::<Json>(&text).ok()?;
+        let partitions = json["checkpoint"]["partitions"].as_object()?;
+        Some(
+            partitions
+                .values()
+                .filter_map(|p| p["next_offset"].as_u64())
+                .sum(),
+        )
     };
-    let Ok(json) = serde_json::from_str::<Json>(&text) else {
-        return 0;
-    };
-    json["checkpoint"]["partitions"]
-        .as_object()
-        .map(|ps| ps.values().filter_map(|p| p["next_offset"].as_u64()).sum())
+    read("checkpoint.json")
+        .or_else(|| read("checkpoint.prev.json"))
         .unwrap_or(0)
 }
 
