@@ -282,7 +282,7 @@ pub struct ConsumeArgs {
 /// Default `--max-buffer-bytes`: with the fetch buffers, the consumer stays under 128 MB.
 pub const DEFAULT_MAX_BUFFER_BYTES: usize = 48 * 1024 * 1024;
 /// Default `--fetch-max-bytes`.
-pub const DEFAULT_FETCH_MAX_BYTES: i32 = 1024 * 1024;
+pub const DEFAULT_FETCH_MAX_BYTES: i32 = 512 * 1024;
 
 /// `--start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

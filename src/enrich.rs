@@ -30,11 +30,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use crate::shutdown::Shutdown;
 use arrow::array::ArrayRef;
 use chrono::{NaiveDate, NaiveDateTime};
 use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
-use crate::shutdown::Shutdown;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -761,7 +761,6 @@ impl EnrichmentCache {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
-
 
 /// Exponential backoff: `initial`, doubling, capped at `max`.
 #[derive(Debug)]

@@ -342,7 +342,11 @@ pub fn inspect_store(store: &dyn Store, sample_rows: usize) -> Result<Report, In
                 match destination {
                     Destination::Window(w) => {
                         let dir = o.key.rsplit_once('/').map_or("", |(d, _)| d).to_string();
-                        windows.entry(w).or_insert_with(|| (dir, vec![], vec![])).1.push(file)
+                        windows
+                            .entry(w)
+                            .or_insert_with(|| (dir, vec![], vec![]))
+                            .1
+                            .push(file)
                     }
                     Destination::Late(w) => late.entry(w).or_default().push(file),
                     Destination::DeadLetter => dead.push(file),
@@ -435,7 +439,9 @@ pub fn inspect_store(store: &dyn Store, sample_rows: usize) -> Result<Report, In
         dead_info.bytes += f.size;
         if dead_info.errors.len() < DEAD_LETTER_ERRORS_SHOWN {
             let wanted = DEAD_LETTER_ERRORS_SHOWN - dead_info.errors.len();
-            dead_info.errors.extend(dead_letter_errors(&r, &f.key, wanted)?);
+            dead_info
+                .errors
+                .extend(dead_letter_errors(&r, &f.key, wanted)?);
         }
     }
 
@@ -770,8 +776,7 @@ impl Report {
             for w in listed {
                 match w {
                     Some(w) => {
-                        let parts: Vec<String> =
-                            w.partitions.iter().map(i32::to_string).collect();
+                        let parts: Vec<String> = w.partitions.iter().map(i32::to_string).collect();
                         let _ = writeln!(
                             s,
                             "  {:<26} {:<7} {:>6} {:>12} {:>10}  {}",

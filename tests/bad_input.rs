@@ -718,14 +718,24 @@ fn msg_cases() -> Vec<MsgCase> {
             v(format!("{} x", valid_json("X"))),
             MsgExpect::Dead("trailing characters"),
         ),
+        // Unknown fields are skipped without recursion (serde's IgnoredAny), so depth costs no
+        // stack: the record is valid and kept. 200 levels in a known field is a type error.
         msg(
-            "nested 200 deep in an unknown field",
+            "nested 200 deep in an unknown field (skipped, kept)",
             v(valid_json("X").replacen(
                 '{',
                 &format!("{{\"deep\":{}{},", "[".repeat(200), "]".repeat(200)),
                 1,
             )),
-            MsgExpect::Dead("recursion limit exceeded"),
+            MsgExpect::Row("X"),
+        ),
+        msg(
+            "nested 200 deep in a known field",
+            v(valid_json("X").replace(
+                "\"ano\":2025",
+                &format!("\"ano\":{}{}", "[".repeat(200), "]".repeat(200)),
+            )),
+            MsgExpect::Dead("field `ano`: expected an integer, found an array"),
         ),
         msg(
             "UTF-8 BOM before the JSON",
@@ -836,6 +846,7 @@ async fn malformed_kafka_messages_are_dead_lettered_or_accepted_as_documented() 
             "--output",
             out.to_str().unwrap(),
             "--until-caught-up",
+            "--close-windows",
         ]),
         Duration::from_secs(300),
     );
@@ -847,14 +858,20 @@ async fn malformed_kafka_messages_are_dead_lettered_or_accepted_as_documented() 
 
     let rows: BTreeMap<i64, String> = faultkit::duckdb(
         &out,
-        "SELECT kafka_offset, left(instituicao_financeira, 40) FROM read_parquet('{out}/window_start=*/*.parquet', hive_partitioning = false)",
+        &format!(
+            "SELECT kafka_offset, left(instituicao_financeira, 40) FROM {}",
+            faultkit::output::TABLE
+        ),
     )
     .into_iter()
     .map(|r| (r[0].as_i64().unwrap(), r[1].as_str().unwrap().to_string()))
     .collect();
     let dead: BTreeMap<i64, (String, Option<usize>)> = faultkit::duckdb(
         &out,
-        "SELECT kafka_offset, error, octet_length(value) FROM read_parquet('{out}/_dead_letter/*.parquet')",
+        &format!(
+            "SELECT kafka_offset, error, octet_length(value) FROM {}",
+            faultkit::output::DEAD
+        ),
     )
     .into_iter()
     .map(|r| {
@@ -905,7 +922,10 @@ async fn malformed_kafka_messages_are_dead_lettered_or_accepted_as_documented() 
     }
     let big = faultkit::scalar(
         &out,
-        "SELECT max(length(instituicao_financeira)) FROM read_parquet('{out}/window_start=*/*.parquet', hive_partitioning = false)",
+        &format!(
+            "SELECT max(length(instituicao_financeira)) FROM {}",
+            faultkit::output::TABLE
+        ),
     );
     assert_eq!(
         big as usize,

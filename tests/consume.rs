@@ -24,7 +24,7 @@ fn scalar(out: &Path, sql: &str) -> i64 {
 }
 
 fn windows_glob() -> &'static str {
-    "read_parquet('{out}/window_start=*/*.parquet', hive_partitioning = false)"
+    common::output::TABLE
 }
 
 fn consume(topic: &str, out: &Path, extra: &[&str]) -> String {
@@ -35,6 +35,7 @@ fn consume(topic: &str, out: &Path, extra: &[&str]) -> String {
         "--output",
         out.to_str().unwrap(),
         "--until-caught-up",
+        "--close-windows",
     ];
     args.extend_from_slice(extra);
     let o = run_app(&args, out.parent().unwrap(), true);
@@ -142,7 +143,7 @@ async fn fixtures_end_to_end_with_enrichment_windows_and_dead_letters() {
     for entry in std::fs::read_dir(&out).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
         assert!(
-            name.starts_with("window_start=") || name.starts_with('_'),
+            name.starts_with("window=") || name.starts_with('_'),
             "unexpected entry {name}"
         );
     }
@@ -154,7 +155,10 @@ async fn fixtures_end_to_end_with_enrichment_windows_and_dead_letters() {
     // Dead letters keep the raw bytes and the error.
     let dead = duckdb(
         &out,
-        "SELECT kafka_partition, kafka_offset, value, error FROM read_parquet('{out}/_dead_letter/*.parquet') ORDER BY kafka_offset",
+        &format!(
+            "SELECT kafka_partition, kafka_offset, value, error FROM {} ORDER BY kafka_offset",
+            common::output::DEAD
+        ),
     );
     assert_eq!(dead.len(), 3);
     assert!(
@@ -322,6 +326,7 @@ async fn exactly_once_across_repeated_sigkill() {
         "--output",
         out.to_str().unwrap(),
         "--until-caught-up",
+        "--close-windows",
         "--checkpoint-interval",
         "200ms",
         "--max-buffer-bytes",
@@ -350,7 +355,7 @@ async fn exactly_once_across_repeated_sigkill() {
             child.kill().unwrap(); // SIGKILL
         }
         child.wait().unwrap();
-        let committed = committed_offsets(&out);
+        let committed = common::output::committed_offsets(&out);
         if still_running && committed < total {
             kills += 1;
         }
@@ -359,13 +364,11 @@ async fn exactly_once_across_repeated_sigkill() {
         kills >= 5,
         "only {kills} kills hit a run mid-stream in {attempts} attempts"
     );
-    let summary = consume(&topic, &out, &args[6..]);
+    let summary = consume(&topic, &out, &args[7..]);
     assert!(summary.contains("(resumed from checkpoint)"), "{summary}");
     eprintln!("final run after {kills} kills:\n{summary}");
 
-    let all = "(SELECT kafka_partition, kafka_offset FROM read_parquet('{out}/window_start=*/*.parquet') \
-               UNION ALL SELECT kafka_partition, kafka_offset FROM read_parquet('{out}/_late/*/*.parquet') \
-               UNION ALL SELECT kafka_partition, kafka_offset FROM read_parquet('{out}/_dead_letter/*.parquet'))";
+    let all = common::output::all_offsets(&out).expect("output written");
     let rows = scalar(&out, &format!("SELECT count(*) FROM {all}"));
     let distinct = scalar(
         &out,
@@ -375,17 +378,20 @@ async fn exactly_once_across_repeated_sigkill() {
     assert_eq!(rows as u64, total, "and appears once ({kills} kills)");
     let dead = scalar(
         &out,
-        "SELECT count(*) FROM read_parquet('{out}/_dead_letter/*.parquet')",
+        &format!("SELECT count(*) FROM {}", common::output::DEAD),
     );
     assert_eq!(dead as u64, expected_dead);
     let late = scalar(
         &out,
-        "SELECT count(*) FROM read_parquet('{out}/_late/*/*.parquet')",
+        &format!("SELECT count(*) FROM {}", common::output::LATE),
     );
     assert!(late > 0, "some records were late");
     let windows = scalar(
         &out,
-        "SELECT count(DISTINCT window_start) FROM read_parquet('{out}/window_start=*/*.parquet')",
+        &format!(
+            "SELECT count(DISTINCT window_start) FROM {}",
+            common::output::TABLE
+        ),
     );
     assert!(windows >= 20, "{windows} windows");
     // Closed windows carry _SUCCESS; no temporary file is left.
@@ -409,19 +415,4 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
-}
-
-/// Sum over partitions of the last checkpoint's `next_offset` (0 without a checkpoint).
-fn committed_offsets(out: &Path) -> u64 {
-    let path = out.join("_checkpoint/checkpoint.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return 0;
-    };
-    let json: Json = serde_json::from_str(&text).unwrap();
-    json["checkpoint"]["partitions"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|p| p["next_offset"].as_u64().unwrap())
-        .sum()
 }

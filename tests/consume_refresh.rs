@@ -31,7 +31,7 @@ fn record(schema: &Schema, cnpj: &str, label: &str, event_ms: i64) -> Record {
 }
 
 fn wait_for_window(out: &std::path::Path, start_ms: i64) {
-    let dir = reclamacoes::consume::window_dir(out, start_ms);
+    let dir = out.join(reclamacoes::output::layout::window_dir(start_ms));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let has_file = std::fs::read_dir(&dir)
@@ -146,8 +146,11 @@ async fn a_row_changed_in_mysql_reaches_records_after_the_next_refresh() {
 
     let rows = common::duckdb(
         &out,
-        "SELECT instituicao_financeira, banco_nome, count(*) FROM read_parquet('{out}/window_start=*/*.parquet') \
-         WHERE instituicao_financeira IN ('A', 'B') GROUP BY 1, 2 ORDER BY 1",
+        &format!(
+            "SELECT instituicao_financeira, banco_nome, count(*) FROM {} \
+             WHERE instituicao_financeira IN ('A', 'B') GROUP BY 1, 2 ORDER BY 1",
+            common::output::TABLE
+        ),
     );
     assert_eq!(
         rows,

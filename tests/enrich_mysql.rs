@@ -15,7 +15,7 @@ use reclamacoes::enrich::{
     redact_url, EnrichConfig, EnrichError, EnrichmentCache, MySqlSource, DEFAULT_MYSQL_URL,
 };
 use reclamacoes::schema::{FieldType, Value};
-use tokio::sync::watch;
+use reclamacoes::shutdown::{self, ShutdownTrigger};
 
 fn mysql_url() -> String {
     std::env::var("MYSQL_URL").unwrap_or_else(|_| DEFAULT_MYSQL_URL.to_string())
@@ -56,9 +56,9 @@ async fn start(
 ) -> (
     EnrichmentCache,
     tokio::task::JoinHandle<()>,
-    watch::Sender<bool>,
+    ShutdownTrigger,
 ) {
-    let (tx, rx) = watch::channel(false);
+    let (tx, rx) = shutdown::channel();
     let source = MySqlSource::new(config).expect("valid URL");
     let (cache, task) = EnrichmentCache::start(source, config.clone(), rx)
         .await
@@ -66,8 +66,8 @@ async fn start(
     (cache, task, tx)
 }
 
-async fn stop(task: tokio::task::JoinHandle<()>, tx: watch::Sender<bool>) {
-    tx.send(true).unwrap();
+async fn stop(task: tokio::task::JoinHandle<()>, tx: ShutdownTrigger) {
+    tx.trigger();
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .expect("refresh task stops on shutdown")
@@ -279,7 +279,7 @@ async fn unreachable_database_fails_within_the_timeout_without_the_password() {
         query_timeout: Duration::from_millis(500),
         ..EnrichConfig::default()
     };
-    let (_tx, rx) = watch::channel(false);
+    let (_tx, rx) = shutdown::channel();
     let started = Instant::now();
     let err = EnrichmentCache::start(MySqlSource::new(&cfg).unwrap(), cfg.clone(), rx)
         .await
@@ -306,7 +306,7 @@ async fn a_broken_query_names_the_query() {
     connect().await.disconnect().await.unwrap();
     let mut cfg = config("SELECT cnpj, nome FROM tabela_que_nao_existe");
     cfg.first_load_timeout = Duration::from_millis(800);
-    let (_tx, rx) = watch::channel(false);
+    let (_tx, rx) = shutdown::channel();
     let err = EnrichmentCache::start(MySqlSource::new(&cfg).unwrap(), cfg.clone(), rx)
         .await
         .unwrap_err()

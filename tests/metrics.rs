@@ -172,33 +172,21 @@ fn scalar(out: &Path, sql: &str) -> f64 {
     duckdb(out, sql)[0][0].as_f64().unwrap()
 }
 
-/// (files, bytes) of the `.parquet` files in `out/sub`, or in every `out/window_start=*`
-/// directory when `sub` is `None`.
+/// (files, bytes) of the data files of one part of the output: the table (`window=*/*.parquet`,
+/// `sub` = `None`), or `_late` / `_dead_letter` (`.pq` files, at any depth).
 fn parquet_files(out: &Path, sub: Option<&str>) -> (u64, u64) {
-    let dirs: Vec<PathBuf> = match sub {
-        Some(s) => vec![out.join(s)],
-        None => std::fs::read_dir(out)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("window_start=")
-            })
-            .collect(),
+    let (pattern, ext) = match sub {
+        None => ("window=*/*.parquet".to_string(), "parquet"),
+        Some(s) => (format!("{s}/**/*.pq"), "pq"),
     };
     let (mut files, mut bytes) = (0, 0);
-    for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "parquet") {
-                files += 1;
-                bytes += std::fs::metadata(&p).unwrap().len();
-            }
+    for p in glob::glob(&out.join(pattern).display().to_string())
+        .unwrap()
+        .flatten()
+    {
+        if p.extension().is_some_and(|x| x == ext) {
+            files += 1;
+            bytes += std::fs::metadata(&p).unwrap().len();
         }
     }
     (files, bytes)
@@ -388,9 +376,11 @@ async fn consume_metrics_agree_with_the_parquet_output() {
 
     let out = work.path().join("output");
     let port = free_port();
-    // Without --until-caught-up it keeps running to be scraped; --max-buffer-bytes 1 writes
-    // every batch at once (open windows early, dead letters too), so the counters reach their
-    // final values while it runs.
+    // Without --until-caught-up it keeps running to be scraped. One-second windows, no allowed
+    // lateness and a one-second idle timeout: once the input is read, the partitions go idle,
+    // their watermarks follow the wall clock (--idle-advance, on for Kafka timestamps) and every
+    // window closes while it runs; --max-buffer-bytes 1 stages row groups and writes dead
+    // letters at once on the way.
     let mut app = App::spawn(
         consume_cmd(
             &common::brokers(),
@@ -399,7 +389,11 @@ async fn consume_metrics_agree_with_the_parquet_output() {
             port,
             &[
                 "--window",
-                "1m",
+                "1s",
+                "--allowed-lateness",
+                "0s",
+                "--idle-timeout",
+                "1s",
                 "--max-buffer-bytes",
                 "1",
                 "--checkpoint-interval",
@@ -442,7 +436,7 @@ async fn consume_metrics_agree_with_the_parquet_output() {
     );
 
     // After: every number against the files on disk.
-    let windows = "read_parquet('{out}/window_start=*/*.parquet', hive_partitioning = false)";
+    let windows = common::output::TABLE;
     let parquet_rows = scalar(&out, &format!("SELECT count(*) FROM {windows}"));
     assert_eq!(parquet_rows, 80.0);
     assert_eq!(
@@ -454,7 +448,7 @@ async fn consume_metrics_agree_with_the_parquet_output() {
     );
     let dead_rows = scalar(
         &out,
-        "SELECT count(*) FROM read_parquet('{out}/_dead_letter/*.parquet')",
+        &format!("SELECT count(*) FROM {}", common::output::DEAD),
     );
     assert_eq!(dead_rows, 3.0);
     assert_eq!(get(&m, "reclamacoes_consume_dead_letters_total"), dead_rows);
@@ -464,7 +458,7 @@ async fn consume_metrics_agree_with_the_parquet_output() {
     } else {
         scalar(
             &out,
-            "SELECT count(*) FROM read_parquet('{out}/_late/*.parquet')",
+            &format!("SELECT count(*) FROM {}", common::output::LATE),
         )
     };
     assert_eq!(

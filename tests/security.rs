@@ -495,6 +495,7 @@ fn consume_all(
                 "--output",
                 out.to_str().unwrap(),
                 "--until-caught-up",
+                "--close-windows",
                 "--timeout",
                 "5s",
             ])
@@ -688,8 +689,8 @@ async fn record_values_never_become_file_paths() {
         "../../../../tmp/evil",
         "/etc/passwd",
         "..\\..\\windows",
-        "window_start=1970-01-01T00:00:00Z",
-        "_checkpoint/checkpoint.json",
+        "window=1970-01-01T00:00:00Z",
+        "_checkpoint/partition=0/gen-00000000000000000009.json",
         "a\0b",
         "part-0-0-0.parquet",
     ];
@@ -738,6 +739,7 @@ async fn record_values_never_become_file_paths() {
                 "--output",
                 out.to_str().unwrap(),
                 "--until-caught-up",
+                "--close-windows",
             ])
             .current_dir(work.path()),
         HANG_GUARD,
@@ -757,42 +759,29 @@ async fn record_values_never_become_file_paths() {
         vec!["output".to_string()],
         "nothing written next to the output"
     );
-    let part = regex_lite(r"part-\d+-\d+-\d+\.parquet");
+    // Every path is one the layout itself names (src/output/layout.rs).
+    use reclamacoes::output::layout::{self, Destination, Entry};
     for file in walk(&out) {
         let rel = file
             .strip_prefix(&out)
             .unwrap()
             .to_string_lossy()
             .to_string();
-        let ok = match rel.split('/').collect::<Vec<_>>().as_slice() {
-            [w, f]
-                if w.starts_with("window_start=2026-02-01T00:0")
-                    && (part(f) || *f == "_SUCCESS") =>
-            {
-                true
+        let ok = match layout::classify(&rel) {
+            Entry::Data {
+                destination: Destination::Window(w) | Destination::Late(w),
+                ..
             }
-            ["_late", w, f] if w.starts_with("window_start=") && part(f) => true,
-            ["_dead_letter", f] if part(f) => true,
-            ["_checkpoint", f] if f.starts_with("checkpoint") && f.ends_with(".json") => true,
+            | Entry::Success { window: w, .. } => {
+                layout::window_label(w).starts_with("2026-02-01T00:0")
+            }
+            Entry::Data {
+                destination: Destination::DeadLetter,
+                ..
+            }
+            | Entry::Checkpoint { partition: 0, .. } => true,
             _ => false,
         };
         assert!(ok, "unexpected path {rel}");
-    }
-}
-
-/// A tiny matcher for `part-<digits>-<digits>-<digits>.parquet` (no regex crate needed).
-fn regex_lite(_pattern: &str) -> impl Fn(&str) -> bool {
-    |name: &str| {
-        let Some(rest) = name
-            .strip_prefix("part-")
-            .and_then(|r| r.strip_suffix(".parquet"))
-        else {
-            return false;
-        };
-        let parts: Vec<&str> = rest.split('-').collect();
-        parts.len() == 3
-            && parts
-                .iter()
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
     }
 }

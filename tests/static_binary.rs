@@ -155,6 +155,7 @@ async fn static_binary_is_static_and_runs_the_pipeline() {
             "--output",
             out.to_str().unwrap(),
             "--until-caught-up",
+            "--close-windows",
         ],
         work.path(),
     );
@@ -179,14 +180,15 @@ async fn static_binary_is_static_and_runs_the_pipeline() {
             .file_name()
             .unwrap()
             .to_string_lossy()
-            .starts_with("window_start=")
+            .starts_with("window=")
         {
             continue;
         }
         for file in std::fs::read_dir(&window).unwrap() {
             let file = file.unwrap().path();
             if file.extension().is_some_and(|e| e == "parquet") {
-                rows += reclamacoes::parquet_sink::read_row_count(&file).unwrap();
+                let bytes = bytes::Bytes::from(std::fs::read(&file).unwrap());
+                rows += reclamacoes::output::parquet::row_count(&bytes, "table file").unwrap();
             }
         }
     }

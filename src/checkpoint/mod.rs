@@ -72,9 +72,9 @@ impl PartitionCheckpoint {
         let body = serde_json::to_vec(self).expect("a checkpoint always serializes");
         const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
         const PRIME: u64 = 0x0000_0100_0000_01b3;
-        let hash = body.iter().fold(OFFSET_BASIS, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(PRIME)
-        });
+        let hash = body
+            .iter()
+            .fold(OFFSET_BASIS, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME));
         format!("fnv1a64:{hash:016x}")
     }
 }

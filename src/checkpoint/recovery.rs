@@ -192,7 +192,10 @@ mod tests {
             data_key(Destination::DeadLetter, &dead_ok),
             data_key(Destination::DeadLetter, &dead_new),
             data_key(Destination::Window(0), &other_partition),
-            format!("window=1970-01-01T00:00:00Z/{}", layout::temp_name(&closed_after.to_string())),
+            format!(
+                "window=1970-01-01T00:00:00Z/{}",
+                layout::temp_name(&closed_after.to_string())
+            ),
             "window=1970-01-01T00:00:00Z/_SUCCESS".to_string(),
         ];
         for k in &keys {
@@ -232,7 +235,10 @@ mod tests {
         plan.apply(&store).unwrap();
         let again = super::plan(&store, 0, Some(&cp), &store.list("").unwrap()).unwrap();
         assert!(again.is_clean(), "idempotent: {again:?}");
-        assert!(store.get(&keys[8]).unwrap().is_some(), "other partitions untouched");
+        assert!(
+            store.get(&keys[8]).unwrap().is_some(),
+            "other partitions untouched"
+        );
         assert!(store.get(&keys[10]).unwrap().is_some(), "markers untouched");
     }
 
@@ -240,13 +246,20 @@ mod tests {
     fn data_without_a_checkpoint_is_refused_and_layout_1_too() {
         let store = MemStore::new();
         let p = part(2, 0, 9, FileKind::Table);
-        store.put(&data_key(Destination::Window(0), &p), b"x").unwrap();
+        store
+            .put(&data_key(Destination::Window(0), &p), b"x")
+            .unwrap();
         let listing = store.list("").unwrap();
         let e = plan(&store, 2, None, &listing).unwrap_err().to_string();
-        assert!(e.contains("no checkpoint") && e.contains("partition 2"), "{e}");
+        assert!(
+            e.contains("no checkpoint") && e.contains("partition 2"),
+            "{e}"
+        );
         assert!(plan(&store, 1, None, &listing).unwrap().is_clean());
         store.put("_checkpoint/checkpoint.json", b"{}").unwrap();
-        let e = refuse_legacy(&store, &store.list("").unwrap()).unwrap_err().to_string();
+        let e = refuse_legacy(&store, &store.list("").unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("layout 1") && e.contains("new --output"), "{e}");
     }
 }

@@ -69,7 +69,8 @@ pub enum CheckpointError {
         "{location} was written by an earlier version of app (layout 1: `window_start=…` \
          folders and {example}). This version writes layout {} (`window=…` folders, a checkpoint \
          per partition) and does not mix the two. Consume into a new --output (and delete the old \
-         one when done); `app inspect` still reads the old layout", layout::LAYOUT_VERSION
+         one when done); `app inspect` still reads the old layout",
+        layout::LAYOUT_VERSION
     )]
     Legacy { location: String, example: String },
     #[error(
@@ -118,6 +119,8 @@ pub fn load(
     generations.sort();
     let newest_generation = generations.last().map_or(0, |(g, _)| *g);
     let mut problems = Vec::new();
+    // Copied aside only when an older generation is used: a refused start changes nothing.
+    let mut damaged: Vec<(String, bytes::Bytes)> = Vec::new();
     for (generation, key) in generations.iter().rev() {
         let Some(bytes) = store.get(key)? else {
             problems.push(format!("{key}: vanished while being read"));
@@ -133,6 +136,9 @@ pub fn load(
                     continue;
                 }
                 check_identity(store, key, &cp, topic, window_ms)?;
+                for (key, bytes) in &damaged {
+                    store.put(&format!("{key}.damaged"), bytes)?;
+                }
                 if !problems.is_empty() {
                     tracing::warn!(
                         partition,
@@ -149,9 +155,8 @@ pub fn load(
                 });
             }
             Err(problem) => {
-                let aside = format!("{key}.damaged");
-                store.put(&aside, &bytes)?;
-                problems.push(format!("{key}: {problem} (copied to {aside})"));
+                problems.push(format!("{key}: {problem}"));
+                damaged.push((key.clone(), bytes));
             }
         }
     }
@@ -272,8 +277,7 @@ pub fn commit(store: &dyn Store, cp: &PartitionCheckpoint) -> Result<(), Checkpo
 pub fn read_latest(
     store: &dyn Store,
 ) -> Result<Vec<(PartitionCheckpoint, String)>, CheckpointError> {
-    let mut by_partition: std::collections::BTreeMap<i32, Vec<(u64, String)>> =
-        Default::default();
+    let mut by_partition: std::collections::BTreeMap<i32, Vec<(u64, String)>> = Default::default();
     for o in store.list(&format!("{}/", layout::CHECKPOINT_DIR))? {
         if let Entry::Checkpoint {
             partition,
@@ -335,7 +339,12 @@ mod tests {
         let loaded = load(&store, "t", 3, 60_000).unwrap();
         assert_eq!(loaded.checkpoint, Some(cp(4)));
         assert_eq!(loaded.newest_generation, 4);
-        let keys: Vec<String> = store.list("_checkpoint/").unwrap().into_iter().map(|o| o.key).collect();
+        let keys: Vec<String> = store
+            .list("_checkpoint/")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
         assert_eq!(
             keys,
             [layout::checkpoint_key(3, 3), layout::checkpoint_key(3, 4)]
@@ -349,7 +358,10 @@ mod tests {
         let mut other = cp(1);
         other.writer = "0000000b".into();
         let e = commit(&store, &other).unwrap_err();
-        assert!(matches!(e, CheckpointError::Fenced { generation: 1, .. }), "{e}");
+        assert!(
+            matches!(e, CheckpointError::Fenced { generation: 1, .. }),
+            "{e}"
+        );
         assert!(e.to_string().contains("0000000a"), "{e}");
     }
 
@@ -360,18 +372,30 @@ mod tests {
         commit(&store, &cp(2)).unwrap();
         let key = layout::checkpoint_key(3, 2);
         let mut bytes = store.get(&key).unwrap().unwrap().to_vec();
-        let text = String::from_utf8(bytes.clone()).unwrap().replace("\"resume_offset\": 20", "\"resume_offset\": 21");
+        let text = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replace("\"resume_offset\": 20", "\"resume_offset\": 21");
         bytes = text.into_bytes();
         store.put(&key, &bytes).unwrap();
         let loaded = load(&store, "t", 3, 60_000).unwrap();
         assert_eq!(loaded.checkpoint, Some(cp(1)));
         assert_eq!(loaded.newest_generation, 2);
-        assert!(loaded.fell_back[0].contains("checksum"), "{:?}", loaded.fell_back);
+        assert!(
+            loaded.fell_back[0].contains("checksum"),
+            "{:?}",
+            loaded.fell_back
+        );
         assert!(store.get(&format!("{key}.damaged")).unwrap().is_some());
-        // Both damaged: refused, naming both.
+        store.delete(&format!("{key}.damaged")).unwrap();
+        // Both damaged: refused, naming both, and nothing written.
         store.put(&layout::checkpoint_key(3, 1), b"{").unwrap();
+        let before = store.snapshot();
         let e = load(&store, "t", 3, 60_000).unwrap_err().to_string();
-        assert!(e.contains("gen-00000000000000000001") && e.contains("gen-00000000000000000002"), "{e}");
+        assert_eq!(store.snapshot(), before);
+        assert!(
+            e.contains("gen-00000000000000000001") && e.contains("gen-00000000000000000002"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -383,9 +407,15 @@ mod tests {
         let e = load(&store, "t", 3, 30_000).unwrap_err().to_string();
         assert!(e.contains("window width"), "{e}");
         let key = layout::checkpoint_key(3, 2);
-        let text = String::from_utf8(store.get(&layout::checkpoint_key(3, 1)).unwrap().unwrap().to_vec())
-            .unwrap()
-            .replace("\"version\": 2", "\"version\": 9");
+        let text = String::from_utf8(
+            store
+                .get(&layout::checkpoint_key(3, 1))
+                .unwrap()
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap()
+        .replace("\"version\": 2", "\"version\": 9");
         store.put(&key, text.as_bytes()).unwrap();
         let e = load(&store, "t", 3, 60_000).unwrap_err().to_string();
         assert!(e.contains("version 9"), "{e}");

@@ -514,10 +514,7 @@ impl PartitionCore {
 
     /// Confirms that rows of an open window up to `file.last` were staged durably.
     pub fn window_staged(&mut self, window: i64, file: FileRef) {
-        let open = self
-            .open
-            .get_mut(&window)
-            .expect("a staged window is open");
+        let open = self.open.get_mut(&window).expect("a staged window is open");
         debug_assert!(
             open.mem.is_some_and(|m| m.last == file.last),
             "staged what was in memory"
@@ -538,7 +535,8 @@ impl PartitionCore {
             self.retired.push((retire_after, window, staged));
         }
         if !files.is_empty() {
-            self.closed_since_commit.push(ClosedWindow { window, files });
+            self.closed_since_commit
+                .push(ClosedWindow { window, files });
         }
     }
 

@@ -120,8 +120,10 @@ impl Decoder {
     ) -> Result<DecodedBatch, DecodeError> {
         let n = records.len();
         let fields = &self.config.schema.fields;
-        let mut columns: Vec<ColumnBuilder> =
-            fields.iter().map(|f| ColumnBuilder::new(&f.ty, n)).collect();
+        let mut columns: Vec<ColumnBuilder> = fields
+            .iter()
+            .map(|f| ColumnBuilder::new(&f.ty, n))
+            .collect();
         let mut offsets = Vec::with_capacity(n);
         let mut kafka_ts = Vec::with_capacity(n);
         let mut event_times = Vec::with_capacity(n);
@@ -142,12 +144,7 @@ impl Decoder {
                     Some(i) => match typed[i] {
                         Typed::Timestamp(us) => us.div_euclid(1000),
                         Typed::Date(d) => i64::from(d) * 86_400_000,
-                        _ => {
-                            return Err(format!(
-                                "event-time field `{}` is null",
-                                fields[i].name
-                            ))
-                        }
+                        _ => return Err(format!("event-time field `{}` is null", fields[i].name)),
                     },
                 };
                 Ok(event_ms)
@@ -243,10 +240,9 @@ impl Decoder {
             &lookups,
             table,
         )?;
-        let dead = dead.finish(&self.dead_schema).map_err(|message| DecodeError {
-            partition,
-            message,
-        })?;
+        let dead = dead
+            .finish(&self.dead_schema)
+            .map_err(|message| DecodeError { partition, message })?;
         Ok(DecodedBatch {
             partition,
             rows,
@@ -721,13 +717,20 @@ mod tests {
                 ("cnpj".into(), FieldType::String),
                 ("nome".into(), FieldType::String),
             ],
-            vec![vec![Value::Str("00360305".into()), Value::Str("CAIXA".into())]],
+            vec![vec![
+                Value::Str("00360305".into()),
+                Value::Str("CAIXA".into()),
+            ]],
         )
     }
 
     fn decoder(on_miss: OnMiss, max_future_ms: Option<i64>) -> Decoder {
         let schema = Arc::new(Schema::banco_central());
-        let join = schema.fields.iter().position(|f| f.name == "cnpj_if").unwrap();
+        let join = schema
+            .fields
+            .iter()
+            .position(|f| f.name == "cnpj_if")
+            .unwrap();
         let output = OutputSchema::new(&schema, &table().columns).unwrap();
         Decoder::new(
             DecodeConfig {
@@ -835,13 +838,25 @@ mod tests {
             .replace("\"instituicao_financeira\":\"OK\",", "");
         let cases: Vec<(Option<Vec<u8>>, &str)> = vec![
             (Some(b"hello".to_vec()), "is not valid JSON"),
-            (Some(b"[1,{\"a\":2}]".to_vec()), "not an object (found an array)"),
+            (
+                Some(b"[1,{\"a\":2}]".to_vec()),
+                "not an object (found an array)",
+            ),
             (Some(b"null".to_vec()), "not an object (found null)"),
             (None, "the message has no value (null)"),
-            (Some(wrong_type.into_bytes()), "field `ano`: expected an integer, found \"2025\""),
-            (Some(missing.into_bytes()), "field `instituicao_financeira`: is required but missing or null"),
+            (
+                Some(wrong_type.into_bytes()),
+                "field `ano`: expected an integer, found \"2025\"",
+            ),
+            (
+                Some(missing.into_bytes()),
+                "field `instituicao_financeira`: is required but missing or null",
+            ),
             (Some([&good[..], b" x"].concat()), "trailing characters"),
-            (Some(json(Some("99999999"), "MISS")), "key `99999999` not found"),
+            (
+                Some(json(Some("99999999"), "MISS")),
+                "key `99999999` not found",
+            ),
             (Some(json(None, "NO KEY")), "no key to look up"),
         ];
         let values: Vec<Option<Vec<u8>>> = cases.iter().map(|(v, _)| v.clone()).collect();
@@ -851,31 +866,60 @@ mod tests {
         let errors = batch.dead.column(5).as_string::<i32>();
         let raw = batch.dead.column(4).as_binary::<i32>();
         for (i, (value, expected)) in cases.iter().enumerate() {
-            assert!(errors.value(i).contains(expected), "{i}: {}", errors.value(i));
+            assert!(
+                errors.value(i).contains(expected),
+                "{i}: {}",
+                errors.value(i)
+            );
             match value {
                 Some(v) => assert_eq!(raw.value(i), &v[..]),
                 None => assert!(raw.is_null(i)),
             }
         }
         // A refused but decodable record keeps its event time (the core checks its window's marks).
-        assert!(matches!(batch.metas[7].kind, RecordKind::Dead { event_ms: Some(_), .. }));
-        assert!(matches!(batch.metas[0].kind, RecordKind::Dead { event_ms: None, .. }));
+        assert!(matches!(
+            batch.metas[7].kind,
+            RecordKind::Dead {
+                event_ms: Some(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            batch.metas[0].kind,
+            RecordKind::Dead { event_ms: None, .. }
+        ));
     }
 
     #[test]
     fn far_future_event_times_are_refused() {
         let d = decoder(OnMiss::Null, Some(300_000));
         let now = 1_000_000_000_000;
-        let ok = RawRecord { offset: 0, timestamp_ms: now + 299_000, key: None, value: None };
+        let ok = RawRecord {
+            offset: 0,
+            timestamp_ms: now + 299_000,
+            key: None,
+            value: None,
+        };
         let v = json(Some("00360305"), "X");
         let records = [
-            RawRecord { value: Some(&v), ..ok },
-            RawRecord { offset: 1, timestamp_ms: now + 3_000_000, key: None, value: Some(&v) },
+            RawRecord {
+                value: Some(&v),
+                ..ok
+            },
+            RawRecord {
+                offset: 1,
+                timestamp_ms: now + 3_000_000,
+                key: None,
+                value: Some(&v),
+            },
         ];
         let batch = d.decode(0, records.into_iter(), &table(), now).unwrap();
         assert_eq!(batch.rows.num_rows(), 1);
         let error = batch.dead.column(5).as_string::<i32>().value(0).to_string();
-        assert!(error.contains("ahead of the wall clock") && error.contains("--max-future"), "{error}");
+        assert!(
+            error.contains("ahead of the wall clock") && error.contains("--max-future"),
+            "{error}"
+        );
     }
 
     #[test]

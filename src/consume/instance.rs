@@ -205,7 +205,9 @@ impl SuccessTracker {
             .into_iter()
             .map(|window| {
                 let mut files = self.pending.remove(&window).unwrap_or_default();
-                files.sort_by(|a, b| (a.partition, a.first_offset).cmp(&(b.partition, b.first_offset)));
+                files.sort_by(|a, b| {
+                    (a.partition, a.first_offset).cmp(&(b.partition, b.first_offset))
+                });
                 Marker {
                     window,
                     key: layout::success_key(window, &self.scope),
@@ -262,11 +264,19 @@ mod tests {
         b.update(0, 100, true);
         b.update(1, 300, true);
         b.update(2, i64::MIN, true);
-        assert_eq!(b.boundary(), None, "an active partition that closed nothing holds it");
+        assert_eq!(
+            b.boundary(),
+            None,
+            "an active partition that closed nothing holds it"
+        );
         b.update(2, 50, true);
         assert_eq!(b.boundary(), Some(50));
         b.update(2, 50, false);
-        assert_eq!(b.boundary(), Some(100), "idle partitions do not hold it back");
+        assert_eq!(
+            b.boundary(),
+            Some(100),
+            "idle partitions do not hold it back"
+        );
         b.update(0, 100, false);
         b.update(1, 300, false);
         assert_eq!(b.boundary(), Some(300), "all idle: the most advanced");
@@ -277,7 +287,9 @@ mod tests {
     fn a_marker_waits_for_every_partition_and_lists_all_files() {
         let parts: BTreeSet<i32> = [0, 1].into();
         let mut t = SuccessTracker::new(SuccessScope::AllPartitions, 100, &parts);
-        assert!(t.committed(0, 200, &[closed(0, "a", 5), closed(100, "b", 1)]).is_empty());
+        assert!(t
+            .committed(0, 200, &[closed(0, "a", 5), closed(100, "b", 1)])
+            .is_empty());
         assert_eq!(t.waiting(), 2);
         let markers = t.committed(1, 100, &[closed(0, "c", 7)]);
         assert_eq!(markers.len(), 1);

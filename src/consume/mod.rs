@@ -41,18 +41,20 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 pub use self::core::LatePolicy;
-pub use self::progress::ConsumeSummary;
 use self::core::{CoreConfig, Now};
 use self::decode::{DecodeConfig, DecodedBatch, Decoder, RawRecord};
 use self::instance::{Board, SuccessTracker};
 use self::pipeline::{PartitionPipeline, PipelineConfig, PipelineError, Progress, Recovered};
+pub use self::progress::ConsumeSummary;
 use self::progress::{ConsumeProbe, Counters, PartitionStatus, StatusLine};
-use crate::checkpoint::{recovery, CheckpointError};
+use crate::checkpoint::{self, recovery, CheckpointError};
 use crate::enrich::{EnrichConfig, EnrichError, EnrichmentCache, MySqlSource, OnMiss};
 use crate::kafka::{Kafka, KafkaConfig, KafkaError, PartitionHandle};
 use crate::metrics::{BusyClocks, ConsumeMetrics, MetricsError, Probe};
 use crate::output::layout::{SuccessScope, WriterId};
-use crate::output::{LocalStore, OutputConfig, OutputSchema, ParquetFormatError, Store, StoreError};
+use crate::output::{
+    LocalStore, OutputConfig, OutputSchema, ParquetFormatError, Store, StoreError,
+};
 use crate::schema::{FieldType, Schema};
 use crate::shutdown::{self, Shutdown};
 use crate::window::WindowConfig;
@@ -183,7 +185,10 @@ const TICK: Duration = Duration::from_millis(200);
 
 /// Runs the consumer until `shutdown` fires or, with `until_caught_up`, every partition is read
 /// to its end. Both paths write what is in memory and commit.
-pub async fn run(config: ConsumeConfig, shutdown: Shutdown) -> Result<ConsumeSummary, ConsumeError> {
+pub async fn run(
+    config: ConsumeConfig,
+    shutdown: Shutdown,
+) -> Result<ConsumeSummary, ConsumeError> {
     let started = std::time::Instant::now();
     config
         .windows
@@ -598,19 +603,41 @@ async fn recover_all(
     blocking(move || {
         let listing = store.list("")?;
         recovery::refuse_legacy(store.as_ref(), &listing)?;
+        // Load and plan every partition before deleting anything: a refused start changes
+        // nothing.
+        let mut loaded = BTreeMap::new();
+        for &p in &assigned {
+            loaded.insert(p, checkpoint::load(store.as_ref(), &topic, p, window_ms)?);
+        }
+        let mut plans = BTreeMap::new();
+        for (p, l) in &loaded {
+            plans.insert(
+                *p,
+                recovery::plan(store.as_ref(), *p, l.checkpoint.as_ref(), &listing)?,
+            );
+        }
         let mut out = BTreeMap::new();
-        for p in assigned {
-            let r = pipeline::recover(store.as_ref(), &topic, p, window_ms, &listing)?;
-            if !r.plan.is_clean() {
+        for (p, l) in loaded {
+            let plan = plans.remove(&p).expect("planned every partition");
+            plan.apply(store.as_ref())?;
+            if !plan.is_clean() {
                 tracing::warn!(
                     partition = p,
-                    temp_removed = r.plan.temp.len(),
-                    uncommitted_removed = r.plan.uncommitted.len(),
-                    kept = r.plan.kept,
+                    temp_removed = plan.temp.len(),
+                    uncommitted_removed = plan.uncommitted.len(),
+                    kept = plan.kept,
                     "Recovered the output to the last checkpoint"
                 );
             }
-            out.insert(p, r);
+            out.insert(
+                p,
+                Recovered {
+                    checkpoint: l.checkpoint,
+                    newest_generation: l.newest_generation,
+                    plan,
+                    fell_back: l.fell_back,
+                },
+            );
         }
         Ok(out)
     })
@@ -1060,8 +1087,9 @@ fn publish(p: &PartitionPipeline, status: &PartitionStatus, board: &Mutex<Board>
     for (i, b) in buffered.iter().enumerate() {
         status.buffered[i].store(*b as u64, Ordering::Relaxed);
     }
-    board
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .update(core.partition(), core.closed_before(), !core.is_idle(now));
+    board.lock().unwrap_or_else(|p| p.into_inner()).update(
+        core.partition(),
+        core.closed_before(),
+        !core.is_idle(now),
+    );
 }

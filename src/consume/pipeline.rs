@@ -123,7 +123,8 @@ impl PartitionPipeline {
                 offset: fresh_offset,
             },
         };
-        let mut core = PartitionCore::new(&config.topic, partition, config.core.clone(), start, now);
+        let mut core =
+            PartitionCore::new(&config.topic, partition, config.core.clone(), start, now);
         core.set_generation(recovered.newest_generation);
         let sink = PartitionSink::new(store, partition, writer, schema, &config.output);
         let mut pipeline = PartitionPipeline {
@@ -248,7 +249,8 @@ impl PartitionPipeline {
         }
         if self.core.dead_letters_in_memory() {
             if let Some(file) = self.sink.flush_side(Destination::DeadLetter)? {
-                out.written.push((FileKindWritten::DeadLetter, file.clone()));
+                out.written
+                    .push((FileKindWritten::DeadLetter, file.clone()));
                 self.core.dead_letters_written(file);
             }
         }

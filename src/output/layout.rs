@@ -148,9 +148,7 @@ pub fn window_label(start_ms: i64) -> String {
     let readable = DateTime::from_timestamp_millis(start_ms)
         .filter(|dt| (0..=9999).contains(&chrono::Datelike::year(dt)));
     match readable {
-        Some(dt) if start_ms.rem_euclid(1000) == 0 => {
-            dt.format("%Y-%m-%dT%H:%M:%SZ").to_string()
-        }
+        Some(dt) if start_ms.rem_euclid(1000) == 0 => dt.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         Some(dt) => dt.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
         None => start_ms.to_string(),
     }
@@ -241,7 +239,12 @@ impl PartName {
                 .flatten()
         };
         let (partition, first, last, writer) = match fields.as_slice() {
-            [p, f, l, w] => (number(p)?, number(f)?, number(l)?, Some(WriterId::parse(w)?)),
+            [p, f, l, w] => (
+                number(p)?,
+                number(f)?,
+                number(l)?,
+                Some(WriterId::parse(w)?),
+            ),
             [p, f, l] if kind == FileKind::Table => (number(p)?, number(f)?, number(l)?, None),
             _ => return None,
         };
@@ -341,7 +344,9 @@ pub fn parse_checkpoint_key(key: &str) -> Option<(i32, u64)> {
     let rest = key.strip_prefix(CHECKPOINT_DIR)?.strip_prefix('/')?;
     let (dir, file) = rest.split_once('/')?;
     let partition = dir.strip_prefix(PARTITION_KEY)?.parse().ok()?;
-    let digits = file.strip_prefix(GENERATION_PREFIX)?.strip_suffix(".json")?;
+    let digits = file
+        .strip_prefix(GENERATION_PREFIX)?
+        .strip_suffix(".json")?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -354,7 +359,10 @@ pub struct LegacyCheckpoint;
 
 impl LegacyCheckpoint {
     pub fn matches(key: &str) -> bool {
-        let Some(name) = key.strip_prefix(CHECKPOINT_DIR).and_then(|r| r.strip_prefix('/')) else {
+        let Some(name) = key
+            .strip_prefix(CHECKPOINT_DIR)
+            .and_then(|r| r.strip_prefix('/'))
+        else {
             return false;
         };
         !name.contains('/') && name.starts_with("checkpoint") && name.ends_with(".json")
@@ -416,7 +424,11 @@ pub fn classify(key: &str) -> Entry {
     if LegacyCheckpoint::matches(key) {
         return Entry::Legacy;
     }
-    if dir.split('/').next().and_then(parse_legacy_window_dir).is_some()
+    if dir
+        .split('/')
+        .next()
+        .and_then(parse_legacy_window_dir)
+        .is_some()
         || dir
             .strip_prefix(LATE_DIR)
             .and_then(|d| d.strip_prefix('/'))
@@ -486,10 +498,7 @@ mod tests {
             checkpoint_key(7, 42),
             "_checkpoint/partition=7/gen-00000000000000000042.json"
         );
-        assert_eq!(
-            parse_checkpoint_key(&checkpoint_key(7, 42)),
-            Some((7, 42))
-        );
+        assert_eq!(parse_checkpoint_key(&checkpoint_key(7, 42)), Some((7, 42)));
         assert_eq!(
             success_key(0, &SuccessScope::Some(vec![0, 2])),
             "window=1970-01-01T00:00:00Z/_SUCCESS-p0_2"
@@ -565,7 +574,10 @@ mod tests {
             }
         );
         assert_eq!(classify("_checkpoint/checkpoint.json"), Entry::Legacy);
-        assert_eq!(classify("_checkpoint/checkpoint-p0_1.prev.json"), Entry::Legacy);
+        assert_eq!(
+            classify("_checkpoint/checkpoint-p0_1.prev.json"),
+            Entry::Legacy
+        );
         assert_eq!(
             classify("window_start=2026-11-25T14:00:00Z/part-0-0-41.parquet"),
             Entry::Legacy

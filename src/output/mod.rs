@@ -17,10 +17,10 @@ pub mod store;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use ::parquet::file::properties::WriterPropertiesPtr;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use ::parquet::file::properties::WriterPropertiesPtr;
 
 pub use self::parquet::{Compression, FormatConfig, OutputSchema, ParquetFormatError};
 pub use self::store::{LocalStore, MemStore, Store, StoreError};
@@ -179,22 +179,36 @@ impl PartitionSink {
         )
     }
 
+    /// Ends an open row group as the object `key`, streaming it into the store.
+    fn finish_group(
+        &self,
+        group: parquet::RowGroup,
+        part: &PartName,
+        key: &str,
+    ) -> Result<FileRef, SinkError> {
+        let rows = group.rows;
+        let out = self.store.writer(key)?;
+        let bytes = group.finish_to(out).map_err(|e| match e {
+            parquet::FinishError::Store(e) => SinkError::Store(e),
+            parquet::FinishError::Format(e) => SinkError::Format(e),
+        })?;
+        Ok(FileRef {
+            name: part.to_string(),
+            first: part.first_offset,
+            last: part.last_offset,
+            rows,
+            bytes,
+        })
+    }
+
     /// Writes the open window's rows in memory as one staged row group.
     pub fn stage(&mut self, window: i64) -> Result<Option<FileRef>, SinkError> {
         let Some(group) = self.take(Destination::Window(window)) else {
             return Ok(None);
         };
         let part = self.part(&group, FileKind::Staged);
-        let rows = group.rows;
-        let bytes = group.finish()?;
-        self.store.put(&layout::staged_key(window, &part), &bytes)?;
-        Ok(Some(FileRef {
-            name: part.to_string(),
-            first: part.first_offset,
-            last: part.last_offset,
-            rows,
-            bytes: bytes.len() as u64,
-        }))
+        let key = layout::staged_key(window, &part);
+        self.finish_group(group, &part, &key).map(Some)
     }
 
     /// Closes a window: its staged row groups (in order) and the rows in memory become final
@@ -212,79 +226,66 @@ impl PartitionSink {
                 return Ok(Vec::new());
             };
             let part = self.part(&group, FileKind::Table);
-            let rows = group.rows;
-            let bytes = group.finish()?;
-            self.store.put(&layout::data_key(destination, &part), &bytes)?;
-            return Ok(vec![FileRef {
-                name: part.to_string(),
-                first: part.first_offset,
-                last: part.last_offset,
-                rows,
-                bytes: bytes.len() as u64,
-            }]);
+            let key = layout::data_key(destination, &part);
+            return Ok(vec![self.finish_group(group, &part, &key)?]);
         }
-        // Inputs in offset order: staged files, then what is in memory.
-        let mut inputs: Vec<(FileRef, Option<Bytes>)> =
-            staged.iter().map(|f| (f.clone(), None)).collect();
-        if let Some(group) = in_memory {
-            let part = self.part(&group, FileKind::Staged);
-            let rows = group.rows;
-            let bytes = Bytes::from(group.finish()?);
-            inputs.push((
-                FileRef {
-                    name: part.to_string(),
-                    first: part.first_offset,
-                    last: part.last_offset,
-                    rows,
-                    bytes: bytes.len() as u64,
-                },
-                Some(bytes),
-            ));
-        }
+        // Inputs in offset order: the staged row groups, then the rows in memory, staged too
+        // for the moment (no checkpoint refers to that one: it is deleted once the final files
+        // are durable, and recovery deletes it if a crash comes first).
+        let mut inputs: Vec<FileRef> = staged.to_vec();
+        let extra = match in_memory {
+            Some(group) => {
+                let part = self.part(&group, FileKind::Staged);
+                let key = layout::staged_key(window, &part);
+                let file = self.finish_group(group, &part, &key)?;
+                inputs.push(file.clone());
+                Some(file)
+            }
+            None => None,
+        };
         let mut files = Vec::new();
         let mut start = 0;
         while start < inputs.len() {
             // Take inputs while the file stays under max_file_bytes (at least one).
             let mut end = start + 1;
-            let mut size = inputs[start].0.bytes;
-            while end < inputs.len() && size + inputs[end].0.bytes <= self.max_file_bytes {
-                size += inputs[end].0.bytes;
+            let mut size = inputs[start].bytes;
+            while end < inputs.len() && size + inputs[end].bytes <= self.max_file_bytes {
+                size += inputs[end].bytes;
                 end += 1;
             }
             files.push(self.concat(window, &inputs[start..end])?);
             start = end;
         }
+        if let Some(extra) = extra {
+            self.delete_staged(window, &extra)?;
+        }
         Ok(files)
     }
 
-    fn concat(
-        &self,
-        window: i64,
-        inputs: &[(FileRef, Option<Bytes>)],
-    ) -> Result<FileRef, SinkError> {
-        let mut loaded = Vec::with_capacity(inputs.len());
-        for (file, bytes) in inputs {
-            let bytes = match bytes {
-                Some(b) => b.clone(),
-                None => {
-                    let key = staged_key_of(window, file);
-                    self.store
-                        .get(&key)?
-                        .ok_or_else(|| SinkError::MissingStaged {
-                            key: key.clone(),
-                            location: self.store.describe(),
-                        })?
-                }
-            };
-            loaded.push((file.name.clone(), bytes));
-        }
-        let first = inputs[0].0.first;
-        let last = inputs[inputs.len() - 1].0.last;
+    /// One final file of the staged row groups `inputs`, each read when its turn comes.
+    fn concat(&self, window: i64, inputs: &[FileRef]) -> Result<FileRef, SinkError> {
+        let first = inputs[0].first;
+        let last = inputs[inputs.len() - 1].last;
         let part = PartName::new(self.partition, first, last, self.writer, FileKind::Table);
         let out = self
             .store
             .writer(&layout::data_key(Destination::Window(window), &part))?;
-        let (out, rows) = parquet::concat(&loaded, out, &self.props)?;
+        let load = |i: usize| -> Result<(String, Bytes), SinkError> {
+            let key = staged_key_of(window, &inputs[i]);
+            let bytes = self
+                .store
+                .get(&key)?
+                .ok_or_else(|| SinkError::MissingStaged {
+                    key: key.clone(),
+                    location: self.store.describe(),
+                })?;
+            Ok((inputs[i].name.clone(), bytes))
+        };
+        let (out, rows) =
+            parquet::concat(inputs.len(), load, out, &self.props).map_err(|e| match e {
+                parquet::ConcatError::Load(e) => e,
+                parquet::ConcatError::Format(e) => SinkError::Format(e),
+            })?;
         let bytes = out.finish()?;
         Ok(FileRef {
             name: part.to_string(),
@@ -302,16 +303,8 @@ impl PartitionSink {
             return Ok(None);
         };
         let part = self.part(&group, FileKind::Side);
-        let rows = group.rows;
-        let bytes = group.finish()?;
-        self.store.put(&layout::data_key(destination, &part), &bytes)?;
-        Ok(Some(FileRef {
-            name: part.to_string(),
-            first: part.first_offset,
-            last: part.last_offset,
-            rows,
-            bytes: bytes.len() as u64,
-        }))
+        let key = layout::data_key(destination, &part);
+        self.finish_group(group, &part, &key).map(Some)
     }
 
     /// Deletes a staged row group no checkpoint references any more.

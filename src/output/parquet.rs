@@ -31,6 +31,7 @@ use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataR
 use parquet::file::properties::{WriterProperties, WriterPropertiesPtr};
 use parquet::file::writer::SerializedFileWriter;
 
+use super::store::{ObjectWriter, StoreError};
 use crate::schema::{FieldType, Schema};
 
 pub const COLUMN_PARTITION: &str = "kafka_partition";
@@ -206,9 +207,37 @@ impl FormatConfig {
     }
 }
 
+/// Where a row group's bytes go: the 4-byte header is kept until the row group ends, then
+/// everything streams into the object it becomes. The encoded pages are held by the Arrow
+/// writer (and counted by [`RowGroup::memory`]); a finished row group is never copied whole.
+#[derive(Default)]
+struct LazySink {
+    head: Vec<u8>,
+    target: Option<Box<dyn ObjectWriter>>,
+}
+
+impl Write for LazySink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.target {
+            Some(t) => t.write(buf),
+            None => {
+                self.head.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.target {
+            Some(t) => t.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
 /// One row group being encoded in memory, with the offsets it holds.
 pub struct RowGroup {
-    writer: ArrowWriter<Vec<u8>>,
+    writer: ArrowWriter<LazySink>,
     pub first_offset: i64,
     pub last_offset: i64,
     pub rows: u64,
@@ -224,18 +253,28 @@ impl fmt::Debug for RowGroup {
     }
 }
 
+/// How finishing a row group failed: storage (the caller maps it) or encoding.
+#[derive(Debug)]
+pub enum FinishError {
+    Store(StoreError),
+    Format(ParquetFormatError),
+}
+
 impl RowGroup {
     pub fn new(
         schema: &SchemaRef,
         props: &WriterPropertiesPtr,
         first_offset: i64,
     ) -> Result<RowGroup, ParquetFormatError> {
-        let writer =
-            ArrowWriter::try_new(Vec::new(), Arc::clone(schema), Some((**props).clone()))
-                .map_err(|source| ParquetFormatError::Encode {
-                    what: "a new row group".into(),
-                    source,
-                })?;
+        let writer = ArrowWriter::try_new(
+            LazySink::default(),
+            Arc::clone(schema),
+            Some((**props).clone()),
+        )
+        .map_err(|source| ParquetFormatError::Encode {
+            what: "a new row group".into(),
+            source,
+        })?;
         Ok(RowGroup {
             writer,
             first_offset,
@@ -245,7 +284,11 @@ impl RowGroup {
     }
 
     /// Encodes `batch`, whose last row has offset `last_offset`.
-    pub fn write(&mut self, batch: &RecordBatch, last_offset: i64) -> Result<(), ParquetFormatError> {
+    pub fn write(
+        &mut self,
+        batch: &RecordBatch,
+        last_offset: i64,
+    ) -> Result<(), ParquetFormatError> {
         self.writer
             .write(batch)
             .map_err(|source| ParquetFormatError::Encode {
@@ -257,18 +300,36 @@ impl RowGroup {
         Ok(())
     }
 
-    /// Bytes held: the encoder state and encoded pages of the row group, plus anything the writer
-    /// already flushed to its buffer.
+    /// Bytes held: the encoder state and the encoded pages of the row group.
     pub fn memory(&self) -> usize {
-        self.writer.memory_size() + self.writer.inner().capacity()
+        self.writer.memory_size()
     }
 
-    /// Ends the row group: a complete Parquet file of one row group.
-    pub fn finish(self) -> Result<Vec<u8>, ParquetFormatError> {
+    /// Ends the row group as a complete Parquet file of one row group, streamed into `out`;
+    /// returns its size once `out` made it durable.
+    pub fn finish_to(mut self, mut out: Box<dyn ObjectWriter>) -> Result<u64, FinishError> {
         let what = format!("offsets {}..={}", self.first_offset, self.last_offset);
-        self.writer
-            .into_inner()
-            .map_err(|source| ParquetFormatError::Encode { what, source })
+        let head = std::mem::take(&mut self.writer.inner_mut().head);
+        out.write_all(&head)
+            .map_err(|e| FinishError::Store(StoreError::io("write", &what, e)))?;
+        self.writer.inner_mut().target = Some(out);
+        let sink = self.writer.into_inner().map_err(|source| match source {
+            ParquetError::External(e) => match e.downcast::<std::io::Error>() {
+                Ok(io) => FinishError::Store(StoreError::io("write", &what, *io)),
+                Err(e) => FinishError::Format(ParquetFormatError::Encode {
+                    what: what.clone(),
+                    source: ParquetError::External(e),
+                }),
+            },
+            source => FinishError::Format(ParquetFormatError::Encode {
+                what: what.clone(),
+                source,
+            }),
+        })?;
+        sink.target
+            .expect("the target was set above")
+            .finish()
+            .map_err(FinishError::Store)
     }
 }
 
@@ -283,22 +344,29 @@ pub fn read_metadata(bytes: &Bytes, what: &str) -> Result<ParquetMetaData, Parqu
         })
 }
 
-/// Copies every row group of `inputs` (complete Parquet files with the same schema, in order)
-/// into one Parquet file written to `out`, without decoding or re-encoding any page. The Arrow
-/// schema and other key-value metadata of the first input are kept. Returns the rows written.
-pub fn concat<W: Write + Send>(
-    inputs: &[(String, Bytes)],
+/// Copies every row group of `count` inputs (complete Parquet files with the same schema, in
+/// order, each loaded only when its turn comes and dropped after) into one Parquet file written
+/// to `out`, without decoding or re-encoding any page. The Arrow schema and other key-value
+/// metadata of the first input are kept. Returns the rows written.
+pub fn concat<W: Write + Send, E>(
+    count: usize,
+    mut load: impl FnMut(usize) -> Result<(String, Bytes), E>,
     out: W,
     props: &WriterPropertiesPtr,
-) -> Result<(W, u64), ParquetFormatError> {
-    let encode = |source| ParquetFormatError::Encode {
-        what: format!("the concatenation of {} staged row groups", inputs.len()),
-        source,
+) -> Result<(W, u64), ConcatError<E>> {
+    let encode = |source| {
+        ConcatError::Format(ParquetFormatError::Encode {
+            what: format!("the concatenation of {count} staged row groups"),
+            source,
+        })
     };
-    let first = inputs
-        .first()
-        .ok_or_else(|| ParquetFormatError::Columns("nothing to concatenate".into()))?;
-    let first_meta = read_metadata(&first.1, &first.0)?;
+    if count == 0 {
+        return Err(ConcatError::Format(ParquetFormatError::Columns(
+            "nothing to concatenate".into(),
+        )));
+    }
+    let (first_name, first_bytes) = load(0).map_err(ConcatError::Load)?;
+    let first_meta = read_metadata(&first_bytes, &first_name).map_err(ConcatError::Format)?;
     let mut props = (**props).clone();
     if let Some(kv) = first_meta.file_metadata().key_value_metadata() {
         props = props
@@ -309,14 +377,16 @@ pub fn concat<W: Write + Send>(
     let schema = first_meta.file_metadata().schema_descr().root_schema_ptr();
     let mut writer = SerializedFileWriter::new(out, schema, Arc::new(props)).map_err(encode)?;
     let mut rows = 0u64;
-    for (what, bytes) in inputs {
-        let meta = read_metadata(bytes, what)?;
-        if meta.file_metadata().schema_descr().root_schema() != first_meta.file_metadata().schema_descr().root_schema() {
-            return Err(ParquetFormatError::Columns(format!(
-                "{what} has other columns than {}; staged row groups of one window must share \
-                 their columns (was the enrichment table changed between runs?)",
-                first.0
-            )));
+    let mut next = Some((first_name.clone(), first_bytes, first_meta.clone()));
+    let mut i = 0;
+    while let Some((what, bytes, meta)) = next.take() {
+        if meta.file_metadata().schema_descr().root_schema()
+            != first_meta.file_metadata().schema_descr().root_schema()
+        {
+            return Err(ConcatError::Format(ParquetFormatError::Columns(format!(
+                "{what} has other columns than {first_name}; staged row groups of one window \
+                 must share their columns (was the enrichment table changed between runs?)"
+            ))));
         }
         let page_index = meta.page_index();
         for (rg_idx, rg) in meta.row_groups().iter().enumerate() {
@@ -336,14 +406,28 @@ pub fn concat<W: Write + Send>(
                     column_index,
                     offset_index,
                 };
-                rg_out.append_column(bytes, result).map_err(encode)?;
+                rg_out.append_column(&bytes, result).map_err(encode)?;
             }
             rg_out.close().map_err(encode)?;
             rows += rg.num_rows() as u64;
         }
+        drop(bytes);
+        i += 1;
+        if i < count {
+            let (name, bytes) = load(i).map_err(ConcatError::Load)?;
+            let meta = read_metadata(&bytes, &name).map_err(ConcatError::Format)?;
+            next = Some((name, bytes, meta));
+        }
     }
     let out = writer.into_inner().map_err(encode)?;
     Ok((out, rows))
+}
+
+/// How a concatenation failed: loading an input, or Parquet.
+#[derive(Debug)]
+pub enum ConcatError<E> {
+    Load(E),
+    Format(ParquetFormatError),
 }
 
 /// The number of rows of a Parquet file, from its footer.
@@ -371,7 +455,9 @@ mod tests {
             schema(),
             vec![
                 Arc::new(Int64Array::from_iter_values(from..from + n)),
-                Arc::new(StringArray::from_iter((from..from + n).map(|i| Some(format!("v{}", i % 7))))),
+                Arc::new(StringArray::from_iter(
+                    (from..from + n).map(|i| Some(format!("v{}", i % 7))),
+                )),
                 Arc::new(
                     arrow::array::TimestampMicrosecondArray::from_iter_values(from..from + n)
                         .with_timezone("UTC"),
@@ -379,6 +465,17 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    /// A row group finished into memory (through the store seam, like the sink does).
+    fn finish(rg: RowGroup) -> Bytes {
+        let store = crate::output::store::MemStore::new();
+        use crate::output::store::Store;
+        let w = store.writer("x").unwrap();
+        match rg.finish_to(w) {
+            Ok(_) => store.get("x").unwrap().unwrap(),
+            Err(e) => panic!("{e:?}"),
+        }
     }
 
     fn read(bytes: Vec<u8>) -> (Vec<i64>, usize, SchemaRef) {
@@ -404,9 +501,15 @@ mod tests {
             let mut rg = RowGroup::new(&schema(), &props, from).unwrap();
             rg.write(&batch(from, n), from + n - 1).unwrap();
             assert!(rg.memory() > 0);
-            files.push((format!("staged {i}"), Bytes::from(rg.finish().unwrap())));
+            files.push((format!("staged {i}"), finish(rg)));
         }
-        let (out, rows) = concat(&files, Vec::new(), &props).unwrap();
+        let (out, rows) = concat(
+            files.len(),
+            |i| Ok::<_, ()>(files[i].clone()),
+            Vec::new(),
+            &props,
+        )
+        .unwrap();
         assert_eq!(rows, 6001);
         let (values, groups, schema) = read(out);
         assert_eq!(values, (0..6001).collect::<Vec<_>>());
@@ -423,19 +526,31 @@ mod tests {
         let props = FormatConfig::default().writer_properties();
         let mut a = RowGroup::new(&schema(), &props, 0).unwrap();
         a.write(&batch(0, 3), 2).unwrap();
-        let other = Arc::new(ArrowSchema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let other = Arc::new(ArrowSchema::new(vec![Field::new(
+            "x",
+            DataType::Int64,
+            false,
+        )]));
         let mut b = RowGroup::new(&other, &props, 3).unwrap();
         b.write(
-            &RecordBatch::try_new(Arc::clone(&other), vec![Arc::new(Int64Array::from(vec![1]))])
-                .unwrap(),
+            &RecordBatch::try_new(
+                Arc::clone(&other),
+                vec![Arc::new(Int64Array::from(vec![1]))],
+            )
+            .unwrap(),
             3,
         )
         .unwrap();
-        let files = vec![
-            ("a".to_string(), Bytes::from(a.finish().unwrap())),
-            ("b".to_string(), Bytes::from(b.finish().unwrap())),
-        ];
-        let e = concat(&files, Vec::new(), &props).unwrap_err().to_string();
+        let files = vec![("a".to_string(), finish(a)), ("b".to_string(), finish(b))];
+        let e = match concat(
+            files.len(),
+            |i| Ok::<_, ()>(files[i].clone()),
+            Vec::new(),
+            &props,
+        ) {
+            Err(ConcatError::Format(e)) => e.to_string(),
+            other => panic!("{other:?}"),
+        };
         assert!(e.contains("other columns"), "{e}");
     }
 
@@ -447,7 +562,7 @@ mod tests {
             };
             let mut rg = RowGroup::new(&schema(), &config.writer_properties(), 0).unwrap();
             rg.write(&batch(0, 100), 99).unwrap();
-            let (values, _, _) = read(rg.finish().unwrap());
+            let (values, _, _) = read(finish(rg).to_vec());
             assert_eq!(values.len(), 100, "{c}");
         }
         assert!("brotli".parse::<Compression>().is_err());

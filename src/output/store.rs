@@ -389,7 +389,10 @@ impl MemStore {
 
     /// A copy of every object.
     pub fn snapshot(&self) -> BTreeMap<Key, Bytes> {
-        self.objects.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn spend(&self) -> Result<()> {
@@ -503,14 +506,23 @@ mod tests {
         assert_eq!(store.get("a/c.json").unwrap().unwrap(), &b"first"[..]);
         let mut w = store.writer("z/big.bin").unwrap();
         w.write_all(&[7u8; 10_000]).unwrap();
-        assert_eq!(store.get("z/big.bin").unwrap(), None, "invisible until finish");
+        assert_eq!(
+            store.get("z/big.bin").unwrap(),
+            None,
+            "invisible until finish"
+        );
         assert_eq!(w.finish().unwrap(), 10_000);
         assert_eq!(store.get("z/big.bin").unwrap().unwrap().len(), 10_000);
         let unfinished = store.writer("z/gone.bin").unwrap();
         drop(unfinished);
         let keys: Vec<String> = store.list("").unwrap().into_iter().map(|o| o.key).collect();
         assert_eq!(keys, ["a/b/x.json", "a/c.json", "z/big.bin"]);
-        let keys: Vec<String> = store.list("a/").unwrap().into_iter().map(|o| o.key).collect();
+        let keys: Vec<String> = store
+            .list("a/")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
         assert_eq!(keys, ["a/b/x.json", "a/c.json"]);
         store.delete("a/c.json").unwrap();
         store.delete("a/c.json").unwrap();

@@ -207,3 +207,74 @@ print(json.dumps([[v if isinstance(v, (int, float, str, type(None), bool)) else 
     );
     serde_json::from_slice(&result.stdout).unwrap()
 }
+
+/// The parts of a consumer output as DuckDB sources (`{out}` is the output directory). The names
+/// come from `src/output/layout.rs`: the table is `window=*/*.parquet`, late rows and dead
+/// letters are `.pq` files so that a glob over the output reads the table and nothing else.
+pub mod output {
+    use std::path::Path;
+
+    /// The table, as a plain glob (no Hive columns).
+    pub const TABLE: &str = "read_parquet('{out}/window=*/*.parquet', hive_partitioning = false)";
+    /// The table with a `filename` column.
+    pub const TABLE_FILES: &str =
+        "read_parquet('{out}/window=*/*.parquet', hive_partitioning = false, filename = true)";
+    /// The table as a user reads it: every Parquet file under the output, Hive columns on.
+    pub const TABLE_HIVE: &str = "read_parquet('{out}/**/*.parquet', hive_partitioning = true)";
+    /// Late rows.
+    pub const LATE: &str = "read_parquet('{out}/_late/*/*.pq', hive_partitioning = false)";
+    /// Dead letters.
+    pub const DEAD: &str = "read_parquet('{out}/_dead_letter/*.pq')";
+    /// Staged row groups of open windows (durable, committed, not in the table until the window
+    /// closes). Only meaningful with the consumer stopped cleanly: between a close and the
+    /// commits after it, merged row groups may still be there beside the final file.
+    pub const STAGED: &str = "read_parquet('{out}/_staging/*/*.staged', hive_partitioning = false)";
+
+    /// Every row with the table's columns that the output holds durably: the table, the staged
+    /// row groups of open windows and the late rows (only the parts that exist).
+    pub fn rows(out: &Path) -> String {
+        let parts: Vec<String> = [
+            ("window=*/*.parquet", TABLE),
+            ("_staging/*/*.staged", STAGED),
+            ("_late/*/*.pq", LATE),
+        ]
+        .iter()
+        .filter(|(g, _)| has(out, g))
+        .map(|(_, source)| format!("SELECT * FROM {source}"))
+        .collect();
+        assert!(!parts.is_empty(), "{} holds no rows", out.display());
+        format!("({})", parts.join(" UNION ALL BY NAME "))
+    }
+
+    /// Whether the part behind `glob_pattern` (relative to `out`) holds any file.
+    pub fn has(out: &Path, glob_pattern: &str) -> bool {
+        glob::glob(&out.join(glob_pattern).display().to_string())
+            .unwrap()
+            .next()
+            .is_some()
+    }
+
+    /// A DuckDB source of `(kafka_partition, kafka_offset)` over the table, staged row groups,
+    /// late rows and dead letters that exist (`None` when there is nothing yet).
+    pub fn all_offsets(out: &Path) -> Option<String> {
+        let parts: Vec<String> = [
+            ("window=*/*.parquet", TABLE),
+            ("_staging/*/*.staged", STAGED),
+            ("_late/*/*.pq", LATE),
+            ("_dead_letter/*.pq", DEAD),
+        ]
+        .iter()
+        .filter(|(g, _)| has(out, g))
+        .map(|(_, source)| format!("SELECT kafka_partition, kafka_offset FROM {source}"))
+        .collect();
+        (!parts.is_empty()).then(|| format!("({})", parts.join(" UNION ALL ")))
+    }
+
+    /// Sum over partitions of the committed checkpoints' `next_offset` (0 without any).
+    pub fn committed_offsets(out: &Path) -> u64 {
+        let store = reclamacoes::output::LocalStore::new(out);
+        reclamacoes::checkpoint::store::read_latest(&store)
+            .map(|cps| cps.iter().map(|(c, _)| c.next_offset.max(0) as u64).sum())
+            .unwrap_or(0)
+    }
+}

@@ -14,7 +14,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
-pub use common::duckdb;
+pub use common::{duckdb, output};
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -308,19 +308,15 @@ pub fn scalar(out: &Path, sql: &str) -> i64 {
 /// Every (partition, offset) written under `out`, per place: `window`, `late` or `dead`.
 pub fn written_offsets(out: &Path) -> BTreeMap<&'static str, Vec<(i64, i64)>> {
     let mut result = BTreeMap::new();
-    for (name, glob) in [
-        ("window", "{out}/window_start=*/*.parquet"),
-        ("late", "{out}/_late/*/*.parquet"),
-        ("dead", "{out}/_dead_letter/*.parquet"),
+    for (name, pattern, source) in [
+        ("window", "window=*/*.parquet", output::TABLE),
+        ("late", "_late/*/*.pq", output::LATE),
+        ("dead", "_dead_letter/*.pq", output::DEAD),
     ] {
-        let pattern = glob.replace("{out}", &out.display().to_string());
-        let any = glob::glob(&pattern).unwrap().next().is_some();
-        let rows = if any {
+        let rows = if output::has(out, pattern) {
             duckdb(
                 out,
-                &format!(
-                    "SELECT kafka_partition, kafka_offset FROM read_parquet('{glob}', hive_partitioning = false) ORDER BY 1, 2"
-                ),
+                &format!("SELECT kafka_partition, kafka_offset FROM {source} ORDER BY 1, 2"),
             )
         } else {
             Vec::new()
@@ -352,24 +348,10 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Sum over partitions of the committed checkpoint's `next_offset` (0 without one): the
-/// current generation, or the previous one while a commit is between its two renames (or was
-/// killed there), as the consumer itself would resume.
+/// Sum over partitions of the committed checkpoints' `next_offset` (0 without any), as the
+/// consumer itself would resume.
 pub fn committed_offsets(out: &Path) -> u64 {
-    let read = |name: &str| -> Option<u64> {
-        let text = std::fs::read_to_string(out.join("_checkpoint").join(name)).ok()?;
-        let json = serde_json::from_str::<Json>(&text).ok()?;
-        let partitions = json["checkpoint"]["partitions"].as_object()?;
-        Some(
-            partitions
-                .values()
-                .filter_map(|p| p["next_offset"].as_u64())
-                .sum(),
-        )
-    };
-    read("checkpoint.json")
-        .or_else(|| read("checkpoint.prev.json"))
-        .unwrap_or(0)
+    output::committed_offsets(out)
 }
 
 /// The `app` binary with the given services and quiet logs.

@@ -129,7 +129,6 @@ fn table(with_flip: bool) -> ReferenceTable {
 /// One run of the consumer over the stream (until it "crashes").
 struct Run<'a> {
     stream: &'a [Rec],
-    store: MemStore,
     pipeline: PartitionPipeline,
     decoder: Decoder,
     table: ReferenceTable,
@@ -189,7 +188,6 @@ impl<'a> Run<'a> {
         .unwrap();
         Run {
             stream,
-            store: store.clone(),
             pipeline,
             decoder,
             table,
@@ -225,7 +223,9 @@ impl<'a> Run<'a> {
     }
 
     fn checkpoint(&mut self) -> Result<(), PipelineError> {
-        self.pipeline.checkpoint(&mut Progress::default()).map(|_| ())
+        self.pipeline
+            .checkpoint(&mut Progress::default())
+            .map(|_| ())
     }
 
     fn pressure(&mut self, count: usize) -> Result<(), PipelineError> {
