@@ -11,6 +11,8 @@
 //! - [`enrich`]: the MySQL reference table cache (load, background refresh, on-miss policy).
 //! - [`parquet_sink`]: atomic Parquet output and dead-letter files, rolled by size.
 //! - [`inspect`]: `app inspect`: a read-only report of an output directory.
+//! - [`group`]: consumer-group membership (classic protocol over `kafka-protocol`): which
+//!   instance reads which partitions, heartbeats, rebalances, display-only offset commits.
 //! - [`consume`]: `app consume`: fetchers -> decode/enrich/route -> windows -> Parquet + checkpoint.
 //! - [`metrics`]: Prometheus metrics, `/metrics` and `/healthz` (`--metrics-addr`).
 //! - [`cli`]: clap definitions, logging, signals; `main.rs` calls [`cli::main`].
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod consume;
 pub mod csv_source;
 pub mod enrich;
+pub mod group;
 pub mod inspect;
 pub mod kafka;
 pub mod metrics;
