@@ -329,8 +329,8 @@ impl Connection {
             let offered: Vec<&str> = answer.mechanisms.iter().map(|m| m.as_str()).collect();
             let reason = match error {
                 kafka_protocol::ResponseError::IllegalSaslState => {
-                    "the broker does not expect SASL here: is this a PLAINTEXT or SSL listener \
-                     rather than SASL_PLAINTEXT or SASL_SSL?"
+                    "the listener does not take SASL (a PLAINTEXT or SSL listener, not SASL_PLAINTEXT \
+                     or SASL_SSL)"
                         .to_string()
                 }
                 _ => format!("{error}; the listener offers {offered:?}"),

@@ -9,6 +9,8 @@
 //!   Banco Central CSV generator, and child-process helpers (wait with a bound, read stderr).
 #![allow(dead_code)]
 
+pub mod secure_broker;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
