@@ -776,3 +776,72 @@ async fn groups_work_over_tls_and_sasl() {
     );
     eprintln!("unknown CA -> {e}");
 }
+
+/// Sends `signal` (STOP, CONT) to a process.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// The lease: a member whose coordinator stops answering (here: the broker frozen with
+/// SIGSTOP) reports its partitions lost by itself, before the coordinator could have expired it,
+/// and joins again once the broker is back. Uses a private broker (free ports).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_from_its_coordinator_reports_its_partitions_lost_in_time() {
+    common::require_kafka().await; // the jars come from `make up`
+    let broker = tokio::task::spawn_blocking(faultkit::secure_broker::start_secure_broker)
+        .await
+        .unwrap();
+    let config = KafkaConfig {
+        brokers: format!("127.0.0.1:{}", broker.plaintext),
+        timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let kafka = reclamacoes::kafka::Kafka::connect(config.clone())
+        .await
+        .unwrap();
+    let topic = common::random_topic("group-frozen");
+    kafka.ensure_topic(&topic, 2, 1).await.unwrap();
+    let mut a = join(group_config(config, &random_group("frozen"), &topic)).await;
+    let first = assigned(&mut a, "a").await;
+    assert_eq!(first.partitions, all(2));
+    tokio::time::sleep(HEARTBEAT_INTERVAL * 2).await; // a few heartbeats answered
+
+    signal(broker.pid(), "STOP");
+    let frozen_at = Instant::now();
+    let revocation = tokio::time::timeout(EVENT_WAIT, a.next_event()).await;
+    let lost_after = frozen_at.elapsed();
+    signal(broker.pid(), "CONT");
+    let Ok(Ok(Some(GroupEvent::Revoked(revocation)))) = revocation else {
+        panic!("expected a revocation, got {revocation:?}");
+    };
+    let RevokeReason::Lost { reason } = &revocation.reason else {
+        panic!("expected the partitions lost, got {revocation:?}");
+    };
+    assert!(reason.contains("no heartbeat was answered"), "{reason}");
+    // The member's lease runs SESSION_TIMEOUT - HEARTBEAT_INTERVAL from its last answered
+    // heartbeat, sent at most one interval before the freeze; the coordinator counts the whole
+    // SESSION_TIMEOUT from when it *received* that heartbeat. So the member must report the loss
+    // between SESSION - 2 * HEARTBEAT and SESSION - HEARTBEAT after the freeze, give or take
+    // scheduling slack (a heartbeat tick can lag on a loaded machine): not cut short, and about
+    // a heartbeat interval before the coordinator can act.
+    let slack = Duration::from_millis(500);
+    assert!(
+        lost_after >= SESSION_TIMEOUT - HEARTBEAT_INTERVAL * 2 - slack
+            && lost_after < SESSION_TIMEOUT - HEARTBEAT_INTERVAL + slack,
+        "lost {lost_after:?} after the freeze"
+    );
+    revocation.release();
+    let again = assigned(&mut a, "a").await;
+    assert_eq!(again.partitions, all(2));
+    assert!(again.generation_id > first.generation_id);
+    eprintln!(
+        "frozen coordinator: partitions reported lost {lost_after:?} after the freeze (session \
+         timeout {SESSION_TIMEOUT:?}); rejoined as generation {} after the thaw",
+        again.generation_id
+    );
+    a.leave().await.unwrap();
+}

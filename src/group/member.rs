@@ -20,7 +20,7 @@
 //! **stable** (heartbeats and commits while the lease holds), **revoke** (the consumer finishes
 //! with the partitions; the task waits for it before joining again). Each phase keeps answering
 //! commands and watching the shutdown future, so nothing the consumer calls ever waits for a
-//! rebalance to end. Errors go through [`protocol::reaction`]: connection problems and a moving
+//! rebalance to end. Errors go through `protocol::reaction`: connection problems and a moving
 //! coordinator are retried with backoff for as long as it takes (the lease makes that safe: the
 //! partitions are reported lost before anyone else can own them); settings the broker refuses end
 //! the task with an error that says what to change.

@@ -12,14 +12,14 @@
 //! display (`kafka-consumer-groups --describe` shows members, partitions and lag).
 //!
 //! ## Layout
-//! - [`connection`]: one framed connection (size prefix, correlation ids, one call in flight),
+//! - `connection`: one framed connection (size prefix, correlation ids, one call in flight),
 //!   TLS, SASL, `ApiVersions` and the version each request goes out with.
-//! - [`protocol`]: pure request builders and answer parsers, the ConsumerProtocol
+//! - `protocol`: pure request builders and answer parsers, the ConsumerProtocol
 //!   subscription/assignment bytes, and the one table of reactions to error codes.
 //! - [`assignor`]: the range assignor, pure and deterministic.
-//! - [`membership`]: pure bookkeeping with time passed in: the lease, the backoff, the identity.
+//! - `membership`: pure bookkeeping with time passed in: the lease, the backoff, the identity.
 //! - [`member`]: [`GroupMember`], the async API, and the background task doing the I/O.
-//! - [`error`]: [`GroupError`].
+//! - [`error`]: every error of the module, as one [`GroupError`] enum.
 //!
 //! ## Which protocol, and why
 //! The **classic** group protocol (JoinGroup/SyncGroup/Heartbeat), **eager** rebalancing, the
@@ -56,7 +56,7 @@
 //! 6. **Leave**: on shutdown, `Revoked(Shutdown)`, then `LeaveGroup` once released, so the others
 //!    rebalance at once instead of after the session timeout.
 //!
-//! Errors (one table, [`protocol::reaction`]): REBALANCE_IN_PROGRESS rejoins; ILLEGAL_GENERATION
+//! Errors (one table, `protocol::reaction`): REBALANCE_IN_PROGRESS rejoins; ILLEGAL_GENERATION
 //! and UNKNOWN_MEMBER_ID mean the member was fenced — its partitions are reported *lost* and it
 //! rejoins (as a new member for UNKNOWN_MEMBER_ID); NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE
 //! and connection failures drop the coordinator connection, find the coordinator again and retry

@@ -265,6 +265,11 @@ pub fn start_secure_broker() -> SecureBroker {
 }
 
 impl SecureBroker {
+    /// The broker's process id (to freeze it with SIGSTOP and thaw it with SIGCONT).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn ca(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
     }
