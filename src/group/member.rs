@@ -487,10 +487,25 @@ impl Task {
         Ok(self.any.as_mut().expect("connected above"))
     }
 
-    /// Calls any broker; a failed connection is dropped so the next call opens another.
+    /// Calls any broker; a failed connection is dropped so the next call opens another. A
+    /// connection that sat idle may have been closed by the broker
+    /// (`connections.max.idle.ms`), so a wire failure on a reused one is retried once on a fresh
+    /// one: otherwise a member that becomes leader after a quiet spell would fail its first
+    /// Metadata call and cost the group another rebalance.
     async fn call_any<R: GroupRequest>(
         &mut self,
-        build: impl FnOnce(i16) -> R,
+        build: impl Fn(i16) -> R,
+    ) -> Result<(i16, R::Response, String)> {
+        let reused = self.any.is_some();
+        match self.call_any_once(&build).await {
+            Err(GroupError::Io { .. }) if reused => self.call_any_once(&build).await,
+            other => other,
+        }
+    }
+
+    async fn call_any_once<R: GroupRequest>(
+        &mut self,
+        build: &impl Fn(i16) -> R,
     ) -> Result<(i16, R::Response, String)> {
         let connection = self.any_broker().await?;
         let broker = connection.broker().to_string();
@@ -919,7 +934,10 @@ impl Task {
                                 reaction: r,
                             });
                         }
-                        Beat::Rejoin(_) => return Ok(End::Rebalance),
+                        Beat::Rejoin(_) => {
+                            tracing::info!(group = %self.group(), generation = assignment.generation_id, "The group is rebalancing; revoking");
+                            return Ok(End::Rebalance);
+                        }
                         Beat::Failed => {}
                     }
                 }
@@ -998,7 +1016,7 @@ impl Task {
         };
         match protocol::reaction(error) {
             r @ Reaction::Rejoin { .. } => {
-                tracing::info!(group = %group, generation = generation_id, %error, "The group is rebalancing");
+                tracing::debug!(group = %group, generation = generation_id, %error, "Heartbeat: rejoin needed");
                 Ok(Beat::Rejoin(r))
             }
             Reaction::Rediscover | Reaction::RetryLater => {

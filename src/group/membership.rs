@@ -11,9 +11,11 @@ use super::protocol::Reaction;
 /// How long this member may keep treating its partitions as its own without hearing from the
 /// coordinator.
 ///
-/// The coordinator expires a member `session_timeout` after it last *received* a heartbeat; we
-/// count from when the last successful heartbeat was *sent* (or the SyncGroup that gave the
-/// assignment), which is earlier, so our lease ends first. The lease also ends `margin` (one
+/// The coordinator expires a member `session_timeout` after it last *received* a heartbeat (or
+/// sent it its SyncGroup answer: Kafka's `GroupMetadataManager` reschedules the member's
+/// session then, and on every heartbeat, also during PreparingRebalance); we count from when
+/// the last successful heartbeat — or the SyncGroup that gave the assignment — was *sent*,
+/// which is earlier, so our lease ends first. The lease also ends `margin` (one
 /// heartbeat interval) before that, so the consumer gets that long to stop using the partitions
 /// before the coordinator can even start giving them to someone else — and a new owner needs a
 /// whole rebalance on top. Clocks: both sides measure durations (no wall clock), so only the
