@@ -327,6 +327,45 @@ fn parse_optional_duration(s: &str) -> Result<OptionalDuration, String> {
         .map_err(|e| format!("`{s}`: {e}; give a duration such as 5m, or `off`"))
 }
 
+/// Consumer-group options (issue 14): `--group NAME` makes every instance started with the same
+/// NAME share the topic, its partitions assigned by Kafka's group coordinator
+/// ([`crate::group`]). Not yet part of `app consume`: flatten it into [`ConsumeArgs`]
+/// (`#[command(flatten)] pub group: GroupArgs`) when the consumer core drives a
+/// [`crate::group::GroupMember`]; until then no flag is accepted that would do nothing.
+#[derive(Debug, Args, Clone)]
+pub struct GroupArgs {
+    /// Join the consumer group NAME: the instances of one group split the topic's partitions
+    /// between them (Kafka's range assignment) and take over each other's partitions when one
+    /// stops. Shown by `kafka-consumer-groups --describe --group NAME`.
+    #[arg(long, env = "CONSUME_GROUP", value_name = "NAME")]
+    pub group: Option<String>,
+    /// How long an instance that stopped answering keeps its partitions (the broker accepts 6s
+    /// to 30min by default). Lower means faster takeover after a crash, but a rebalance whenever
+    /// an instance stalls that long; a clean stop hands its partitions over at once.
+    #[arg(long, env = "CONSUME_SESSION_TIMEOUT", default_value = "45s", value_parser = humantime::parse_duration)]
+    pub session_timeout: Duration,
+    /// How often an instance tells the group coordinator it is alive (at most a third of
+    /// --session-timeout).
+    #[arg(long, env = "CONSUME_HEARTBEAT_INTERVAL", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// How long an instance has to finish with its partitions in a rebalance (write and commit)
+    /// before the group goes on without it.
+    #[arg(long, env = "CONSUME_REBALANCE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub rebalance_timeout: Duration,
+}
+
+impl GroupArgs {
+    /// The group settings, or `None` without `--group` (static `--partitions`).
+    pub fn config(&self, kafka: &KafkaArgs) -> Option<crate::group::GroupConfig> {
+        let group = self.group.as_ref()?;
+        let mut config = crate::group::GroupConfig::new(kafka.config(), group, &kafka.topic);
+        config.session_timeout = self.session_timeout;
+        config.heartbeat_interval = self.heartbeat_interval;
+        config.rebalance_timeout = self.rebalance_timeout;
+        Some(config)
+    }
+}
+
 /// `--partitions`: `None` = all.
 pub type PartitionList = Option<Vec<i32>>;
 
@@ -548,4 +587,49 @@ async fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         .context("consume failed")?;
     print!("{}", summary.render());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct GroupOnly {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        group: GroupArgs,
+    }
+
+    #[test]
+    fn group_flag_defaults_are_the_library_defaults() {
+        let parsed = GroupOnly::try_parse_from(["app", "--group", "g", "--topic", "t"]).unwrap();
+        let config = parsed.group.config(&parsed.kafka).expect("--group given");
+        assert_eq!(config.group_id, "g");
+        assert_eq!(config.topic, "t");
+        assert_eq!(
+            config.session_timeout,
+            crate::group::DEFAULT_SESSION_TIMEOUT
+        );
+        assert_eq!(
+            config.heartbeat_interval,
+            crate::group::DEFAULT_HEARTBEAT_INTERVAL
+        );
+        assert_eq!(
+            config.rebalance_timeout,
+            crate::group::DEFAULT_REBALANCE_TIMEOUT
+        );
+        config.validate().unwrap();
+
+        let parsed = GroupOnly::try_parse_from([
+            "app",
+            "--session-timeout",
+            "10s",
+            "--heartbeat-interval",
+            "1s",
+        ])
+        .unwrap();
+        assert!(parsed.group.config(&parsed.kafka).is_none(), "no --group");
+        assert_eq!(parsed.group.session_timeout, Duration::from_secs(10));
+    }
 }

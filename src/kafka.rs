@@ -186,8 +186,9 @@ impl fmt::Debug for SaslOptions {
 }
 
 impl KafkaSecurity {
-    /// The rustls client configuration for `tls`.
-    fn tls_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>> {
+    /// The rustls client configuration for `tls` (also used by the group client's own
+    /// connections, `src/group/connection.rs`, so both trust exactly the same CAs).
+    pub(crate) fn tls_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::CertificateDer;
         let mut roots = rustls::RootCertStore::empty();
@@ -254,7 +255,7 @@ impl KafkaSecurity {
     }
 
     /// Hides the SASL password in `text` (rskafka errors should not contain it; this is a guard).
-    fn redact(&self, text: String) -> String {
+    pub(crate) fn redact(&self, text: String) -> String {
         match &self.sasl {
             Some(s) if !s.password.is_empty() => text.replace(&s.password, "***"),
             _ => text,

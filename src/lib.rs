@@ -13,6 +13,8 @@
 //! - [`output`]: the output's names ([`output::layout`]), Parquet format, the [`output::Store`]
 //!   seam (local disk) and the per-partition sink.
 //! - [`inspect`]: `app inspect`: a read-only report of an output.
+//! - [`group`]: consumer-group membership (classic protocol over `kafka-protocol`): which
+//!   instance reads which partitions, heartbeats, rebalances, display-only offset commits.
 //! - [`metrics`]: Prometheus metrics, `/metrics` and `/healthz` (`--metrics-addr`).
 //! - [`shutdown`]: the stop signal every command and task takes.
 //! - [`cli`]: clap definitions, logging, flags -> each stage's config; `main.rs` calls
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod consume;
 pub mod csv_source;
 pub mod enrich;
+pub mod group;
 pub mod inspect;
 pub mod kafka;
 pub mod metrics;

@@ -15,6 +15,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 pub use common::{duckdb, output};
+pub mod secure_broker;
 
 use std::collections::BTreeMap;
 use std::io::Write;
