@@ -566,21 +566,35 @@ async fn consume_metrics_agree_with_the_parquet_output() {
         0.0
     );
 
-    // The watermark lies within the event times seen (Kafka timestamps here) minus lateness.
-    let (lo, hi) = {
-        let r = duckdb(
-            &out,
-            &format!(
-                "SELECT epoch(min(kafka_timestamp)), epoch(max(kafka_timestamp)) FROM {windows}"
-            ),
-        );
-        (r[0][0].as_f64().unwrap(), r[0][1].as_f64().unwrap())
-    };
+    // The partitions are idle by now: their watermarks follow the wall clock (Kafka timestamps,
+    // --idle-advance auto, no lateness), past every event time seen and not past now.
+    let hi = duckdb(
+        &out,
+        &format!("SELECT epoch(max(kafka_timestamp)) FROM {windows}"),
+    )[0][0]
+        .as_f64()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     let watermark = get(&m, "reclamacoes_consume_watermark_timestamp_seconds");
     assert!(
-        watermark >= lo - 10.0 - 1.0 && watermark <= hi,
-        "watermark {watermark} outside [{lo} - 10 s, {hi}]"
+        watermark >= hi && watermark <= now,
+        "watermark {watermark} outside [{hi}, {now}]"
     );
+    for p in 0..3 {
+        assert_eq!(
+            get(
+                &m,
+                &format!(
+                    "reclamacoes_consume_partition_watermark_source{{partition=\"{p}\",source=\"idle_clock\"}}"
+                )
+            ),
+            1.0,
+            "partition {p} follows the clock"
+        );
+    }
     assert_eq!(get(&m, "reclamacoes_healthy"), 1.0);
     assert_eq!(
         get(
