@@ -760,8 +760,8 @@ impl Report {
         if !self.windows.is_empty() {
             let _ = writeln!(
                 s,
-                "  {:<26} {:<7} {:>6} {:>12} {:>10}  {}",
-                "window_start", "state", "files", "rows", "size", "partitions"
+                "  {:<26} {:<7} {:>6} {:>12} {:>10}  partitions",
+                "window_start", "state", "files", "rows", "size"
             );
             let listed: Vec<Option<&WindowInfo>> = if self.windows.len() > MAX_WINDOWS_LISTED {
                 let half = MAX_WINDOWS_LISTED / 2;
@@ -934,4 +934,246 @@ fn truncate_text(s: &str, max: usize) -> String {
 /// The output location `inspect` reads, for messages.
 pub fn location(path: &Path) -> String {
     LocalStore::new(path).describe()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consume::core::{CoreConfig, LatePolicy, Now};
+    use crate::consume::decode::{DecodeConfig, Decoder, RawRecord};
+    use crate::consume::pipeline::{recover, PartitionPipeline, PipelineConfig, Progress};
+    use crate::enrich::{OnMiss, ReferenceTable};
+    use crate::output::layout::WriterId;
+    use crate::output::{OutputConfig, OutputSchema};
+    use crate::schema::{FieldType, Schema, Source, Value};
+
+    const T0: i64 = 1_767_323_040_000; // 2026-01-02T03:04:00Z
+    const MINUTE: i64 = 60_000;
+
+    fn json(offset: i64) -> Vec<u8> {
+        let schema = Schema::banco_central();
+        let mut values = vec![Value::Null; schema.fields.len()];
+        values[0] = Value::Int(2025);
+        values[1] = Value::Int(1);
+        values[2] = Value::Str("C".into());
+        values[3] = Value::Str("T".into());
+        values[4] = Value::Str("00360305".into());
+        values[5] = Value::Str(format!(
+            "BANCO MUITO COMPRIDO DE NOME EXTENSO S.A. #{offset}"
+        ));
+        let mut out = String::new();
+        let source = Source {
+            file: "f".into(),
+            line: 1,
+        };
+        schema.write_json(&values, Some(&source), &mut out);
+        out.into_bytes()
+    }
+
+    /// A partition's run: window T0 closed (3 rows), window T0+1m open (2 rows, staged), one
+    /// late row, two dead letters.
+    fn fixture(out: &Path) {
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(out));
+        let schema = Arc::new(Schema::banco_central());
+        let table = ReferenceTable::build(
+            "banco_",
+            vec![
+                ("cnpj".into(), FieldType::String),
+                ("nome".into(), FieldType::String),
+            ],
+            vec![vec![
+                Value::Str("00360305".into()),
+                Value::Str("CAIXA".into()),
+            ]],
+        );
+        let output = OutputSchema::new(&schema, &table.columns).unwrap();
+        let decoder = Decoder::new(
+            DecodeConfig {
+                schema: Arc::clone(&schema),
+                event_time_field: None,
+                join_field: 4,
+                on_miss: OnMiss::Null,
+                max_future_ms: None,
+                window_ms: MINUTE,
+            },
+            &output,
+            "t",
+        );
+        let config = PipelineConfig {
+            topic: "t".into(),
+            core: CoreConfig {
+                window_ms: MINUTE,
+                allowed_lateness_ms: 0,
+                late: LatePolicy::SideOutput,
+                idle_timeout_ms: 1 << 40,
+                idle_advance: false,
+            },
+            output: OutputConfig::default(),
+            memory_budget: 1 << 30,
+        };
+        let recovered = recover(store.as_ref(), "t", 0, MINUTE, &store.list("").unwrap()).unwrap();
+        let now = Now {
+            wall_ms: T0,
+            mono_ms: 0,
+        };
+        let mut p = PartitionPipeline::start(
+            Arc::clone(&store),
+            &config,
+            &output,
+            0,
+            WriterId(0xabcd),
+            &recovered,
+            0,
+            now,
+        )
+        .unwrap();
+        let values: Vec<Vec<u8>> = (0..6).map(json).collect();
+        let times = [T0, T0 + 1, T0 + 2, T0 + MINUTE, T0 + 5, T0 + MINUTE + 1];
+        let mut records: Vec<RawRecord> = (0..6)
+            .map(|i| RawRecord {
+                offset: i as i64,
+                timestamp_ms: times[i],
+                key: None,
+                value: Some(&values[i]),
+            })
+            .collect();
+        let bad = [b"not json".to_vec(), b"[1]".to_vec()];
+        for (i, v) in bad.iter().enumerate() {
+            records.push(RawRecord {
+                offset: 6 + i as i64,
+                timestamp_ms: T0,
+                key: None,
+                value: Some(v),
+            });
+        }
+        let batch = decoder.decode(0, records.into_iter(), &table, T0).unwrap();
+        p.process(&batch, now).unwrap();
+        p.finish(false, &mut Progress::default()).unwrap();
+        std::fs::write(out.join("window=2026-01-02T03:04:00Z/_SUCCESS"), b"{}").unwrap();
+        std::fs::write(
+            out.join("window=2026-01-02T03:04:00Z/.part-0-9-9-0000abcd.parquet.tmp"),
+            b"x",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn reports_windows_staged_late_dead_letters_and_checkpoints() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("output");
+        fixture(&out);
+        let report = inspect(&InspectOptions::new(&out)).unwrap();
+        assert_eq!(report.layout, 2);
+        assert_eq!(
+            (
+                report.window_count,
+                report.closed_windows,
+                report.open_windows
+            ),
+            (1, 1, 0)
+        );
+        assert_eq!((report.total_files, report.total_rows), (1, 3));
+        assert_eq!(report.windows[0].dir, "window=2026-01-02T03:04:00Z");
+        assert_eq!(report.windows[0].writers, vec!["0000abcd"]);
+        assert_eq!(
+            (
+                report.staged.windows,
+                report.staged.row_groups,
+                report.staged.rows
+            ),
+            (1, 1, 2)
+        );
+        assert_eq!((report.late.rows, report.late.files), (1, 1));
+        assert_eq!(
+            (report.dead_letters.rows, report.dead_letters.errors.len()),
+            (2, 2)
+        );
+        assert!(report.dead_letters.errors[0]
+            .error
+            .contains("not valid JSON"));
+        assert_eq!(report.unfinished_files, 1);
+        assert_eq!(report.checkpoints.len(), 1);
+        let c = &report.checkpoints[0];
+        assert_eq!(
+            (
+                c.partition,
+                c.resume_offset,
+                c.next_offset,
+                c.staged_windows
+            ),
+            (0, 8, 8, 1)
+        );
+        assert_eq!(c.writer, "0000abcd");
+        let schema = report.schema.as_ref().unwrap();
+        assert!(schema.columns.iter().any(|col| col.name == "banco_nome"));
+        assert_eq!(report.sample.as_ref().unwrap().rows.len(), 3);
+        let text = report.render();
+        for needle in [
+            "windows: 1 (1 closed, 0 open), 1 file, 3 rows",
+            "staged: 2 rows in 1 row group of 1 window",
+            "late rows (_late): 1 row in 1 file (1 window)",
+            "dead letters (_dead_letter): 2 records in 1 file",
+            "in progress: 1 file",
+        ] {
+            assert!(text.contains(needle), "`{needle}` missing:\n{text}");
+        }
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["total_rows"], 3);
+    }
+
+    #[test]
+    fn layout_1_outputs_are_still_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("old");
+        fixture(&tmp.path().join("new"));
+        // Layout 1: window_start=… folders, part-<p>-<first>-<last>.parquet, checkpoint.json.
+        let new_file = walk_files(&tmp.path().join("new/window=2026-01-02T03:04:00Z"));
+        let dir = out.join("window_start=2026-01-02T03:04:00Z");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&new_file[0], dir.join("part-0-0-2.parquet")).unwrap();
+        std::fs::write(dir.join("_SUCCESS"), b"").unwrap();
+        std::fs::create_dir_all(out.join("_checkpoint")).unwrap();
+        std::fs::write(out.join("_checkpoint/checkpoint.json"), b"{}").unwrap();
+        let report = inspect(&InspectOptions::new(&out)).unwrap();
+        assert_eq!(report.layout, 1);
+        assert_eq!(
+            (
+                report.window_count,
+                report.closed_windows,
+                report.total_rows
+            ),
+            (1, 1, 3)
+        );
+        assert!(
+            report.render().contains("earlier version"),
+            "{}",
+            report.render()
+        );
+    }
+
+    fn walk_files(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn clear_errors_for_missing_or_empty_output() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = inspect(&InspectOptions::new(tmp.path().join("nope")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not exist") && e.contains("--output"),
+            "{e}"
+        );
+        let e = inspect(&InspectOptions::new(tmp.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds no output"), "{e}");
+    }
 }

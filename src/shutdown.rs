@@ -64,8 +64,8 @@ impl Shutdown {
     }
 
     /// [`requested`](Self::requested) as an owned future (for `select!` and APIs that take one).
-    pub fn wait(mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        async move { self.requested().await }
+    pub async fn wait(mut self) {
+        self.requested().await
     }
 }
 

@@ -7,8 +7,8 @@
 //! Every test uses its own random topic and group on the shared broker (127.0.0.1:9092, or
 //! `KAFKA_BROKERS`); the TLS/SASL test starts a private broker on free ports.
 
-mod common;
 mod faultkit;
+use faultkit::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;

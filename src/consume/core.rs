@@ -670,3 +670,159 @@ impl Pending {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: i64 = 100;
+
+    fn config(idle_advance: bool) -> CoreConfig {
+        CoreConfig {
+            window_ms: W,
+            allowed_lateness_ms: 20,
+            late: LatePolicy::SideOutput,
+            idle_timeout_ms: 1_000,
+            idle_advance,
+        }
+    }
+
+    fn now(mono_ms: i64, wall_ms: i64) -> Now {
+        Now { wall_ms, mono_ms }
+    }
+
+    fn rows(times: &[(i64, i64)]) -> Vec<RecordMeta> {
+        times
+            .iter()
+            .enumerate()
+            .map(|(i, &(offset, event_ms))| RecordMeta {
+                offset,
+                kind: RecordKind::Row {
+                    row: i as u32,
+                    event_ms,
+                },
+            })
+            .collect()
+    }
+
+    fn core(idle_advance: bool) -> PartitionCore {
+        PartitionCore::new(
+            "t",
+            0,
+            config(idle_advance),
+            Start::Fresh { offset: 0 },
+            now(0, 0),
+        )
+    }
+
+    #[test]
+    fn windows_close_record_by_record_and_later_rows_go_late() {
+        let mut c = core(false);
+        // 130 makes the watermark 110: window [0, 100) closes before the row at 50 comes.
+        let r = c.route(&rows(&[(0, 10), (1, 130), (2, 50), (3, 140)]), now(1, 0));
+        assert_eq!(
+            r.effects,
+            vec![
+                Effect::Rows {
+                    dest: Destination::Window(0),
+                    rows: vec![0]
+                },
+                Effect::Close { window: 0 },
+                Effect::Rows {
+                    dest: Destination::Window(100),
+                    rows: vec![1, 3]
+                },
+                Effect::Rows {
+                    dest: Destination::Late(0),
+                    rows: vec![2]
+                },
+            ]
+        );
+        assert_eq!(
+            (
+                r.tally.rows_on_time,
+                r.tally.rows_late,
+                r.tally.windows_closed
+            ),
+            (3, 1, 1)
+        );
+        assert_eq!(c.closed_before(), 100);
+        // A re-fetch of the same offsets is ignored.
+        assert_eq!(c.route(&rows(&[(2, 50)]), now(2, 0)).tally.records_read, 0);
+    }
+
+    #[test]
+    fn an_idle_partition_follows_the_clock_or_the_others() {
+        let mut c = core(true);
+        c.route(&rows(&[(0, 10)]), now(0, 0));
+        // Not idle yet: nothing moves.
+        assert!(c.tick(now(999, 500), None).effects.is_empty());
+        // Idle: the wall clock (500 - 20 lateness) closes window [0, 100) and more.
+        let r = c.tick(now(1_000, 500), None);
+        assert_eq!(r.effects, vec![Effect::Close { window: 0 }]);
+        assert_eq!(
+            c.effective_watermark(),
+            (Some(480), WatermarkSource::IdleClock)
+        );
+        assert_eq!(c.closed_before(), 400);
+
+        let mut c = core(false);
+        c.route(&rows(&[(0, 10)]), now(0, 0));
+        assert!(
+            c.tick(now(1_000, 10_000), None).effects.is_empty(),
+            "no clock"
+        );
+        let r = c.tick(now(1_001, 10_000), Some(300));
+        assert_eq!(r.effects, vec![Effect::Close { window: 0 }]);
+        assert_eq!(
+            c.effective_watermark(),
+            (Some(300), WatermarkSource::Following)
+        );
+        // A record wakes it up: the event time is the source again once it passes.
+        c.route(&rows(&[(1, 900)]), now(1_002, 10_000));
+        assert_eq!(
+            c.effective_watermark(),
+            (Some(880), WatermarkSource::EventTime)
+        );
+    }
+
+    #[test]
+    fn after_a_restart_no_window_closes_before_the_replay_reached_next_offset() {
+        let mut c = core(false);
+        c.route(&rows(&[(0, 10), (1, 20)]), now(0, 0));
+        let cp = c.capture(WriterId(1));
+        assert_eq!((cp.resume_offset, cp.next_offset), (0, 2));
+        let mut restored = PartitionCore::new(
+            "t",
+            0,
+            config(false),
+            Start::Checkpoint(Box::new(cp)),
+            now(5, 0),
+        );
+        assert!(restored.is_replaying());
+        assert!(
+            !restored.is_idle(now(100_000, 0)),
+            "a replaying partition is not idle"
+        );
+        // Replayed rows close nothing until offset 2 is reached.
+        let r = restored.route(&rows(&[(0, 10)]), now(6, 0));
+        assert!(r.effects.iter().all(|e| !matches!(e, Effect::Close { .. })));
+        assert!(restored.is_replaying());
+        let r = restored.route(&rows(&[(1, 20), (2, 200)]), now(7, 0));
+        assert!(!restored.is_replaying());
+        assert!(r.effects.contains(&Effect::Close { window: 0 }));
+    }
+
+    #[test]
+    fn close_all_ends_the_stream() {
+        let mut c = core(false);
+        c.route(&rows(&[(0, 10), (1, 150), (2, 250)]), now(0, 0));
+        assert_eq!(c.open_windows().collect::<Vec<_>>(), [200]);
+        let r = c.close_all();
+        assert_eq!(r.effects, vec![Effect::Close { window: 200 }]);
+        assert_eq!(c.closed_before(), i64::MAX);
+        // Anything after the end of the stream is late.
+        let r = c.route(&rows(&[(3, 10_000)]), now(1, 0));
+        assert_eq!(r.tally.rows_late, 1);
+    }
+}

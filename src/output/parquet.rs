@@ -541,7 +541,7 @@ mod tests {
             3,
         )
         .unwrap();
-        let files = vec![("a".to_string(), finish(a)), ("b".to_string(), finish(b))];
+        let files = [("a".to_string(), finish(a)), ("b".to_string(), finish(b))];
         let e = match concat(
             files.len(),
             |i| Ok::<_, ()>(files[i].clone()),

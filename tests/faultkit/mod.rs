@@ -13,7 +13,7 @@
 #![allow(dead_code)]
 
 #[path = "../common/mod.rs"]
-mod common;
+pub mod common;
 pub use common::{duckdb, output};
 pub mod secure_broker;
 

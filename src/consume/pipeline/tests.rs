@@ -82,7 +82,10 @@ fn stream() -> impl Strategy<Value = Vec<Rec>> {
 #[derive(Debug, Clone)]
 enum Step {
     Fetch(usize),
-    Tick(i64),
+    /// Time passes (ms), and the instance boundary an idle partition follows, if any.
+    Tick(i64, Option<i64>),
+    /// A clean stop (open windows staged, committed), then a restart.
+    Shutdown,
     Checkpoint,
     Pressure(usize),
     Crash,
@@ -93,7 +96,8 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         8 => (1..8usize).prop_map(Step::Fetch),
-        2 => (1..400i64).prop_map(Step::Tick),
+        2 => (1..800i64, proptest::option::of(BASE_WALL - 3_500..BASE_WALL)).prop_map(|(ms, b)| Step::Tick(ms, b)),
+        1 => Just(Step::Shutdown),
         2 => Just(Step::Checkpoint),
         1 => (1..8usize).prop_map(Step::Pressure),
         1 => Just(Step::Crash),
@@ -136,7 +140,7 @@ struct Run<'a> {
     budget: usize,
 }
 
-fn config(budget: usize) -> PipelineConfig {
+fn config(budget: usize, idle_advance: bool) -> PipelineConfig {
     PipelineConfig {
         topic: TOPIC.into(),
         core: CoreConfig {
@@ -144,7 +148,7 @@ fn config(budget: usize) -> PipelineConfig {
             allowed_lateness_ms: 60,
             late: LatePolicy::SideOutput,
             idle_timeout_ms: 500,
-            idle_advance: false,
+            idle_advance,
         },
         output: OutputConfig {
             max_file_bytes: 3_000,
@@ -155,7 +159,13 @@ fn config(budget: usize) -> PipelineConfig {
 }
 
 impl<'a> Run<'a> {
-    fn start(stream: &'a [Rec], store: &MemStore, run: u32, now: Now) -> Run<'a> {
+    fn start(
+        stream: &'a [Rec],
+        store: &MemStore,
+        run: u32,
+        now: Now,
+        idle_advance: bool,
+    ) -> Run<'a> {
         store.heal();
         let schema = schema();
         let table = table(run % 2 == 0);
@@ -177,7 +187,7 @@ impl<'a> Run<'a> {
         let budget = 1 << 30;
         let pipeline = PartitionPipeline::start(
             Arc::new(store.clone()),
-            &config(budget),
+            &config(budget, idle_advance),
             &output,
             0,
             WriterId(run),
@@ -216,10 +226,17 @@ impl<'a> Run<'a> {
         self.pipeline.process(&batch, self.now).map(|_| ())
     }
 
-    fn tick(&mut self, ms: i64) -> Result<(), PipelineError> {
+    fn tick(&mut self, ms: i64, boundary: Option<i64>) -> Result<(), PipelineError> {
         self.now.mono_ms += ms;
         self.now.wall_ms += ms;
-        self.pipeline.tick(self.now, None).map(|_| ())
+        let boundary = boundary.map(|b| crate::window::window_start(b, WIDTH));
+        self.pipeline.tick(self.now, boundary).map(|_| ())
+    }
+
+    fn shutdown(&mut self) -> Result<(), PipelineError> {
+        self.pipeline
+            .finish(false, &mut Progress::default())
+            .map(|_| ())
     }
 
     fn checkpoint(&mut self) -> Result<(), PipelineError> {
@@ -287,15 +304,20 @@ proptest! {
     fn every_offset_is_written_exactly_once_across_crashes(
         stream in stream(),
         steps in proptest::collection::vec(step(), 0..70),
+        idle_advance in any::<bool>(),
     ) {
         let store = MemStore::new();
         let mut now = Now { wall_ms: BASE_WALL, mono_ms: 0 };
         let mut runs = 0u32;
-        let mut run = Run::start(&stream, &store, runs, now);
+        let mut run = Run::start(&stream, &store, runs, now, idle_advance);
         for step in steps {
             let crashed = match step {
                 Step::Fetch(n) => run.fetch(n).is_err(),
-                Step::Tick(ms) => run.tick(ms).is_err(),
+                Step::Tick(ms, boundary) => run.tick(ms, boundary).is_err(),
+                Step::Shutdown => {
+                    let _ = run.shutdown();
+                    true
+                }
                 Step::Checkpoint => run.checkpoint().is_err(),
                 Step::Pressure(n) => run.pressure(n).is_err(),
                 Step::Crash => true,
@@ -315,14 +337,14 @@ proptest! {
                 now = run.now;
                 now.wall_ms += 50;
                 runs += 1;
-                run = Run::start(&stream, &store, runs, now);
+                run = Run::start(&stream, &store, runs, now, idle_advance);
             }
         }
         // End: read everything, the wall clock far ahead so no record is refused as future.
         now = run.now;
         now.wall_ms += 10 * FUTURE;
         runs += 1;
-        let mut run = Run::start(&stream, &store, runs, now);
+        let mut run = Run::start(&stream, &store, runs, now, idle_advance);
         run.fetch(stream.len()).unwrap();
         let mut progress = Progress::default();
         run.pipeline.finish(true, &mut progress).unwrap();
