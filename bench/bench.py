@@ -57,7 +57,10 @@ JDBC_URL = os.environ.get("BENCH_JDBC_URL", f"jdbc:mysql://127.0.0.1:{MYSQL_PORT
 PRODUCERS = ["app", "kcat", "producer-perf", "producer-perf-batch", "seed-python"]
 # app produce's default --batch-bytes (768 KiB); the second ProducerPerformance run uses it.
 APP_BATCH_BYTES = 768 * 1024
-CONSUMERS = ["app", "consumer-perf", "seed-spark"]
+CONSUMERS = ["app", "app-before", "consumer-perf", "seed-spark"]
+# `--app-before PATH` (or BENCH_APP_BEFORE): an earlier build of app, run next to this one on the
+# same topic in the consume step, so "before" and "after" come from one run.
+APP_BEFORE = os.environ.get("BENCH_APP_BEFORE")
 LABEL = {
     ("produce", "app"): "app produce",
     ("produce", "kcat"): "kcat -P (same key+JSON)",
@@ -65,6 +68,7 @@ LABEL = {
     ("produce", "producer-perf-batch"): "Kafka ProducerPerformance (batch.size 768 KiB like app)",
     ("produce", "seed-python"): "seed: kafka-python + DictReader",
     ("consume", "app"): "app consume -> Parquet",
+    ("consume", "app-before"): "app consume, before (an earlier build)",
     ("consume", "consumer-perf"): "Kafka ConsumerPerformance (raw fetch, ceiling)",
     ("consume", "seed-spark"): "seed: PySpark Structured Streaming -> Parquet",
 }
@@ -74,6 +78,7 @@ SHORT = {
     "app": "app", "kcat": "kcat -P", "producer-perf": "ProducerPerf\n(client defaults)",
     "producer-perf-batch": "ProducerPerf\n(768 KiB batch)", "seed-python": "seed:\nkafka-python",
     "consumer-perf": "ConsumerPerf\n(raw fetch)", "seed-spark": "seed:\nPySpark",
+    "app-before": "app\n(before)",
 }
 
 
@@ -230,15 +235,23 @@ def app_produce(run_dir, topic, files_dir, rows, partitions, tag):
     return m
 
 
-def app_consume(run_dir, topic, rows, tag):
+def app_consume(run_dir, topic, rows, tag, binary=None):
+    """app consume as a bounded run: --until-caught-up --close-windows, so every window closes
+    and the whole topic is in the table, as with the seed's trigger(availableNow=True). With
+    `binary` (an earlier build, layout 1) the flags and layout of that version are used."""
     outdir = run_dir / f"{tag}-output"
     shutil.rmtree(outdir, ignore_errors=True)
     out, err = run_dir / f"{tag}.out", run_dir / f"{tag}.err"
-    cmd = [APP, "consume", "--brokers", BROKERS, "--topic", topic, "--output", outdir,
+    before = binary is not None
+    cmd = [binary or APP, "consume", "--brokers", BROKERS, "--topic", topic, "--output", outdir,
            "--mysql-url", MYSQL_URL, "--until-caught-up"]
-    log(f"{tag}: app consume --topic {topic} --output {outdir.relative_to(ROOT)} --until-caught-up")
+    if not before:
+        cmd.append("--close-windows")
+    log(f"{tag}: {'(before) ' if before else ''}app consume --topic {topic} --output "
+        f"{outdir.relative_to(ROOT)} {' '.join(map(str, cmd[8:]))}")
     m = measure([str(c) for c in cmd], cwd=run_dir, stdout=str(out), stderr=str(err),
-                watch=str(outdir), pattern="window_start=*/*.parquet")
+                watch=str(outdir),
+                pattern="window_start=*/*.parquet" if before else "window=*/*.parquet")
     check(m, "app consume", err)
     text = out.read_text()
     read = int(re.search(r"records read: (\d+)", text).group(1))
@@ -252,17 +265,49 @@ def duck(sql):
     return duckdb.sql(sql).fetchall()
 
 
-def app_output_counts(outdir):
-    parts = [f"'{outdir}/window_start=*/*.parquet'"]
-    if list(outdir.glob("_late/**/*.parquet")):
-        parts.append(f"'{outdir}/_late/**/*.parquet'")
-    src = f"read_parquet([{', '.join(parts)}], hive_partitioning = false, union_by_name = true)"
-    return duck(f"SELECT count(*), count(banco_segmento) FROM {src}")[0]
+def app_output_counts(outdir, before=False):
+    """Rows and enriched rows, read the way a user reads the output: every Parquet file under
+    it with Hive partitioning (layout 2), plus late rows if any."""
+    if before:
+        parts = [f"'{outdir}/window_start=*/*.parquet'"]
+        if list(outdir.glob("_late/**/*.parquet")):
+            parts.append(f"'{outdir}/_late/**/*.parquet'")
+        src = f"read_parquet([{', '.join(parts)}], hive_partitioning = false, union_by_name = true)"
+        return duck(f"SELECT count(*), count(banco_segmento) FROM {src}")[0]
+    total, hits = duck(f"SELECT count(*), count(banco_segmento) FROM "
+                       f"read_parquet('{outdir}/**/*.parquet', hive_partitioning = true)")[0]
+    if list(outdir.glob("_late/*/*.pq")):
+        late, late_hits = duck(f"SELECT count(*), count(banco_segmento) FROM "
+                               f"read_parquet('{outdir}/_late/*/*.pq')")[0]
+        total, hits = total + late, hits + late_hits
+    return total, hits
 
 
 def spark_output_counts(outdir):
     src = f"read_parquet('{outdir}/window_start=*/*.parquet', hive_partitioning = false)"
     return duck(f"SELECT count(*), count(banco_segmento) FROM {src}")[0]
+
+
+SPARK_READ = r"""
+import json, sys
+from pyspark.sql import SparkSession
+spark = (SparkSession.builder.master("local[2]").appName("read-app-output")
+         .config("spark.ui.enabled", "false").getOrCreate())
+spark.sparkContext.setLogLevel("ERROR")
+df = spark.read.parquet(sys.argv[1])
+types = dict(df.dtypes)
+print(json.dumps({"rows": df.count(), "window_start": types.get("window_start"),
+                  "window": types.get("window")}))
+"""
+
+
+def spark_reads(outdir):
+    """`spark.read.parquet(output)` on app's output: rows and the type of window_start."""
+    out = subprocess.run([str(VENV_PY), "-c", SPARK_READ, str(outdir)], capture_output=True,
+                         text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"bench: spark.read.parquet of app's output failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 REPEAT = 1  # runs per measurement of the cheap systems (--repeat); the seed's run once
@@ -371,19 +416,37 @@ def consume_step(run_dir, rows, systems, topic, payload_bytes, results):
     checks = {}
     if "app" in systems:
         def app_once(i):
-            m, outdir = app_consume(run_dir, topic, rows, f"consume-app-{i}")
+            m, outdir = app_consume(run_dir, topic, rows, f"consume-{rows}-app-{i}")
             total, hits = app_output_counts(outdir)
             extra = {"output_rows": total, "enrich_hits": hits,
-                     "output_mb": round(dir_bytes(outdir) / 1e6, 1)}
+                     "output_mb": round(dir_bytes(outdir) / 1e6, 1),
+                     "output_files": len(list(outdir.glob("window=*/*.parquet")))}
+            if i == 0 and "seed-spark" in systems and VENV_PY.exists():
+                extra["spark_read"] = spark_reads(outdir)
+                log(f"spark.read.parquet(app's output): {extra['spark_read']}")
             shutil.rmtree(outdir, ignore_errors=True)
             return m, extra
 
         m, extra = median_of(REPEAT, app_once)
         checks["app"] = (extra["output_rows"], extra["enrich_hits"])
         results.append(result("consume", "app", rows, m, payload_bytes, extra))
+    if "app-before" in systems and APP_BEFORE:
+        def before_once(i):
+            m, outdir = app_consume(run_dir, topic, rows, f"consume-{rows}-before-{i}",
+                                    binary=APP_BEFORE)
+            total, hits = app_output_counts(outdir, before=True)
+            extra = {"output_rows": total, "enrich_hits": hits,
+                     "output_mb": round(dir_bytes(outdir) / 1e6, 1), "binary": APP_BEFORE}
+            shutil.rmtree(outdir, ignore_errors=True)
+            return m, extra
+
+        m, extra = median_of(REPEAT, before_once)
+        checks["app-before"] = (extra["output_rows"], extra["enrich_hits"])
+        results.append(result("consume", "app-before", rows, m, payload_bytes, extra))
     if "consumer-perf" in systems:
         def perf_once(i):
-            out, err = run_dir / f"consume-perf-{i}.out", run_dir / f"consume-perf-{i}.err"
+            out, err = (run_dir / f"consume-{rows}-perf-{i}.out",
+                        run_dir / f"consume-{rows}-perf-{i}.err")
             cmd = ["java", "-cp", f"{KAFKA_LIBS}/*", "org.apache.kafka.tools.ConsumerPerformance",
                    "--bootstrap-server", BROKERS, "--topic", topic, "--messages", str(rows)]
             log(f"consume-perf: ConsumerPerformance --topic {topic} --messages {rows}")
@@ -403,9 +466,9 @@ def consume_step(run_dir, rows, systems, topic, payload_bytes, results):
         m, extra = median_of(REPEAT, perf_once)
         results.append(result("consume", "consumer-perf", rows, m, payload_bytes, extra))
     if "seed-spark" in systems:
-        outdir = run_dir / "consume-spark-output"
+        outdir = run_dir / f"consume-{rows}-spark-output"
         shutil.rmtree(outdir, ignore_errors=True)
-        out, err = run_dir / "consume-spark.out", run_dir / "consume-spark.err"
+        out, err = run_dir / f"consume-{rows}-spark.out", run_dir / f"consume-{rows}-spark.err"
         cmd = [str(VENV_PY), str(ROOT / "bench" / "spark_consumer.py"), "--brokers", BROKERS,
                "--topic", topic, "--output", str(outdir), "--jars-dir", str(JARS),
                "--jdbc-url", JDBC_URL]
@@ -434,6 +497,9 @@ def dir_bytes(d):
 
 def scaling_step(run_dir, scale_rows, partitions, base_rows, topics, results):
     points = [(n, 1) for n in scale_rows] + [(base_rows, p) for p in partitions if p != 1]
+    # Peak RSS must stay bounded by configuration at the largest backlog with 3 partitions too.
+    if max(scale_rows, default=0) > base_rows and 3 in partitions:
+        points.append((max(scale_rows), 3))
     for n, p in points:
         if any(r["step"] == "scaling-produce" and r["rows"] == n and r["partitions"] == p
                for r in results):
@@ -452,11 +518,15 @@ def scaling_step(run_dir, scale_rows, partitions, base_rows, topics, results):
 
         def consume_once(i):
             m, outdir = app_consume(run_dir, made[0], n, f"scale-consume-{n}-p{p}-{i}")
+            extra = {"output_files": len(list(outdir.glob("window=*/*.parquet")))}
             shutil.rmtree(outdir, ignore_errors=True)
-            return m, {}
+            return m, extra
 
-        m, extra = median_of(REPEAT, consume_once)
-        results.append(result("scaling-consume", "app", n, m, None, dict(extra, partitions=p)))
+        if not any(r["step"] == "scaling-consume" and r["rows"] == n and r["partitions"] == p
+                   for r in results):
+            m, extra = median_of(REPEAT, consume_once)
+            results.append(result("scaling-consume", "app", n, m, None,
+                                  dict(extra, partitions=p)))
         delete_topics(made)
 
 
@@ -528,26 +598,46 @@ def render(results, info, args, started, finished):
         f"{info.get('kcat')} (librdkafka {info.get('librdkafka')}), kafka-python "
         f"{info.get('kafka_python')}, pyspark {info.get('pyspark')}.")
     add("")
-    for step, title in (("produce", "Produce: CSV -> topic (lz4, acks=all, fresh 1-partition topic each)"),
-                        ("consume", "Consume: topic -> enriched Parquet (same topic for all)")):
-        rows = [r for r in results if r["step"] == step]
+    sections = [("produce", None, "Produce: CSV -> topic (lz4, acks=all, fresh 1-partition topic each)")]
+    for n in sorted({r["rows"] for r in results if r["step"] == "consume"}):
+        sections.append(("consume", n, f"Consume: {n:,} records, topic -> enriched Parquet "
+                                       "(same topic for all)"))
+    for step, size, title in sections:
+        rows = [r for r in results if r["step"] == step and (size is None or r["rows"] == size)]
         if not rows:
             continue
         base = next((r for r in rows if r["system"] == "app"), None)
         add(f"### {title}")
         add("")
-        add("| system | records/s | MB/s | wall s | CPU s (user+sys) | peak RSS MB | "
+        add("| system | records/s | MB/s | wall s | CPU s (user+sys) | CPU µs/record | peak RSS MB | "
             "time to first output s | records/s vs app | CPU s vs app | RSS vs app |")
-        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
+            per = r["cpu_s"] / r["rows"] * 1e6 if r.get("rows") else None
             add(f"| {r['label']} | {fmt(r['records_per_s'])} | {fmt(r['mb_per_s'], 1)} | "
                 f"{fmt(r['wall_s'], 1)} | {fmt(r['cpu_s'], 1)} "
-                f"({fmt(r['cpu_user_s'], 1)}+{fmt(r['cpu_sys_s'], 1)}) | "
+                f"({fmt(r['cpu_user_s'], 1)}+{fmt(r['cpu_sys_s'], 1)}) | {fmt(per, 2)} | "
                 f"{fmt(r['peak_rss_tree_mb'])} | {fmt(r['first_output_s'], 1)} | "
                 f"{ratio(r['records_per_s'], base and base['records_per_s'])} | "
                 f"{ratio(r['cpu_s'], base and base['cpu_s'])} | "
                 f"{ratio(r['peak_rss_tree_mb'], base and base['peak_rss_tree_mb'])} |")
         add("")
+        if step == "consume" and base:
+            by = {r["system"]: r for r in rows}
+            perf, spark = by.get("consumer-perf"), by.get("seed-spark")
+            goals = []
+            if perf:
+                x = base["records_per_s"] / perf["records_per_s"]
+                goal = 0.8 if size <= 1_000_000 else 0.6
+                goals.append(f"app reaches **{x:.2f}x** Kafka ConsumerPerformance's records/s "
+                             f"(goal ≥ {goal}x)")
+            if spark:
+                x = base["records_per_s"] / spark["records_per_s"]
+                c = spark["cpu_s"] / base["cpu_s"]
+                goals.append(f"**{x:.1f}x** the seed's PySpark records/s on **1/{c:.1f}** of its "
+                             "CPU seconds (goal at 5M: ≥ 5x on ≤ 1/8)")
+            goals.append(f"peak RSS {fmt(base['peak_rss_tree_mb'])} MB (goal ≤ 128 MB)")
+            add("- " + "; ".join(goals) + ".")
         notes = []
         for r in rows:
             if r.get("runs_wall_s"):
@@ -565,9 +655,18 @@ def render(results, info, args, started, finished):
                 notes.append(f"The seed's values are DictReader rows as JSON strings, "
                              f"{r['mean_value_bytes']} bytes on average, no key.")
             if "output_rows" in r:
-                notes.append(f"{r['label']}: {fmt(r['output_rows'])} output rows, "
+                files = (f" in {r['output_files']} table files" if r.get("output_files")
+                         is not None else "")
+                notes.append(f"{r['label']}: {fmt(r['output_rows'])} output rows{files}, "
                              f"{fmt(r['enrich_hits'])} enriched (DuckDB), {r['output_mb']} MB "
                              "of Parquet.")
+            if "spark_read" in r:
+                sr = r["spark_read"]
+                notes.append(f"`spark.read.parquet(output)` on app's output: {fmt(sr['rows'])} "
+                             f"rows, `window_start` {sr['window_start']}, Hive column `window` "
+                             f"{sr['window']}.")
+            if r.get("binary"):
+                notes.append(f"{r['label']}: `{short_path(r['binary'])}`.")
         for n in notes:
             add(f"- {n}")
         if notes:
@@ -596,6 +695,9 @@ def render(results, info, args, started, finished):
                 f"{fmt(c.get('records_per_s'))} | {fmt(c.get('cpu_s'), 1)} | "
                 f"{fmt(c.get('peak_rss_tree_mb'))} |")
         add("")
+        add("Peak RSS goal for `app consume`: ≤ 128 MB with the default flags, whatever the "
+            "backlog (README: Memory).")
+        add("")
     return "\n".join(lines)
 
 
@@ -604,7 +706,8 @@ def chart(results, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [s for s in ("produce", "consume") if any(r["step"] == s for r in results)]
+    steps = [("produce", None)] if any(r["step"] == "produce" for r in results) else []
+    steps += [("consume", n) for n in sorted({r["rows"] for r in results if r["step"] == "consume"})]
     scaling = [r for r in results if r["step"].startswith("scaling")]
     panels = len(steps) + (1 if scaling else 0)
     if panels == 0:
@@ -612,9 +715,10 @@ def chart(results, path, title):
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5.2), squeeze=False)
     colors = {"app": "#d9534f", "kcat": "#5bc0de", "producer-perf": "#337ab7",
               "producer-perf-batch": "#1f4e79",
-              "consumer-perf": "#337ab7", "seed-python": "#f0ad4e", "seed-spark": "#f0ad4e"}
-    for ax, step in zip(axes[0], steps):
-        rows = [r for r in results if r["step"] == step]
+              "consumer-perf": "#337ab7", "seed-python": "#f0ad4e", "seed-spark": "#f0ad4e",
+              "app-before": "#e8a0a0"}
+    for ax, (step, size) in zip(axes[0], steps):
+        rows = [r for r in results if r["step"] == step and (size is None or r["rows"] == size)]
         names = [SHORT.get(r["system"], r["system"]) for r in rows]
         vals = [r["records_per_s"] for r in rows]
         bars = ax.bar(range(len(rows)), vals, color=[colors.get(r["system"], "grey") for r in rows])
@@ -675,11 +779,17 @@ def update_benchmarks_md(report, results_md, png):
 # --- main ------------------------------------------------------------------------------------
 
 def main():
+    global APP_BEFORE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--mode", choices=["full", "quick", "produce", "consume"], default="quick")
     ap.add_argument("--rows", type=int, help="rows of the side-by-side steps")
     ap.add_argument("--scale-rows", help="comma list (full mode default 100000,1000000,5000000)")
     ap.add_argument("--partitions", help="comma list (full mode default 1,3,6)")
+    ap.add_argument("--consume-rows",
+                    help="comma list of side-by-side consume sizes (full and consume modes "
+                         "default: --rows and 5000000)")
+    ap.add_argument("--app-before", metavar="PATH", default=os.environ.get("BENCH_APP_BEFORE"),
+                    help="an earlier build of app to run beside this one in the consume step")
     ap.add_argument("--systems", default="all",
                     help=f"comma list among {sorted(set(PRODUCERS + CONSUMERS))}, or all")
     ap.add_argument("--repeat", type=int,
@@ -691,6 +801,7 @@ def main():
     ap.add_argument("--report-from", metavar="JSON",
                     help="run nothing: re-render the .md/.png (and BENCHMARKS.md) of that run")
     args = ap.parse_args()
+    APP_BEFORE = args.app_before
     if args.report_from:
         report_from(args.report_from)
         return
@@ -728,7 +839,22 @@ def main():
                 for r in results:
                     r["step"] = "consume-input"
         if args.mode in ("full", "quick", "consume"):
-            consume_step(run_dir, args.rows, systems, topic, payload, results)
+            if args.consume_rows:
+                sizes = [int(x) for x in args.consume_rows.split(",")]
+            elif args.mode in ("full", "consume"):
+                sizes = sorted({args.rows, 5_000_000})
+            else:
+                sizes = [args.rows]
+            for n in sizes:
+                if n == args.rows:
+                    consume_step(run_dir, n, systems, topic, payload, results)
+                    continue
+                # A topic of n records, produced by app (not timed as a result).
+                data_dir, _ = dataset(n)
+                t = f"bench-{uuid.uuid4().hex[:8]}-consume-{n}"
+                topics.append(t)
+                app_produce(run_dir, t, data_dir, n, 1, f"consume-input-{n}")
+                consume_step(run_dir, n, systems, t, payload * n // args.rows, results)
         if args.mode in ("full", "quick"):
             # The side-by-side app runs are also the (rows, 1 partition) scaling points.
             for r in list(results):

@@ -6,7 +6,8 @@
 #   3. build the release binary (cargo build --release)
 #   4. (re)load table bancos: sql/seed.sql, or BANCOS=file.tsv (an enquadramento file)
 #   5. app produce: DATA (default fixtures/) -> a new topic demo-<timestamp>
-#   6. app consume --until-caught-up: that topic -> demo-output/<run>/ (1-minute windows)
+#   6. app consume --until-caught-up --close-windows: that topic -> demo-output/<run>/ (1-minute
+#      windows; the end of the topic is the end of the stream, so every window closes)
 #   7. app inspect on the output, a summary with the commands to query it with DuckDB and
 #      pyarrow, and those commands run with .local/venv/bin/python (independent readers)
 # Every run uses its own topic and output directory, so it can be repeated as is.
@@ -95,9 +96,9 @@ if ! "$APP" produce --topic "$TOPIC" --partitions "$PARTITIONS" --rejects "$OUT/
 fi
 sed 's/^/    /' "$LOGS/produce-summary.txt"
 
-step "consume: app consume --until-caught-up, $WINDOW windows, enrichment from MySQL -> $OUT"
-echo "    $ target/release/app consume --topic $TOPIC --output $OUT --window $WINDOW --until-caught-up"
-if ! "$APP" consume --topic "$TOPIC" --output "$OUT" --window "$WINDOW" --until-caught-up \
+step "consume: app consume --until-caught-up --close-windows, $WINDOW windows, enrichment from MySQL -> $OUT"
+echo "    $ target/release/app consume --topic $TOPIC --output $OUT --window $WINDOW --until-caught-up --close-windows"
+if ! "$APP" consume --topic "$TOPIC" --output "$OUT" --window "$WINDOW" --until-caught-up --close-windows \
     >"$LOGS/consume-summary.txt" 2>"$LOGS/consume.log"; then
   cat "$LOGS/consume-summary.txt"
   show_log "$LOGS/consume.log"
@@ -114,20 +115,23 @@ printf '    done in %s s\n' "$(elapsed "$STEP_T0")"
 P=$LOGS/produce-summary.txt
 C=$LOGS/consume-summary.txt
 windows_line=$(sed -n 's/^windows: //p' "$LOGS/inspect.txt" | head -n 1)
-GLOB="$OUT/window_start=*/*.parquet"
+GLOB="$OUT/**/*.parquet"
 ENRICH_HINT=
 if [[ -z $BANCOS && $(field "$C" enrichment) == "0 hits"* ]]; then
   ENRICH_HINT=$'\n                  no hits: table bancos holds the fictional seed that matches fixtures/; with the real\n                  data, also load the real table: make demo DATA=... BANCOS=.../EnquadramentoInicia_v2.tsv'
 fi
 
-# ==== Independent readers: the DuckDB query and the pyarrow read (the ONE place for them) ====
+# ==== Independent readers: DuckDB, pyarrow and pandas (the ONE place for them) ====
+# Plain calls, as a user writes them: the output directory is one table (only the table's files
+# end in .parquet; _late, _dead_letter, _staging and _checkpoint are skipped by every reader).
 # The summary prints these commands and the run ends by executing them, exactly as printed,
 # with .local/venv/bin/python (step 2). A change of the output layout or of the read calls is
 # made here only.
 PY_SHOWN=${PYTHON#"$ROOT"/}
-DUCKDB_SQL="SELECT banco_segmento, count(*) AS linhas, sum(quantidade_total_de_reclamacoes) AS reclamacoes FROM read_parquet('$GLOB', hive_partitioning = false) GROUP BY ALL ORDER BY banco_segmento NULLS LAST"
+DUCKDB_SQL="SELECT banco_segmento, count(*) AS linhas, sum(quantidade_total_de_reclamacoes) AS reclamacoes FROM read_parquet('$GLOB', hive_partitioning = true) GROUP BY ALL ORDER BY banco_segmento NULLS LAST"
 DUCKDB_PY="import sys, duckdb; duckdb.sql(sys.argv[1]).show()"
-PYARROW_PY="import pyarrow.dataset as ds; t = ds.dataset('$OUT', format='parquet', partitioning=None).to_table(); print(t.num_rows, 'rows,', t.num_columns, 'columns'); print(t.schema.remove_metadata())"
+PYARROW_PY="import pyarrow.parquet as pq; t = pq.read_table('$OUT'); print(t.num_rows, 'rows,', t.num_columns, 'columns; window_start:', t.schema.field('window_start').type)"
+PANDAS_PY="import pandas; df = pandas.read_parquet('$OUT'); print(len(df), 'rows; window_start:', df['window_start'].dtype); print(df.groupby('window_start').size().to_string())"
 run_readers() {
   echo
   echo "Independent readers, run now (proof that other tools read the files):"
@@ -135,6 +139,8 @@ run_readers() {
   "$PYTHON" -c "$DUCKDB_PY" "$DUCKDB_SQL" | sed 's/^/    /' || die "the DuckDB query failed (command above)"
   echo "  pyarrow $("$PYTHON" -c 'import pyarrow; print(pyarrow.__version__)'):"
   "$PYTHON" -c "$PYARROW_PY" | sed 's/^/    /' || die "the pyarrow read failed (command above)"
+  echo "  pandas $("$PYTHON" -c 'import pandas; print(pandas.__version__)'):"
+  "$PYTHON" -c "$PANDAS_PY" | sed 's/^/    /' || die "the pandas read failed (command above)"
 }
 # =============================================================================================
 
@@ -152,16 +158,20 @@ windows:          $windows_line
 enrichment:       $(field "$C" enrichment)   (misses: no CNPJ, or one not in table bancos; bank columns stay null)${ENRICH_HINT}
 late rows:        $(field "$C" "late rows")
 dead letters:     $(field "$C" "dead letters")
-output:           $OUT/   (window_start=*/part-*.parquet; logs and summaries in $LOGS/)
+output:           $OUT/   (the table: window=*/part-*.parquet; logs and summaries in $LOGS/)
 total time:       $(elapsed "$T0") s
 
-Query the files (.local/venv has duckdb and pyarrow; make python-env makes it):
+Query the files (.local/venv has duckdb, pyarrow, pandas and polars; scripts/python-env.sh makes it):
   DuckDB:
     $PY_SHOWN -c "$DUCKDB_PY" "$DUCKDB_SQL"
     (or with the DuckDB CLI: duckdb -c "$DUCKDB_SQL")
   pyarrow:
     $PY_SHOWN -c "$PYARROW_PY"
-  (pyarrow skips the _late, _dead_letter, _checkpoint, _logs and _rejects folders: names starting with _ are ignored)
+  pandas:
+    $PY_SHOWN -c "$PANDAS_PY"
+  polars:   polars.scan_parquet('$OUT/**/*.parquet', hive_partitioning=True).collect()
+  Spark:    spark.read.parquet('$OUT')
+  (the table is every *.parquet file; late rows and dead letters are .pq files in _late/ and _dead_letter/)
   Look again later: target/release/app inspect $OUT   (add --json for scripts)
 EOF
 

@@ -81,3 +81,36 @@ pub fn assert_round_trip(schema: &Schema, values: &[Value], source: Option<&Sour
     let _ = schema.key_of(values);
     let _ = schema.event_time_ms(values);
 }
+
+/// The consumer's decoder (`consume::decode::Decoder`, what `app consume` runs) on one message:
+/// `Ok(values)` when it is a row, `Err(reason)` when it is a dead letter.
+pub fn consumer_decode(schema: &Schema, value: &[u8]) -> Result<Vec<Value>, String> {
+    use reclamacoes::consume::decode::{row_values, DecodeConfig, Decoder, RawRecord};
+    // The consumer decodes whole batches; the fuzzer gives it a batch of one.
+    use reclamacoes::enrich::{OnMiss, ReferenceTable};
+    use reclamacoes::output::OutputSchema;
+    use std::sync::Arc;
+    let table = ReferenceTable::build("ref_", vec![("k".into(), reclamacoes::schema::FieldType::String)], vec![]);
+    let output = OutputSchema::new(schema, &table.columns).expect("valid columns");
+    let decoder = Decoder::new(
+        DecodeConfig {
+            schema: Arc::new(schema.clone()),
+            event_time_field: None,
+            join_field: 0,
+            on_miss: OnMiss::Null,
+            max_future_ms: None,
+            window_ms: 60_000,
+        },
+        &output,
+        "fuzz",
+    );
+    let record = RawRecord { offset: 0, timestamp_ms: 0, key: None, value: Some(value) };
+    let batch = decoder
+        .decode(0, std::iter::once(record), &table, 0)
+        .expect("decoding never fails as a whole");
+    if batch.rows.num_rows() == 1 {
+        Ok(row_values(schema, &batch.rows, 0))
+    } else {
+        Err(batch.dead_letter_errors().remove(0))
+    }
+}

@@ -19,7 +19,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{
-    new_null_array, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder,
+    new_null_array, Array, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder,
     Int32Array, Int64Array, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondArray,
     TimestampMicrosecondBuilder, UInt32Array,
 };
@@ -67,6 +67,15 @@ pub struct DecodedBatch {
     pub metas: Vec<RecordMeta>,
     pub enrich_hits: u64,
     pub enrich_misses: u64,
+}
+
+impl DecodedBatch {
+    /// The reasons of the dead letters, in order.
+    pub fn dead_letter_errors(&self) -> Vec<String> {
+        use arrow::array::AsArray;
+        let errors = self.dead.column(5).as_string::<i32>();
+        (0..errors.len()).map(|i| errors.value(i).to_string()).collect()
+    }
 }
 
 /// Errors of decoding that are not the record's fault.
@@ -350,6 +359,39 @@ impl Decoder {
             .collect()));
         RecordBatch::try_new(Arc::clone(&self.output), arrays).map_err(|e| fail(e.to_string()))
     }
+}
+
+/// The schema fields of row `row` of a decoded batch, back as typed values (for tests and the
+/// fuzz targets, which compare the decoder with `Schema::decode_json`, the reference).
+pub fn row_values(schema: &Schema, rows: &RecordBatch, row: usize) -> Vec<schema::Value> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Date32Type, Float64Type, Int64Type, TimestampMicrosecondType};
+    use schema::Value;
+    schema
+        .fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let c = rows.column(i);
+            if c.is_null(row) {
+                return Value::Null;
+            }
+            match f.ty {
+                FieldType::String | FieldType::Digits { .. } => {
+                    Value::Str(c.as_string::<i32>().value(row).to_string())
+                }
+                FieldType::Int { .. } => Value::Int(c.as_primitive::<Int64Type>().value(row)),
+                FieldType::Float | FieldType::DecimalComma => {
+                    Value::Float(c.as_primitive::<Float64Type>().value(row))
+                }
+                FieldType::Bool => Value::Bool(c.as_boolean().value(row)),
+                FieldType::Date { .. } => Value::Date(c.as_primitive::<Date32Type>().value(row)),
+                FieldType::Timestamp { .. } => {
+                    Value::Timestamp(c.as_primitive::<TimestampMicrosecondType>().value(row))
+                }
+            }
+        })
+        .collect()
 }
 
 /// A field's raw JSON value.
@@ -939,6 +981,32 @@ mod tests {
             prop_assert_eq!(batch.rows.num_rows(), 1, "{:?}", batch.dead.column(5));
             let col = batch.rows.column_by_name("instituicao_financeira").unwrap();
             prop_assert_eq!(col.as_string::<i32>().value(0), name.as_str());
+        }
+
+        /// The decoder agrees with `Schema::decode_json` (the simple reference): the same records
+        /// accepted, with the same values.
+        #[test]
+        fn agrees_with_the_reference_decoder(fields in proptest::collection::vec((0..16usize, 0..9u8), 0..20)) {
+            let schema = Schema::banco_central();
+            let names: Vec<String> = schema.fields.iter().map(|f| f.name.clone()).collect();
+            let shapes = ["null", "2025", "-7", "54.79", "1e300", "\"x\"", "\"00360305\"", "true", "[1]"];
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(f, v)| {
+                    let name = names.get(*f).cloned().unwrap_or_else(|| "outro".into());
+                    format!("\"{name}\":{}", shapes[*v as usize])
+                })
+                .collect();
+            let value = format!("{{{}}}", body.join(","));
+            let d = decoder(OnMiss::Null, None);
+            let batch = decode(&d, &[Some(value.clone().into_bytes())], 0);
+            match schema.decode_json(value.as_bytes()) {
+                Ok((values, _)) => {
+                    prop_assert_eq!(batch.rows.num_rows(), 1, "{} {:?}", value, batch.dead.column(5));
+                    prop_assert_eq!(row_values(&schema, &batch.rows, 0), values);
+                }
+                Err(e) => prop_assert_eq!(batch.rows.num_rows(), 0, "{} accepted, the reference says {}", value, e),
+            }
         }
 
         /// Arbitrary bytes never panic and always account for every record.
