@@ -19,7 +19,7 @@ use crate::schema::Schema;
 /// Default broker list; also `KAFKA_BROKERS`.
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
 /// Default MySQL URL (local development credentials); also `MYSQL_URL`.
-pub const DEFAULT_MYSQL_URL: &str = "mysql://reclamacoes:reclamacoes@127.0.0.1:3306/reclamacoes_db";
+pub use crate::enrich::DEFAULT_MYSQL_URL;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -808,9 +808,8 @@ fn create_topic_with_big_messages(brokers: &str, topic: &str) {
 
 #[tokio::test]
 async fn malformed_kafka_messages_are_dead_lettered_or_accepted_as_documented() {
-    let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let mysql = std::env::var("MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://reclamacoes:reclamacoes@127.0.0.1:3306/reclamacoes_db".into());
+    let brokers = faultkit::common::brokers();
+    let mysql = faultkit::common::mysql_url();
     let topic = format!("test-bad-messages-{:016x}", rand::random::<u64>());
     faultkit::connect(&brokers).await;
     create_topic_with_big_messages(&brokers, &topic);

@@ -41,12 +41,11 @@ fn chaos() -> bool {
 }
 
 fn shared_brokers() -> String {
-    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    faultkit::common::brokers()
 }
 
 fn shared_mysql_url() -> String {
-    std::env::var("MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://reclamacoes:reclamacoes@127.0.0.1:3306/reclamacoes_db".into())
+    faultkit::common::mysql_url()
 }
 
 fn random_topic(prefix: &str) -> String {

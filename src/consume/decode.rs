@@ -74,7 +74,9 @@ impl DecodedBatch {
     pub fn dead_letter_errors(&self) -> Vec<String> {
         use arrow::array::AsArray;
         let errors = self.dead.column(5).as_string::<i32>();
-        (0..errors.len()).map(|i| errors.value(i).to_string()).collect()
+        (0..errors.len())
+            .map(|i| errors.value(i).to_string())
+            .collect()
     }
 }
 

@@ -11,21 +11,31 @@ use std::time::Duration;
 
 use reclamacoes::kafka::{Kafka, KafkaConfig};
 
+/// The shared broker (`KAFKA_BROKERS`, as `make test` sets it, else the default).
 pub fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| reclamacoes::cli::DEFAULT_BROKERS.into())
 }
 
 pub fn mysql_url() -> String {
-    std::env::var("MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://reclamacoes:reclamacoes@127.0.0.1:3306/reclamacoes_db".into())
+    std::env::var("MYSQL_URL").unwrap_or_else(|_| reclamacoes::enrich::DEFAULT_MYSQL_URL.into())
 }
 
 pub fn kafka_config() -> KafkaConfig {
+    kafka_config_for(&brokers())
+}
+
+/// How the tests reach `brokers`: a 10 s bound on every call.
+pub fn kafka_config_for(brokers: &str) -> KafkaConfig {
     KafkaConfig {
-        brokers: brokers(),
+        brokers: brokers.to_string(),
         timeout: Duration::from_secs(10),
         ..Default::default()
     }
+}
+
+/// The same MySQL URL with another port (the private instance of the fault tests).
+pub fn mysql_url_on_port(port: u16) -> String {
+    reclamacoes::enrich::DEFAULT_MYSQL_URL.replace(":3306/", &format!(":{port}/"))
 }
 
 /// Connects to the real broker or fails with what to do.

@@ -24,7 +24,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use reclamacoes::kafka::{Kafka, KafkaConfig, PartitionHandle};
+use reclamacoes::kafka::{Kafka, PartitionHandle};
 use serde_json::Value as Json;
 
 /// A port of the private instance: `var` when set, else `default`.
@@ -52,9 +52,7 @@ pub fn private_mysql_port() -> u16 {
     private_port("RECLAMACOES_FAULTS_MYSQL_PORT", 13306)
 }
 
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+pub use common::{kafka_config_for as kafka_config, repo_root};
 
 pub fn private_dir() -> PathBuf {
     repo_root().join(".local/faults")
@@ -65,10 +63,7 @@ pub fn private_brokers() -> String {
 }
 
 pub fn private_mysql_url() -> String {
-    format!(
-        "mysql://reclamacoes:reclamacoes@127.0.0.1:{}/reclamacoes_db",
-        private_mysql_port()
-    )
+    common::mysql_url_on_port(private_mysql_port())
 }
 
 static PRIVATE_LOCK: Mutex<()> = Mutex::new(());
@@ -216,14 +211,6 @@ impl Drop for Private {
             }));
             let _ = std::fs::remove_file(&self.record);
         }
-    }
-}
-
-pub fn kafka_config(brokers: &str) -> KafkaConfig {
-    KafkaConfig {
-        brokers: brokers.to_string(),
-        timeout: Duration::from_secs(10),
-        ..Default::default()
     }
 }
 
