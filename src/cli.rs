@@ -58,9 +58,11 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The output directory written by `app consume` (its --output).
+    /// What `app consume` wrote (its --output): a directory, or s3://bucket/prefix (gs://, az://).
     #[arg(default_value = "./output")]
-    pub output: PathBuf,
+    pub output: String,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// Print one JSON object (the same numbers) instead of the text report.
     #[arg(long)]
     pub json: bool,
@@ -68,6 +70,33 @@ pub struct InspectArgs {
     #[arg(long, default_value_t = crate::inspect::DEFAULT_SAMPLE_ROWS, value_name = "N")]
     pub sample: usize,
 }
+
+/// Object storage options shared by `consume` and `inspect`. Credentials only from the
+/// environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), never a flag.
+#[derive(Debug, Args, Clone)]
+pub struct S3Args {
+    /// S3 endpoint for an S3-compatible server, e.g. http://127.0.0.1:7070 (default: AWS).
+    /// Credentials are read only from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and
+    /// AWS_SESSION_TOKEN); an http:// endpoint (or AWS_ALLOW_HTTP=true) allows plain HTTP.
+    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_DEFAULT_REGION, else us-east-1).
+    #[arg(long, env = "AWS_REGION")]
+    pub s3_region: Option<String>,
+}
+
+impl S3Args {
+    pub fn options(&self) -> crate::output::ObjectOptions {
+        crate::output::ObjectOptions {
+            endpoint: self.s3_endpoint.clone().filter(|e| !e.trim().is_empty()),
+            region: self.s3_region.clone().filter(|r| !r.trim().is_empty()),
+            ..Default::default()
+        }
+    }
+}
+
+/// How long `app inspect` retries an object store that does not answer.
+const INSPECT_RETRY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Options shared by every command that talks to Kafka.
 #[derive(Debug, Args, Clone)]
@@ -179,9 +208,20 @@ pub struct ProduceArgs {
 pub struct ConsumeArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// Output directory: the table (window=... folders), _late, _dead_letter, _staging, _checkpoint.
+    /// Where the output goes: a directory, or object storage s3://bucket/prefix (also gs://,
+    /// az://). It holds the table (window=... folders), _late, _dead_letter, _staging and
+    /// _checkpoint.
     #[arg(long, env = "CONSUME_OUTPUT", default_value = "./output")]
-    pub output: PathBuf,
+    pub output: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Object storage: bound on one request (connecting: at most 5 s of it).
+    #[arg(long, env = "CONSUME_OUTPUT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub output_timeout: Duration,
+    /// Object storage: how long a write, read or commit retries through an outage (no
+    /// connection, timeouts, 5xx) before the run stops; /healthz reports the outage meanwhile.
+    #[arg(long, env = "CONSUME_OUTPUT_RETRY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub output_retry_timeout: Duration,
     /// MySQL/MariaDB URL of the enrichment table (local development credentials by default).
     #[arg(long, env = "MYSQL_URL", default_value = DEFAULT_MYSQL_URL, hide_default_value = true, hide_env_values = true)]
     pub mysql_url: String,
@@ -432,7 +472,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // A storage call still retrying on the blocking pool (the run gave up on it) must not hold
+    // the exit: everything committed is durable already.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -452,8 +496,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn run_inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let object = crate::output::ObjectOptions {
+        retry_timeout: INSPECT_RETRY_TIMEOUT,
+        ..args.s3.options()
+    };
+    let output = crate::output::Location::parse(&args.output, &object)
+        .map_err(|e| anyhow::anyhow!("inspect: {e}"))?;
     let options = crate::inspect::InspectOptions {
-        output: args.output,
+        output,
         sample: args.sample,
     };
     let report = crate::inspect::inspect(&options).context("inspect failed")?;
@@ -515,6 +565,13 @@ async fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Schema::from_toml_file(path)?,
         None => Schema::banco_central(),
     };
+    let object = crate::output::ObjectOptions {
+        request_timeout: args.output_timeout,
+        retry_timeout: args.output_retry_timeout,
+        ..args.s3.options()
+    };
+    let location = crate::output::Location::parse(&args.output, &object)
+        .map_err(|e| anyhow::anyhow!("--output {e}"))?;
     let config = ConsumeConfig {
         source: consume::SourceConfig {
             kafka: args.kafka.config(),
@@ -565,7 +622,7 @@ async fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             query_timeout: Duration::from_secs(10).min(args.mysql_timeout),
         },
         sink: consume::SinkConfig {
-            location: args.output,
+            location,
             output: crate::output::OutputConfig {
                 format: crate::output::FormatConfig {
                     compression: args.compression,

@@ -36,6 +36,7 @@ use crate::output::layout::{
     self, Destination, Entry, FileKind, PartName, CHECKPOINT_DIR, DEAD_LETTER_DIR, LATE_DIR,
 };
 use crate::output::store::{LocalStore, ObjectInfo, Store, StoreError};
+use crate::output::Location;
 
 /// Sample rows shown by default (`--sample`).
 pub const DEFAULT_SAMPLE_ROWS: usize = 5;
@@ -84,16 +85,17 @@ pub enum InspectError {
 /// What to inspect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InspectOptions {
-    /// The `--output` of `app consume`.
-    pub output: PathBuf,
+    /// The `--output` of `app consume`: a directory or object storage.
+    pub output: Location,
     /// Sample rows to show (0: none).
     pub sample: usize,
 }
 
 impl InspectOptions {
+    /// A local output directory.
     pub fn new(output: impl Into<PathBuf>) -> Self {
         InspectOptions {
-            output: output.into(),
+            output: Location::Local(output.into()),
             sample: DEFAULT_SAMPLE_ROWS,
         }
     }
@@ -293,15 +295,25 @@ impl Reader<'_> {
     }
 }
 
-/// Reads a local output directory and builds the report.
+/// Reads an output (a local directory or object storage) and builds the report.
 pub fn inspect(options: &InspectOptions) -> Result<Report, InspectError> {
-    let out = &options.output;
-    match std::fs::metadata(out) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(InspectError::NotADirectory { path: out.clone() }),
-        Err(_) => return Err(InspectError::NotFound { path: out.clone() }),
+    if let Some(out) = options.output.local_path() {
+        match std::fs::metadata(out) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(InspectError::NotADirectory {
+                    path: out.to_path_buf(),
+                })
+            }
+            Err(_) => {
+                return Err(InspectError::NotFound {
+                    path: out.to_path_buf(),
+                })
+            }
+        }
     }
-    inspect_store(&LocalStore::new(out), options.sample)
+    let store = options.output.open()?;
+    inspect_store(store.as_ref(), options.sample)
 }
 
 /// One data file found in the listing.

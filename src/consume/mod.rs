@@ -31,7 +31,6 @@ pub mod pipeline;
 pub mod progress;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,9 +51,7 @@ use crate::enrich::{EnrichConfig, EnrichError, EnrichmentCache, MySqlSource, OnM
 use crate::kafka::{Kafka, KafkaConfig, KafkaError, PartitionHandle};
 use crate::metrics::{BusyClocks, ConsumeMetrics, MetricsError, Probe};
 use crate::output::layout::{SuccessScope, WriterId};
-use crate::output::{
-    LocalStore, OutputConfig, OutputSchema, ParquetFormatError, Store, StoreError,
-};
+use crate::output::{Location, OutputConfig, OutputSchema, ParquetFormatError, Store, StoreError};
 use crate::schema::{FieldType, Schema};
 use crate::shutdown::{self, Shutdown};
 use crate::window::WindowConfig;
@@ -152,7 +149,8 @@ pub struct WindowsConfig {
 /// The output.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
-    pub location: PathBuf,
+    /// A local directory or object storage (`output::Location`).
+    pub location: Location,
     pub output: OutputConfig,
     /// Bound on the open Parquet row groups of all partitions together.
     pub max_buffer_bytes: usize,
@@ -219,8 +217,10 @@ pub async fn run(
     let output_schema = OutputSchema::new(&schema, &table.columns)?;
     let window_ms = config.windows.window.window_ms;
 
-    // The output: recovery of every assigned partition before anything is fetched.
-    let store: Arc<dyn Store> = Arc::new(LocalStore::new(&config.sink.location));
+    // The output: recovery of every assigned partition is planned before anything is fetched,
+    // and applied once the partition is claimed (below).
+    let location_config = config.sink.location.clone();
+    let store: Arc<dyn Store> = blocking(move || Ok(location_config.open()?)).await?;
     let location = store.describe();
     let recovered = recover_all(&store, &topic, window_ms, &assigned).await?;
     let scope = if assigned.len() == partition_count {
@@ -228,9 +228,8 @@ pub async fn run(
     } else {
         SuccessScope::Some(assigned.iter().copied().collect())
     };
-    let mut tracker = SuccessTracker::new(scope, window_ms, &assigned);
+    let tracker = SuccessTracker::new(scope, window_ms, &assigned);
     let counters = Arc::new(Counters::default());
-    reconcile_markers(&store, &mut tracker, &recovered, &counters).await?;
 
     // Start offsets: the checkpoint's, else --start.
     let mut starts = BTreeMap::new();
@@ -296,6 +295,7 @@ pub async fn run(
     let probe = Arc::new(ConsumeProbe {
         brokers: config.source.kafka.brokers.clone(),
         output: location.clone(),
+        store: Arc::clone(&store),
         fetch: BusyClocks::new(assigned.len()),
         fetch_bound: timeout * 3 + config.source.fetch_max_wait,
         processor_bound: (timeout * 3).max(Duration::from_secs(60)),
@@ -341,19 +341,40 @@ pub async fn run(
     let writer = WriterId::random();
     let clock = Clock::new();
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
-    let mut tasks = JoinSet::new();
-    for (slot, (p, (handle, rec, fresh))) in starts.into_iter().enumerate() {
+    let mut claimed = Vec::new();
+    for (p, (handle, rec, fresh)) in starts {
         let now = clock.now();
-        let pipeline = PartitionPipeline::start(
-            Arc::clone(&store),
-            &pipeline_config,
-            &output_schema,
-            p,
-            writer,
-            &rec,
-            fresh,
-            now,
-        )?;
+        // Claim the partition (commit a first generation), then delete what its checkpoint does
+        // not cover: a writer still running on it is fenced before its files are touched, so
+        // it can never commit a file deleted here.
+        let (pipeline, rec) = {
+            let store = Arc::clone(&store);
+            let pipeline_config = pipeline_config.clone();
+            let output_schema = output_schema.clone();
+            blocking(move || {
+                let pipeline = PartitionPipeline::start(
+                    Arc::clone(&store),
+                    &pipeline_config,
+                    &output_schema,
+                    p,
+                    writer,
+                    &rec,
+                    fresh,
+                    now,
+                )?;
+                apply_recovery(store.as_ref(), p, &rec)?;
+                Ok((pipeline, rec))
+            })
+            .await?
+        };
+        drop(rec);
+        claimed.push((p, handle, pipeline));
+    }
+    // Markers once recovery removed what no checkpoint covers: every table file left is
+    // committed (`SuccessTracker::start`).
+    let mut tracker = reconcile_markers(&store, tracker, &recovered, &counters).await?;
+    let mut tasks = JoinSet::new();
+    for (slot, (p, handle, pipeline)) in claimed.into_iter().enumerate() {
         let from = pipeline.core().next_offset();
         let (fetch_tx, fetch_rx) = mpsc::channel(1);
         let (decoded_tx, decoded_rx) = mpsc::channel(1);
@@ -619,16 +640,6 @@ async fn recover_all(
         let mut out = BTreeMap::new();
         for (p, l) in loaded {
             let plan = plans.remove(&p).expect("planned every partition");
-            plan.apply(store.as_ref())?;
-            if !plan.is_clean() {
-                tracing::warn!(
-                    partition = p,
-                    temp_removed = plan.temp.len(),
-                    uncommitted_removed = plan.uncommitted.len(),
-                    kept = plan.kept,
-                    "Recovered the output to the last checkpoint"
-                );
-            }
             out.insert(
                 p,
                 Recovered {
@@ -644,27 +655,47 @@ async fn recover_all(
     .await
 }
 
+/// Deletes what the partition's checkpoint does not cover (after the partition is claimed).
+fn apply_recovery(store: &dyn Store, partition: i32, rec: &Recovered) -> Result<(), ConsumeError> {
+    let plan = &rec.plan;
+    plan.apply(store)?;
+    if !plan.is_clean() {
+        tracing::warn!(
+            partition,
+            temp_removed = plan.temp.len(),
+            uncommitted_removed = plan.uncommitted.len(),
+            kept = plan.kept,
+            "Recovered the output to the last checkpoint"
+        );
+    }
+    Ok(())
+}
+
 async fn reconcile_markers(
     store: &Arc<dyn Store>,
-    tracker: &mut SuccessTracker,
+    mut tracker: SuccessTracker,
     recovered: &BTreeMap<i32, Recovered>,
     counters: &Arc<Counters>,
-) -> Result<(), ConsumeError> {
+) -> Result<SuccessTracker, ConsumeError> {
     let checkpoints: BTreeMap<_, _> = recovered
         .iter()
         .filter_map(|(p, r)| r.checkpoint.clone().map(|c| (*p, c)))
         .collect();
+    // Reading footers is storage I/O too: the tracker visits the blocking pool and comes back.
     let store2 = Arc::clone(store);
-    let listing = blocking(move || Ok(store2.list("")?)).await?;
-    let store2 = Arc::clone(store);
-    let (remove, create) = tracker.start(&checkpoints, &listing, |key| {
-        store2
-            .get(key)
-            .ok()
-            .flatten()
-            .and_then(|b| crate::output::parquet::row_count(&b, key).ok())
-            .unwrap_or(0)
-    });
+    let (tracker, remove, create) = blocking(move || {
+        let listing = store2.list("")?;
+        let (remove, create) = tracker.start(&checkpoints, &listing, |key| {
+            store2
+                .get(key)
+                .ok()
+                .flatten()
+                .and_then(|b| crate::output::parquet::row_count(&b, key).ok())
+                .unwrap_or(0)
+        });
+        Ok((tracker, remove, create))
+    })
+    .await?;
     let store2 = Arc::clone(store);
     blocking(move || {
         for key in remove {
@@ -674,7 +705,8 @@ async fn reconcile_markers(
         Ok(())
     })
     .await?;
-    write_markers(store, create, counters).await
+    write_markers(store, create, counters).await?;
+    Ok(tracker)
 }
 
 async fn write_markers(

@@ -16,7 +16,7 @@ use super::core::{Committed, CoreConfig, Effect, Now, PartitionCore, Start, Tall
 use super::decode::DecodedBatch;
 use crate::checkpoint::recovery::{self, Plan};
 use crate::checkpoint::{self, CheckpointError, FileRef, PartitionCheckpoint};
-use crate::output::layout::{Destination, WriterId};
+use crate::output::layout::{self, Destination, Key, WriterId};
 use crate::output::store::{ObjectInfo, Store};
 use crate::output::{OutputConfig, OutputSchema, PartitionSink, SinkError};
 
@@ -87,6 +87,9 @@ pub struct PartitionPipeline {
     sink: PartitionSink,
     writer: WriterId,
     memory_budget: usize,
+    /// Files written since the last commit: no checkpoint covers them yet. If the commit is
+    /// fenced they never will be, and this writer deletes them (see [`Self::checkpoint`]).
+    uncommitted: Vec<Key>,
 }
 
 /// How a partition runs.
@@ -132,6 +135,7 @@ impl PartitionPipeline {
             sink,
             writer,
             memory_budget: config.memory_budget,
+            uncommitted: Vec::new(),
         };
         pipeline.checkpoint(&mut Progress::default())?;
         Ok(pipeline)
@@ -208,6 +212,8 @@ impl PartitionPipeline {
                     let staged = self.core.closing_staged(window).to_vec();
                     let files = self.sink.close_window(window, &staged)?;
                     for f in &files {
+                        self.uncommitted
+                            .push(layout::data_key_named(Destination::Window(window), &f.name));
                         out.written.push((FileKindWritten::Window, f.clone()));
                     }
                     self.core.window_closed(window, files);
@@ -234,6 +240,8 @@ impl PartitionPipeline {
 
     fn stage(&mut self, window: i64, out: &mut Progress) -> Result<(), PipelineError> {
         if let Some(file) = self.sink.stage(window)? {
+            self.uncommitted
+                .push(layout::staged_key_named(window, &file.name));
             out.written.push((FileKindWritten::Staged, file.clone()));
             self.core.window_staged(window, file);
         }
@@ -243,12 +251,18 @@ impl PartitionPipeline {
     fn flush_side(&mut self, out: &mut Progress) -> Result<(), PipelineError> {
         for window in self.core.late_in_memory() {
             if let Some(file) = self.sink.flush_side(Destination::Late(window))? {
+                self.uncommitted.push(layout::data_key_named(
+                    Destination::Late(window),
+                    &file.name,
+                ));
                 out.written.push((FileKindWritten::Late, file.clone()));
                 self.core.late_written(window, file);
             }
         }
         if self.core.dead_letters_in_memory() {
             if let Some(file) = self.sink.flush_side(Destination::DeadLetter)? {
+                self.uncommitted
+                    .push(layout::data_key_named(Destination::DeadLetter, &file.name));
                 out.written
                     .push((FileKindWritten::DeadLetter, file.clone()));
                 self.core.dead_letters_written(file);
@@ -259,16 +273,48 @@ impl PartitionPipeline {
 
     /// Writes late rows and dead letters, then commits the partition's checkpoint and deletes
     /// staged files no retained generation needs. Fails with `Fenced` if another writer
-    /// committed this generation first.
+    /// committed this generation first; this writer then deletes the files it wrote since its
+    /// last commit (no checkpoint can cover them, and a later recovery could not tell them from
+    /// the other writer's) and must stop.
     pub fn checkpoint(&mut self, out: &mut Progress) -> Result<Committed, PipelineError> {
         self.flush_side(out)?;
         let cp = self.core.capture(self.writer);
-        checkpoint::commit(self.sink.store().as_ref(), &cp)?;
+        if let Err(e) = checkpoint::commit(self.sink.store().as_ref(), &cp) {
+            if matches!(e, CheckpointError::Fenced { .. }) {
+                self.withdraw();
+            }
+            return Err(e.into());
+        }
+        self.uncommitted.clear();
         let committed = self.core.committed(cp.generation);
         for (window, file) in &committed.retired_staged {
             self.sink.delete_staged(*window, file)?;
         }
         Ok(committed)
+    }
+
+    /// Deletes the files written since the last commit (after being fenced). Best effort: what
+    /// cannot be deleted is logged.
+    fn withdraw(&mut self) {
+        let store = self.sink.store();
+        let files = std::mem::take(&mut self.uncommitted);
+        let mut failed = 0;
+        for key in &files {
+            if let Err(e) = store.delete(key) {
+                failed += 1;
+                tracing::error!(
+                    partition = self.core.partition(),
+                    key = %key,
+                    error = %e,
+                    "Fenced: cannot delete a file no checkpoint covers; delete it by hand"
+                );
+            }
+        }
+        tracing::warn!(
+            partition = self.core.partition(),
+            removed = files.len() - failed,
+            "Fenced by another writer: removed the files written since the last commit"
+        );
     }
 
     /// End of input or shutdown: with `close_windows`, every window closes (end of stream);

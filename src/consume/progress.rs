@@ -297,11 +297,14 @@ impl StatusLine {
 /// Unhealthy (503) when a partition's fetch has gone without success for longer than
 /// `fetch_bound` (3 × `--timeout` + `--fetch-max-wait`; a fetcher waiting on its processor is
 /// backpressure and does not count), when a partition's processor has not turned for longer
-/// than `processor_bound` (3 × `--timeout`, at least 60 s: a write or commit is stuck), when the
-/// output store failed its last call, or while shutting down.
+/// than `processor_bound` (3 × `--timeout`, at least 60 s: a write or commit is stuck), while the
+/// output store is retrying through an outage (`Store::failing`: object storage unreachable or
+/// answering 5xx), or while shutting down.
 pub struct ConsumeProbe {
     pub brokers: String,
     pub output: String,
+    /// Asked whether it is riding out an outage (object storage retries; `Store::failing`).
+    pub store: Arc<dyn crate::output::Store>,
     pub fetch: BusyClocks,
     pub fetch_bound: Duration,
     pub processor_bound: Duration,
@@ -378,6 +381,9 @@ impl Probe for ConsumeProbe {
     fn health(&self) -> Health {
         if self.stopping.load(Ordering::Relaxed) {
             return Health::failing("shutting down: writing what is buffered and committing");
+        }
+        if let Some(problem) = self.store.failing() {
+            return Health::failing(problem);
         }
         for s in &self.statuses {
             let turned = s.processor.age();

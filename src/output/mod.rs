@@ -2,6 +2,8 @@
 //!
 //! - [`layout`]: every name (format and parse), for the sink, recovery and `inspect`.
 //! - [`store`]: the I/O seam ([`Store`]), local disk ([`LocalStore`]), memory (tests).
+//! - [`object`]: object storage behind the same seam (S3; GCS and Azure from the same crate).
+//! - [`location`]: the one place that turns `--output` into a [`Store`].
 //! - [`parquet`]: columns, encoding, in-memory row groups, concatenation without re-encoding.
 //! - [`PartitionSink`] (here): what one partition has in memory per destination, and the
 //!   operations the consumer core asks for: append rows, stage an open window's row group,
@@ -11,6 +13,8 @@
 //! and get back [`FileRef`]s to record in the checkpoint.
 
 pub mod layout;
+pub mod location;
+pub mod object;
 pub mod parquet;
 pub mod store;
 
@@ -22,6 +26,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 
+pub use self::location::Location;
+pub use self::object::{ObjectOptions, ObjectOutput, ObjectUrl};
 pub use self::parquet::{Compression, FormatConfig, OutputSchema, ParquetFormatError};
 pub use self::store::{LocalStore, MemStore, Store, StoreError};
 use crate::checkpoint::FileRef;

@@ -1,5 +1,5 @@
 //! The I/O seam of the output: a small, blocking, object-store-shaped trait ([`Store`]) and its
-//! local-disk implementation ([`LocalStore`]). Everything above it (Parquet encoding, staging,
+//! local-disk implementation ([`LocalStore`]); object storage is `output::object`. Everything above it (Parquet encoding, staging,
 //! checkpoints, recovery, `inspect`) speaks in keys relative to the output root and never in
 //! paths, renames or fsyncs; a second storage (object storage) is a second implementation.
 //!
@@ -46,6 +46,16 @@ pub enum StoreError {
         action: &'static str,
         location: String,
         source: io::Error,
+    },
+    /// Object storage refused or failed a request (`output::object`); the detail holds no
+    /// secret.
+    #[error("cannot {action} {key} in {location}: {detail}. {advice}")]
+    Remote {
+        action: &'static str,
+        key: String,
+        location: String,
+        detail: String,
+        advice: String,
     },
     #[error("{0}")]
     Other(String),
@@ -102,6 +112,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     /// Removes `key`; a missing key is fine.
     fn delete(&self, key: &str) -> Result<()>;
+    /// Why the store is failing right now while a call retries through an outage (`None`: it
+    /// is not). `/healthz` reports it.
+    fn failing(&self) -> Option<String> {
+        None
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
