@@ -12,6 +12,8 @@
 #                        append `s3` to FILE when this call started it.
 #   down                 stop the server this script started (pid file)
 #   status               print whether it runs; exit 0 if it does, 3 otherwise
+#   bucket               create the bucket if it is missing (the server runs elsewhere, e.g.
+#                        docker compose)
 #   env                  print the AWS_* exports for this server
 #   logs                 print the log file's path
 #
@@ -214,6 +216,7 @@ case ${1:-} in
   up) shift; cmd_up "$@" ;;
   down) cmd_down ;;
   status) cmd_status ;;
+  bucket) ensure_bucket ;;
   env) print_env ;;
   logs) echo "$S3_LOG"; echo "$S3_DIR/build.log" ;;
   *) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;

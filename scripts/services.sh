@@ -18,6 +18,9 @@
 #   sql [ARGS]           open a mariadb client as the admin user (socket), e.g. `sql -e 'SELECT 1'`.
 #   logs                 print the paths of the log files.
 #
+# With S3=1, `up` also starts the local S3 server (scripts/s3.sh: versitygw on 127.0.0.1:7070,
+# built once, ~2.5 min); `down` and `status` always include it.
+#
 # Environment (defaults): KAFKA_PORT=9092 KAFKA_CONTROLLER_PORT=9093 MYSQL_PORT=3306
 #   KAFKA_HEAP_OPTS="-Xms256m -Xmx1g" KAFKA_AUTO_CREATE_TOPICS=false
 #   KAFKA_READY_TIMEOUT=90 MYSQL_READY_TIMEOUT=60 STOP_TIMEOUT=30 (seconds)
@@ -402,6 +405,7 @@ cmd_up() {
     compose up -d --wait
     if [[ -n $record && $before == 0 ]]; then echo docker >>"$record"; fi
     load_schema
+    if [[ ${S3:-0} == 1 ]]; then "$ROOT/scripts/s3.sh" bucket; fi
     return
   fi
 
@@ -419,6 +423,7 @@ cmd_up() {
     case $s in mariadb) mysql_wait ;; kafka) kafka_wait ;; esac
   done
   load_schema
+  if [[ ${S3:-0} == 1 ]]; then "$ROOT/scripts/s3.sh" up ${record:+--record "$record"}; fi
   if ((${#started[@]})); then
     log "up: started ${started[*]}"
   else
@@ -438,6 +443,7 @@ cmd_down() {
         kafka) kafka_down ;;
         mariadb) mysql_down ;;
         docker) compose down ;;
+        s3) "$ROOT/scripts/s3.sh" down ;;
         "") ;;
         *) log "down: unknown service '$s' in $only" ;;
       esac
@@ -447,6 +453,7 @@ cmd_down() {
   if use_docker; then compose down; fi
   kafka_down
   mysql_down
+  "$ROOT/scripts/s3.sh" down
 }
 
 cmd_status() {
@@ -463,6 +470,8 @@ cmd_status() {
     echo "mariadb: stopped"; ok=3
   fi
   if use_docker && compose ps --status running -q 2>/dev/null | grep -q .; then ok=0; fi
+  # The S3 server counts for the exit status only when asked for (S3=1).
+  if ! "$ROOT/scripts/s3.sh" status && [[ ${S3:-0} == 1 ]]; then ok=3; fi
   return $ok
 }
 
@@ -527,6 +536,7 @@ cmd_logs() {
   echo "$KAFKA_LOGS/format.log"
   echo "$MYSQL_ERRLOG"
   echo "$MYSQL_DIR/install-db.log"
+  "$ROOT/scripts/s3.sh" logs
   if use_docker; then echo "(docker) docker compose -f $ROOT/docker-compose.yml logs"; fi
 }
 

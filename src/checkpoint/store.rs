@@ -3,7 +3,12 @@
 //!
 //! - [`commit`] creates generation `g`; if it already exists another writer committed it first
 //!   and this one is fenced ([`CheckpointError::Fenced`]): it must stop writing this partition.
-//!   Generations older than `g − 1` are then deleted, so the previous one stays as a fallback.
+//!   A writer that fell two or more generations behind finds its slot free (old generations are
+//!   deleted), so after creating `g` the commit also lists the partition's generations: any
+//!   newer than `g` fences it too (its `g` is deleted again). That cannot miss one: a writer
+//!   deletes only generations below its own latest, so once `g` is gone some generation `> g`
+//!   exists at every moment. Generations older than `g − 1` are then deleted, so the previous
+//!   one stays as a fallback.
 //! - [`load`] reads the newest generation; a damaged one (torn, unparseable, checksum mismatch) is
 //!   copied aside as `<name>.damaged` and the next older one is used, which is safe: files the
 //!   newer generation committed are uncommitted from the older one's point of view, so recovery
@@ -245,15 +250,7 @@ pub fn commit(store: &dyn Store, cp: &PartitionCheckpoint) -> Result<(), Checkpo
     let mut text = serde_json::to_vec_pretty(&envelope).expect("a checkpoint serializes");
     text.push(b'\n');
     if !store.put_new(&key, &text)? {
-        let other = store
-            .get(&key)?
-            .and_then(|b| serde_json::from_slice::<Json>(&b).ok())
-            .and_then(|j| {
-                j.pointer("/checkpoint/writer")
-                    .and_then(Json::as_str)
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| "unknown".into());
+        let other = writer_of(store, &key)?;
         return Err(CheckpointError::Fenced {
             partition: cp.partition,
             generation: cp.generation,
@@ -262,7 +259,28 @@ pub fn commit(store: &dyn Store, cp: &PartitionCheckpoint) -> Result<(), Checkpo
             other,
         });
     }
-    for o in store.list(&format!("{}/", layout::checkpoint_dir(cp.partition)))? {
+    let listing = store.list(&format!("{}/", layout::checkpoint_dir(cp.partition)))?;
+    let newer = listing
+        .iter()
+        .filter_map(|o| match layout::classify(&o.key) {
+            Entry::Checkpoint { generation, .. } if generation > cp.generation => {
+                Some((generation, o.key.clone()))
+            }
+            _ => None,
+        })
+        .max();
+    if let Some((generation, newest)) = newer {
+        // A stale slot: ours is not the partition's latest state, withdraw it.
+        store.delete(&key)?;
+        return Err(CheckpointError::Fenced {
+            partition: cp.partition,
+            generation,
+            location: store.describe(),
+            me: cp.writer.clone(),
+            other: writer_of(store, &newest)?,
+        });
+    }
+    for o in listing {
         if let Entry::Checkpoint { generation, .. } = layout::classify(&o.key) {
             if generation + 1 < cp.generation {
                 store.delete(&o.key)?;
@@ -270,6 +288,19 @@ pub fn commit(store: &dyn Store, cp: &PartitionCheckpoint) -> Result<(), Checkpo
         }
     }
     Ok(())
+}
+
+/// The writer recorded in a generation file, or `unknown`.
+fn writer_of(store: &dyn Store, key: &str) -> Result<String, CheckpointError> {
+    Ok(store
+        .get(key)?
+        .and_then(|b| serde_json::from_slice::<Json>(&b).ok())
+        .and_then(|j| {
+            j.pointer("/checkpoint/writer")
+                .and_then(Json::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into()))
 }
 
 /// The newest usable checkpoint of every partition found in the output (for `inspect`), without
@@ -363,6 +394,32 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("0000000a"), "{e}");
+    }
+
+    #[test]
+    fn a_writer_two_generations_behind_is_fenced_too() {
+        let store = MemStore::new();
+        for g in 1..=4 {
+            commit(&store, &cp(g)).unwrap(); // deletes 1 and 2 on the way
+        }
+        assert_eq!(store.get(&layout::checkpoint_key(3, 2)).unwrap(), None);
+        let mut zombie = cp(2);
+        zombie.writer = "0000000b".into();
+        let e = commit(&store, &zombie).unwrap_err();
+        assert!(
+            matches!(e, CheckpointError::Fenced { generation: 4, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("0000000a"), "{e}");
+        assert_eq!(
+            store.get(&layout::checkpoint_key(3, 2)).unwrap(),
+            None,
+            "the stale generation is withdrawn"
+        );
+        assert_eq!(
+            load(&store, "t", 3, 60_000).unwrap().checkpoint,
+            Some(cp(4))
+        );
     }
 
     #[test]

@@ -267,6 +267,27 @@ enum Failure {
     Permanent(StoreError),
 }
 
+/// A [`StoreError::Remote`] about `key` (empty: the location itself).
+fn remote(
+    action: &'static str,
+    key: &str,
+    location: &str,
+    detail: impl Into<String>,
+    advice: impl Into<String>,
+) -> StoreError {
+    let detail = detail.into();
+    StoreError::Remote {
+        action,
+        target: if key.is_empty() {
+            location.to_string()
+        } else {
+            format!("{key} in {location}")
+        },
+        detail: detail.trim_end_matches('.').to_string(),
+        advice: advice.into(),
+    }
+}
+
 fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
@@ -293,19 +314,20 @@ impl ObjectOutput {
             (Scheme::S3, None) => format!("{url} (AWS S3, region {region})"),
             _ => url.to_string(),
         };
-        let secrets = SECRET_VARS
+        let secrets: Vec<String> = SECRET_VARS
             .iter()
             .filter_map(|v| env_nonempty(v))
             .filter(|v| v.len() >= 4)
             .collect();
-        let config_error = |e: object_store::Error| StoreError::Remote {
-            action: "connect to",
-            key: String::new(),
-            location: location.clone(),
-            detail: scrub(&e.to_string(), &Vec::new()),
-            advice: "check the URL given to --output and the AWS_*/GOOGLE_*/AZURE_* settings \
-                         (README, Output to object storage)"
-                .into(),
+        let config_error = |e: object_store::Error| {
+            remote(
+                "connect to",
+                "",
+                &location,
+                scrub(&e.to_string(), &secrets),
+                "check the URL given to --output and the AWS_*/GOOGLE_*/AZURE_* settings \
+                 (README, Output to object storage)",
+            )
         };
         let client = ClientOptions::new()
             .with_timeout(options.request_timeout)
@@ -405,12 +427,14 @@ impl ObjectOutput {
         } else {
             format!("{}/{key}", self.shared.root.as_ref())
         };
-        Path::parse(&full).map_err(|e| StoreError::Remote {
-            action: "name",
-            key: key.to_string(),
-            location: self.shared.location.clone(),
-            detail: e.to_string(),
-            advice: "this is a bug, please report it".into(),
+        Path::parse(&full).map_err(|e| {
+            remote(
+                "name",
+                key,
+                &self.shared.location.clone(),
+                e.to_string(),
+                "this is a bug, please report it",
+            )
         })
     }
 
@@ -438,21 +462,21 @@ impl ObjectOutput {
                     Failure::Transient(detail) => {
                         let waited = started.elapsed();
                         if waited >= s.retry_timeout {
-                            return Err(StoreError::Remote {
+                            return Err(remote(
                                 action,
-                                key: key.to_string(),
-                                location: s.location.clone(),
-                                detail: format!(
+                                key,
+                                &s.location,
+                                format!(
                                     "{detail} (still failing after {tries} tries over {:.0} s)",
                                     waited.as_secs_f64()
                                 ),
-                                advice: format!(
+                                format!(
                                     "is the object storage up and reachable? This run stops after \
                                      --output-retry-timeout {:?}; committed output is intact and a \
                                      restart resumes",
                                     s.retry_timeout
                                 ),
-                            });
+                            ));
                         }
                         self.failing_now(action, key, &detail, tries, backoff);
                         std::thread::sleep(backoff.min(s.retry_timeout.saturating_sub(waited)));
@@ -528,13 +552,7 @@ impl ObjectOutput {
                   a restart resumes"
                 .to_string(),
         };
-        Failure::Permanent(StoreError::Remote {
-            action,
-            key: key.to_string(),
-            location: s.location.clone(),
-            detail: summary.text,
-            advice,
-        })
+        Failure::Permanent(remote(action, key, &s.location, summary.text, advice))
     }
 
     fn put_payload(&self, key: &str, payload: PutPayload, mode: PutMode) -> Result<PutOutcome> {

@@ -49,11 +49,11 @@ pub enum StoreError {
     },
     /// Object storage refused or failed a request (`output::object`); the detail holds no
     /// secret.
-    #[error("cannot {action} {key} in {location}: {detail}. {advice}")]
+    #[error("cannot {action} {target}: {detail}. {advice}")]
     Remote {
         action: &'static str,
-        key: String,
-        location: String,
+        /// `<key> in <location>`, or the location alone.
+        target: String,
         detail: String,
         advice: String,
     },

@@ -288,3 +288,173 @@ pub mod output {
             .unwrap_or(0)
     }
 }
+
+/// The local S3 server (versitygw, `scripts/s3.sh`, started by `make test` and `make up S3=1`):
+/// addresses, local-development credentials, random prefixes, and independent readers of what
+/// the consumer wrote there (pyarrow's S3 filesystem). The environment of a test's `app` is set
+/// explicitly ([`env`]): a developer's own AWS settings never leak into a test.
+pub mod s3 {
+    use std::path::Path;
+    use std::process::Command;
+    use std::time::Duration;
+
+    pub const BUCKET: &str = "reclamacoes";
+    pub const ACCESS_KEY: &str = "reclamacoes";
+    /// Local development only (scripts/s3.sh).
+    pub const SECRET_KEY: &str = "reclamacoes-secret";
+    pub const REGION: &str = "us-east-1";
+
+    /// `RECLAMACOES_S3_ENDPOINT`, else `http://127.0.0.1:$S3_PORT` (7070).
+    pub fn endpoint() -> String {
+        std::env::var("RECLAMACOES_S3_ENDPOINT").unwrap_or_else(|_| {
+            format!(
+                "http://127.0.0.1:{}",
+                std::env::var("S3_PORT").unwrap_or_else(|_| "7070".into())
+            )
+        })
+    }
+
+    /// The versitygw binary `scripts/s3.sh build` made (for tests that run a private server).
+    pub fn server_binary() -> std::path::PathBuf {
+        let bin = super::repo_root().join(".local/s3/bin/versitygw");
+        assert!(
+            bin.is_file(),
+            "{} is missing: run `scripts/s3.sh build` (or `make up S3=1`; `make test` does it)",
+            bin.display()
+        );
+        bin
+    }
+
+    /// Fails with what to run when the S3 server does not answer.
+    pub fn require() {
+        let url = format!("{}/health", endpoint());
+        let host = url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let ok = std::net::TcpStream::connect_timeout(
+            &host.parse().expect("endpoint is host:port"),
+            Duration::from_secs(2),
+        )
+        .is_ok();
+        assert!(
+            ok,
+            "the S3 server does not answer at {} — start it with `make up S3=1` (or run the tests \
+             through `make test`, which starts it)",
+            endpoint()
+        );
+    }
+
+    /// A prefix no other test uses.
+    pub fn random_prefix(tag: &str) -> String {
+        format!("test/{tag}-{:016x}", rand::random::<u64>())
+    }
+
+    /// `s3://reclamacoes/<prefix>/`.
+    pub fn url(prefix: &str) -> String {
+        format!("s3://{BUCKET}/{prefix}/")
+    }
+
+    /// Sets exactly the S3 settings of `endpoint` on `cmd` (and removes any other AWS_*).
+    pub fn env_for<'a>(cmd: &'a mut Command, endpoint: &str, secret: &str) -> &'a mut Command {
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("AWS_") {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_REGION", REGION)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+    }
+
+    /// [`env_for`] the shared server with the right secret.
+    pub fn env(cmd: &mut Command) -> &mut Command {
+        env_for(cmd, &endpoint(), SECRET_KEY)
+    }
+
+    /// Runs a Python snippet with pyarrow's S3 filesystem `s3` (an independent client) bound to
+    /// `endpoint`; `argv` follows. Returns stdout.
+    pub fn python_s3(endpoint: &str, snippet: &str, argv: &[&str]) -> String {
+        let script = format!(
+            "import sys, pyarrow.fs as pafs\n\
+             s3 = pafs.S3FileSystem(access_key='{ACCESS_KEY}', secret_key='{SECRET_KEY}', \
+             endpoint_override='{}', scheme='http', region='{REGION}', \
+             allow_bucket_creation=True)\n{snippet}",
+            endpoint.trim_start_matches("http://")
+        );
+        let python = super::python();
+        let out = Command::new(&python)
+            .arg("-c")
+            .arg(&script)
+            .args(argv)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} ({e}): run scripts/python-env.sh (make test does)",
+                    python.display()
+                )
+            });
+        assert!(
+            out.status.success(),
+            "pyarrow S3 snippet failed:\n{snippet}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Creates `bucket` on the server at `endpoint` (pyarrow; fine when it exists).
+    pub fn create_bucket(endpoint: &str, bucket: &str) {
+        python_s3(endpoint, "s3.create_dir(sys.argv[1])", &[bucket]);
+    }
+
+    /// Copies everything under `prefix` of the bucket to the local directory `dest` with
+    /// pyarrow, so the local readers of `super::output` can check it.
+    pub fn download(endpoint: &str, prefix: &str, dest: &Path) {
+        std::fs::create_dir_all(dest).unwrap();
+        python_s3(
+            endpoint,
+            "pafs.copy_files(sys.argv[1], sys.argv[2], source_filesystem=s3, \
+             destination_filesystem=pafs.LocalFileSystem())",
+            &[&format!("{BUCKET}/{prefix}"), dest.to_str().unwrap()],
+        );
+    }
+
+    /// The consumer's own view of the prefix (for polling checkpoints), opened from a thread of
+    /// its own (the store blocks).
+    pub fn store(endpoint: &str, prefix: &str) -> reclamacoes::output::ObjectOutput {
+        let url = reclamacoes::output::ObjectUrl::parse(&url(prefix))
+            .unwrap()
+            .unwrap();
+        let options = reclamacoes::output::ObjectOptions {
+            endpoint: Some(endpoint.to_string()),
+            region: Some(REGION.into()),
+            retry_timeout: Duration::from_secs(20),
+            ..Default::default()
+        };
+        // Credentials as the consumer reads them: from the environment of this process.
+        std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+        std::env::set_var("AWS_ALLOW_HTTP", "true");
+        std::env::remove_var("AWS_SESSION_TOKEN");
+        std::thread::spawn(move || reclamacoes::output::ObjectOutput::open(&url, &options))
+            .join()
+            .unwrap()
+            .expect("open the test prefix")
+    }
+
+    /// Sum over partitions of the committed checkpoints' `next_offset` under `prefix`.
+    pub fn committed_offsets(store: &reclamacoes::output::ObjectOutput) -> u64 {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            reclamacoes::checkpoint::store::read_latest(&store)
+                .map(|cps| cps.iter().map(|(c, _)| c.next_offset.max(0) as u64).sum())
+                .unwrap_or(0)
+        })
+        .join()
+        .unwrap()
+    }
+}

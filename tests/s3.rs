@@ -1,0 +1,715 @@
+//! `app consume --output s3://…` against a real S3 server (versitygw, started by `make test`
+//! and `make up S3=1` on 127.0.0.1:7070), with the shared Kafka and MariaDB: exactly once under
+//! repeated SIGKILL, an S3 outage ridden out (a PRIVATE versitygw on a free port, stopped and
+//! started again), clear errors for wrong credentials and a missing bucket with no secret
+//! printed, two consumers on one prefix fenced by the conditional commit, and independent
+//! readers (pyarrow's S3 filesystem, DuckDB's httpfs) reading the output straight from the
+//! server. Every test writes under a random prefix of its own.
+
+mod faultkit;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use faultkit::common::{self, s3};
+use faultkit::{run_bounded, scalar, wait_bounded, wait_until};
+use reclamacoes::kafka::Compression;
+use reclamacoes::schema::{Schema, Source, Value};
+use rskafka::record::Record;
+
+const HANG_GUARD: Duration = Duration::from_secs(300);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP GET: (status, body); `None` when nothing answers.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    Some((
+        head.split_whitespace().nth(1)?.parse().ok()?,
+        body.to_string(),
+    ))
+}
+
+/// A JSON complaint record of the built-in schema (as tests/consume.rs makes them).
+fn record(schema: &Schema, i: u64, event_ms: i64) -> Record {
+    let mut values = vec![Value::Null; schema.fields.len()];
+    values[0] = Value::Int(2025);
+    values[1] = Value::Int(1 + (i % 4) as i64);
+    values[2] = Value::Str("Sintético".into());
+    values[3] = Value::Str("Banco/financeira".into());
+    values[4] = Value::Str(format!("{:08}", 360305 + (i % 7)));
+    values[5] = Value::Str(format!("INSTITUIÇÃO {}", i % 13));
+    values[7] = Value::Int(i as i64);
+    let mut json = String::new();
+    schema.write_json(
+        &values,
+        Some(&Source {
+            file: "synthetic".into(),
+            line: i,
+        }),
+        &mut json,
+    );
+    Record {
+        key: Some(format!("{}", i % 13).into_bytes()),
+        value: Some(json.into_bytes()),
+        headers: Default::default(),
+        timestamp: Utc.timestamp_millis_opt(event_ms).unwrap(),
+    }
+}
+
+/// Produces `count` records per partition (numbered from `from`), event times walking through
+/// `minutes` one-minute windows from 2026-01-01 with ±40 s of disorder, every 1009th not JSON.
+/// Returns how many are garbage (dead letters).
+fn produce(topic: &str, partitions: i32, from: u64, count: u64, minutes: i64) -> u64 {
+    let schema = Schema::banco_central();
+    let base = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .unwrap()
+        .timestamp_millis();
+    runtime().block_on(async {
+        let kafka = common::require_kafka().await;
+        kafka.ensure_topic(topic, partitions, 1).await.unwrap();
+        let mut dead = 0;
+        for p in 0..partitions {
+            let h = faultkit::partition(&kafka, topic, p).await;
+            let mut batch = Vec::new();
+            for i in from..from + count {
+                let forward = (i as i64 * minutes * 60_000) / (from + count).max(1) as i64;
+                let jitter = ((i * 7919 + p as u64 * 31) % 80_000) as i64 - 40_000;
+                let event = base + forward + jitter;
+                let r = if i % 1009 == 500 {
+                    dead += 1;
+                    Record {
+                        key: None,
+                        value: Some(format!("garbage {i}").into_bytes()),
+                        headers: Default::default(),
+                        timestamp: Utc.timestamp_millis_opt(event).unwrap(),
+                    }
+                } else {
+                    record(&schema, i, event)
+                };
+                batch.push(r);
+                if batch.len() == 2000 {
+                    h.produce(std::mem::take(&mut batch), Compression::Lz4)
+                        .await
+                        .unwrap();
+                }
+            }
+            if !batch.is_empty() {
+                h.produce(batch, Compression::Lz4).await.unwrap();
+            }
+        }
+        dead
+    })
+}
+
+/// `app` against the shared Kafka and MariaDB, with exactly the S3 settings of `endpoint`.
+fn app_s3(endpoint: &str) -> Command {
+    let mut cmd = faultkit::app(&common::brokers(), &common::mysql_url());
+    s3::env_for(&mut cmd, endpoint, s3::SECRET_KEY);
+    cmd
+}
+
+/// Downloads the prefix (pyarrow) and checks every (partition, offset) of `total` appears
+/// exactly once across the table, staged row groups, late rows and dead letters.
+fn assert_exactly_once(endpoint: &str, prefix: &str, total: u64, dead: u64, local: &Path) {
+    s3::download(endpoint, prefix, local);
+    let all = common::output::all_offsets(local).expect("output written");
+    let rows = scalar(local, &format!("SELECT count(*) FROM {all}"));
+    let distinct = scalar(
+        local,
+        &format!("SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM {all}"),
+    );
+    assert_eq!(distinct as u64, total, "every (partition, offset) appears");
+    assert_eq!(rows as u64, total, "and appears once");
+    let dead_rows = scalar(
+        local,
+        &format!("SELECT count(*) FROM {}", common::output::DEAD),
+    );
+    assert_eq!(dead_rows as u64, dead, "dead letters");
+}
+
+#[test]
+fn exactly_once_across_repeated_sigkill_on_s3() {
+    s3::require();
+    let topic = common::random_topic("s3-crash");
+    const PER_PARTITION: u64 = 20_000;
+    let dead = produce(&topic, 3, 0, PER_PARTITION, 20);
+    let total = PER_PARTITION * 3;
+    let prefix = s3::random_prefix("crash");
+    let url = s3::url(&prefix);
+    let endpoint = s3::endpoint();
+    let store = s3::store(&endpoint, &prefix);
+    let work = tempfile::tempdir().unwrap();
+    let args = [
+        "consume",
+        "--topic",
+        &topic,
+        "--output",
+        &url,
+        "--until-caught-up",
+        "--close-windows",
+        "--checkpoint-interval",
+        "200ms",
+        "--max-buffer-bytes",
+        "4000000",
+        "--fetch-max-bytes",
+        "65536",
+        "--allowed-lateness",
+        "30s",
+    ];
+    // Each run is killed at a random moment after it committed progress of its own, until 5
+    // kills have hit a run mid-stream (its last checkpoint short of the end), at most 25 runs.
+    let mut kills = 0;
+    let mut attempts = 0;
+    let mut committed = 0;
+    while kills < 5 && attempts < 25 {
+        attempts += 1;
+        let mut child = app_s3(&endpoint)
+            .args(args)
+            .current_dir(work.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none()
+            && s3::committed_offsets(&store) <= committed
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 400));
+        let still_running = child.try_wait().unwrap().is_none();
+        if still_running {
+            child.kill().unwrap(); // SIGKILL
+        }
+        child.wait().unwrap();
+        committed = s3::committed_offsets(&store);
+        if still_running && committed < total {
+            kills += 1;
+        }
+    }
+    assert!(
+        kills >= 5,
+        "only {kills} kills hit a run mid-stream in {attempts} attempts"
+    );
+    let done = run_bounded(app_s3(&endpoint).args(args), HANG_GUARD);
+    assert!(done.status.success(), "final run failed:\n{}", done.both());
+    assert!(
+        done.stdout.contains("(resumed from checkpoint)"),
+        "{}",
+        done.stdout
+    );
+    eprintln!("final run after {kills} kills:\n{}", done.stdout);
+    assert_eq!(s3::committed_offsets(&store), total);
+    let local = work.path().join("copy");
+    assert_exactly_once(&endpoint, &prefix, total, dead, &local);
+    let late = scalar(
+        &local,
+        &format!("SELECT count(*) FROM {}", common::output::LATE),
+    );
+    let windows = scalar(
+        &local,
+        &format!(
+            "SELECT count(DISTINCT window_start) FROM {}",
+            common::output::TABLE
+        ),
+    );
+    assert!(windows >= 15, "{windows} windows ({late} late rows)");
+    // Closed windows carry _SUCCESS, no staged row group is left, and `inspect` reads it too.
+    let listed = faultkit::walk(&local);
+    let success = listed
+        .iter()
+        .filter(|p| p.file_name().unwrap() == "_SUCCESS")
+        .count();
+    assert!(success >= 15, "{success} _SUCCESS markers");
+    let inspect = run_bounded(
+        app_s3(&endpoint).args(["inspect", &url, "--json", "--sample", "0"]),
+        HANG_GUARD,
+    );
+    assert!(inspect.status.success(), "{}", inspect.both());
+    let report: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+    assert_eq!(
+        report["total_rows"].as_u64().unwrap() + report["late"]["rows"].as_u64().unwrap(),
+        total - dead,
+        "inspect over S3 counts every row"
+    );
+}
+
+/// A private versitygw on a free port, data in a directory of the test's own.
+struct PrivateServer {
+    child: Option<Child>,
+    port: u16,
+    data: std::path::PathBuf,
+}
+
+impl PrivateServer {
+    fn start(port: u16, data: &Path) -> PrivateServer {
+        std::fs::create_dir_all(data).unwrap();
+        let mut server = PrivateServer {
+            child: None,
+            port,
+            data: data.to_path_buf(),
+        };
+        server.run();
+        server
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new(s3::server_binary())
+            .args([
+                "--port",
+                &format!("127.0.0.1:{}", self.port),
+                "--region",
+                s3::REGION,
+                "--health",
+                "/health",
+                "--quiet",
+                "posix",
+            ])
+            .arg(&self.data)
+            .env("ROOT_ACCESS_KEY_ID", s3::ACCESS_KEY)
+            .env("ROOT_SECRET_ACCESS_KEY", s3::SECRET_KEY)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start versitygw");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(Duration::from_secs(30), "the private S3 server", || {
+            http_get(port, "/health").is_some_and(|(s, _)| s == 200)
+        });
+    }
+
+    /// SIGKILL: the server vanishes mid-request.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn an_s3_outage_is_waited_out_and_reported_by_healthz() {
+    s3::server_binary();
+    let work = tempfile::tempdir().unwrap();
+    let mut server = PrivateServer::start(free_port(), &work.path().join("s3"));
+    let endpoint = server.endpoint();
+    s3::create_bucket(&endpoint, s3::BUCKET);
+    let topic = common::random_topic("s3-outage");
+    let mut dead = produce(&topic, 2, 0, 5_000, 10);
+    let prefix = s3::random_prefix("outage");
+    let url = s3::url(&prefix);
+    let store = s3::store(&endpoint, &prefix);
+    let metrics_port = free_port();
+    let consumer = app_s3(&endpoint)
+        .args([
+            "consume",
+            "--topic",
+            &topic,
+            "--output",
+            &url,
+            "--checkpoint-interval",
+            "300ms",
+            "--output-timeout",
+            "3s",
+            "--output-retry-timeout",
+            "3m",
+            "--idle-advance",
+            "off",
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics_port}"),
+        ])
+        .env("RUST_LOG", "info")
+        .current_dir(work.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the first 10,000 records committed",
+        || s3::committed_offsets(&store) >= 10_000,
+    );
+    assert_eq!(
+        http_get(metrics_port, "/healthz").map(|(s, _)| s),
+        Some(200),
+        "healthy before the outage"
+    );
+
+    // The server goes away; new records arrive meanwhile, so the consumer must write.
+    server.kill();
+    let outage_started = Instant::now();
+    dead += produce(&topic, 2, 5_000, 3_000, 10);
+    let mut reported = String::new();
+    wait_until(
+        Duration::from_secs(60),
+        "/healthz reporting the outage",
+        || match http_get(metrics_port, "/healthz") {
+            Some((503, body)) if body.contains("output") => {
+                reported = body;
+                true
+            }
+            _ => false,
+        },
+    );
+    assert!(
+        reported.contains(&format!("127.0.0.1:{}", server.port)) && reported.contains(s3::BUCKET),
+        "/healthz names the endpoint and bucket: {reported}"
+    );
+    assert!(!reported.contains(s3::SECRET_KEY), "{reported}");
+    eprintln!("/healthz during the outage: {reported}");
+    std::thread::sleep(Duration::from_secs(5));
+
+    // Back again: the consumer goes on by itself.
+    server.run();
+    eprintln!(
+        "S3 server down for {:.1} s",
+        outage_started.elapsed().as_secs_f64()
+    );
+    wait_until(
+        Duration::from_secs(120),
+        "every record committed after the outage",
+        || s3::committed_offsets(&store) >= 16_000,
+    );
+    wait_until(Duration::from_secs(30), "/healthz healthy again", || {
+        http_get(metrics_port, "/healthz").is_some_and(|(s, _)| s == 200)
+    });
+    faultkit::interrupt(&consumer);
+    let finished = wait_bounded(consumer, HANG_GUARD);
+    assert!(
+        finished.status.success(),
+        "the consumer rode out the outage:\n{}",
+        finished.both()
+    );
+    assert!(
+        finished.stderr.contains("Output storage failing; retrying")
+            && finished.stderr.contains("Output storage answers again"),
+        "{}",
+        finished.stderr
+    );
+    assert!(!finished.both().contains(s3::SECRET_KEY));
+    assert_exactly_once(&endpoint, &prefix, 16_000, dead, &work.path().join("copy"));
+}
+
+#[test]
+fn wrong_credentials_and_a_missing_bucket_fail_clearly_without_the_secret() {
+    s3::require();
+    let endpoint = s3::endpoint();
+    let topic = common::random_topic("s3-errors");
+    produce(&topic, 1, 0, 10, 1);
+    let work = tempfile::tempdir().unwrap();
+    let wrong = "Wr0ng-S3cret-Value-123";
+    let prefix = s3::random_prefix("errors");
+    let mut cmd = faultkit::app(&common::brokers(), &common::mysql_url());
+    s3::env_for(&mut cmd, &endpoint, wrong)
+        .env("RUST_LOG", "debug")
+        .args([
+            "consume",
+            "--topic",
+            &topic,
+            "--output",
+            &s3::url(&prefix),
+            "--until-caught-up",
+        ])
+        .current_dir(work.path());
+    let out = run_bounded(&mut cmd, HANG_GUARD);
+    assert!(!out.status.success(), "{}", out.both());
+    let error = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("wrong credentials: {error}");
+    assert!(
+        error.contains(&endpoint.replace("http://", ""))
+            && error.contains("s3://reclamacoes/")
+            && error.contains("credentials")
+            && error.contains("AWS_SECRET_ACCESS_KEY"),
+        "{error}"
+    );
+    assert!(
+        !out.both().contains(wrong),
+        "the secret leaked:\n{}",
+        out.both()
+    );
+
+    // inspect says the same.
+    let mut cmd = faultkit::app(&common::brokers(), &common::mysql_url());
+    s3::env_for(&mut cmd, &endpoint, wrong).args(["inspect", &s3::url(&prefix)]);
+    let out = run_bounded(&mut cmd, HANG_GUARD);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("credentials"), "{}", out.both());
+    assert!(!out.both().contains(wrong));
+
+    // A missing bucket.
+    let bucket = format!("no-such-bucket-{:08x}", rand::random::<u32>());
+    let mut cmd = app_s3(&endpoint);
+    cmd.env("RUST_LOG", "debug")
+        .args([
+            "consume",
+            "--topic",
+            &topic,
+            "--output",
+            &format!("s3://{bucket}/x/"),
+            "--until-caught-up",
+        ])
+        .current_dir(work.path());
+    let out = run_bounded(&mut cmd, HANG_GUARD);
+    assert!(!out.status.success(), "{}", out.both());
+    let error = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("missing bucket: {error}");
+    assert!(
+        error.contains(&bucket)
+            && error.contains("does not exist")
+            && error.contains(&endpoint.replace("http://", "")),
+        "{error}"
+    );
+    assert!(!out.both().contains(s3::SECRET_KEY), "{}", out.both());
+
+    // --help never shows the secret, nor does a successful run's debug log.
+    let mut cmd = app_s3(&endpoint);
+    let help = run_bounded(cmd.args(["consume", "--help"]), HANG_GUARD);
+    assert!(help.stdout.contains("--s3-endpoint"), "{}", help.stdout);
+    assert!(!help.both().contains(s3::SECRET_KEY));
+    let mut cmd = app_s3(&endpoint);
+    cmd.env("RUST_LOG", "debug")
+        .args([
+            "consume",
+            "--topic",
+            &topic,
+            "--output",
+            &s3::url(&prefix),
+            "--until-caught-up",
+            "--close-windows",
+        ])
+        .current_dir(work.path());
+    let out = run_bounded(&mut cmd, HANG_GUARD);
+    assert!(out.status.success(), "{}", out.both());
+    assert!(!out.both().contains(s3::SECRET_KEY), "{}", out.both());
+}
+
+#[test]
+fn two_consumers_on_one_prefix_are_fenced_and_the_output_stays_exactly_once() {
+    s3::require();
+    let endpoint = s3::endpoint();
+    let topic = common::random_topic("s3-fence");
+    let mut dead = produce(&topic, 2, 0, 10_000, 10);
+    let prefix = s3::random_prefix("fence");
+    let url = s3::url(&prefix);
+    let store = s3::store(&endpoint, &prefix);
+    let work = tempfile::tempdir().unwrap();
+    let base = [
+        "consume",
+        "--topic",
+        &topic,
+        "--output",
+        &url,
+        "--checkpoint-interval",
+        "200ms",
+        "--idle-advance",
+        "off",
+    ];
+    // A: runs on (no --until-caught-up), holding open windows once it has read everything.
+    let first = app_s3(&endpoint)
+        .args(base)
+        .current_dir(work.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(60), "A committed everything", || {
+        s3::committed_offsets(&store) >= 20_000
+    });
+    // B, started by mistake on the same prefix and partitions: it claims them (A is idle, so
+    // it commits nothing meanwhile) and reads to the end.
+    let second = run_bounded(
+        app_s3(&endpoint)
+            .args(base)
+            .args(["--until-caught-up"])
+            .current_dir(work.path()),
+        HANG_GUARD,
+    );
+    assert!(second.status.success(), "B: {}", second.both());
+    // New records: A writes them and its next commit finds its generation taken: fenced.
+    dead += produce(&topic, 2, 10_000, 2_000, 10);
+    let first = wait_bounded(first, HANG_GUARD);
+    assert!(!first.status.success(), "A must stop: {}", first.both());
+    let error = first
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("A: {error}");
+    assert!(
+        error.contains("committed by another consumer")
+            && error.contains("exactly once")
+            && error.contains(s3::BUCKET),
+        "{}",
+        first.both()
+    );
+    // Two started at the same moment: at most one claims each partition.
+    let racers: Vec<Child> = (0..2)
+        .map(|_| {
+            app_s3(&endpoint)
+                .args(base)
+                .args(["--until-caught-up", "--close-windows"])
+                .current_dir(work.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let results: Vec<_> = racers
+        .into_iter()
+        .map(|c| wait_bounded(c, HANG_GUARD))
+        .collect();
+    for r in &results {
+        assert!(
+            r.status.success() || r.stderr.contains("committed by another consumer"),
+            "a racer failed for another reason:\n{}",
+            r.both()
+        );
+    }
+    // Whatever the race left, a last run completes the output, exactly once.
+    let done = run_bounded(
+        app_s3(&endpoint)
+            .args(base)
+            .args(["--until-caught-up", "--close-windows"])
+            .current_dir(work.path()),
+        HANG_GUARD,
+    );
+    assert!(done.status.success(), "{}", done.both());
+    assert_exactly_once(&endpoint, &prefix, 24_000, dead, &work.path().join("copy"));
+}
+
+#[test]
+fn pyarrow_and_duckdb_read_the_output_straight_from_s3() {
+    s3::require();
+    let endpoint = s3::endpoint();
+    let topic = common::random_topic("s3-readers");
+    let dead = produce(&topic, 3, 0, 2_000, 5);
+    let prefix = s3::random_prefix("readers");
+    let work = tempfile::tempdir().unwrap();
+    let out = run_bounded(
+        app_s3(&endpoint)
+            .args([
+                "consume",
+                "--topic",
+                &topic,
+                "--output",
+                &s3::url(&prefix),
+                "--until-caught-up",
+                "--close-windows",
+                "--allowed-lateness",
+                "2m",
+            ])
+            .current_dir(work.path()),
+        HANG_GUARD,
+    );
+    assert!(out.status.success(), "{}", out.both());
+    let expected = 6_000 - dead;
+    // pyarrow: the prefix as one dataset (it skips _-prefixed folders and files).
+    let arrow = s3::python_s3(
+        &endpoint,
+        "import pyarrow.parquet as pq\n\
+         t = pq.read_table(sys.argv[1], filesystem=s3)\n\
+         print(t.num_rows, t.schema.field('window_start').type)",
+        &[&format!("{}/{prefix}", s3::BUCKET)],
+    );
+    assert_eq!(
+        arrow.trim(),
+        format!("{expected} timestamp[us, tz=UTC]"),
+        "pyarrow read: {arrow}"
+    );
+    // DuckDB with the httpfs extension shipped by duckdb-ext-httpfs.
+    let python = common::python();
+    let script = r#"
+import os, sys, duckdb, duckdb_ext
+con = duckdb.connect()
+con.execute("SET extension_directory = ?", [os.path.join(list(duckdb_ext.__path__)[0], "extensions")])
+con.execute("SET autoinstall_known_extensions = false")
+con.execute("LOAD httpfs")
+con.execute(f"SET s3_endpoint = '{sys.argv[1]}'")
+con.execute("SET s3_url_style = 'path'")
+con.execute("SET s3_use_ssl = false")
+con.execute("SET s3_region = 'us-east-1'")
+con.execute(f"SET s3_access_key_id = '{os.environ['KEY_ID']}'")
+con.execute(f"SET s3_secret_access_key = '{os.environ['SECRET']}'")
+rows = con.execute(f"SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)), typeof(any_value(window_start)) FROM read_parquet('s3://{sys.argv[2]}/**/*.parquet', hive_partitioning = true)").fetchall()
+print(rows[0][0], rows[0][1], rows[0][2])
+"#;
+    let result = Command::new(&python)
+        .args([
+            "-c",
+            script,
+            endpoint.trim_start_matches("http://"),
+            &format!("{}/{prefix}", s3::BUCKET),
+        ])
+        .env("KEY_ID", s3::ACCESS_KEY)
+        .env("SECRET", s3::SECRET_KEY)
+        .output()
+        .expect("run the DuckDB reader (scripts/python-env.sh)");
+    assert!(
+        result.status.success(),
+        "DuckDB httpfs failed: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let duck = String::from_utf8_lossy(&result.stdout);
+    assert_eq!(
+        duck.trim(),
+        format!("{expected} {expected} TIMESTAMP WITH TIME ZONE"),
+        "DuckDB read: {duck}"
+    );
+}
