@@ -23,9 +23,11 @@ SERVICES := scripts/services.sh
 
 help:
 	@echo "make up | down | status | logs      local Kafka + MariaDB (127.0.0.1:$(KAFKA_PORT), :$(MYSQL_PORT))"
+	@echo "make up S3=1                       also the local S3 server (versitygw, 127.0.0.1:7070; built once)"
 	@echo "make seed                          reset table bancos to sql/seed.sql"
 	@echo "make load-bancos FILE=x.tsv        replace table bancos with a Banco Central enquadramento file"
 	@echo "make demo [DATA=dir] [BANCOS=x.tsv]  the whole pipeline on fixtures/ (or DATA), with a summary"
+	@echo "make demo S3=1                     the same into s3://reclamacoes/demo/<run>/ on the local S3 server"
 	@echo "make static                        static musl binary (target/static/app, stripped)"
 	@echo "make test                          Python readers (.local/venv), start missing services, run TEST_CMD, stop what it started"
 	@echo "make python-env                    create/update .local/venv (duckdb, pyarrow, pandas, polars; pinned)"
@@ -54,11 +56,12 @@ logs:
 	@$(SERVICES) logs
 
 # Creates/updates the tests' Python readers (.local/venv, scripts/python-env.sh; instant when
-# current), starts only the services that are not running, runs $(TEST_CMD), then stops exactly
-# those it started (also on failure or Ctrl-C); exits with the test command's status.
+# current), starts only the services that are not running (always with the S3 server: S3=1),
+# runs $(TEST_CMD), then stops exactly those it started (also on failure or Ctrl-C); exits with
+# the test command's status.
 test:
 	@scripts/python-env.sh
-	@TEST_CMD='$(subst ','\'',$(value TEST_CMD))' scripts/with-services.sh
+	@S3=1 TEST_CMD='$(subst ','\'',$(value TEST_CMD))' scripts/with-services.sh
 
 fmt:
 	cargo fmt --all

@@ -57,7 +57,7 @@ JDBC_URL = os.environ.get("BENCH_JDBC_URL", f"jdbc:mysql://127.0.0.1:{MYSQL_PORT
 PRODUCERS = ["app", "kcat", "producer-perf", "producer-perf-batch", "seed-python"]
 # app produce's default --batch-bytes (768 KiB); the second ProducerPerformance run uses it.
 APP_BATCH_BYTES = 768 * 1024
-CONSUMERS = ["app", "app-before", "consumer-perf", "seed-spark"]
+CONSUMERS = ["app", "app-s3", "app-before", "consumer-perf", "seed-spark"]
 # `--app-before PATH` (or BENCH_APP_BEFORE): an earlier build of app, run next to this one on the
 # same topic in the consume step, so "before" and "after" come from one run.
 APP_BEFORE = os.environ.get("BENCH_APP_BEFORE")
@@ -68,6 +68,7 @@ LABEL = {
     ("produce", "producer-perf-batch"): "Kafka ProducerPerformance (batch.size 768 KiB like app)",
     ("produce", "seed-python"): "seed: kafka-python + DictReader",
     ("consume", "app"): "app consume -> Parquet",
+    ("consume", "app-s3"): "app consume -> Parquet in S3 (local versitygw)",
     ("consume", "app-before"): "app consume, before (an earlier build)",
     ("consume", "consumer-perf"): "Kafka ConsumerPerformance (raw fetch, ceiling)",
     ("consume", "seed-spark"): "seed: PySpark Structured Streaming -> Parquet",
@@ -78,7 +79,7 @@ SHORT = {
     "app": "app", "kcat": "kcat -P", "producer-perf": "ProducerPerf\n(client defaults)",
     "producer-perf-batch": "ProducerPerf\n(768 KiB batch)", "seed-python": "seed:\nkafka-python",
     "consumer-perf": "ConsumerPerf\n(raw fetch)", "seed-spark": "seed:\nPySpark",
-    "app-before": "app\n(before)",
+    "app-before": "app\n(before)", "app-s3": "app\n(to S3)",
 }
 
 
@@ -260,6 +261,82 @@ def app_consume(run_dir, topic, rows, tag, binary=None):
     return m, outdir
 
 
+# --- app-s3: the same consume into the local S3 server (scripts/s3.sh, versitygw) -------------
+# Started here when it is not running (and stopped again at the end); the output is read back
+# with pyarrow's S3 filesystem from the readers' venv (scripts/python-env.sh). The server's own
+# CPU is measured from /proc and reported as server_cpu_s (the app's cpu_s excludes it).
+S3_SCRIPT = ROOT / "scripts" / "s3.sh"
+S3_STARTED = LOCAL / "bench-s3-started"
+S3_ENV = {"AWS_ENDPOINT_URL": "http://127.0.0.1:7070", "AWS_ALLOW_HTTP": "true",
+          "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "reclamacoes",
+          "AWS_SECRET_ACCESS_KEY": "reclamacoes-secret"}  # local development only
+READERS_PY = LOCAL / "venv" / "bin" / "python"
+
+
+def s3_up():
+    S3_STARTED.unlink(missing_ok=True)
+    run(["bash", S3_SCRIPT, "up", "--record", S3_STARTED])
+    run(["bash", ROOT / "scripts" / "python-env.sh"])
+
+
+def s3_down():
+    if S3_STARTED.exists():
+        run(["bash", S3_SCRIPT, "down"])
+        S3_STARTED.unlink(missing_ok=True)
+
+
+def s3_server_cpu():
+    try:
+        pid = (LOCAL / "s3" / "versitygw.pid").read_text().strip()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+S3_COUNT = r"""
+import sys, pyarrow.fs as pafs, pyarrow.parquet as pq, pyarrow.compute as pc
+s3 = pafs.S3FileSystem(endpoint_override="127.0.0.1:7070", scheme="http", region="us-east-1",
+                       access_key="reclamacoes", secret_key="reclamacoes-secret")
+rows = hits = size = 0
+for info in s3.get_file_info(pafs.FileSelector(sys.argv[1], recursive=True)):
+    if info.type != pafs.FileType.File:
+        continue
+    size += info.size
+    if info.path.endswith(".parquet") or (info.path.endswith(".pq") and "/_late/" in info.path):
+        t = pq.read_table(info.path, filesystem=s3, columns=["banco_segmento"])
+        rows += t.num_rows
+        hits += t.num_rows - t.column(0).null_count
+print(rows, hits, size)
+"""
+
+
+def app_consume_s3(run_dir, topic, rows, tag):
+    prefix = f"bench/{tag}-{uuid.uuid4().hex[:8]}"
+    out, err = run_dir / f"{tag}.out", run_dir / f"{tag}.err"
+    cmd = [APP, "consume", "--brokers", BROKERS, "--topic", topic, "--output",
+           f"s3://reclamacoes/{prefix}/", "--mysql-url", MYSQL_URL, "--until-caught-up",
+           "--close-windows"]
+    log(f"{tag}: app consume --topic {topic} --output s3://reclamacoes/{prefix}/ ...")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(S3_ENV)
+    cpu0 = s3_server_cpu()
+    m = measure([str(c) for c in cmd], cwd=run_dir, env=env, stdout=str(out), stderr=str(err),
+                watch=str(LOCAL / "s3" / "data" / "reclamacoes" / prefix),
+                pattern="window=*/*.parquet")
+    cpu1 = s3_server_cpu()
+    check(m, "app consume (S3)", err)
+    read = int(re.search(r"records read: (\d+)", out.read_text()).group(1))
+    if read != rows:
+        raise SystemExit(f"bench: app consume (S3) read {read} records, expected {rows}; see {out}")
+    total, hits, size = map(int, run([READERS_PY, "-c", S3_COUNT, f"reclamacoes/{prefix}"]).split())
+    shutil.rmtree(LOCAL / "s3" / "data" / "reclamacoes" / prefix, ignore_errors=True)
+    extra = {"output_rows": total, "enrich_hits": hits, "output_mb": round(size / 1e6, 1),
+             "server_cpu_s": round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None
+             else None}
+    return m, extra
+
+
 def duck(sql):
     import duckdb
     return duckdb.sql(sql).fetchall()
@@ -430,6 +507,15 @@ def consume_step(run_dir, rows, systems, topic, payload_bytes, results):
         m, extra = median_of(REPEAT, app_once)
         checks["app"] = (extra["output_rows"], extra["enrich_hits"])
         results.append(result("consume", "app", rows, m, payload_bytes, extra))
+    if "app-s3" in systems:
+        s3_up()
+        try:
+            m, extra = median_of(REPEAT, lambda i: app_consume_s3(
+                run_dir, topic, rows, f"consume-{rows}-app-s3-{i}"))
+        finally:
+            s3_down()
+        checks["app-s3"] = (extra["output_rows"], extra["enrich_hits"])
+        results.append(result("consume", "app-s3", rows, m, payload_bytes, extra))
     if "app-before" in systems and APP_BEFORE:
         def before_once(i):
             m, outdir = app_consume(run_dir, topic, rows, f"consume-{rows}-before-{i}",
@@ -716,7 +802,7 @@ def chart(results, path, title):
     colors = {"app": "#d9534f", "kcat": "#5bc0de", "producer-perf": "#337ab7",
               "producer-perf-batch": "#1f4e79",
               "consumer-perf": "#337ab7", "seed-python": "#f0ad4e", "seed-spark": "#f0ad4e",
-              "app-before": "#e8a0a0"}
+              "app-before": "#e8a0a0", "app-s3": "#f0ad4e"}
     for ax, (step, size) in zip(axes[0], steps):
         rows = [r for r in results if r["step"] == step and (size is None or r["rows"] == size)]
         names = [SHORT.get(r["system"], r["system"]) for r in rows]

@@ -12,6 +12,10 @@
 #      pyarrow, and those commands run with .local/venv/bin/python (independent readers)
 # Every run uses its own topic and output directory, so it can be repeated as is.
 #
+# With S3=1 (`make demo S3=1`) the output goes to the local S3 server instead (scripts/s3.sh:
+# versitygw on 127.0.0.1:7070, built once): s3://reclamacoes/demo/<run>/, read back with
+# DuckDB's httpfs and pyarrow's S3 filesystem; logs stay in demo-output/<run>/_logs.
+#
 # Environment: DATA (CSV files, a directory or a glob; default fixtures), BANCOS (TSV that
 # REPLACES the shared table bancos; default: reset it to sql/seed.sql), DEMO_PARTITIONS (3),
 # DEMO_WINDOW (1m), KAFKA_BROKERS, MYSQL_URL, KAFKA_PORT, MYSQL_PORT (as in the Makefile).
@@ -34,8 +38,16 @@ export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:${KAFKA_PORT:-9092}}
 export MYSQL_URL=${MYSQL_URL:-mysql://reclamacoes:reclamacoes@127.0.0.1:${MYSQL_PORT:-3306}/reclamacoes_db}
 RUN=demo-$(date -u +%Y%m%d-%H%M%S)-$(printf '%04x' $((RANDOM)))
 TOPIC=$RUN
-OUT=demo-output/$RUN
-LOGS=$OUT/_logs
+LOCAL_OUT=demo-output/$RUN
+LOGS=$LOCAL_OUT/_logs
+S3=${S3:-0}
+if [[ $S3 == 1 ]]; then
+  OUT=s3://reclamacoes/demo/$RUN/
+  eval "$(scripts/s3.sh env | grep '^export')"
+  S3_HOST=${AWS_ENDPOINT_URL#http://}
+else
+  OUT=$LOCAL_OUT
+fi
 APP=$ROOT/target/release/app
 PYTHON=${LOCAL_DIR:-$ROOT/.local}/venv/bin/python
 
@@ -65,7 +77,7 @@ printf '[demo] run %s: %s -> Kafka topic %s -> %s\n' "$RUN" "$DATA" "$TOPIC" "$O
 [[ -e $DATA ]] || compgen -G "$DATA" >/dev/null || die "DATA=$DATA: no such file, directory or glob match"
 if [[ -n $BANCOS && ! -r $BANCOS ]]; then die "BANCOS=$BANCOS: cannot read that file"; fi
 
-step "services: Kafka on $KAFKA_BROKERS and MariaDB (scripts/services.sh up: starts only what is not running)"
+step "services: Kafka on $KAFKA_BROKERS and MariaDB$([[ $S3 == 1 ]] && echo ", S3 on $AWS_ENDPOINT_URL") (scripts/services.sh up: starts only what is not running)"
 scripts/services.sh up || die "the local services did not start (see the messages above; \`make logs\` lists the log files)"
 
 step "Python readers: ${PYTHON#"$ROOT"/} with duckdb and pyarrow (scripts/python-env.sh)"
@@ -86,9 +98,9 @@ fi
 
 mkdir -p "$LOGS"
 step "produce: app produce $DATA -> topic $TOPIC ($PARTITIONS partitions)"
-echo "    $ target/release/app produce --topic $TOPIC --partitions $PARTITIONS --rejects $OUT/_rejects $DATA"
+echo "    $ target/release/app produce --topic $TOPIC --partitions $PARTITIONS --rejects $LOCAL_OUT/_rejects $DATA"
 # shellcheck disable=SC2086  # DATA may be a glob
-if ! "$APP" produce --topic "$TOPIC" --partitions "$PARTITIONS" --rejects "$OUT/_rejects" $DATA \
+if ! "$APP" produce --topic "$TOPIC" --partitions "$PARTITIONS" --rejects "$LOCAL_OUT/_rejects" $DATA \
     >"$LOGS/produce-summary.txt" 2>"$LOGS/produce.log"; then
   cat "$LOGS/produce-summary.txt"
   show_log "$LOGS/produce.log"
@@ -115,7 +127,7 @@ printf '    done in %s s\n' "$(elapsed "$STEP_T0")"
 P=$LOGS/produce-summary.txt
 C=$LOGS/consume-summary.txt
 windows_line=$(sed -n 's/^windows: //p' "$LOGS/inspect.txt" | head -n 1)
-GLOB="$OUT/**/*.parquet"
+GLOB="${OUT%/}/**/*.parquet"
 ENRICH_HINT=
 if [[ -z $BANCOS && $(field "$C" enrichment) == "0 hits"* ]]; then
   ENRICH_HINT=$'\n                  no hits: table bancos holds the fictional seed that matches fixtures/; with the real\n                  data, also load the real table: make demo DATA=... BANCOS=.../EnquadramentoInicia_v2.tsv'
@@ -132,6 +144,15 @@ DUCKDB_SQL="SELECT banco_segmento, count(*) AS linhas, sum(quantidade_total_de_r
 DUCKDB_PY="import sys, duckdb; duckdb.sql(sys.argv[1]).show()"
 PYARROW_PY="import pyarrow.parquet as pq; t = pq.read_table('$OUT'); print(t.num_rows, 'rows,', t.num_columns, 'columns; window_start:', t.schema.field('window_start').type)"
 PANDAS_PY="import pandas; df = pandas.read_parquet('$OUT'); print(len(df), 'rows; window_start:', df['window_start'].dtype); print(df.groupby('window_start').size().to_string())"
+if [[ $S3 == 1 ]]; then
+  # The same reads straight from the S3 server; credentials from the AWS_* variables that
+  # `scripts/s3.sh env` prints (eval it in your shell first).
+  S3_PATH=${OUT#s3://}
+  DUCKDB_PY="import os, sys, duckdb, duckdb_ext; con = duckdb.connect(); con.execute('SET extension_directory = ?', [os.path.join(list(duckdb_ext.__path__)[0], 'extensions')]); con.execute('LOAD httpfs'); con.execute(f\"CREATE SECRET (TYPE s3, KEY_ID '{os.environ['AWS_ACCESS_KEY_ID']}', SECRET '{os.environ['AWS_SECRET_ACCESS_KEY']}', ENDPOINT '$S3_HOST', URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')\"); con.sql(sys.argv[1]).show()"
+  S3FS="pafs.S3FileSystem(endpoint_override='$S3_HOST', scheme='http', region='us-east-1')"
+  PYARROW_PY="import pyarrow.fs as pafs, pyarrow.parquet as pq; t = pq.read_table('${S3_PATH%/}', filesystem=$S3FS); print(t.num_rows, 'rows,', t.num_columns, 'columns; window_start:', t.schema.field('window_start').type)"
+  PANDAS_PY="import pandas, pyarrow.fs as pafs; df = pandas.read_parquet('${S3_PATH%/}', filesystem=$S3FS); print(len(df), 'rows; window_start:', df['window_start'].dtype); print(df.groupby('window_start').size().to_string())"
+fi
 run_readers() {
   echo
   echo "Independent readers, run now (proof that other tools read the files):"
@@ -158,10 +179,10 @@ windows:          $windows_line
 enrichment:       $(field "$C" enrichment)   (misses: no CNPJ, or one not in table bancos; bank columns stay null)${ENRICH_HINT}
 late rows:        $(field "$C" "late rows")
 dead letters:     $(field "$C" "dead letters")
-output:           $OUT/   (the table: window=*/part-*.parquet; logs and summaries in $LOGS/)
+output:           ${OUT%/}/   (the table: window=*/part-*.parquet; logs and summaries in $LOGS/)
 total time:       $(elapsed "$T0") s
 
-Query the files (.local/venv has duckdb, pyarrow, pandas and polars; scripts/python-env.sh makes it):
+Query the files (.local/venv has duckdb, pyarrow, pandas and polars; scripts/python-env.sh makes it)$([[ $S3 == 1 ]] && printf ',\n  after: eval "$(scripts/s3.sh env)"'):
   DuckDB:
     $PY_SHOWN -c "$DUCKDB_PY" "$DUCKDB_SQL"
     (or with the DuckDB CLI: duckdb -c "$DUCKDB_SQL")
@@ -169,7 +190,7 @@ Query the files (.local/venv has duckdb, pyarrow, pandas and polars; scripts/pyt
     $PY_SHOWN -c "$PYARROW_PY"
   pandas:
     $PY_SHOWN -c "$PANDAS_PY"
-  polars:   polars.scan_parquet('$OUT/**/*.parquet', hive_partitioning=True).collect()
+  polars:   polars.scan_parquet('${OUT%/}/**/*.parquet', hive_partitioning=True).collect()
   Spark:    spark.read.parquet('$OUT')
   (the table is every *.parquet file; late rows and dead letters are .pq files in _late/ and _dead_letter/)
   Look again later: target/release/app inspect $OUT   (add --json for scripts)
