@@ -743,9 +743,13 @@ def render(results, info, args, started, finished):
             if "output_rows" in r:
                 files = (f" in {r['output_files']} table files" if r.get("output_files")
                          is not None else "")
+                reader = ("pyarrow, read back from S3" if r["system"] == "app-s3" else "DuckDB")
                 notes.append(f"{r['label']}: {fmt(r['output_rows'])} output rows{files}, "
-                             f"{fmt(r['enrich_hits'])} enriched (DuckDB), {r['output_mb']} MB "
+                             f"{fmt(r['enrich_hits'])} enriched ({reader}), {r['output_mb']} MB "
                              "of Parquet.")
+            if r.get("server_cpu_s") is not None:
+                notes.append(f"{r['label']}: the S3 server (versitygw, posix backend on the same "
+                             f"disk) used {r['server_cpu_s']} s of CPU besides app's.")
             if "spark_read" in r:
                 sr = r["spark_read"]
                 notes.append(f"`spark.read.parquet(output)` on app's output: {fmt(sr['rows'])} "

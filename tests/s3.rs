@@ -713,3 +713,65 @@ print(rows[0][0], rows[0][1], rows[0][2])
         "DuckDB read: {duck}"
     );
 }
+
+#[test]
+fn the_s3_store_keeps_the_store_contract() {
+    use reclamacoes::output::Store;
+    s3::require();
+    let endpoint = s3::endpoint();
+    let prefix = s3::random_prefix("contract");
+    let store = s3::store(&endpoint, &prefix);
+    // The store blocks: run it on a thread of its own, as the consumer does.
+    std::thread::spawn(move || {
+        store.put("a/b/x.json", b"one").unwrap();
+        store.put("a/b/x.json", b"two").unwrap();
+        assert_eq!(store.get("a/b/x.json").unwrap().unwrap(), &b"two"[..]);
+        assert!(store.put_new("a/c.json", b"first").unwrap());
+        assert!(!store.put_new("a/c.json", b"second").unwrap());
+        assert!(
+            store.put_new("a/c.json", b"first").unwrap(),
+            "our own bytes: a retried create whose first attempt landed"
+        );
+        assert_eq!(store.get("a/c.json").unwrap().unwrap(), &b"first"[..]);
+        // Three 8 MiB parts and a bit: a multipart upload, invisible until finished.
+        let big: Vec<u8> = (0..(25 << 20)).map(|i: u32| (i % 251) as u8).collect();
+        let mut w = store.writer("z/big.bin").unwrap();
+        w.write_all(&big).unwrap();
+        assert_eq!(
+            store.get("z/big.bin").unwrap(),
+            None,
+            "invisible until finish"
+        );
+        assert_eq!(w.finish().unwrap(), big.len() as u64);
+        assert_eq!(store.get("z/big.bin").unwrap().unwrap(), &big[..]);
+        let mut unfinished = store.writer("z/gone.bin").unwrap();
+        unfinished.write_all(&big[..(9 << 20)]).unwrap();
+        drop(unfinished);
+        let mut small = store.writer("z/small.bin").unwrap();
+        small.write_all(b"tiny").unwrap();
+        assert_eq!(small.finish().unwrap(), 4);
+        let keys = |p: &str| -> Vec<String> {
+            store.list(p).unwrap().into_iter().map(|o| o.key).collect()
+        };
+        assert_eq!(
+            keys(""),
+            ["a/b/x.json", "a/c.json", "z/big.bin", "z/small.bin"],
+            "recursive, relative to the prefix, sorted; no unfinished upload"
+        );
+        assert_eq!(keys("a/"), ["a/b/x.json", "a/c.json"]);
+        assert_eq!(
+            keys("a/b"),
+            ["a/b/x.json"],
+            "a string prefix, not only folders"
+        );
+        assert_eq!(store.list("").unwrap()[2].size, big.len() as u64);
+        store.delete("a/c.json").unwrap();
+        store.delete("a/c.json").unwrap();
+        assert_eq!(store.get("a/c.json").unwrap(), None);
+        assert!(store.failing().is_none());
+        assert!(store.describe().contains(&prefix), "{}", store.describe());
+        assert!(!format!("{store:?}").contains(s3::SECRET_KEY));
+    })
+    .join()
+    .unwrap();
+}
