@@ -5,7 +5,8 @@
 //! - [`row`]: the decoded, enriched record that flows to the sinks.
 //! - [`window`]: event-time windows, watermarks, idle partitions, per-window row buffers.
 //! - [`checkpoint`]: exactly-once marks, atomic checkpoint files, output recovery at startup.
-//! - [`csv_source`]: input files, encoding/delimiter detection, rows or rejects.
+//! - [`csv_source`]: input files, encoding/delimiter detection, chunks of records, rows or rejects.
+//! - [`encode`]: the producer's hot path: CSV chunk -> keyed JSON records per partition lane.
 //! - [`kafka`]: rskafka with bounds: connect, topics, murmur2 partitioner, produce, fetch.
 //! - [`produce`]: `app produce`: reader thread -> per-partition batches -> acked sends.
 //! - [`enrich`]: the MySQL reference table cache (load, background refresh, on-miss policy).
@@ -20,6 +21,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod consume;
 pub mod csv_source;
+pub mod encode;
 pub mod enrich;
 pub mod inspect;
 pub mod kafka;
