@@ -573,22 +573,23 @@ fn csv_reader(bytes: &[u8], delimiter: u8) -> csv::Reader<&[u8]> {
 pub struct DecodedRecord<'a> {
     pub line: u64,
     text: &'a str,
-    ends: &'a [usize],
+    /// Byte range of each field in `text`.
+    spans: &'a [(usize, usize)],
     delimiter: u8,
 }
 
 impl<'a> DecodedRecord<'a> {
     /// The text of column `col` (as read, untrimmed).
     pub fn cell(&self, col: usize) -> &'a str {
-        let start = if col == 0 { 0 } else { self.ends[col - 1] };
-        &self.text[start..self.ends[col]]
+        let (start, end) = self.spans[col];
+        &self.text[start..end]
     }
 
     /// The row re-joined with its delimiter, at most [`MAX_REJECT_RAW_BYTES`] (for rejects).
     pub fn raw(&self) -> String {
         let delimiter = char::from(self.delimiter).to_string();
         bounded_raw(
-            (0..self.ends.len())
+            (0..self.spans.len())
                 .map(|c| self.cell(c))
                 .collect::<Vec<_>>()
                 .join(&delimiter),
@@ -601,13 +602,18 @@ impl<'a> DecodedRecord<'a> {
 pub struct RecordScratch {
     record: csv::ByteRecord,
     text: Vec<u8>,
-    ends: Vec<usize>,
+    spans: Vec<(usize, usize)>,
 }
 
 /// Parses the records of `chunk` (skipping the header when `has_header`, and rows starting at
 /// or before `skip_through_line`), calling `on_record` with each data row whose column count
 /// is right, or a [`Reject`] (wrong column count, invalid UTF-8). Stops when `on_record`
 /// returns false.
+///
+/// A line without a quote or a lone CR is one record whose fields are the pieces between
+/// delimiters: exactly what the `csv` crate makes of it, without its state machine or copies.
+/// From the first line that has either, the rest of the chunk goes through `csv`'s reader (a
+/// line start is a record start, so it starts in the right state).
 pub fn parse_chunk(
     chunk: &Chunk,
     layout: &FileLayout,
@@ -617,26 +623,185 @@ pub fn parse_chunk(
     mut on_record: impl FnMut(Result<DecodedRecord<'_>, Reject>) -> bool,
 ) {
     let bytes = &chunk.bytes[..];
-    let mut csv = csv_reader(bytes, layout.delimiter);
-    let (mut cursor, mut cursor_line) = (0usize, chunk.first_line);
+    let (mut pos, mut line) = (0usize, chunk.first_line);
     let mut skip_header = has_header;
+    loop {
+        // Blank lines are no records (as in `csv`).
+        while pos < bytes.len() && matches!(bytes[pos], b'\n' | b'\r') {
+            line += u64::from(bytes[pos] == b'\n');
+            pos += 1;
+        }
+        if pos >= bytes.len() {
+            return;
+        }
+        let end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i);
+        let body_end = if bytes[end - 1] == b'\r' {
+            end - 1
+        } else {
+            end
+        };
+        let body = &bytes[pos..body_end];
+        if memchr::memchr2(b'"', b'\r', body).is_some() {
+            let rest = Chunk {
+                bytes: Vec::new(),
+                first_line: line,
+            };
+            parse_with_csv(
+                &bytes[pos..],
+                &rest,
+                layout,
+                skip_header,
+                skip_through_line,
+                scratch,
+                on_record,
+            );
+            return;
+        }
+        let record_line = line;
+        pos = end + 1;
+        line += 1;
+        if std::mem::take(&mut skip_header) || record_line <= skip_through_line {
+            continue;
+        }
+        let RecordScratch { text, spans, .. } = &mut *scratch;
+        let decoded = match layout.text {
+            TextEncoding::Cp1252 if body.is_ascii() => std::str::from_utf8(body),
+            TextEncoding::Cp1252 => {
+                text.clear();
+                decode_cp1252(body, text);
+                std::str::from_utf8(text)
+            }
+            TextEncoding::Utf8 => std::str::from_utf8(body),
+        };
+        let outcome = match decoded {
+            Ok(decoded) => {
+                split_fields(decoded.as_bytes(), layout.delimiter, spans);
+                checked_record(record_line, decoded, spans, layout)
+            }
+            Err(e) => {
+                split_fields(body, layout.delimiter, spans);
+                Err(utf8_reject(record_line, body, spans, e, layout))
+            }
+        };
+        if !on_record(outcome) {
+            return;
+        }
+    }
+}
+
+fn decode_cp1252(bytes: &[u8], out: &mut Vec<u8>) {
     let table = cp1252_table();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let ascii = rest.iter().position(|&b| b >= 0x80).unwrap_or(rest.len());
+        out.extend_from_slice(&rest[..ascii]);
+        if let Some(&b) = rest.get(ascii) {
+            let (utf8, len) = &table[usize::from(b)];
+            out.extend_from_slice(&utf8[..usize::from(*len)]);
+            rest = &rest[ascii + 1..];
+        } else {
+            rest = &[];
+        }
+    }
+}
+
+fn split_fields(text: &[u8], delimiter: u8, spans: &mut Vec<(usize, usize)>) {
+    spans.clear();
+    let mut start = 0;
+    for at in memchr::memchr_iter(delimiter, text) {
+        spans.push((start, at));
+        start = at + 1;
+    }
+    spans.push((start, text.len()));
+}
+
+/// The record, or a reject when its column count is wrong.
+fn checked_record<'a>(
+    line: u64,
+    text: &'a str,
+    spans: &'a [(usize, usize)],
+    layout: &FileLayout,
+) -> Result<DecodedRecord<'a>, Reject> {
+    let record = DecodedRecord {
+        line,
+        text,
+        spans,
+        delimiter: layout.delimiter,
+    };
+    let mut fields = spans.len();
+    // The empty column left by a trailing delimiter is not data.
+    if fields > layout.columns && record.cell(fields - 1).is_empty() {
+        fields -= 1;
+    }
+    if fields != layout.columns {
+        return Err(Reject {
+            file: layout.shown.clone(),
+            line,
+            reason: format!("expected {} columns, found {fields}", layout.columns),
+            raw: record.raw(),
+        });
+    }
+    Ok(record)
+}
+
+/// The reject of a row that is not valid UTF-8 (`spans` of the fields in `bytes`).
+fn utf8_reject(
+    line: u64,
+    bytes: &[u8],
+    spans: &[(usize, usize)],
+    e: std::str::Utf8Error,
+    layout: &FileLayout,
+) -> Reject {
+    let at = e.valid_up_to();
+    let field = spans.iter().position(|&(_, end)| end > at).unwrap_or(0);
+    let field_start = spans.get(field).map_or(0, |s| s.0);
+    Reject {
+        file: layout.shown.clone(),
+        line,
+        reason: format!(
+            "unreadable row: invalid UTF-8 in column {} near byte index {}; the file is read as \
+             UTF-8: pass --encoding windows1252 if it is not",
+            field + 1,
+            at.saturating_sub(field_start)
+        ),
+        raw: bounded_raw(String::from_utf8_lossy(bytes).into_owned()),
+    }
+}
+
+/// [`parse_chunk`] through the `csv` crate's reader, for `bytes` (starting at a record start on
+/// physical line `at.first_line`) that hold quotes or lone CRs.
+fn parse_with_csv(
+    bytes: &[u8],
+    at: &Chunk,
+    layout: &FileLayout,
+    has_header: bool,
+    skip_through_line: u64,
+    scratch: &mut RecordScratch,
+    mut on_record: impl FnMut(Result<DecodedRecord<'_>, Reject>) -> bool,
+) {
+    let mut csv = csv_reader(bytes, layout.delimiter);
+    let (mut cursor, mut cursor_line) = (0usize, at.first_line);
+    let mut skip_header = has_header;
     while csv.read_byte_record(&mut scratch.record).unwrap_or(false) {
         if std::mem::take(&mut skip_header) {
             continue;
         }
-        let record = &scratch.record;
+        let RecordScratch {
+            record,
+            text,
+            spans,
+        } = &mut *scratch;
         // The reader's position is where the previous record ended; the row starts at the
         // first byte after the line ends and blank lines in between.
-        let at = record
+        let from = record
             .position()
             .map_or(0, |p| p.byte() as usize)
             .min(bytes.len());
-        let start = at
-            + bytes[at..]
+        let start = from
+            + bytes[from..]
                 .iter()
                 .position(|&b| b != b'\n' && b != b'\r')
-                .unwrap_or(bytes.len() - at);
+                .unwrap_or(bytes.len() - from);
         let start = start.max(cursor);
         cursor_line += memchr::memchr_iter(b'\n', &bytes[cursor..start]).count() as u64;
         cursor = start;
@@ -644,69 +809,19 @@ pub fn parse_chunk(
         if line <= skip_through_line {
             continue;
         }
-        scratch.text.clear();
-        scratch.ends.clear();
+        text.clear();
+        spans.clear();
         for field in record.iter() {
+            let start = text.len();
             match layout.text {
-                TextEncoding::Utf8 => scratch.text.extend_from_slice(field),
-                TextEncoding::Cp1252 if field.is_ascii() => scratch.text.extend_from_slice(field),
-                TextEncoding::Cp1252 => {
-                    for &b in field {
-                        let (utf8, len) = &table[usize::from(b)];
-                        scratch.text.extend_from_slice(&utf8[..usize::from(*len)]);
-                    }
-                }
+                TextEncoding::Utf8 => text.extend_from_slice(field),
+                TextEncoding::Cp1252 => decode_cp1252(field, text),
             }
-            scratch.ends.push(scratch.text.len());
+            spans.push((start, text.len()));
         }
-        let text = match std::str::from_utf8(&scratch.text) {
-            Ok(text) => text,
-            Err(e) => {
-                let at = e.valid_up_to();
-                let field = scratch.ends.iter().position(|&end| end > at).unwrap_or(0);
-                let field_start = if field == 0 {
-                    0
-                } else {
-                    scratch.ends[field - 1]
-                };
-                let raw = String::from_utf8_lossy(&scratch.text).into_owned();
-                let keep_going = on_record(Err(Reject {
-                    file: layout.shown.clone(),
-                    line,
-                    reason: format!(
-                        "unreadable row: invalid UTF-8 in column {} near byte index {}; the file \
-                         is read as UTF-8: pass --encoding windows1252 if it is not",
-                        field + 1,
-                        at - field_start
-                    ),
-                    raw: bounded_raw(raw),
-                }));
-                if !keep_going {
-                    return;
-                }
-                continue;
-            }
-        };
-        let decoded = DecodedRecord {
-            line,
-            text,
-            ends: &scratch.ends,
-            delimiter: layout.delimiter,
-        };
-        let mut fields = decoded.ends.len();
-        // The empty column left by a trailing delimiter is not data.
-        if fields > layout.columns && decoded.cell(fields - 1).is_empty() {
-            fields -= 1;
-        }
-        let outcome = if fields != layout.columns {
-            Err(Reject {
-                file: layout.shown.clone(),
-                line,
-                reason: format!("expected {} columns, found {fields}", layout.columns),
-                raw: decoded.raw(),
-            })
-        } else {
-            Ok(decoded)
+        let outcome = match std::str::from_utf8(text) {
+            Ok(decoded) => checked_record(line, decoded, spans, layout),
+            Err(e) => Err(utf8_reject(line, text, spans, e, layout)),
         };
         if !on_record(outcome) {
             return;
@@ -1038,6 +1153,97 @@ mod tests {
         );
         let (rows, _, stats) = read_all(&header_only);
         assert!(rows.is_empty() && !stats.empty);
+    }
+
+    /// The chunked parser against one `csv` reader over the whole decoded text: the same records
+    /// (fields, or the re-joined row of a wrong column count), whatever the chunk size.
+    fn chunked_records(bytes: &[u8], target: usize) -> Vec<(u64, Result<Vec<String>, String>)> {
+        let layout = FileLayout {
+            shown: "t.csv".into(),
+            text: TextEncoding::Cp1252,
+            delimiter: b';',
+            positions: vec![0, 1, 2],
+            columns: 3,
+        };
+        let mut reader = ChunkReader::from_bytes(bytes.to_vec(), TextEncoding::Cp1252, b';');
+        let mut scratch = RecordScratch::default();
+        let mut out = Vec::new();
+        let mut first = true;
+        while let Some(chunk) = reader.next_chunk(target).unwrap() {
+            parse_chunk(
+                &chunk,
+                &layout,
+                std::mem::take(&mut first),
+                0,
+                &mut scratch,
+                |r| {
+                    out.push(match r {
+                        Ok(r) => (r.line, Ok((0..3).map(|c| r.cell(c).to_string()).collect())),
+                        Err(e) => (e.line, Err(e.raw)),
+                    });
+                    true
+                },
+            );
+        }
+        out
+    }
+
+    fn one_reader_records(bytes: &[u8]) -> Vec<Result<Vec<String>, String>> {
+        let (text, _) = WINDOWS_1252.decode_without_bom_handling(bytes);
+        let mut csv = csv::ReaderBuilder::new()
+            .delimiter(b';')
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(text.as_bytes());
+        let mut records: Vec<Vec<String>> = csv
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_string).collect())
+            .collect();
+        if !records.is_empty() {
+            records.remove(0);
+        }
+        records
+            .into_iter()
+            .map(|mut fields| {
+                let raw = fields.join(";");
+                if fields.len() > 3 && fields.last().is_some_and(String::is_empty) {
+                    fields.pop();
+                }
+                if fields.len() == 3 {
+                    Ok(fields)
+                } else {
+                    Err(raw)
+                }
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn chunked_parsing_equals_one_reader(
+            picks in proptest::collection::vec(0usize..9, 0..300),
+            target in 1usize..80,
+        ) {
+            let alphabet = [b'a', b';', b';', b'"', b'\n', b'\n', b'\r', b' ', 0xBA];
+            let bytes: Vec<u8> = picks.iter().map(|&i| alphabet[i]).collect();
+            let got = chunked_records(&bytes, target);
+            let fields: Vec<_> = got.iter().map(|(_, r)| r.clone()).collect();
+            proptest::prop_assert_eq!(fields, one_reader_records(&bytes));
+            // Physical lines: never decreasing (records split by a lone CR share a line), and
+            // never past the number of lines in the input.
+            let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+            for pair in got.windows(2) {
+                proptest::prop_assert!(pair[0].0 <= pair[1].0, "{:?}", got);
+            }
+            proptest::prop_assert!(got.iter().all(|(l, _)| *l <= lines));
+        }
+    }
+
+    #[test]
+    fn lines_are_physical_start_lines() {
+        let text = b"h;h;h\r\na;b;c\r\n\r\n\nd;\"x\ny\";e\nf;g;h\n";
+        let lines: Vec<u64> = chunked_records(text, 1).iter().map(|r| r.0).collect();
+        assert_eq!(lines, vec![2, 5, 7]);
     }
 
     #[test]

@@ -375,13 +375,15 @@ mod tests {
 
     const HEADER: &str = "Ano;Trimestre;Categoria;Tipo;CNPJ IF;Instituição financeira;Índice;Quantidade de reclamações reguladas procedentes;Quantidade de reclamações reguladas - outras;Quantidade de reclamações não reguladas;Quantidade total de reclamações;Quantidade total de clientes – CCS e SCR;Quantidade de clientes – CCS;Quantidade de clientes – SCR;";
 
+    type Key = Option<Vec<u8>>;
+    /// (line, key, value, lane)
+    type EncodedRow = (u64, Key, Vec<u8>, usize);
+    /// (line, key, value)
+    type KeyedRow = (u64, Key, Vec<u8>);
+
     /// Encodes `text` (cp1252) with chunks of `target` bytes; returns per row (line, key, JSON)
     /// in input order within each lane, plus the reject lines.
-    fn encode_all(
-        text: &str,
-        target: usize,
-        lanes: Lanes,
-    ) -> (Vec<(u64, Option<Vec<u8>>, Vec<u8>, usize)>, Vec<u64>) {
+    fn encode_all(text: &str, target: usize, lanes: Lanes) -> (Vec<EncodedRow>, Vec<u64>) {
         let (bytes, _, _) = encoding_rs::WINDOWS_1252.encode(text);
         let schema = Arc::new(Schema::banco_central());
         let mut reader = ChunkReader::from_bytes(bytes.to_vec(), TextEncoding::Cp1252, b';');
@@ -423,7 +425,7 @@ mod tests {
     }
 
     /// What the owned-value path (`for_each_row_in_bytes` + `write_json` + `key_of`) gives.
-    fn reference(text: &str) -> (Vec<(u64, Option<Vec<u8>>, Vec<u8>)>, Vec<u64>) {
+    fn reference(text: &str) -> (Vec<KeyedRow>, Vec<u64>) {
         let (bytes, _, _) = encoding_rs::WINDOWS_1252.encode(text);
         let config = SourceConfig {
             schema: Arc::new(Schema::banco_central()),

@@ -243,11 +243,15 @@ impl Batch {
 const CHUNK_BYTES: usize = 128 * 1024;
 /// Chunks queued per worker, each way.
 const CHUNKS_QUEUED: usize = 2;
-/// Produce requests in flight at once across the partitions (one per lane), when the topic has
-/// fewer partitions: a partition gets `MAX(1, LANES_IN_FLIGHT / partitions)` lanes. Chosen by
-/// measurement (BENCHMARKS.md): with one request per partition the encoder and LZ4 of the next
-/// batch wait for the broker's answer to the previous one.
-const LANES_IN_FLIGHT: usize = 4;
+/// Lanes (produce requests in flight) per partition, and in all: a partition gets
+/// `clamp(MAX_LANES / partitions, 1, LANES_PER_PARTITION)` lanes. Chosen by measurement
+/// (BENCHMARKS.md): with one request per partition, the encoding and LZ4 of the next batch wait
+/// for the broker's answer to the previous one (1 partition: 2.5 s for 1M rows with one lane,
+/// 2.2 s with four); rskafka opens one connection per partition, and several requests
+/// pipelined on one connection beat one request on each of several connections. The cap keeps
+/// memory (about 2.5 MB per lane) bounded on topics with many partitions.
+const LANES_PER_PARTITION: usize = 4;
+const MAX_LANES: usize = 16;
 
 /// Threads that parse and encode chunks: one per core, at most 8.
 fn worker_count() -> usize {
@@ -302,7 +306,7 @@ pub async fn run(
         .await?;
     let lanes = Lanes::new(
         partition_count,
-        (LANES_IN_FLIGHT / partition_count.max(1)).max(1),
+        (MAX_LANES / partition_count.max(1)).clamp(1, LANES_PER_PARTITION),
     );
     tracing::info!(
         topic = %config.topic,
@@ -394,10 +398,13 @@ pub async fn run(
     let (done_tx, mut done_rx) = mpsc::channel::<usize>(lanes.total());
     for lane in 0..lanes.total() {
         let (tx, rx) = mpsc::channel::<Batch>(1);
+        // The lanes of a partition share its client, hence one connection: requests pipelined
+        // on one connection measured faster than one connection per lane.
+        let handle = handles[lanes.partition_of(lane) as usize].clone();
         batch_txs.push(tx);
         senders.spawn(send_batches(SendJob {
             probe: Arc::clone(&probe),
-            handle: handles[lanes.partition_of(lane) as usize].clone(),
+            handle,
             lane,
             rx,
             done: done_tx.clone(),
