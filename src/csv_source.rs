@@ -53,11 +53,24 @@ pub enum SourceError {
 }
 
 /// Text encodings we read (`--encoding`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     Utf8,
-    #[value(alias = "cp1252", alias = "windows-1252", alias = "latin1")]
     Windows1252,
+}
+
+impl std::str::FromStr for Encoding {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "utf8" | "utf-8" => Ok(Encoding::Utf8),
+            "windows1252" | "windows-1252" | "cp1252" | "latin1" => Ok(Encoding::Windows1252),
+            other => Err(format!(
+                "`{other}` is not an encoding we read; use utf8 or windows1252 (cp1252)"
+            )),
+        }
+    }
 }
 
 /// How to read the CSV files.
