@@ -54,7 +54,7 @@ MYSQL_URL = os.environ.get(
     "MYSQL_URL", f"mysql://reclamacoes:reclamacoes@127.0.0.1:{MYSQL_PORT}/reclamacoes_db")
 JDBC_URL = os.environ.get("BENCH_JDBC_URL", f"jdbc:mysql://127.0.0.1:{MYSQL_PORT}/reclamacoes_db")
 
-PRODUCERS = ["app", "kcat", "producer-perf", "producer-perf-batch", "seed-python"]
+PRODUCERS = ["app", "app-before", "kcat", "producer-perf", "producer-perf-batch", "seed-python"]
 # app produce's default --batch-bytes (768 KiB); the second ProducerPerformance run uses it.
 APP_BATCH_BYTES = 768 * 1024
 CONSUMERS = ["app", "app-before", "consumer-perf", "seed-spark"]
@@ -69,6 +69,7 @@ LABEL = {
     ("produce", "seed-python"): "seed: kafka-python + DictReader",
     ("consume", "app"): "app consume -> Parquet",
     ("consume", "app-before"): "app consume, before (an earlier build)",
+    ("produce", "app-before"): "app produce, before (an earlier build)",
     ("consume", "consumer-perf"): "Kafka ConsumerPerformance (raw fetch, ceiling)",
     ("consume", "seed-spark"): "seed: PySpark Structured Streaming -> Parquet",
 }
@@ -221,10 +222,10 @@ def check(m, what, logfile):
         raise SystemExit(f"bench: {what} failed with exit {m['rc']}; log {logfile}:\n{tail}")
 
 
-def app_produce(run_dir, topic, files_dir, rows, partitions, tag):
+def app_produce(run_dir, topic, files_dir, rows, partitions, tag, binary=None):
     create_topic(topic, partitions)
     out, err = run_dir / f"{tag}.out", run_dir / f"{tag}.err"
-    cmd = [APP, "produce", "--brokers", BROKERS, "--topic", topic, "--partitions", partitions,
+    cmd = [binary or APP, "produce", "--brokers", BROKERS, "--topic", topic, "--partitions", partitions,
            "--compression", "lz4", "--rejects", run_dir / "rejects", files_dir]
     log(f"{tag}: {' '.join(map(str, cmd[1:]))}")
     m = measure([str(c) for c in cmd], cwd=run_dir, stdout=str(out), stderr=str(err))
@@ -387,6 +388,15 @@ def produce_step(run_dir, rows, systems, topics, results):
     log(f"app JSON: {n:,} records, mean value {record_size} B, key+value {kv_bytes / 1e6:.1f} MB")
     if "app" in systems:
         results.append(result("produce", "app", rows, m, kv_bytes, extra))
+    if "app-before" in systems and APP_BEFORE:
+        def before_once(i):
+            t = f"bench-{uid}-produce-before-{i}"
+            topics.append(t)
+            return (app_produce(run_dir, t, data_dir, rows, 1, f"produce-before-{i}",
+                                binary=APP_BEFORE), {"topic": t, "binary": APP_BEFORE})
+
+        m, extra = median_of(REPEAT, before_once)
+        results.append(result("produce", "app-before", rows, m, kv_bytes, extra))
 
     if "kcat" in systems:
         m, extra = median_of(REPEAT, lambda i: kcat_produce(run_dir, f"bench-{uid}-produce-kcat-{i}",
