@@ -490,7 +490,7 @@ async fn run_produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
         progress_bar: std::io::stderr().is_terminal(),
         metrics_addr: args.metrics_addr,
     };
-    let summary = produce::run(config, crate::shutdown::on_signals().wait())
+    let summary = produce::run(config, crate::shutdown::on_signals())
         .await
         .context("produce failed")?;
     print!("{}", summary.render());

@@ -28,7 +28,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
-use std::future::Future;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,6 +44,7 @@ use crate::encode::{ChunkEncoder, ChunkJob, EncodedChunk, Lanes, Position, Segme
 use crate::kafka::{Compression, Kafka, KafkaConfig, KafkaError, PartitionHandle};
 use crate::metrics::{BusyClocks, Health, MetricsError, Probe, ProduceMetrics};
 use crate::schema::{json_source_prefix, Schema};
+use crate::shutdown::Shutdown;
 
 /// Errors that end a produce run.
 #[derive(Debug, thiserror::Error)]
@@ -267,11 +267,11 @@ struct LaneState {
     busy: bool,
 }
 
-/// Runs `app produce` until the input ends, `shutdown` resolves, or a failure; the summary says
+/// Runs `app produce` until the input ends, `shutdown` fires, or a failure; the summary says
 /// which. Rows read before a shutdown are still sent (in-flight batches are awaited).
 pub async fn run(
     config: ProduceConfig,
-    shutdown: impl Future<Output = ()>,
+    shutdown: Shutdown,
 ) -> Result<ProduceSummary, ProduceError> {
     let started = Instant::now();
     // Bound first: a taken address fails before anything else happens.
@@ -430,7 +430,7 @@ pub async fn run(
     let mut linger_tick = tokio::time::interval(config.linger.max(Duration::from_millis(1)));
     linger_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut progress_tick = tokio::time::interval(Duration::from_millis(500));
-    tokio::pin!(shutdown);
+    let mut shutdown = shutdown;
     let mut interrupted = false;
     let mut next_worker = 0;
     let mut input_done = false;
@@ -512,7 +512,7 @@ pub async fn run(
             }
             _ = linger_tick.tick() => collector.dispatch_all(input_done),
             _ = progress_tick.tick() => progress.update(),
-            _ = &mut shutdown, if !interrupted => {
+            _ = shutdown.requested(), if !interrupted => {
                 interrupted = true;
                 stop.store(true, Ordering::Relaxed);
                 tracing::warn!("Interrupted: stopping the reader, sending what was read");
