@@ -54,7 +54,7 @@ MYSQL_URL = os.environ.get(
     "MYSQL_URL", f"mysql://reclamacoes:reclamacoes@127.0.0.1:{MYSQL_PORT}/reclamacoes_db")
 JDBC_URL = os.environ.get("BENCH_JDBC_URL", f"jdbc:mysql://127.0.0.1:{MYSQL_PORT}/reclamacoes_db")
 
-PRODUCERS = ["app", "kcat", "producer-perf", "producer-perf-batch", "seed-python"]
+PRODUCERS = ["app", "app-before", "kcat", "producer-perf", "producer-perf-batch", "seed-python"]
 # app produce's default --batch-bytes (768 KiB); the second ProducerPerformance run uses it.
 APP_BATCH_BYTES = 768 * 1024
 CONSUMERS = ["app", "app-s3", "app-before", "consumer-perf", "seed-spark"]
@@ -70,6 +70,7 @@ LABEL = {
     ("consume", "app"): "app consume -> Parquet",
     ("consume", "app-s3"): "app consume -> Parquet in S3 (local versitygw)",
     ("consume", "app-before"): "app consume, before (an earlier build)",
+    ("produce", "app-before"): "app produce, before (an earlier build)",
     ("consume", "consumer-perf"): "Kafka ConsumerPerformance (raw fetch, ceiling)",
     ("consume", "seed-spark"): "seed: PySpark Structured Streaming -> Parquet",
 }
@@ -200,6 +201,8 @@ def result(step, system, rows, m, payload_bytes, extra=None):
         "records_per_s": round(rows / wall) if wall else None,
         "mb_per_s": round(payload_bytes / 1e6 / wall, 2) if wall and payload_bytes else None,
         "cpu_s": round(m["cpu_user_s"] + m["cpu_sys_s"], 2),
+        "cpu_s_per_m_rows": round((m["cpu_user_s"] + m["cpu_sys_s"]) * 1e6 / rows, 2)
+        if rows else None,
         "cpu_user_s": m["cpu_user_s"], "cpu_sys_s": m["cpu_sys_s"],
         "max_rss_single_mb": m["max_rss_single_mb"], "peak_rss_tree_mb": m["peak_rss_tree_mb"],
         "first_output_s": m["first_output_s"], "cmd": [redact(c) for c in m["cmd"]],
@@ -220,10 +223,10 @@ def check(m, what, logfile):
         raise SystemExit(f"bench: {what} failed with exit {m['rc']}; log {logfile}:\n{tail}")
 
 
-def app_produce(run_dir, topic, files_dir, rows, partitions, tag):
+def app_produce(run_dir, topic, files_dir, rows, partitions, tag, binary=None):
     create_topic(topic, partitions)
     out, err = run_dir / f"{tag}.out", run_dir / f"{tag}.err"
-    cmd = [APP, "produce", "--brokers", BROKERS, "--topic", topic, "--partitions", partitions,
+    cmd = [binary or APP, "produce", "--brokers", BROKERS, "--topic", topic, "--partitions", partitions,
            "--compression", "lz4", "--rejects", run_dir / "rejects", files_dir]
     log(f"{tag}: {' '.join(map(str, cmd[1:]))}")
     m = measure([str(c) for c in cmd], cwd=run_dir, stdout=str(out), stderr=str(err))
@@ -402,6 +405,48 @@ def median_of(n, once):
     return m, extra
 
 
+def kcat_produce(run_dir, topic, jsonl, rows, partitions, topics):
+    """kcat -P of app's own key<TAB>JSON lines into a fresh topic of `partitions` partitions."""
+    topics.append(topic)
+    create_topic(topic, partitions)
+    err = run_dir / f"{topic}.err"
+    cmd = ["kcat", "-P", "-b", BROKERS, "-t", topic, "-z", "lz4", "-X", "acks=all",
+           "-K", "\t", "-l", str(jsonl)]
+    log(f"kcat -P -b {BROKERS} -t {topic} ({partitions} partitions) -z lz4 -X acks=all -K '\\t' "
+        f"-l {jsonl.name}")
+    m = measure(cmd, stderr=str(err))
+    check(m, "kcat -P", err)
+    got = topic_counts(topic)
+    if got != rows:
+        raise SystemExit(f"bench: kcat -P left {got} records in {topic}, expected {rows}")
+    return m, {"topic": topic}
+
+
+def produce_partitions_step(run_dir, rows, systems, partitions, topics, results):
+    """Produce mode: app produce (and kcat -P of the same lines) into fresh topics of each
+    partition count other than 1 (the side-by-side runs are the 1-partition points)."""
+    data_dir, _ = dataset(rows)
+    jsonl = DATA / f"n{rows}.jsonl"
+    _, kv_bytes, _ = jsonl_sizes(jsonl)
+    uid = uuid.uuid4().hex[:8]
+    for p in partitions:
+        if p == 1:
+            continue
+        if "app" in systems:
+            def app_once(i, p=p):
+                t = f"bench-{uid}-produce-app-p{p}-{i}"
+                topics.append(t)
+                return app_produce(run_dir, t, data_dir, rows, p, f"produce-app-p{p}-{i}"), {}
+            m, extra = median_of(REPEAT, app_once)
+            results.append(result("produce-partitions", "app", rows, m, kv_bytes,
+                                  dict(extra, partitions=p)))
+        if "kcat" in systems:
+            m, extra = median_of(REPEAT, lambda i, p=p: kcat_produce(
+                run_dir, f"bench-{uid}-produce-kcat-p{p}-{i}", jsonl, rows, p, topics))
+            results.append(result("produce-partitions", "kcat", rows, m, kv_bytes,
+                                  dict(extra, partitions=p)))
+
+
 def produce_step(run_dir, rows, systems, topics, results):
     data_dir, files = dataset(rows)
     uid = uuid.uuid4().hex[:8]
@@ -420,25 +465,19 @@ def produce_step(run_dir, rows, systems, topics, results):
     log(f"app JSON: {n:,} records, mean value {record_size} B, key+value {kv_bytes / 1e6:.1f} MB")
     if "app" in systems:
         results.append(result("produce", "app", rows, m, kv_bytes, extra))
+    if "app-before" in systems and APP_BEFORE:
+        def before_once(i):
+            t = f"bench-{uid}-produce-before-{i}"
+            topics.append(t)
+            return (app_produce(run_dir, t, data_dir, rows, 1, f"produce-before-{i}",
+                                binary=APP_BEFORE), {"topic": t, "binary": APP_BEFORE})
+
+        m, extra = median_of(REPEAT, before_once)
+        results.append(result("produce", "app-before", rows, m, kv_bytes, extra))
 
     if "kcat" in systems:
-        def kcat_once(i):
-            t = f"bench-{uid}-produce-kcat-{i}"
-            topics.append(t)
-            create_topic(t, 1)
-            err = run_dir / f"produce-kcat-{i}.err"
-            cmd = ["kcat", "-P", "-b", BROKERS, "-t", t, "-z", "lz4", "-X", "acks=all",
-                   "-K", "\t", "-l", str(jsonl)]
-            log(f"produce-kcat: kcat -P -b {BROKERS} -t {t} -z lz4 -X acks=all -K '\\t' "
-                f"-l {jsonl.name}")
-            m = measure(cmd, stderr=str(err))
-            check(m, "kcat -P", err)
-            got = topic_counts(t)
-            if got != rows:
-                raise SystemExit(f"bench: kcat -P left {got} records in {t}, expected {rows}")
-            return m, {"topic": t}
-
-        m, extra = median_of(REPEAT, kcat_once)
+        m, extra = median_of(REPEAT, lambda i: kcat_produce(run_dir, f"bench-{uid}-produce-kcat-{i}",
+                                                            jsonl, rows, 1, topics))
         results.append(result("produce", "kcat", rows, m, kv_bytes, extra))
 
     for system, extra_props in (("producer-perf", []),
@@ -668,6 +707,23 @@ def ratio(a, b):
     return f"{a / b:.2f}×" if a and b else "–"
 
 
+def add_produce_ratios(add, rows):
+    """The produce step's targets (issue 15), from this run only: app vs kcat -P and vs the
+    seed in records/s, and CPU seconds per million rows side by side."""
+    by = {r["system"]: r for r in rows}
+    app = by.get("app")
+    if not app:
+        return
+    add("| app produce vs | records/s ratio | CPU s per 1M rows: app | CPU s per 1M rows: other |")
+    add("|---|---:|---:|---:|")
+    for system in ("kcat", "seed-python", "producer-perf-batch", "producer-perf"):
+        r = by.get(system)
+        if r:
+            add(f"| {r['label']} | {ratio(app['records_per_s'], r['records_per_s'])} | "
+                f"{fmt(app.get('cpu_s_per_m_rows'), 2)} | {fmt(r.get('cpu_s_per_m_rows'), 2)} |")
+    add("")
+
+
 def render(results, info, args, started, finished):
     lines = []
     add = lines.append
@@ -761,6 +817,29 @@ def render(results, info, args, started, finished):
             add(f"- {n}")
         if notes:
             add("")
+        if step == "produce":
+            add_produce_ratios(add, rows)
+    parts = [r for r in results if r["step"] == "produce-partitions"]
+    if parts:
+        one = {r["system"]: r for r in results if r["step"] == "produce"}
+        add("### Produce: partitions (same records, fresh topic of P partitions each)")
+        add("")
+        add("| system | partitions | records/s | wall s | CPU s | CPU s per 1M rows | "
+            "peak RSS MB | records/s vs 1 partition | records/s vs kcat -P |")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        allp = sorted([dict(r, partitions=1) for r in one.values()
+                       if r["system"] in ("app", "kcat")] + parts,
+                      key=lambda r: (r["system"] != "app", r["partitions"]))
+        kcat_at = {r["partitions"]: r for r in allp if r["system"] == "kcat"}
+        for r in allp:
+            base = one.get(r["system"])
+            k = kcat_at.get(r["partitions"])
+            add(f"| {r['label']} | {r['partitions']} | {fmt(r['records_per_s'])} | "
+                f"{fmt(r['wall_s'], 1)} | {fmt(r['cpu_s'], 1)} | "
+                f"{fmt(r.get('cpu_s_per_m_rows'), 2)} | {fmt(r['peak_rss_tree_mb'])} | "
+                f"{ratio(r['records_per_s'], base and base['records_per_s'])} | "
+                f"{ratio(r['records_per_s'], k and k['records_per_s'])} |")
+        add("")
     cmds = [r for r in results if r["step"] in ("produce", "consume")]
     if cmds:
         add("### Exact commands (the reported run of each)")
@@ -903,6 +982,9 @@ def main():
     elif args.mode == "quick":
         scale_rows = [int(x) for x in (args.scale_rows or str(args.rows)).split(",")]
         partitions = [int(x) for x in (args.partitions or "1,3").split(",")]
+    elif args.mode == "produce":
+        scale_rows = []
+        partitions = [int(x) for x in (args.partitions or "1,3,6").split(",")]
     else:
         scale_rows, partitions = [], []
     systems = set(PRODUCERS + CONSUMERS) if args.systems == "all" else set(args.systems.split(","))
@@ -950,7 +1032,9 @@ def main():
             for r in list(results):
                 if r["step"] in ("produce", "consume") and r["system"] == "app":
                     results.append(dict(r, step="scaling-" + r["step"], partitions=1))
-        if scale_rows or partitions:
+        if args.mode == "produce":
+            produce_partitions_step(run_dir, args.rows, systems, partitions, topics, results)
+        elif scale_rows or partitions:
             scaling_step(run_dir, scale_rows, partitions, args.rows, topics, results)
     finally:
         if not args.keep:

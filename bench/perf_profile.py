@@ -25,17 +25,18 @@ import bench  # noqa: E402
 # (label, regex on the symbol) for the inclusive table; the first match per label is used.
 STAGES = {
     "produce": [
-        ("CSV reader thread: read_files (everything below)", r"^reclamacoes::produce::read_files$"),
-        ("  CSV parsing: csv Reader::read_record", r"^csv::reader::Reader<R>::read_record$"),
-        ("    UTF-8 validation of each record: ByteRecord::validate", r"^csv::byte_record::ByteRecord::validate$"),
-        ("  cp1252 -> UTF-8 decoding (encoding_rs)", r"^encoding_rs::Decoder::decode_to_utf8$"),
-        ("  typed values: Schema::parse_cell", r"^reclamacoes::schema::Schema::parse_cell$"),
-        ("  JSON building: Schema::write_json", r"^reclamacoes::schema::Schema::write_json$"),
+        ("reader thread: split_files (read, cut into chunks)", r"^reclamacoes::produce::split_files$"),
+        ("workers: ChunkEncoder::encode (everything below)", r"^reclamacoes::encode::ChunkEncoder::encode$"),
+        ("  CSV: quoted lines through the csv crate", r"^csv_core::reader::Reader::read_record$"),
+        ("  typed cells: Schema::parse_cell_ref", r"^reclamacoes::schema::Schema::parse_cell_ref$"),
+        ("  JSON values: push_cell_json", r"^reclamacoes::schema::push_cell_json$"),
         ("    JSON string escaping: push_json_str", r"^reclamacoes::schema::push_json_str$"),
-        ("batcher loop: produce::run", r"^reclamacoes::produce::run::\{\{closure\}\}$"),
-        ("senders: send_batches (encode + compress + I/O)", r"^reclamacoes::produce::send_batches::\{\{closure\}\}$"),
-        ("  LZ4 compression (lz4 frame)", r"^LZ4_compress_generic"),
+        ("collector: produce::run", r"^reclamacoes::produce::run::\{\{closure\}\}$"),
+        ("senders: send_batches (records, encode, compress, I/O)", r"^reclamacoes::produce::send_batches::\{\{closure\}\}$"),
+        ("  records from segments: Segment::append_records", r"^reclamacoes::encode::Segment::append_records$"),
+        ("  LZ4 compression (lz4 frame)", r"^LZ4_compress"),
         ("  LZ4 frame checksum (XXH32)", r"^XXH32_update$"),
+        ("  CRC32C of the batch", r"crc32c"),
     ],
     "consume": [
         ("processor: Processor::process (everything below)", r"^reclamacoes::consume::Processor::process$"),
@@ -104,6 +105,7 @@ def short(sym, n=110):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--only", choices=["produce", "consume"], help="profile one command")
     a = ap.parse_args()
     if shutil.which("perf") is None:
         raise SystemExit("profile: perf is missing; apt-get install linux-perf")
@@ -122,6 +124,8 @@ def main():
                         "--until-caught-up"],
         }
         for name, cmd in runs.items():
+            if a.only and name != a.only:
+                continue
             data = work / f"{name}.perf.data"
             bench.log(f"perf record: app {name} ({a.rows:,} rows)")
             out = perf_record(data, cmd, work)
@@ -138,7 +142,7 @@ def main():
     finally:
         bench.delete_topics([topic])
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-    out = bench.RESULTS / f"{stamp}-profile.md"
+    out = bench.RESULTS / f"{stamp}-profile{'-' + a.only if a.only else ''}.md"
     bench.RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(
         f"# CPU profile {stamp}\n\n`perf record -e cpu-clock -F 1999 -g --call-graph dwarf` of "

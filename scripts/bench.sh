@@ -5,7 +5,7 @@
 #
 # Usage: scripts/bench.sh setup                  install/build only
 #        scripts/bench.sh full|quick|produce|consume [bench.py args, e.g. --rows 200000]
-#        scripts/bench.sh profile [ROWS]         perf profiles of app produce / app consume
+#        scripts/bench.sh profile [ROWS] [--only produce|consume]   perf profiles of app produce / consume
 #
 # Installs (idempotent): Debian kcat, openjdk-17-jre-headless, maven, linux-perf (profile
 # only); the Kafka jars (scripts/services.sh fetch); .local/bench-venv with pinned pyspark,
@@ -95,8 +95,9 @@ setup() {
 
 profile() {
   local rows=${1:-200000}
+  shift || true
   command -v perf >/dev/null || apt_install linux-perf
-  exec "$VENV/bin/python" bench/perf_profile.py --rows "$rows"
+  exec "$VENV/bin/python" bench/perf_profile.py --rows "$rows" "$@"
 }
 
 cmd=${1:-quick}

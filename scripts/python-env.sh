@@ -87,7 +87,7 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 started=$SECONDS
-log "installing ${PACKAGES[*]:0:5} (and their pinned dependencies) into $(rel "$VENV") from PyPI: first run about 25 s, 620 MB"
+log "installing ${PACKAGES[*]:0:5} (and their pinned dependencies) into $(rel "$VENV") from PyPI: first run about 20 s, 620 MB"
 if [[ -e $VENV ]] && ! "$VENV/bin/python" -c '' 2>/dev/null; then
   rm -rf "$VENV" # made from an interpreter that is gone
 fi

@@ -119,12 +119,8 @@ pub struct KafkaArgs {
     /// Authenticate with SASL. The password is read only from the environment variable
     /// KAFKA_SASL_PASSWORD (never a flag: command lines are visible to other users). Without
     /// --kafka-tls, PLAIN sends the password in clear text.
-    #[arg(
-        long,
-        env = "KAFKA_SASL_MECHANISM",
-        value_enum,
-        requires = "kafka_sasl_username"
-    )]
+    /// One of plain, scram-sha-256, scram-sha-512.
+    #[arg(long, env = "KAFKA_SASL_MECHANISM", requires = "kafka_sasl_username")]
     pub kafka_sasl_mechanism: Option<crate::kafka::SaslMechanism>,
     /// SASL user name (with --kafka-sasl-mechanism).
     #[arg(long, env = "KAFKA_SASL_USERNAME")]
@@ -165,8 +161,9 @@ pub struct ProduceArgs {
     /// Replication factor when the topic has to be created.
     #[arg(long, env = "PRODUCE_REPLICATION_FACTOR", default_value_t = 1)]
     pub replication_factor: i16,
-    /// Batch compression. lz4 is the default: fastest to compress here at a good ratio for JSON.
-    #[arg(long, env = "PRODUCE_COMPRESSION", value_enum, default_value_t = Compression::Lz4)]
+    /// Batch compression: none, gzip, snappy, lz4, zstd. lz4 is the default: fastest to compress
+    /// here at a good ratio for JSON.
+    #[arg(long, env = "PRODUCE_COMPRESSION", default_value = "lz4")]
     pub compression: Compression,
     /// How long a partly filled batch waits for more rows before it is sent.
     #[arg(long, env = "PRODUCE_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
@@ -177,8 +174,9 @@ pub struct ProduceArgs {
     /// Pace the stream like a live source, in rows per second (default: as fast as possible).
     #[arg(long, env = "PRODUCE_RATE")]
     pub rate: Option<f64>,
-    /// Input encoding (default: detected per file: UTF-8 with or without BOM, else Windows-1252).
-    #[arg(long, env = "PRODUCE_ENCODING", value_enum)]
+    /// Input encoding, utf8 or windows1252 (cp1252) (default: detected per file: UTF-8 with or
+    /// without BOM, else Windows-1252).
+    #[arg(long, env = "PRODUCE_ENCODING")]
     pub encoding: Option<Encoding>,
     /// Field delimiter (default: detected from the header among ; , tab |). Use `tab` for a tab.
     #[arg(long, env = "PRODUCE_DELIMITER", value_parser = parse_delimiter)]
@@ -542,7 +540,7 @@ async fn run_produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
         progress_bar: std::io::stderr().is_terminal(),
         metrics_addr: args.metrics_addr,
     };
-    let summary = produce::run(config, crate::shutdown::on_signals().wait())
+    let summary = produce::run(config, crate::shutdown::on_signals())
         .await
         .context("produce failed")?;
     print!("{}", summary.render());

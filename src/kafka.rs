@@ -96,7 +96,7 @@ fn connect_hint(reason: &str) -> &'static str {
 const CONNECT_GRACE: Duration = Duration::from_secs(2);
 
 /// Compression codec for produced batches (`--compression`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
     None,
     Gzip,
@@ -105,6 +105,23 @@ pub enum Compression {
     #[default]
     Lz4,
     Zstd,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Compression::None),
+            "gzip" => Ok(Compression::Gzip),
+            "snappy" => Ok(Compression::Snappy),
+            "lz4" => Ok(Compression::Lz4),
+            "zstd" => Ok(Compression::Zstd),
+            other => Err(format!(
+                "`{other}` is not a Kafka compression; use one of none, gzip, snappy, lz4, zstd"
+            )),
+        }
+    }
 }
 
 impl From<Compression> for RsCompression {
@@ -158,13 +175,26 @@ pub struct TlsOptions {
 }
 
 /// SASL mechanism (`--kafka-sasl-mechanism`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaslMechanism {
     Plain,
-    #[value(name = "scram-sha-256")]
     ScramSha256,
-    #[value(name = "scram-sha-512")]
     ScramSha512,
+}
+
+impl std::str::FromStr for SaslMechanism {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "plain" => Ok(SaslMechanism::Plain),
+            "scram-sha-256" => Ok(SaslMechanism::ScramSha256),
+            "scram-sha-512" => Ok(SaslMechanism::ScramSha512),
+            other => Err(format!(
+                "`{other}` is not a SASL mechanism; use plain, scram-sha-256 or scram-sha-512"
+            )),
+        }
+    }
 }
 
 /// SASL credentials. `Debug` never shows the password.

@@ -3,6 +3,7 @@
 //! ## Layout
 //! - [`schema`]: the typed record shape shared by both commands (CSV cells, JSON, Arrow types).
 //! - [`csv_source`]: input files, encoding/delimiter detection, rows or rejects.
+//! - [`encode`]: the producer's hot path: CSV chunk -> keyed JSON records per partition lane.
 //! - [`kafka`]: rskafka with bounds: connect, topics, murmur2 partitioner, produce, fetch.
 //! - [`produce`]: `app produce`: reader thread -> per-partition batches -> acked sends.
 //! - [`enrich`]: the MySQL reference table cache (load, background refresh, Arrow columns).
@@ -25,6 +26,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod consume;
 pub mod csv_source;
+pub mod encode;
 pub mod enrich;
 pub mod group;
 pub mod inspect;

@@ -1,38 +1,50 @@
 //! `app produce`: CSV files to the Kafka topic, typed, paced, and nothing lost.
 //!
 //! ```text
-//!  spawn_blocking: CsvFile::for_each_row ──(bounded mpsc: Item)──▶ batcher (per partition)
-//!      │ rejects ─▶ rejects/*.jsonl                              │ bounded mpsc per partition
-//!      └ JSON + key + murmur2 partition                          ▼
-//!                                         one sender task per partition: produce (acks=all),
-//!                                         retried with backoff ──▶ ResumeTracker (what is acked)
+//!  reader thread: files in order ─▶ chunks of whole records (CsvFile::chunks), dealt in turn
+//!      │ bounded mpsc per worker
+//!      ▼
+//!  N worker threads: ChunkEncoder (parse, type, JSON, key, murmur2 partition, lane) ─▶ Segments
+//!      │ bounded mpsc per worker, read back in the same turn: input order
+//!      ▼
+//!  collector (async): rejects ─▶ rejects/*.jsonl; per lane one open batch, grown while the
+//!      │ lane's previous batch is in flight; full or lingered ─▶ the lane's sender
+//!      ▼
+//!  one sender task per lane: produce (acks=all), retried with backoff ─▶ ResumeTracker
 //! ```
 //!
-//! Ordering: one batch in flight per partition, so a retried batch can never overtake the next
-//! one and one institution's rows stay in order. A row counts as sent only once Kafka
-//! acknowledged its batch. The [`ResumeTracker`] knows the first row not yet acknowledged, which
-//! is what a failed or interrupted run prints as `--resume-from FILE:LINE`.
+//! Ordering: a lane is a fixed slice of one partition's keys ([`Lanes`]), and each lane has one
+//! batch in flight, retried until acknowledged before the lane's next batch is sent. So a retried
+//! batch can never overtake a later batch holding the same key, and one institution's rows stay
+//! in order within their partition; only rows of *different* keys may interleave differently
+//! (several lanes of one partition are in flight together, which keeps the encoder and LZ4 busy
+//! while the broker answers). Rows without a key all use lane 0 of their partition.
+//!
+//! A row counts as sent only once Kafka acknowledged its batch. The [`ResumeTracker`] knows the
+//! first row not yet acknowledged, which is what a failed or interrupted run prints as
+//! `--resume-from FILE:LINE`. Memory is bounded: chunks queued per worker, one open and one
+//! in-flight batch (of `--batch-bytes`) per lane, and the collector stops taking chunks while a
+//! full batch waits for its lane.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
-use std::future::Future;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use rskafka::record::Record;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::csv_source::{self, CsvFile, FileStats, Reject, SourceConfig, SourceError};
-use crate::kafka::{
-    partition_for_key, Compression, Kafka, KafkaConfig, KafkaError, PartitionHandle,
-};
+use crate::csv_source::{self, CsvFile, FileLayout, FileStats, Reject, SourceConfig, SourceError};
+use crate::encode::{ChunkEncoder, ChunkJob, EncodedChunk, Lanes, Position, Segment};
+use crate::kafka::{Compression, Kafka, KafkaConfig, KafkaError, PartitionHandle};
 use crate::metrics::{BusyClocks, Health, MetricsError, Probe, ProduceMetrics};
-use crate::schema::Source;
+use crate::schema::{json_source_prefix, Schema};
+use crate::shutdown::Shutdown;
 
 /// Errors that end a produce run.
 #[derive(Debug, thiserror::Error)]
@@ -79,9 +91,6 @@ pub struct ProduceConfig {
     /// Serve `/metrics` and `/healthz` on this HOST:PORT.
     pub metrics_addr: Option<String>,
 }
-
-/// Position of a row in the input: (index of the file in input order, line).
-type Position = (usize, u64);
 
 /// What one produce run did; printed at the end.
 #[derive(Debug, Clone, Default)]
@@ -183,21 +192,22 @@ pub struct ProduceStats {
     pub input_bytes_read: Arc<AtomicU64>,
 }
 
-/// Tracks which rows are acknowledged: per partition, the positions of its unacknowledged
-/// batches' first rows, in order. The first row not yet acknowledged is the minimum of the fronts.
+/// Tracks which rows are acknowledged: per lane, the positions of its unacknowledged batches'
+/// first rows, in order (a lane's batches are sent and acknowledged in order). The first row not
+/// yet acknowledged is the minimum of the fronts.
 #[derive(Debug, Default)]
 struct ResumeTracker {
-    pending: BTreeMap<i32, VecDeque<Position>>,
+    pending: BTreeMap<usize, VecDeque<Position>>,
     /// The next row the reader would hand over (end of what was read).
     read_up_to: Option<Position>,
 }
 
 impl ResumeTracker {
-    fn batch_created(&mut self, partition: i32, first: Position) {
-        self.pending.entry(partition).or_default().push_back(first);
+    fn batch_created(&mut self, lane: usize, first: Position) {
+        self.pending.entry(lane).or_default().push_back(first);
     }
-    fn batch_acked(&mut self, partition: i32) {
-        if let Some(q) = self.pending.get_mut(&partition) {
+    fn batch_acked(&mut self, lane: usize) {
+        if let Some(q) = self.pending.get_mut(&lane) {
             q.pop_front();
         }
     }
@@ -210,32 +220,58 @@ impl ResumeTracker {
     }
 }
 
-/// One row ready to send.
-struct OutRecord {
-    position: Position,
-    partition: i32,
-    record: Record,
-    size: usize,
-}
-
-enum Item {
-    Row(OutRecord),
-    FileDone(usize, FileStats),
-}
-
+/// Rows of one lane sent in one produce request.
 struct Batch {
-    first: Position,
-    records: Vec<Record>,
+    segments: Vec<Segment>,
     bytes: usize,
     rows: u64,
     opened: tokio::time::Instant,
 }
 
-/// Runs `app produce` until the input ends, `shutdown` resolves, or a failure; the summary says
+impl Batch {
+    fn records(&self) -> Vec<Record> {
+        let mut records = Vec::with_capacity(self.rows as usize);
+        for segment in &self.segments {
+            segment.append_records(&mut records);
+        }
+        records
+    }
+}
+
+/// Bytes of CSV per chunk handed to a worker: big enough that per-chunk costs vanish, small
+/// enough that the chunks in flight stay a few MB (measured: 64–256 KiB perform the same).
+const CHUNK_BYTES: usize = 128 * 1024;
+/// Chunks queued per worker, each way.
+const CHUNKS_QUEUED: usize = 2;
+/// Lanes (produce requests in flight) per partition, and in all: a partition gets
+/// `clamp(MAX_LANES / partitions, 1, LANES_PER_PARTITION)` lanes. Chosen by measurement
+/// (BENCHMARKS.md): with one request per partition, the encoding and LZ4 of the next batch wait
+/// for the broker's answer to the previous one (1 partition: 2.5 s for 1M rows with one lane,
+/// 2.2 s with four); rskafka opens one connection per partition, and several requests
+/// pipelined on one connection beat one request on each of several connections. The cap keeps
+/// memory (about 2.5 MB per lane) bounded on topics with many partitions.
+const LANES_PER_PARTITION: usize = 4;
+const MAX_LANES: usize = 16;
+
+/// Threads that parse and encode chunks: one per core, at most 8.
+fn worker_count() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
+}
+
+/// Per lane, what the collector holds: full batches waiting for the lane, the batch being
+/// filled, and whether a batch is in flight.
+#[derive(Default)]
+struct LaneState {
+    full: VecDeque<Batch>,
+    open: Option<Batch>,
+    busy: bool,
+}
+
+/// Runs `app produce` until the input ends, `shutdown` fires, or a failure; the summary says
 /// which. Rows read before a shutdown are still sent (in-flight batches are awaited).
 pub async fn run(
     config: ProduceConfig,
-    shutdown: impl Future<Output = ()>,
+    shutdown: Shutdown,
 ) -> Result<ProduceSummary, ProduceError> {
     let started = Instant::now();
     // Bound first: a taken address fails before anything else happens.
@@ -268,9 +304,14 @@ pub async fn run(
     let (partition_count, topic_created) = kafka
         .ensure_topic(&config.topic, config.partitions, config.replication_factor)
         .await?;
+    let lanes = Lanes::new(
+        partition_count,
+        (MAX_LANES / partition_count.max(1)).clamp(1, LANES_PER_PARTITION),
+    );
     tracing::info!(
         topic = %config.topic,
         partitions = partition_count,
+        lanes = lanes.total(),
         created = topic_created,
         files = files.len(),
         "Producing"
@@ -289,7 +330,8 @@ pub async fn run(
     let probe = Arc::new(ProduceProbe {
         metrics: ProduceMetrics::new(&registry),
         stats: Arc::clone(&stats),
-        senders: BusyClocks::new(partition_count),
+        senders: BusyClocks::new(lanes.total()),
+        lanes,
         bound: config.kafka.timeout * 3,
         brokers: config.kafka.brokers.clone(),
     });
@@ -298,48 +340,74 @@ pub async fn run(
     }
     let stop = Arc::new(AtomicBool::new(false));
     let tracker = Arc::new(Mutex::new(ResumeTracker::default()));
-    let rejects = Arc::new(Mutex::new(RejectsWriter::new(&config.rejects_dir)));
+    let mut rejects = RejectsWriter::new(&config.rejects_dir);
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
 
-    // Reader: blocking CSV parsing on its own thread, bounded hand-over.
-    let (item_tx, mut item_rx) = mpsc::channel::<Item>(4096);
-    let reader = {
-        let stats = Arc::clone(&stats);
+    // Splitter -> workers -> collector, each hand-over a bounded channel. Chunk `seq` goes to
+    // worker `seq % workers` and comes back from it, so the collector sees chunks in input order.
+    // With --rate, one worker and one record per chunk: pacing is per row.
+    let workers = if config.rate.is_some() {
+        1
+    } else {
+        worker_count()
+    };
+    let chunk_bytes = if config.rate.is_some() {
+        1
+    } else {
+        CHUNK_BYTES
+    };
+    let mut job_txs = Vec::with_capacity(workers);
+    let mut result_rxs = Vec::with_capacity(workers);
+    let mut worker_threads = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (job_tx, job_rx) = mpsc::channel::<ChunkJob>(CHUNKS_QUEUED);
+        let (result_tx, result_rx) = mpsc::channel::<EncodedChunk>(CHUNKS_QUEUED);
+        job_txs.push(job_tx);
+        result_rxs.push(result_rx);
+        let encoder = ChunkEncoder::new(
+            Arc::clone(&config.source.schema),
+            lanes,
+            config.batch_bytes,
+            config.strict,
+        );
         let stop = Arc::clone(&stop);
-        let rejects = Arc::clone(&rejects);
-        let failure = Arc::clone(&failure);
-        let source = config.source.clone();
-        let rate = config.rate;
-        let strict = config.strict;
-        let batch_limit = config.batch_bytes;
+        worker_threads.push(tokio::task::spawn_blocking(move || {
+            encode_chunks(encoder, job_rx, result_tx, &stop)
+        }));
+    }
+    let splitter = {
+        let stop = Arc::clone(&stop);
+        let counter = Arc::clone(&stats.input_bytes_read);
+        let schema = Arc::clone(&config.source.schema);
         tokio::task::spawn_blocking(move || {
-            read_files(ReadJob {
+            split_files(SplitJob {
                 files: opened,
                 start_at,
-                source,
-                partitions: partition_count,
-                rate,
-                strict,
-                batch_limit,
-                stats,
+                schema,
+                chunk_bytes,
+                counter,
                 stop,
-                rejects,
-                failure,
-                tx: item_tx,
+                txs: job_txs,
             })
         })
     };
 
-    // Senders: one task per partition, one batch in flight each.
+    // Senders: one task per lane, one batch in flight each; `done` says which lane is free.
     let mut senders = JoinSet::new();
-    let mut batch_txs = Vec::with_capacity(partition_count);
-    for handle in handles {
-        let (tx, rx) = mpsc::channel::<Batch>(2);
+    let mut batch_txs = Vec::with_capacity(lanes.total());
+    let (done_tx, mut done_rx) = mpsc::channel::<usize>(lanes.total());
+    for lane in 0..lanes.total() {
+        let (tx, rx) = mpsc::channel::<Batch>(1);
+        // The lanes of a partition share its client, hence one connection: requests pipelined
+        // on one connection measured faster than one connection per lane.
+        let handle = handles[lanes.partition_of(lane) as usize].clone();
         batch_txs.push(tx);
         senders.spawn(send_batches(SendJob {
             probe: Arc::clone(&probe),
             handle,
+            lane,
             rx,
+            done: done_tx.clone(),
             compression: config.compression,
             retry_timeout: config.retry_timeout,
             stats: Arc::clone(&stats),
@@ -348,65 +416,111 @@ pub async fn run(
             failure: Arc::clone(&failure),
         }));
     }
+    drop(done_tx);
 
     let progress = Progress::new(config.progress_bar, total_input_bytes, Arc::clone(&stats));
     let mut file_stats: Vec<Option<FileStats>> = vec![None; files.len()];
-    let mut open: Vec<Option<Batch>> = (0..partition_count).map(|_| None).collect();
+    let mut collector = Collector {
+        lanes: (0..lanes.total()).map(|_| LaneState::default()).collect(),
+        batch_txs,
+        tracker: Arc::clone(&tracker),
+        batch_bytes: config.batch_bytes,
+        linger: config.linger,
+    };
     let mut linger_tick = tokio::time::interval(config.linger.max(Duration::from_millis(1)));
     linger_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut progress_tick = tokio::time::interval(Duration::from_millis(500));
-    tokio::pin!(shutdown);
+    let mut shutdown = shutdown;
     let mut interrupted = false;
+    let mut next_worker = 0;
+    let mut input_done = false;
+    // After a strict reject or a rejects-file error, later chunks are read but not sent.
+    let mut discard = false;
+    let mut rejects_error: Option<ProduceError> = None;
+    let paced_from = Instant::now();
+    let mut paced_rows: u64 = 0;
 
     loop {
+        if input_done && collector.drained() {
+            break;
+        }
+        let blocked = collector.blocked();
         tokio::select! {
-            item = item_rx.recv() => {
-                let Some(item) = item else { break };
-                match item {
-                    Item::FileDone(idx, st) => file_stats[idx] = Some(st),
-                    Item::Row(out) => {
-                        let p = out.partition as usize;
-                        tracker.lock().expect("tracker lock").read_up_to =
-                            Some((out.position.0, out.position.1 + 1));
-                        let batch = open[p].get_or_insert_with(|| {
-                            tracker.lock().expect("tracker lock").batch_created(out.partition, out.position);
-                            Batch { first: out.position, records: Vec::new(), bytes: 0, rows: 0, opened: tokio::time::Instant::now() }
-                        });
-                        batch.records.push(out.record);
-                        batch.bytes += out.size;
-                        batch.rows += 1;
-                        if batch.bytes >= config.batch_bytes {
-                            let full = open[p].take().expect("batch present");
-                            // Awaiting here is the backpressure: the reader waits on its channel.
-                            if batch_txs[p].send(full).await.is_err() { break; }
-                        }
+            biased;
+            lane = done_rx.recv() => {
+                let Some(lane) = lane else { break };
+                collector.lanes[lane].busy = false;
+                collector.dispatch(lane, input_done);
+            }
+            chunk = result_rxs[next_worker].recv(), if !input_done && !blocked => {
+                let Some(chunk) = chunk else {
+                    input_done = true;
+                    collector.dispatch_all(true);
+                    continue;
+                };
+                next_worker = (next_worker + 1) % workers;
+                if discard {
+                    continue;
+                }
+                for reject in &chunk.rejects {
+                    stats.rows_rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(file = %reject.file, line = reject.line, reason = %reject.reason, "Row rejected");
+                    if let Err(e) = rejects.write(reject) {
+                        rejects_error = Some(e);
+                        break;
                     }
                 }
-            }
-            _ = linger_tick.tick() => {
+                if rejects_error.is_some() {
+                    stop.store(true, Ordering::Relaxed);
+                    discard = true;
+                    continue;
+                }
+                let entry = file_stats[chunk.file_idx].get_or_insert_with(FileStats::default);
+                entry.rows += chunk.rows;
+                entry.rejected += chunk.rejects.len() as u64;
+                entry.empty |= chunk.empty_file;
+                if chunk.empty_file {
+                    tracing::info!(file = %files[chunk.file_idx].display(), "Empty file: 0 rows");
+                }
+                if chunk.strict_stop {
+                    if let Some(reject) = chunk.rejects.last() {
+                        failure.lock().expect("failure lock").get_or_insert(format!(
+                            "--strict: {}:{} rejected: {}",
+                            reject.file, reject.line, reject.reason
+                        ));
+                    }
+                    stop.store(true, Ordering::Relaxed);
+                    discard = true;
+                }
+                if let Some(rate) = config.rate {
+                    paced_rows += chunk.rows;
+                    let due = Duration::from_secs_f64(paced_rows as f64 / rate);
+                    let elapsed = paced_from.elapsed();
+                    if due > elapsed {
+                        tokio::time::sleep(due - elapsed).await;
+                    }
+                }
+                stats.rows_read.fetch_add(chunk.rows, Ordering::Relaxed);
+                if let Some(at) = chunk.read_up_to {
+                    tracker.lock().expect("tracker lock").read_up_to = Some(at);
+                }
                 let now = tokio::time::Instant::now();
-                for p in 0..open.len() {
-                    if open[p].as_ref().is_some_and(|b| now - b.opened >= config.linger) {
-                        let due = open[p].take().expect("batch present");
-                        if batch_txs[p].send(due).await.is_err() { break; }
-                    }
+                for segment in chunk.segments {
+                    collector.add(segment, now);
                 }
+                collector.dispatch_all(false);
             }
+            _ = linger_tick.tick() => collector.dispatch_all(input_done),
             _ = progress_tick.tick() => progress.update(),
-            _ = &mut shutdown, if !interrupted => {
+            _ = shutdown.requested(), if !interrupted => {
                 interrupted = true;
                 stop.store(true, Ordering::Relaxed);
                 tracing::warn!("Interrupted: stopping the reader, sending what was read");
             }
         }
     }
-    // End of input (or stop): send the partial batches, then wait for every sender.
-    for (p, batch) in open.into_iter().enumerate() {
-        if let Some(b) = batch {
-            let _ = batch_txs[p].send(b).await;
-        }
-    }
-    drop(batch_txs);
+    // Every batch was handed over (or a sender is gone): close the lanes, wait for the senders.
+    drop(collector);
     while let Some(joined) = senders.join_next().await {
         if let Err(e) = joined {
             failure
@@ -415,12 +529,23 @@ pub async fn run(
                 .get_or_insert(format!("a sender task failed: {e}"));
         }
     }
-    let read_result = reader
+    // Unblock and join the reader threads (they stop at the next chunk).
+    stop.store(true, Ordering::Relaxed);
+    drop(result_rxs);
+    let split_result = splitter
         .await
         .map_err(|e| ProduceError::Failed(format!("the CSV reader thread failed: {e}")))?;
+    for worker in worker_threads {
+        worker
+            .await
+            .map_err(|e| ProduceError::Failed(format!("a CSV worker thread failed: {e}")))?;
+    }
     progress.finish();
-    let rejects_file = rejects.lock().expect("rejects lock").finish()?;
-    read_result?;
+    let rejects_file = rejects.finish()?;
+    if let Some(e) = rejects_error {
+        return Err(e);
+    }
+    split_result?;
 
     let failure = failure.lock().expect("failure lock").clone();
     let failure = failure.or(interrupted.then(|| "interrupted (Ctrl-C / SIGTERM)".to_string()));
@@ -455,6 +580,105 @@ pub async fn run(
     })
 }
 
+/// The batcher: fills one batch per lane from the encoded chunks (in input order) and hands it
+/// to the lane's sender when the lane is free — immediately when the batch is full, after
+/// `linger` otherwise — so a batch grows while the previous one is in flight.
+struct Collector {
+    lanes: Vec<LaneState>,
+    batch_txs: Vec<mpsc::Sender<Batch>>,
+    tracker: Arc<Mutex<ResumeTracker>>,
+    batch_bytes: usize,
+    linger: Duration,
+}
+
+impl Collector {
+    /// Adds a lane's rows, closing batches at `batch_bytes`.
+    fn add(&mut self, mut segment: Segment, now: tokio::time::Instant) {
+        let lane = segment.lane;
+        while segment.rows() > 0 {
+            let state = &mut self.lanes[lane];
+            let open = state.open.get_or_insert_with(|| {
+                let first = segment.first_position().expect("segment has rows");
+                self.tracker
+                    .lock()
+                    .expect("tracker lock")
+                    .batch_created(lane, first);
+                Batch {
+                    segments: Vec::new(),
+                    bytes: 0,
+                    rows: 0,
+                    opened: now,
+                }
+            });
+            let room = self.batch_bytes.saturating_sub(open.bytes);
+            let mut fit = segment.rows_fitting(room);
+            if fit == 0 && open.rows == 0 {
+                fit = 1; // a row bigger than the batch limit was rejected before; never loop
+            }
+            let rest = if fit < segment.rows() {
+                Some(segment.split_off(fit))
+            } else {
+                None
+            };
+            if segment.rows() > 0 {
+                open.bytes += segment.bytes();
+                open.rows += segment.rows() as u64;
+                open.segments.push(segment);
+            }
+            if rest.is_some() || open.bytes >= self.batch_bytes {
+                let full = state.open.take().expect("open batch");
+                state.full.push_back(full);
+            }
+            match rest {
+                Some(rest) => segment = rest,
+                None => break,
+            }
+        }
+    }
+
+    /// Hands lane `lane` its next batch if it is free: a full one, else the open one once it
+    /// has waited `linger` (or at once at the end of the input).
+    fn dispatch(&mut self, lane: usize, flush: bool) {
+        let state = &mut self.lanes[lane];
+        if state.busy {
+            return;
+        }
+        let due = state.open.as_ref().is_some_and(|b| {
+            flush || b.opened.elapsed() >= self.linger || b.bytes >= self.batch_bytes
+        });
+        let next = match state.full.pop_front() {
+            Some(batch) => Some(batch),
+            None if due => state.open.take(),
+            None => None,
+        };
+        if let Some(batch) = next {
+            // The lane is free, so its channel (capacity 1) is empty; a closed channel means its
+            // sender ended, and the batch stays unacknowledged (the resume point says so).
+            if self.batch_txs[lane].try_send(batch).is_ok() {
+                state.busy = true;
+            }
+        }
+    }
+
+    fn dispatch_all(&mut self, flush: bool) {
+        for lane in 0..self.lanes.len() {
+            self.dispatch(lane, flush);
+        }
+    }
+
+    /// A full batch waits for its lane: read no more chunks until it is handed over.
+    fn blocked(&self) -> bool {
+        self.lanes.iter().any(|l| !l.full.is_empty())
+    }
+
+    /// Nothing left to hand over and nothing in flight.
+    fn drained(&self) -> bool {
+        self.lanes
+            .iter()
+            .all(|l| !l.busy && l.full.is_empty() && l.open.is_none())
+    }
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(x), Ok(y)) => x == y,
@@ -469,26 +693,25 @@ fn check_header(file: &CsvFile, source: &SourceConfig) -> Result<(), SourceError
         .map(|_| ())
 }
 
-struct ReadJob {
+struct SplitJob {
     files: Vec<CsvFile>,
     start_at: Position,
-    source: SourceConfig,
-    partitions: usize,
-    rate: Option<f64>,
-    strict: bool,
-    batch_limit: usize,
-    stats: Arc<ProduceStats>,
+    schema: Arc<Schema>,
+    chunk_bytes: usize,
+    counter: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-    rejects: Arc<Mutex<RejectsWriter>>,
-    failure: Arc<Mutex<Option<String>>>,
-    tx: mpsc::Sender<Item>,
+    txs: Vec<mpsc::Sender<ChunkJob>>,
 }
 
-fn read_files(job: ReadJob) -> Result<(), ProduceError> {
-    let schema = Arc::clone(&job.source.schema);
-    let paced_from = Instant::now();
-    let mut sent: u64 = 0;
-    let mut round_robin: u64 = 0;
+/// The reader thread: reads the files in order and deals their chunks to the workers in turn.
+/// Reading ahead one chunk tells which chunk is a file's last.
+fn split_files(job: SplitJob) -> Result<(), ProduceError> {
+    let mut seq: u64 = 0;
+    let send = |seq: &mut u64, chunk_job: ChunkJob| -> bool {
+        let tx = &job.txs[(*seq % job.txs.len() as u64) as usize];
+        *seq += 1;
+        tx.blocking_send(chunk_job).is_ok()
+    };
     for (idx, file) in job.files.iter().enumerate() {
         if job.stop.load(Ordering::Relaxed) {
             break;
@@ -496,120 +719,98 @@ fn read_files(job: ReadJob) -> Result<(), ProduceError> {
         if idx < job.start_at.0 {
             continue;
         }
-        let skip_through = if idx == job.start_at.0 {
+        let skip_through_line = if idx == job.start_at.0 {
             job.start_at.1.saturating_sub(1)
         } else {
             0
         };
         let shown = file.path.display().to_string();
-        let mut json = String::with_capacity(1024);
-        let mut io_error: Option<ProduceError> = None;
-        let stats = file.for_each_row(
-            &schema,
-            Arc::clone(&job.stats.input_bytes_read),
-            &job.stop,
-            skip_through,
-            |row| {
-                let row = match row {
-                    Ok(row) => row,
-                    Err(reject) => {
-                        job.stats.rows_rejected.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(file = %reject.file, line = reject.line, reason = %reject.reason, "Row rejected");
-                        if let Err(e) = job.rejects.lock().expect("rejects lock").write(&reject) {
-                            io_error = Some(e);
-                            return false;
-                        }
-                        if job.strict {
-                            job.failure.lock().expect("failure lock").get_or_insert(format!(
-                                "--strict: {}:{} rejected: {}",
-                                reject.file, reject.line, reject.reason
-                            ));
-                            job.stop.store(true, Ordering::Relaxed);
-                            return false;
-                        }
-                        return true;
-                    }
-                };
-                json.clear();
-                let source = Source {
-                    file: shown.clone(),
-                    line: row.line,
-                };
-                schema.write_json(&row.values, Some(&source), &mut json);
-                let key = schema.key_of(&row.values);
-                let size = json.len() + key.as_ref().map_or(0, String::len) + 32;
-                if size > job.batch_limit {
-                    let reject = Reject {
-                        file: shown.clone(),
-                        line: row.line,
-                        reason: format!(
-                            "row is {size} bytes as JSON, more than --batch-bytes {}",
-                            job.batch_limit
-                        ),
-                        raw: json.chars().take(1000).collect(),
-                    };
-                    job.stats.rows_rejected.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = job.rejects.lock().expect("rejects lock").write(&reject) {
-                        io_error = Some(e);
-                        return false;
-                    }
-                    return !job.strict;
-                }
-                let partition = match &key {
-                    Some(k) => partition_for_key(k.as_bytes(), job.partitions),
-                    None => {
-                        // No key: spread rows in runs of 1,000 (sticky, like the Java client).
-                        round_robin += 1;
-                        ((round_robin / 1000) % job.partitions as u64) as i32
-                    }
-                };
-                let timestamp = schema
-                    .event_time_ms(&row.values)
-                    .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-                    .unwrap_or_else(Utc::now);
-                let record = Record {
-                    key: key.map(String::into_bytes),
-                    value: Some(json.as_bytes().to_vec()),
-                    headers: BTreeMap::new(),
-                    timestamp,
-                };
-                job.stats.rows_read.fetch_add(1, Ordering::Relaxed);
-                if let Some(rate) = job.rate {
-                    sent += 1;
-                    let due = Duration::from_secs_f64(sent as f64 / rate);
-                    let elapsed = paced_from.elapsed();
-                    if due > elapsed {
-                        std::thread::sleep(due - elapsed);
-                    }
-                }
-                job.tx
-                    .blocking_send(Item::Row(OutRecord {
-                        position: (idx, row.line),
-                        partition,
-                        record,
-                        size,
-                    }))
-                    .is_ok()
-            },
-        )?;
-        if let Some(e) = io_error {
-            job.stop.store(true, Ordering::Relaxed);
-            return Err(e);
-        }
-        if stats.empty {
-            tracing::info!(file = %shown, "Empty file: 0 rows");
-        }
-        if job.tx.blocking_send(Item::FileDone(idx, stats)).is_err() {
-            break;
+        let io = |source| SourceError::Io {
+            path: shown.clone(),
+            source,
+        };
+        let mut chunks = file.chunks(Arc::clone(&job.counter))?;
+        let first = chunks.next_chunk(job.chunk_bytes).map_err(io)?;
+        let layout = match &first {
+            Some(first) => FileLayout::from_header(
+                first,
+                &shown,
+                chunks.text(),
+                chunks.delimiter(),
+                &job.schema,
+            )?,
+            None => None,
+        };
+        let (Some(first), Some(layout)) = (first, layout) else {
+            let empty = ChunkJob {
+                seq,
+                file_idx: idx,
+                chunk: None,
+                layout: None,
+                source_prefix: Arc::default(),
+                has_header: false,
+                skip_through_line,
+                last_of_file: true,
+            };
+            if !send(&mut seq, empty) {
+                return Ok(());
+            }
+            continue;
+        };
+        let layout = Arc::new(layout);
+        let source_prefix = Arc::new(json_source_prefix(&shown));
+        let mut current = first;
+        let mut has_header = true;
+        loop {
+            if job.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let next = chunks.next_chunk(job.chunk_bytes).map_err(io)?;
+            let chunk_job = ChunkJob {
+                seq,
+                file_idx: idx,
+                chunk: Some(current),
+                layout: Some(Arc::clone(&layout)),
+                source_prefix: Arc::clone(&source_prefix),
+                has_header: std::mem::take(&mut has_header),
+                skip_through_line,
+                last_of_file: next.is_none(),
+            };
+            if !send(&mut seq, chunk_job) {
+                return Ok(());
+            }
+            match next {
+                Some(next) => current = next,
+                None => break,
+            }
         }
     }
     Ok(())
 }
 
+/// A worker thread: encodes chunks until the splitter is done or the run stops.
+fn encode_chunks(
+    mut encoder: ChunkEncoder,
+    mut jobs: mpsc::Receiver<ChunkJob>,
+    results: mpsc::Sender<EncodedChunk>,
+    stop: &AtomicBool,
+) {
+    while let Some(job) = jobs.blocking_recv() {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if results.blocking_send(encoder.encode(&job)).is_err() {
+            break;
+        }
+    }
+}
+
 struct SendJob {
     probe: Arc<ProduceProbe>,
     handle: PartitionHandle,
+    lane: usize,
     rx: mpsc::Receiver<Batch>,
+    done: mpsc::Sender<usize>,
     compression: Compression,
     retry_timeout: Duration,
     stats: Arc<ProduceStats>,
@@ -618,25 +819,25 @@ struct SendJob {
     failure: Arc<Mutex<Option<String>>>,
 }
 
+/// One lane's sender: each batch is produced (acks=all) and retried until acknowledged or the
+/// retry timeout, before the next batch of the lane is taken.
 async fn send_batches(mut job: SendJob) {
     while let Some(batch) = job.rx.recv().await {
         if job.failure.lock().expect("failure lock").is_some() {
-            // A batch of another partition failed for good: stop sending, keep the resume point.
+            // A batch of another lane failed for good: stop sending, keep the resume point.
             job.stop.store(true, Ordering::Relaxed);
+            let _ = job.done.send(job.lane).await;
             continue;
         }
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
-        let slot = job.handle.partition as usize;
+        let partition = job.handle.partition;
         loop {
-            job.probe.senders.begin(slot);
-            match job
-                .handle
-                .produce(batch.records.clone(), job.compression)
-                .await
-            {
+            job.probe.senders.begin(job.lane);
+            // The records are built for each attempt: rskafka takes them by value.
+            match job.handle.produce(batch.records(), job.compression).await {
                 Ok(_) => {
-                    job.probe.senders.end(slot);
+                    job.probe.senders.end(job.lane);
                     job.stats.rows_sent.fetch_add(batch.rows, Ordering::Relaxed);
                     job.stats
                         .bytes_sent
@@ -645,30 +846,31 @@ async fn send_batches(mut job: SendJob) {
                     job.tracker
                         .lock()
                         .expect("tracker lock")
-                        .batch_acked(job.handle.partition);
+                        .batch_acked(job.lane);
                     break;
                 }
                 Err(e) if started.elapsed() < job.retry_timeout => {
                     job.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(partition = job.handle.partition, error = %e, retry_in = ?backoff, "Produce failed; retrying");
+                    tracing::warn!(partition, error = %e, retry_in = ?backoff, "Produce failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
-                    let (file_idx, line) = batch.first;
-                    tracing::error!(partition = job.handle.partition, error = %e, file_idx, line, "Produce failed for good");
+                    let first = batch.segments.first().and_then(Segment::first_position);
+                    tracing::error!(partition, error = %e, ?first, "Produce failed for good");
                     job.failure
                         .lock()
                         .expect("failure lock")
                         .get_or_insert(format!(
-                            "partition {}: gave up after {:?} of retries: {e}",
-                            job.handle.partition, job.retry_timeout
+                            "partition {partition}: gave up after {:?} of retries: {e}",
+                            job.retry_timeout
                         ));
                     job.stop.store(true, Ordering::Relaxed);
                     break;
                 }
             }
         }
+        let _ = job.done.send(job.lane).await;
     }
 }
 
@@ -679,7 +881,9 @@ async fn send_batches(mut job: SendJob) {
 struct ProduceProbe {
     metrics: ProduceMetrics,
     stats: Arc<ProduceStats>,
+    /// One clock per lane.
     senders: BusyClocks,
+    lanes: Lanes,
     bound: Duration,
     brokers: String,
 }
@@ -704,9 +908,10 @@ impl Probe for ProduceProbe {
     fn health(&self) -> Health {
         let sent = self.stats.rows_sent.load(Ordering::Relaxed);
         match self.senders.longest_busy() {
-            Some((partition, age)) if age > self.bound => Health::failing(format!(
-                "partition {partition}: a batch has waited {:.1} s for Kafka at {} to acknowledge \
+            Some((lane, age)) if age > self.bound => Health::failing(format!(
+                "partition {}: a batch has waited {:.1} s for Kafka at {} to acknowledge \
                  it (bound 3 × --timeout = {:?}); is the broker up?",
+                self.lanes.partition_of(lane),
                 age.as_secs_f64(),
                 self.brokers,
                 self.bound

@@ -14,7 +14,6 @@
 //! reclamações" files; `--schema FILE` loads any other from TOML (see [`SchemaFile`]).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::Path;
 
 use arrow::datatypes::{DataType, Field as ArrowField, TimeUnit};
@@ -129,6 +128,82 @@ impl Value {
             Value::Bool(b) => Some(b.to_string()),
             Value::Date(d) => Some(date_to_string(*d)),
             Value::Timestamp(t) => Some(timestamp_to_string(*t)),
+        }
+    }
+}
+
+/// A typed value whose text is borrowed from the CSV record it was read from: what
+/// [`Schema::parse_cell_ref`] returns. [`Cell::into_value`] gives the owned [`Value`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cell<'a> {
+    Null,
+    Str(&'a str),
+    /// ASCII digits, to be left-padded with zeros to `width`.
+    Digits {
+        digits: &'a str,
+        width: usize,
+    },
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Date(i32),
+    Timestamp(i64),
+}
+
+impl Cell<'_> {
+    pub fn into_value(self) -> Value {
+        match self {
+            Cell::Null => Value::Null,
+            Cell::Str(s) => Value::Str(s.to_string()),
+            Cell::Digits { digits, width } => Value::Str(format!("{digits:0>width$}")),
+            Cell::Int(n) => Value::Int(n),
+            Cell::Float(f) => Value::Float(f),
+            Cell::Bool(b) => Value::Bool(b),
+            Cell::Date(d) => Value::Date(d),
+            Cell::Timestamp(t) => Value::Timestamp(t),
+        }
+    }
+
+    /// Appends the cell as a Kafka key, exactly [`Value::as_key`] of its value; false (and
+    /// nothing appended) for null.
+    pub fn push_key(&self, out: &mut Vec<u8>) -> bool {
+        match *self {
+            Cell::Null => return false,
+            Cell::Str(s) => out.extend_from_slice(s.as_bytes()),
+            Cell::Digits { digits, width } => {
+                out.resize(out.len() + width.saturating_sub(digits.len()), b'0');
+                out.extend_from_slice(digits.as_bytes());
+            }
+            Cell::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+            other => match other.into_value().as_key() {
+                Some(key) => out.extend_from_slice(key.as_bytes()),
+                None => return false,
+            },
+        }
+        true
+    }
+
+    /// The event time (UTC milliseconds) of a timestamp or date cell.
+    pub fn event_time_ms(&self) -> Option<i64> {
+        match *self {
+            Cell::Timestamp(us) => Some(us.div_euclid(1000)),
+            Cell::Date(d) => Some(i64::from(d) * 86_400_000),
+            _ => None,
+        }
+    }
+}
+
+impl Value {
+    /// The value as a borrowed [`Cell`] (strings are already padded).
+    pub fn as_cell(&self) -> Cell<'_> {
+        match self {
+            Value::Null => Cell::Null,
+            Value::Str(s) => Cell::Str(s),
+            Value::Int(n) => Cell::Int(*n),
+            Value::Float(f) => Cell::Float(*f),
+            Value::Bool(b) => Cell::Bool(*b),
+            Value::Date(d) => Cell::Date(*d),
+            Value::Timestamp(t) => Cell::Timestamp(*t),
         }
     }
 }
@@ -408,6 +483,12 @@ impl Schema {
     /// Parses one CSV cell into the typed value of field `i`. Blank (empty or only spaces) is
     /// null; a required field may not be null.
     pub fn parse_cell(&self, i: usize, raw: &str) -> Result<Value, FieldError> {
+        self.parse_cell_ref(i, raw).map(Cell::into_value)
+    }
+
+    /// [`parse_cell`](Self::parse_cell) without allocating: text stays borrowed from `raw`. The
+    /// one place where CSV text is typed; `parse_cell` and the producer's JSON encoder both use it.
+    pub fn parse_cell_ref<'a>(&self, i: usize, raw: &'a str) -> Result<Cell<'a>, FieldError> {
         let field = &self.fields[i];
         let text = raw.trim();
         let fail = |reason: String| FieldError {
@@ -418,7 +499,7 @@ impl Schema {
             return if field.required {
                 Err(fail("is required but blank".into()))
             } else {
-                Ok(Value::Null)
+                Ok(Cell::Null)
             };
         }
         let bad = || {
@@ -429,31 +510,34 @@ impl Schema {
             ))
         };
         Ok(match &field.ty {
-            FieldType::String => Value::Str(text.to_string()),
+            FieldType::String => Cell::Str(text),
             FieldType::Int { ordinal } => {
                 let digits = if *ordinal {
                     text.trim_end_matches(['º', 'ª', '°']).trim_end()
                 } else {
                     text
                 };
-                Value::Int(digits.parse::<i64>().map_err(|_| bad())?)
+                Cell::Int(digits.parse::<i64>().map_err(|_| bad())?)
             }
-            FieldType::Float => Value::Float(parse_finite(text).ok_or_else(bad)?),
-            FieldType::DecimalComma => Value::Float(parse_decimal_comma(text).ok_or_else(bad)?),
-            FieldType::Bool => Value::Bool(parse_bool(text).ok_or_else(bad)?),
+            FieldType::Float => Cell::Float(parse_finite(text).ok_or_else(bad)?),
+            FieldType::DecimalComma => Cell::Float(parse_decimal_comma(text).ok_or_else(bad)?),
+            FieldType::Bool => Cell::Bool(parse_bool(text).ok_or_else(bad)?),
             FieldType::Date { format } => {
                 let d = NaiveDate::parse_from_str(text, format).map_err(|_| bad())?;
-                Value::Date(days_since_epoch(d))
+                Cell::Date(days_since_epoch(d))
             }
             FieldType::Timestamp { format } => {
-                Value::Timestamp(parse_timestamp(text, format).ok_or_else(bad)?)
+                Cell::Timestamp(parse_timestamp(text, format).ok_or_else(bad)?)
             }
             FieldType::Digits { width } => {
                 if !text.bytes().all(|b| b.is_ascii_digit()) || (*width > 0 && text.len() > *width)
                 {
                     return Err(bad());
                 }
-                Value::Str(format!("{text:0>width$}", width = *width))
+                Cell::Digits {
+                    digits: text,
+                    width: *width,
+                }
             }
         })
     }
@@ -477,34 +561,34 @@ impl Schema {
     /// Appends the JSON object of a typed row (plus `_source`) to `out`. Field order is the
     /// schema's; dates and timestamps are ISO-8601 strings; non-finite floats are null.
     pub fn write_json(&self, values: &[Value], source: Option<&Source>, out: &mut String) {
-        out.push('{');
-        for (i, (field, value)) in self.fields.iter().zip(values).enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            push_json_str(out, &field.name);
-            out.push(':');
-            match value {
-                Value::Null => out.push_str("null"),
-                Value::Str(s) => push_json_str(out, s),
-                Value::Int(n) => {
-                    let _ = write!(out, "{n}");
-                }
-                Value::Float(f) if f.is_finite() => {
-                    let _ = write!(out, "{f:?}");
-                }
-                Value::Float(_) => out.push_str("null"),
-                Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-                Value::Date(d) => push_json_str(out, &date_to_string(*d)),
-                Value::Timestamp(t) => push_json_str(out, &timestamp_to_string(*t)),
-            }
+        let mut bytes = Vec::with_capacity(1024);
+        self.write_json_bytes(values, source, &mut bytes);
+        out.push_str(std::str::from_utf8(&bytes).expect("JSON of UTF-8 text is UTF-8"));
+    }
+
+    /// [`write_json`](Self::write_json) into bytes. Made of the same pieces as the producer's
+    /// encoder ([`Schema::json_field_prefix`], [`push_cell_json`], [`json_source_prefix`]), so
+    /// both write the same bytes.
+    pub fn write_json_bytes(&self, values: &[Value], source: Option<&Source>, out: &mut Vec<u8>) {
+        for (i, value) in values.iter().enumerate().take(self.fields.len()) {
+            self.json_field_prefix(i, out);
+            push_cell_json(out, &value.as_cell());
         }
-        if let Some(src) = source {
-            out.push_str(",\"_source\":{\"file\":");
-            push_json_str(out, &src.file);
-            let _ = write!(out, ",\"line\":{}}}", src.line);
+        match source {
+            Some(src) => {
+                out.extend_from_slice(&json_source_prefix(&src.file));
+                push_json_source_line(out, src.line);
+            }
+            None => out.push(b'}'),
         }
-        out.push('}');
+    }
+
+    /// What precedes the value of field `i` in a row's JSON: `{"name":` for the first field,
+    /// `,"name":` for the others.
+    pub fn json_field_prefix(&self, i: usize, out: &mut Vec<u8>) {
+        out.push(if i == 0 { b'{' } else { b',' });
+        push_json_str(out, &self.fields[i].name);
+        out.push(b':');
     }
 
     /// Decodes a Kafka value (JSON object) into typed values in schema order, checking types.
@@ -672,30 +756,89 @@ pub(crate) fn parse_json_timestamp(s: &str) -> Option<i64> {
     Some(Utc.from_utc_datetime(&naive).timestamp_micros())
 }
 
-fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
+/// What a byte needs in a JSON string: 0 nothing, else the letter of its escape (`u`: `\u00XX`).
+static JSON_ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[b'\n' as usize] = b'n';
+    table[b'\r' as usize] = b'r';
+    table[b'\t' as usize] = b't';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+/// Appends `s` as a JSON string: runs that need no escape (almost all text) are copied whole.
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
     let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape: Option<&str> = match b {
-            b'"' => Some("\\\""),
-            b'\\' => Some("\\\\"),
-            b'\n' => Some("\\n"),
-            b'\r' => Some("\\r"),
-            b'\t' => Some("\\t"),
-            0..=0x1f => None,
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = JSON_ESCAPE[b as usize];
+        if escape == 0 {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
         match escape {
-            Some(e) => out.push_str(e),
-            None => {
-                let _ = write!(out, "\\u{:04x}", b);
-            }
+            b'u' => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+            letter => out.extend_from_slice(&[b'\\', letter]),
         }
         start = i + 1;
     }
-    out.push_str(&s[start..]);
-    out.push('"');
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// `,"_source":{"file":"<file>","line":` — the part of `_source` that is the same for every row
+/// of a file (the producer computes it once per file).
+pub fn json_source_prefix(file: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(file.len() + 32);
+    out.extend_from_slice(b",\"_source\":{\"file\":");
+    push_json_str(&mut out, file);
+    out.extend_from_slice(b",\"line\":");
+    out
+}
+
+/// The rest of `_source` after [`json_source_prefix`]: the line, and the closing braces.
+pub fn push_json_source_line(out: &mut Vec<u8>, line: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(line).as_bytes());
+    out.extend_from_slice(b"}}");
+}
+
+/// Appends the JSON of one typed value.
+pub fn push_cell_json(out: &mut Vec<u8>, cell: &Cell<'_>) {
+    match *cell {
+        Cell::Null => out.extend_from_slice(b"null"),
+        Cell::Str(s) => push_json_str(out, s),
+        Cell::Digits { digits, width } => {
+            // ASCII digits only (checked by parse_cell_ref): nothing to escape.
+            out.push(b'"');
+            out.resize(out.len() + width.saturating_sub(digits.len()), b'0');
+            out.extend_from_slice(digits.as_bytes());
+            out.push(b'"');
+        }
+        Cell::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+        Cell::Float(f) if f.is_finite() => {
+            out.extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes())
+        }
+        Cell::Float(_) => out.extend_from_slice(b"null"),
+        Cell::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+        Cell::Date(d) => push_json_str(out, &date_to_string(d)),
+        Cell::Timestamp(t) => push_json_str(out, &timestamp_to_string(t)),
+    }
 }
 
 pub(crate) fn shorten(s: &str) -> String {

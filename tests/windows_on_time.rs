@@ -58,6 +58,16 @@ fn count(out: &Path, source: &str) -> i64 {
         .unwrap()
 }
 
+/// A child process killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn success_markers(out: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir(out) else {
@@ -86,25 +96,27 @@ async fn a_quiet_live_stream_closes_its_last_window_on_time() {
         Duration::from_secs(2),
         Duration::from_secs(3),
     );
-    let mut consumer = common::app()
-        .args([
-            "consume",
-            "--topic",
-            &topic,
-            "--output",
-            out.to_str().unwrap(),
-            "--window",
-            "10s",
-            "--allowed-lateness",
-            "2s",
-            "--idle-timeout",
-            "3s",
-        ])
-        .current_dir(work.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut consumer = KillOnDrop(
+        common::app()
+            .args([
+                "consume",
+                "--topic",
+                &topic,
+                "--output",
+                out.to_str().unwrap(),
+                "--window",
+                "10s",
+                "--allowed-lateness",
+                "2s",
+                "--idle-timeout",
+                "3s",
+            ])
+            .current_dir(work.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // A short burst, then nothing: the stream goes quiet.
     let schema = Schema::banco_central();
     let records: Vec<Record> = (0..200)
@@ -138,15 +150,15 @@ async fn a_quiet_live_stream_closes_its_last_window_on_time() {
             started.elapsed()
         );
         assert!(
-            consumer.try_wait().unwrap().is_none(),
+            consumer.0.try_wait().unwrap().is_none(),
             "the consumer exited"
         );
         std::thread::sleep(Duration::from_millis(100));
     };
     let _ = std::process::Command::new("kill")
-        .args(["-TERM", &consumer.id().to_string()])
+        .args(["-TERM", &consumer.0.id().to_string()])
         .status();
-    assert!(consumer.wait().unwrap().success());
+    assert!(consumer.0.wait().unwrap().success());
     eprintln!(
         "last window's _SUCCESS {marker:?} after the last record (window {window:?}, lateness \
          {lateness:?}, idle timeout {idle:?}; bound {bound:?})"

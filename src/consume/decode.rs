@@ -160,17 +160,19 @@ impl Decoder {
                 };
                 Ok(event_ms)
             });
+            // A dead letter keeps the record's raw bytes, the reason and, when it has one, its
+            // event time (the core checks that window's marks on replay).
+            let mut refuse = |error: String, event_ms: Option<i64>| {
+                let letter = dead.push(partition, &rec, error);
+                metas.push(RecordMeta {
+                    offset: rec.offset,
+                    kind: RecordKind::Dead { letter, event_ms },
+                });
+            };
             let event_ms = match outcome {
                 Ok(t) => t,
                 Err(error) => {
-                    let letter = dead.push(partition, &rec, error);
-                    metas.push(RecordMeta {
-                        offset: rec.offset,
-                        kind: RecordKind::Dead {
-                            letter,
-                            event_ms: None,
-                        },
-                    });
+                    refuse(error, None);
                     continue;
                 }
             };
@@ -183,14 +185,7 @@ impl Decoder {
                         humantime::format_duration(std::time::Duration::from_millis(max as u64)),
                         schema::timestamp_to_string(now_wall_ms.saturating_mul(1000)),
                     );
-                    let letter = dead.push(partition, &rec, error);
-                    metas.push(RecordMeta {
-                        offset: rec.offset,
-                        kind: RecordKind::Dead {
-                            letter,
-                            event_ms: Some(event_ms),
-                        },
-                    });
+                    refuse(error, Some(event_ms));
                     continue;
                 }
             }
@@ -217,14 +212,7 @@ impl Decoder {
                             ),
                             None => "enrichment: the record has no key to look up".to_string(),
                         };
-                        let letter = dead.push(partition, &rec, error);
-                        metas.push(RecordMeta {
-                            offset: rec.offset,
-                            kind: RecordKind::Dead {
-                                letter,
-                                event_ms: Some(event_ms),
-                            },
-                        });
+                        refuse(error, Some(event_ms));
                         continue;
                     }
                 }

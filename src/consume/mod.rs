@@ -398,9 +398,9 @@ pub async fn run(
             decoded_tx,
             clock.clone(),
         ));
-        tasks.spawn(process(ProcessJob {
+        tasks.spawn(process(Processor {
             partition: p,
-            pipeline,
+            pipeline: Some(pipeline),
             rx: decoded_rx,
             events: events_tx.clone(),
             stop: stop_handle.clone(),
@@ -411,6 +411,8 @@ pub async fn run(
             clock: clock.clone(),
             checkpoint_interval: config.sink.checkpoint_interval,
             close_at_end: config.windows.close_at_end && config.source.until_caught_up,
+            dirty: false,
+            last_commit: Instant::now(),
         }));
     }
     drop(events_tx);
@@ -923,21 +925,6 @@ async fn decode_partition(
     }
 }
 
-struct ProcessJob {
-    partition: i32,
-    pipeline: PartitionPipeline,
-    rx: mpsc::Receiver<Decoded>,
-    events: mpsc::Sender<Event>,
-    stop: Shutdown,
-    board: Arc<Mutex<Board>>,
-    status: Arc<PartitionStatus>,
-    counters: Arc<Counters>,
-    metrics: ConsumeMetrics,
-    clock: Clock,
-    checkpoint_interval: Duration,
-    close_at_end: bool,
-}
-
 /// What the processor does next.
 enum Step {
     Batch(Box<DecodedBatch>),
@@ -946,33 +933,17 @@ enum Step {
     Finish { close_windows: bool },
 }
 
-/// Runs one partition's pipeline: batches, ticks and checkpoints, each on the blocking pool.
-async fn process(job: ProcessJob) {
-    let partition = job.partition;
-    let events = job.events.clone();
-    let mut processor = Processor {
-        pipeline: Some(job.pipeline),
-        rx: job.rx,
-        events: job.events,
-        stop: job.stop,
-        board: job.board,
-        status: job.status,
-        counters: job.counters,
-        metrics: job.metrics,
-        clock: job.clock,
-        checkpoint_interval: job.checkpoint_interval,
-        close_at_end: job.close_at_end,
-        partition,
-        dirty: false,
-        last_commit: Instant::now(),
-    };
+/// Runs one partition's pipeline until it is done or fails, and says which to the coordinator.
+async fn process(mut processor: Processor) {
+    let partition = processor.partition;
     let event = match processor.run().await {
         Ok(()) => Event::Done { partition },
         Err(error) => Event::Failed { partition, error },
     };
-    let _ = events.send(event).await;
+    let _ = processor.events.send(event).await;
 }
 
+/// One partition's process task: batches, ticks and checkpoints, each on the blocking pool.
 struct Processor {
     partition: i32,
     /// Out only while a step runs on the blocking pool.
