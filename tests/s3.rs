@@ -186,8 +186,9 @@ fn exactly_once_across_repeated_sigkill_on_s3() {
         "--allowed-lateness",
         "30s",
     ];
-    // Each run is killed at a random moment after it committed progress of its own, until 5
-    // kills have hit a run mid-stream (its last checkpoint short of the end), at most 25 runs.
+    // Each run is killed once its checkpoint passes a random target in the first half of what
+    // is left (plus up to 100 ms), so the kills land mid-stream however fast or loaded the
+    // machine is; until 5 kills have hit a run mid-stream, at most 25 runs.
     let mut kills = 0;
     let mut attempts = 0;
     let mut committed = 0;
@@ -200,14 +201,15 @@ fn exactly_once_across_repeated_sigkill_on_s3() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let target = committed + 1 + rand::random::<u64>() % ((total - committed) / 2).max(1);
         let deadline = Instant::now() + Duration::from_secs(60);
         while child.try_wait().unwrap().is_none()
-            && s3::committed_offsets(&store) <= committed
+            && s3::committed_offsets(&store) < target
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 400));
+        std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 100));
         let still_running = child.try_wait().unwrap().is_none();
         if still_running {
             child.kill().unwrap(); // SIGKILL
