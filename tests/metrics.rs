@@ -308,6 +308,8 @@ impl PrivateServices {
     fn script(&self) -> Command {
         let mut cmd = Command::new(common::repo_root().join("scripts/services.sh"));
         cmd.envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
+        // No private S3 server: `make test` exports S3=1 for the shared one (port 7070).
+        cmd.env_remove("S3");
         cmd
     }
 

@@ -113,6 +113,9 @@ impl Private {
             )
             .env("MYSQL_PORT", private_mysql_port().to_string())
             .env("SERVICES_MODE", "local")
+            // The fault suite needs no S3 server; `make test` exports S3=1 for the shared one,
+            // whose port a private instance must not try to take.
+            .env_remove("S3")
             .output()
             .expect("run scripts/services.sh");
         assert!(
