@@ -90,7 +90,7 @@ demo:
 # Spark jars, release build); services are started if missing and stopped afterwards.
 # BENCH_ARGS passes options to bench/bench.py, e.g. BENCH_ARGS='--rows 200000'.
 #   bench:          everything (1M rows side by side + scaling 100k/1M/5M, 1/3/6 partitions,
-#                   ~30 min); writes bench/results/<date>.{md,json,png} and updates BENCHMARKS.md
+#                   ~20 min on 2 cores); writes bench/results/<date>.{md,json,png} and updates BENCHMARKS.md
 #   bench-quick:    the same at 100k rows, scaling 1 and 3 partitions (a few minutes)
 #   bench-produce:  produce step only, 1M rows (app produce vs kcat -P vs ProducerPerformance vs seed)
 #   bench-consume:  consume step only, 1M rows (app consume vs ConsumerPerformance vs PySpark)

@@ -39,17 +39,15 @@ STAGES = {
         ("  CRC32C of the batch", r"crc32c"),
     ],
     "consume": [
-        ("processor: Processor::process (everything below)", r"^reclamacoes::consume::Processor::process$"),
-        ("  JSON decoding: Schema::decode_json", r"^reclamacoes::schema::Schema::decode_json"),
-        ("    into serde_json::Value maps", r"^serde_json::value::de::<impl serde_core::de::Deserialize for serde_json::value::Value>::deserialize$"),
-        ("  enrichment: EnrichSnapshot::enrich", r"^reclamacoes::enrich::EnrichSnapshot::enrich"),
-        ("  windows: WindowBuffer::route", r"^reclamacoes::window::WindowBuffer::route$"),
-        ("Kafka fetch decoding: rskafka read_records", r"^rskafka::protocol::record::RecordBatchBody::read_records$"),
-        ("  LZ4 decompression", r"^LZ4_decompress_generic"),
-        ("Parquet: rows -> Arrow (OutputLayout::record_batch)", r"^reclamacoes::parquet_sink::OutputLayout::record_batch$"),
-        ("Parquet: Arrow -> Parquet (OpenFile::write)", r"^reclamacoes::parquet_sink::OpenFile::write$"),
-        ("  zstd compression", r"^ZSTD_compress2$"),
-        ("checkpoint commits", r"^reclamacoes::consume::Processor::commit$"),
+        ("fetch: rskafka record batches (read_records)", r"^rskafka::protocol::record::RecordBatchBody::read_records$"),
+        ("  LZ4 decompression", r"^LZ4_decompress"),
+        ("decode: Decoder::decode (JSON -> Arrow columns, enrichment)", r"^reclamacoes::consume::decode::Decoder::decode$"),
+        ("  JSON parsing and typing: Decoder::parse", r"^reclamacoes::consume::decode::Decoder::parse$"),
+        ("process: PartitionPipeline::process (route, encode row groups)", r"^reclamacoes::consume::pipeline::PartitionPipeline::process$"),
+        ("  Arrow -> Parquet: ArrowWriter::write", r"^parquet::arrow::arrow_writer::ArrowWriter<.*>::write$"),
+        ("  zstd compression", r"^ZSTD_compress"),
+        ("checkpoint: PartitionPipeline::checkpoint", r"^reclamacoes::consume::pipeline::PartitionPipeline::checkpoint$"),
+        ("memory: malloc/free", r"^(_int_malloc|_int_free|malloc|cfree.*|realloc)$"),
     ],
 }
 # perf report --stdio lines: "  51.85%  0.00%  [.] symbol   -   -" (children) or
@@ -125,6 +123,9 @@ def main():
         }
         for name, cmd in runs.items():
             if a.only and name != a.only:
+                if name == "produce":
+                    # consume profiles a filled topic: produce it, unprofiled
+                    subprocess.run(list(map(str, cmd)), cwd=work, check=True, capture_output=True)
                 continue
             data = work / f"{name}.perf.data"
             bench.log(f"perf record: app {name} ({a.rows:,} rows)")
