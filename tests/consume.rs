@@ -9,13 +9,12 @@ use common::duckdb;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use common::{random_topic, run_app};
 use mysql_async::prelude::Queryable;
 use reclamacoes::kafka::{Compression, PartitionHandle};
-use reclamacoes::schema::{Schema, Source, Value};
+use reclamacoes::schema::Schema;
 use rskafka::record::Record;
 use serde_json::Value as Json;
 
@@ -242,33 +241,6 @@ async fn real_data_918_rows_enriched_from_the_real_bancos_file() {
     assert_eq!(carried, 321);
 }
 
-/// Builds `n` JSON complaint records for the built-in schema, keyed by institution.
-fn synthetic_record(schema: &Schema, i: u64, event_ms: i64) -> Record {
-    let mut values = vec![Value::Null; schema.fields.len()];
-    values[0] = Value::Int(2025);
-    values[1] = Value::Int(1 + (i % 4) as i64);
-    values[2] = Value::Str("Sintético".into());
-    values[3] = Value::Str("Banco/financeira".into());
-    values[4] = Value::Str(format!("{:08}", 360305 + (i % 7)));
-    values[5] = Value::Str(format!("INSTITUIÇÃO {}", i % 13));
-    values[7] = Value::Int(i as i64);
-    let mut json = String::new();
-    schema.write_json(
-        &values,
-        Some(&Source {
-            file: "synthetic".into(),
-            line: i,
-        }),
-        &mut json,
-    );
-    Record {
-        key: Some(format!("{}", i % 13).into_bytes()),
-        value: Some(json.into_bytes()),
-        headers: Default::default(),
-        timestamp: Utc.timestamp_millis_opt(event_ms).unwrap(),
-    }
-}
-
 #[tokio::test]
 async fn exactly_once_across_repeated_sigkill() {
     let kafka = common::require_kafka().await;
@@ -304,7 +276,7 @@ async fn exactly_once_across_repeated_sigkill() {
                     timestamp: Utc.timestamp_millis_opt(event).unwrap(),
                 }
             } else {
-                synthetic_record(&schema, i, event)
+                common::synthetic_record(&schema, i, event)
             };
             batch.push(record);
             if batch.len() == 2000 {
@@ -336,30 +308,22 @@ async fn exactly_once_across_repeated_sigkill() {
         "--allowed-lateness",
         "30s",
     ];
-    // Kill at random moments until 5 kills have hit a run that was mid-stream (its last
-    // checkpoint short of the end), at most 20 attempts.
-    let mut kills = 0;
-    let mut attempts = 0;
-    while kills < 5 && attempts < 20 {
-        attempts += 1;
-        let mut child = common::app()
-            .args(args)
-            .current_dir(work.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(150 + rand::random::<u64>() % 900));
-        let still_running = child.try_wait().unwrap().is_none();
-        if still_running {
-            child.kill().unwrap(); // SIGKILL
-        }
-        child.wait().unwrap();
-        let committed = common::output::committed_offsets(&out);
-        if still_running && committed < total {
-            kills += 1;
-        }
-    }
+    // Killed at committed-progress targets, so the kills land mid-stream on any machine.
+    let (kills, attempts) = common::kill_mid_stream(
+        || {
+            common::app()
+                .args(args)
+                .current_dir(work.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        },
+        || common::output::committed_offsets(&out),
+        total,
+        5,
+        25,
+    );
     assert!(
         kills >= 5,
         "only {kills} kills hit a run mid-stream in {attempts} attempts"

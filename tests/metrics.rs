@@ -8,8 +8,7 @@ mod common;
 use common::duckdb;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,37 +22,12 @@ use rskafka::record::Record;
 
 /// A port that was free a moment ago.
 fn free_port() -> u16 {
-    free_ports::<1>()[0]
-}
-
-/// `N` distinct ports that were free a moment ago.
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
-}
-
-/// One HTTP GET: (status code, body); `None` when nothing answers yet.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
+    common::free_ports::<1>()[0]
 }
 
 /// `/metrics` parsed into `name{labels}` -> value (comments skipped).
 fn scrape(port: u16) -> Option<BTreeMap<String, f64>> {
-    let (status, body) = http_get(port, "/metrics")?;
+    let (status, body) = common::http_get(port, "/metrics")?;
     assert_eq!(status, 200, "/metrics answered {status}: {body}");
     Some(parse_metrics(&body))
 }
@@ -261,7 +235,7 @@ impl PrivateServices {
         }
         std::fs::copy(shared_libs.join(".pom.sha256"), libs.join(".pom.sha256")).unwrap();
 
-        let [kafka_port, controller_port, mysql_port] = free_ports::<3>();
+        let [kafka_port, controller_port, mysql_port] = common::free_ports::<3>();
         let env = vec![
             ("LOCAL_DIR", local.display().to_string()),
             ("SERVICES_MODE", "local".to_string()),
@@ -408,10 +382,10 @@ async fn consume_metrics_agree_with_the_parquet_output() {
 
     // During: healthy, and the counters move to where the input says they end.
     let (_, health) = wait_for(&mut app, Duration::from_secs(120), "/healthz 200", || {
-        http_get(port, "/healthz").filter(|(s, _)| *s == 200)
+        common::http_get(port, "/healthz").filter(|(s, _)| *s == 200)
     });
     assert!(health.starts_with("ok\n"), "{health}");
-    let (_, text) = http_get(port, "/metrics").unwrap();
+    let (_, text) = common::http_get(port, "/metrics").unwrap();
     assert!(
         text.contains("# TYPE reclamacoes_consume_records_read_total counter"),
         "{text}"
@@ -648,7 +622,7 @@ async fn healthz_turns_503_when_the_broker_stops() {
         Duration::from_secs(120),
         "/healthz 200 and 80 records read",
         || {
-            let healthy = http_get(port, "/healthz").is_some_and(|(s, _)| s == 200);
+            let healthy = common::http_get(port, "/healthz").is_some_and(|(s, _)| s == 200);
             let m = scrape(port)?;
             (healthy && m.get("reclamacoes_consume_records_read_total") == Some(&80.0))
                 .then_some(())
@@ -661,7 +635,7 @@ async fn healthz_turns_503_when_the_broker_stops() {
         Duration::from_secs(180),
         "/healthz 503 after the broker stopped",
         || {
-            http_get(port, "/healthz")
+            common::http_get(port, "/healthz")
                 .filter(|(s, _)| *s == 503)
                 .map(|(_, b)| b)
         },
@@ -722,7 +696,7 @@ async fn produce_exposes_its_counters_while_it_runs() {
     );
     assert_eq!(get(&m, "reclamacoes_produce_rows_rejected_total"), 0.0);
     assert_eq!(get(&m, "reclamacoes_produce_retries_total"), 0.0);
-    let (status, body) = http_get(port, "/healthz").unwrap();
+    let (status, body) = common::http_get(port, "/healthz").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("rows acknowledged"), "{body}");
     // Paced at 20 rows/s it ends on its own.

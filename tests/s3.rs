@@ -8,8 +8,8 @@
 
 mod faultkit;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use chrono::{TimeZone, Utc};
 use faultkit::common::{self, s3};
 use faultkit::{run_bounded, scalar, wait_bounded, wait_until};
 use reclamacoes::kafka::Compression;
-use reclamacoes::schema::{Schema, Source, Value};
+use reclamacoes::schema::Schema;
 use rskafka::record::Record;
 
 const HANG_GUARD: Duration = Duration::from_secs(300);
@@ -37,52 +37,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// One HTTP GET: (status, body); `None` when nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    Some((
-        head.split_whitespace().nth(1)?.parse().ok()?,
-        body.to_string(),
-    ))
-}
-
-/// A JSON complaint record of the built-in schema (as tests/consume.rs makes them).
-fn record(schema: &Schema, i: u64, event_ms: i64) -> Record {
-    let mut values = vec![Value::Null; schema.fields.len()];
-    values[0] = Value::Int(2025);
-    values[1] = Value::Int(1 + (i % 4) as i64);
-    values[2] = Value::Str("Sintético".into());
-    values[3] = Value::Str("Banco/financeira".into());
-    values[4] = Value::Str(format!("{:08}", 360305 + (i % 7)));
-    values[5] = Value::Str(format!("INSTITUIÇÃO {}", i % 13));
-    values[7] = Value::Int(i as i64);
-    let mut json = String::new();
-    schema.write_json(
-        &values,
-        Some(&Source {
-            file: "synthetic".into(),
-            line: i,
-        }),
-        &mut json,
-    );
-    Record {
-        key: Some(format!("{}", i % 13).into_bytes()),
-        value: Some(json.into_bytes()),
-        headers: Default::default(),
-        timestamp: Utc.timestamp_millis_opt(event_ms).unwrap(),
-    }
 }
 
 /// Produces `count` records per partition (numbered from `from`), event times walking through
@@ -114,7 +68,7 @@ fn produce(topic: &str, partitions: i32, from: u64, count: u64, minutes: i64) ->
                         timestamp: Utc.timestamp_millis_opt(event).unwrap(),
                     }
                 } else {
-                    record(&schema, i, event)
+                    common::synthetic_record(&schema, i, event)
                 };
                 batch.push(r);
                 if batch.len() == 2000 {
@@ -186,44 +140,22 @@ fn exactly_once_across_repeated_sigkill_on_s3() {
         "--allowed-lateness",
         "30s",
     ];
-    // Each run is killed once its checkpoint passes a random target in the first quarter of what
-    // is left (plus up to 100 ms), so the kills land mid-stream however fast or loaded the
-    // machine is; until 5 kills have hit a run mid-stream, at most 25 runs.
-    let mut kills = 0;
-    let mut attempts = 0;
-    let mut committed = 0;
-    while kills < 5 && attempts < 25 {
-        attempts += 1;
-        let mut child = app_s3(&endpoint)
-            .args(args)
-            .current_dir(work.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let target = committed + 1 + rand::random::<u64>() % ((total - committed) / 4).max(1);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none()
-            && s3::committed_offsets(&store) < target
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 100));
-        let still_running = child.try_wait().unwrap().is_none();
-        if still_running {
-            child.kill().unwrap(); // SIGKILL
-        }
-        child.wait().unwrap();
-        let before = committed;
-        committed = s3::committed_offsets(&store);
-        eprintln!(
-            "run {attempts}: committed {before} -> {committed} (target {target}), killed: {still_running}"
-        );
-        if still_running && committed < total {
-            kills += 1;
-        }
-    }
+    // Killed at committed-progress targets, so the kills land mid-stream on any machine.
+    let (kills, attempts) = common::kill_mid_stream(
+        || {
+            app_s3(&endpoint)
+                .args(args)
+                .current_dir(work.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        },
+        || s3::committed_offsets(&store),
+        total,
+        5,
+        25,
+    );
     assert!(
         kills >= 5,
         "only {kills} kills hit a run mid-stream in {attempts} attempts"
@@ -316,7 +248,7 @@ impl PrivateServer {
         self.child = Some(child);
         let port = self.port;
         wait_until(Duration::from_secs(30), "the private S3 server", || {
-            http_get(port, "/health").is_some_and(|(s, _)| s == 200)
+            common::http_get(port, "/health").is_some_and(|(s, _)| s == 200)
         });
     }
 
@@ -379,7 +311,7 @@ fn an_s3_outage_is_waited_out_and_reported_by_healthz() {
         || s3::committed_offsets(&store) >= 10_000,
     );
     assert_eq!(
-        http_get(metrics_port, "/healthz").map(|(s, _)| s),
+        common::http_get(metrics_port, "/healthz").map(|(s, _)| s),
         Some(200),
         "healthy before the outage"
     );
@@ -392,7 +324,7 @@ fn an_s3_outage_is_waited_out_and_reported_by_healthz() {
     wait_until(
         Duration::from_secs(60),
         "/healthz reporting the outage",
-        || match http_get(metrics_port, "/healthz") {
+        || match common::http_get(metrics_port, "/healthz") {
             Some((503, body)) if body.contains("output") => {
                 reported = body;
                 true
@@ -420,7 +352,7 @@ fn an_s3_outage_is_waited_out_and_reported_by_healthz() {
         || s3::committed_offsets(&store) >= 16_000,
     );
     wait_until(Duration::from_secs(30), "/healthz healthy again", || {
-        http_get(metrics_port, "/healthz").is_some_and(|(s, _)| s == 200)
+        common::http_get(metrics_port, "/healthz").is_some_and(|(s, _)| s == 200)
     });
     faultkit::interrupt(&consumer);
     let finished = wait_bounded(consumer, HANG_GUARD);

@@ -5,11 +5,16 @@
 //! skipped. `tests/faultkit` re-exports the DuckDB reader from here.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use chrono::{TimeZone, Utc};
 use reclamacoes::kafka::{Kafka, KafkaConfig};
+use reclamacoes::schema::{Schema, Source, Value};
+use rskafka::record::Record;
 
 /// The shared broker (`KAFKA_BROKERS`, as `make test` sets it, else the default).
 pub fn brokers() -> String {
@@ -66,6 +71,59 @@ pub async fn require_mysql() -> mysql_async::Conn {
 /// A topic name no other test uses.
 pub fn random_topic(prefix: &str) -> String {
     format!("test-{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// JSON complaint record `i` of the built-in schema with Kafka timestamp `event_ms`, keyed by
+/// institution (13 keys, 7 base CNPJs).
+pub fn synthetic_record(schema: &Schema, i: u64, event_ms: i64) -> Record {
+    let mut values = vec![Value::Null; schema.fields.len()];
+    values[0] = Value::Int(2025);
+    values[1] = Value::Int(1 + (i % 4) as i64);
+    values[2] = Value::Str("Sintético".into());
+    values[3] = Value::Str("Banco/financeira".into());
+    values[4] = Value::Str(format!("{:08}", 360305 + (i % 7)));
+    values[5] = Value::Str(format!("INSTITUIÇÃO {}", i % 13));
+    values[7] = Value::Int(i as i64);
+    let mut json = String::new();
+    schema.write_json(
+        &values,
+        Some(&Source {
+            file: "synthetic".into(),
+            line: i,
+        }),
+        &mut json,
+    );
+    Record {
+        key: Some(format!("{}", i % 13).into_bytes()),
+        value: Some(json.into_bytes()),
+        headers: Default::default(),
+        timestamp: Utc.timestamp_millis_opt(event_ms).unwrap(),
+    }
+}
+
+/// One HTTP GET: (status code, body); `None` when nothing answers yet.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// `N` distinct ports that were free a moment ago.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 pub fn repo_root() -> PathBuf {
@@ -457,4 +515,44 @@ pub mod s3 {
         .join()
         .unwrap()
     }
+}
+
+/// SIGKILLs runs of a bounded consumer until `want` kills have hit a run mid-stream (alive, its
+/// committed offsets short of `total`), at most `max_runs` runs; returns (kills, runs). Each run
+/// is killed once `committed()` passes a random target in the first quarter of what is left
+/// (plus up to 100 ms), so kills land mid-stream however fast or loaded the machine is.
+pub fn kill_mid_stream(
+    mut spawn: impl FnMut() -> std::process::Child,
+    committed: impl Fn() -> u64,
+    total: u64,
+    want: usize,
+    max_runs: usize,
+) -> (usize, usize) {
+    let (mut kills, mut runs) = (0, 0);
+    let mut done = committed();
+    while kills < want && runs < max_runs {
+        runs += 1;
+        let mut child = spawn();
+        let target = done + 1 + rand::random::<u64>() % (total.saturating_sub(done) / 4).max(1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none()
+            && committed() < target
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 100));
+        let alive = child.try_wait().unwrap().is_none();
+        if alive {
+            child.kill().unwrap(); // SIGKILL
+        }
+        child.wait().unwrap();
+        let before = done;
+        done = committed();
+        eprintln!("run {runs}: committed {before} -> {done} (target {target}), killed: {alive}");
+        if alive && done < total {
+            kills += 1;
+        }
+    }
+    (kills, runs)
 }

@@ -27,17 +27,6 @@ impl Drop for SecureBroker {
     }
 }
 
-fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let mut ports = [0u16; N];
-    for (i, l) in listeners.iter().enumerate() {
-        ports[i] = l.local_addr().unwrap().port();
-    }
-    ports
-}
-
 fn run(cmd: &mut Command, what: &str) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
@@ -144,7 +133,7 @@ pub fn start_secure_broker() -> SecureBroker {
     );
     let dir = tempfile::tempdir().unwrap();
     make_certificates(dir.path());
-    let [plaintext, controller, sasl_plaintext, ssl, sasl_ssl] = free_ports::<5>();
+    let [plaintext, controller, sasl_plaintext, ssl, sasl_ssl] = super::common::free_ports::<5>();
     let d = dir.path().display();
     let jaas = |listener: &str| {
         format!(
