@@ -269,12 +269,7 @@ async fn exactly_once_across_repeated_sigkill() {
             }
             let record = if i % 1009 == 500 {
                 expected_dead += 1;
-                Record {
-                    key: None,
-                    value: Some(format!("garbage {i}").into_bytes()),
-                    headers: Default::default(),
-                    timestamp: Utc.timestamp_millis_opt(event).unwrap(),
-                }
+                common::garbage_record(i, event)
             } else {
                 common::synthetic_record(&schema, i, event)
             };

@@ -79,15 +79,6 @@ fn record(schema: &Schema, i: u64, cnpj: &str, label: &str, event_ms: i64) -> Re
     }
 }
 
-fn garbage(i: u64, event_ms: i64) -> Record {
-    Record {
-        key: None,
-        value: Some(format!("garbage {i}").into_bytes()),
-        headers: Default::default(),
-        timestamp: Utc.timestamp_millis_opt(event_ms).unwrap(),
-    }
-}
-
 fn base_ms() -> i64 {
     Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
         .unwrap()
@@ -163,7 +154,7 @@ impl StreamDesign {
             .map(|i| {
                 let event = self.event_ms(p, i);
                 match self.kind(i) {
-                    Kind::Dead => garbage(i, event),
+                    Kind::Dead => faultkit::common::garbage_record(i, event),
                     _ => record(
                         schema,
                         i,

@@ -19,7 +19,6 @@ use faultkit::common::{self, s3};
 use faultkit::{run_bounded, scalar, wait_bounded, wait_until};
 use reclamacoes::kafka::Compression;
 use reclamacoes::schema::Schema;
-use rskafka::record::Record;
 
 const HANG_GUARD: Duration = Duration::from_secs(300);
 
@@ -61,12 +60,7 @@ fn produce(topic: &str, partitions: i32, from: u64, count: u64, minutes: i64) ->
                 let event = base + forward + jitter;
                 let r = if i % 1009 == 500 {
                     dead += 1;
-                    Record {
-                        key: None,
-                        value: Some(format!("garbage {i}").into_bytes()),
-                        headers: Default::default(),
-                        timestamp: Utc.timestamp_millis_opt(event).unwrap(),
-                    }
+                    common::garbage_record(i, event)
                 } else {
                     common::synthetic_record(&schema, i, event)
                 };

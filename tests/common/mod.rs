@@ -101,6 +101,16 @@ pub fn synthetic_record(schema: &Schema, i: u64, event_ms: i64) -> Record {
     }
 }
 
+/// A record whose value is not JSON (`garbage <i>`): a dead letter for the consumer.
+pub fn garbage_record(i: u64, event_ms: i64) -> Record {
+    Record {
+        key: None,
+        value: Some(format!("garbage {i}").into_bytes()),
+        headers: Default::default(),
+        timestamp: Utc.timestamp_millis_opt(event_ms).unwrap(),
+    }
+}
+
 /// One HTTP GET: (status code, body); `None` when nothing answers yet.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
