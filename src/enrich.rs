@@ -175,6 +175,22 @@ pub struct ReferenceTable {
 }
 
 impl ReferenceTable {
+    /// A one-row table (`00360305` → `CAIXA`, prefix `banco_`) for unit tests.
+    #[cfg(test)]
+    pub(crate) fn one_bank() -> Self {
+        ReferenceTable::build(
+            "banco_",
+            vec![
+                ("cnpj".into(), FieldType::String),
+                ("nome".into(), FieldType::String),
+            ],
+            vec![vec![
+                Value::Str("00360305".into()),
+                Value::Str("CAIXA".into()),
+            ]],
+        )
+    }
+
     /// Builds a table from query columns (key first, unprefixed names) and rows in the same order.
     /// Rows with a NULL key are skipped; for duplicate keys the last row wins (both are counted).
     pub fn build(prefix: &str, columns: Vec<(String, FieldType)>, rows: Vec<Vec<Value>>) -> Self {

@@ -957,7 +957,7 @@ mod tests {
     use crate::enrich::{OnMiss, ReferenceTable};
     use crate::output::layout::WriterId;
     use crate::output::{OutputConfig, OutputSchema};
-    use crate::schema::{FieldType, Schema, Source, Value};
+    use crate::schema::{Schema, Source, Value};
 
     const T0: i64 = 1_767_323_040_000; // 2026-01-02T03:04:00Z
     const MINUTE: i64 = 60_000;
@@ -987,17 +987,7 @@ mod tests {
     fn fixture(out: &Path) {
         let store: Arc<dyn Store> = Arc::new(LocalStore::new(out));
         let schema = Arc::new(Schema::banco_central());
-        let table = ReferenceTable::build(
-            "banco_",
-            vec![
-                ("cnpj".into(), FieldType::String),
-                ("nome".into(), FieldType::String),
-            ],
-            vec![vec![
-                Value::Str("00360305".into()),
-                Value::Str("CAIXA".into()),
-            ]],
-        );
+        let table = ReferenceTable::one_bank();
         let output = OutputSchema::new(&schema, &table.columns).unwrap();
         let decoder = Decoder::new(
             DecodeConfig {

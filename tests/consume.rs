@@ -8,7 +8,6 @@ use common::duckdb;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 
 use chrono::{TimeZone, Utc};
 use common::{random_topic, run_app};
@@ -306,13 +305,9 @@ async fn exactly_once_across_repeated_sigkill() {
     // Killed at committed-progress targets, so the kills land mid-stream on any machine.
     let (kills, attempts) = common::kill_mid_stream(
         || {
-            common::app()
-                .args(args)
-                .current_dir(work.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
+            let mut cmd = common::app();
+            cmd.args(args).current_dir(work.path());
+            cmd
         },
         || common::output::committed_offsets(&out),
         total,

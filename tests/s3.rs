@@ -137,13 +137,9 @@ fn exactly_once_across_repeated_sigkill_on_s3() {
     // Killed at committed-progress targets, so the kills land mid-stream on any machine.
     let (kills, attempts) = common::kill_mid_stream(
         || {
-            app_s3(&endpoint)
-                .args(args)
-                .current_dir(work.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
+            let mut cmd = app_s3(&endpoint);
+            cmd.args(args).current_dir(work.path());
+            cmd
         },
         || s3::committed_offsets(&store),
         total,
@@ -388,12 +384,7 @@ fn wrong_credentials_and_a_missing_bucket_fail_clearly_without_the_secret() {
         .current_dir(work.path());
     let out = run_bounded(&mut cmd, HANG_GUARD);
     assert!(!out.status.success(), "{}", out.both());
-    let error = out
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or_default()
-        .to_string();
+    let error = out.error_line();
     eprintln!("wrong credentials: {error}");
     assert!(
         error.contains(&endpoint.replace("http://", ""))
@@ -431,12 +422,7 @@ fn wrong_credentials_and_a_missing_bucket_fail_clearly_without_the_secret() {
         .current_dir(work.path());
     let out = run_bounded(&mut cmd, HANG_GUARD);
     assert!(!out.status.success(), "{}", out.both());
-    let error = out
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or_default()
-        .to_string();
+    let error = out.error_line();
     eprintln!("missing bucket: {error}");
     assert!(
         error.contains(&bucket)
@@ -515,12 +501,7 @@ fn two_consumers_on_one_prefix_are_fenced_and_the_output_stays_exactly_once() {
     dead += produce(&topic, 2, 10_000, 2_000, 10);
     let first = wait_bounded(first, HANG_GUARD);
     assert!(!first.status.success(), "A must stop: {}", first.both());
-    let error = first
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or_default()
-        .to_string();
+    let error = first.error_line();
     eprintln!("A: {error}");
     assert!(
         error.contains("committed by another consumer")

@@ -33,16 +33,6 @@ fn random_topic(prefix: &str) -> String {
     format!("test-security-{prefix}-{:016x}", rand::random::<u64>())
 }
 
-/// The `error:` line of a failed run, for the test log.
-fn error_line(output: &Finished) -> String {
-    output
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or("(no error line)")
-        .to_string()
-}
-
 fn assert_absent(output: &Finished, secret: &str, what: &str) {
     let both = output.both();
     assert!(
@@ -271,7 +261,7 @@ async fn kafka_tls_and_sasl_against_a_real_broker() {
     // Wrong password: a clear authentication error, without the password.
     let done = produce_fixtures(broker.sasl_plaintext, &topic, &plain, Some("Not-The-Pw9"));
     assert!(!done.status.success(), "{}", done.both());
-    let line = error_line(&done);
+    let line = done.error_line();
     assert!(
         line.contains(&format!("127.0.0.1:{}", broker.sasl_plaintext))
             && line.contains("SASL authentication failed"),
@@ -279,7 +269,7 @@ async fn kafka_tls_and_sasl_against_a_real_broker() {
         done.stderr
     );
     assert_absent(&done, "Not-The-Pw9", "wrong SASL password");
-    eprintln!("wrong SASL password -> {}", error_line(&done));
+    eprintln!("wrong SASL password -> {}", done.error_line());
 
     // No password in the environment: refused before connecting.
     let done = produce_fixtures(broker.sasl_plaintext, &topic, &plain, None);
@@ -289,7 +279,7 @@ async fn kafka_tls_and_sasl_against_a_real_broker() {
         "{}",
         done.stderr
     );
-    eprintln!("no SASL password -> {}", error_line(&done));
+    eprintln!("no SASL password -> {}", done.error_line());
 
     // SASL_PLAINTEXT with SCRAM-SHA-256: consume them.
     let scram256 = [
@@ -327,7 +317,7 @@ async fn kafka_tls_and_sasl_against_a_real_broker() {
     // SSL trusting only the public roots: the test CA is unknown, a clear error.
     let done = produce_fixtures(broker.ssl, &topic, &["--kafka-tls"], None);
     assert!(!done.status.success(), "{}", done.both());
-    let line = error_line(&done);
+    let line = done.error_line();
     assert!(
         line.contains(&format!("127.0.0.1:{}", broker.ssl))
             && line.contains("UnknownIssuer")
@@ -335,7 +325,7 @@ async fn kafka_tls_and_sasl_against_a_real_broker() {
         "the error names the broker, the certificate problem and what to do:\n{}",
         done.stderr
     );
-    eprintln!("unknown CA -> {}", error_line(&done));
+    eprintln!("unknown CA -> {}", done.error_line());
 
     // A CA file that is not PEM.
     let bogus = work.path().join("bogus.pem");
@@ -356,7 +346,7 @@ async fn kafka_tls_and_sasl_against_a_real_broker() {
     // Plaintext against the TLS port: an error within --timeout, not a hang.
     let done = produce_fixtures(broker.ssl, &topic, &[], None);
     assert!(!done.status.success(), "{}", done.both());
-    eprintln!("plaintext to the TLS port -> {}", error_line(&done));
+    eprintln!("plaintext to the TLS port -> {}", done.error_line());
 
     // SASL_SSL with SCRAM-SHA-512: everything (160 rows) from scratch.
     let mut both = vec!["--kafka-ca-file", ca.as_str()];

@@ -743,17 +743,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn table() -> ReferenceTable {
-        ReferenceTable::build(
-            "banco_",
-            vec![
-                ("cnpj".into(), FieldType::String),
-                ("nome".into(), FieldType::String),
-            ],
-            vec![vec![
-                Value::Str("00360305".into()),
-                Value::Str("CAIXA".into()),
-            ]],
-        )
+        ReferenceTable::one_bank()
     }
 
     fn decoder(on_miss: OnMiss, max_future_ms: Option<i64>) -> Decoder {

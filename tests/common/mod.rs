@@ -527,12 +527,12 @@ pub mod s3 {
     }
 }
 
-/// SIGKILLs runs of a bounded consumer until `want` kills have hit a run mid-stream (alive, its
+/// SIGKILLs runs of a bounded consumer (`command()`, output discarded) until `want` kills have hit a run mid-stream (alive, its
 /// committed offsets short of `total`), at most `max_runs` runs; returns (kills, runs). Each run
 /// is killed once `committed()` passes a random target in the first quarter of what is left
 /// (plus up to 100 ms), so kills land mid-stream however fast or loaded the machine is.
 pub fn kill_mid_stream(
-    mut spawn: impl FnMut() -> std::process::Child,
+    mut command: impl FnMut() -> Command,
     committed: impl Fn() -> u64,
     total: u64,
     want: usize,
@@ -542,7 +542,11 @@ pub fn kill_mid_stream(
     let mut done = committed();
     while kills < want && runs < max_runs {
         runs += 1;
-        let mut child = spawn();
+        let mut child = command()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         let target = done + 1 + rand::random::<u64>() % (total.saturating_sub(done) / 4).max(1);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while child.try_wait().unwrap().is_none()

@@ -366,6 +366,15 @@ impl Finished {
     pub fn both(&self) -> String {
         format!("--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr)
     }
+
+    /// The `error:` line of a failed run (`(no error line)` when there is none).
+    pub fn error_line(&self) -> String {
+        self.stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or("(no error line)")
+            .to_string()
+    }
 }
 
 /// Runs `cmd` to completion, failing the test if it takes longer than `bound` (a hang guard,
