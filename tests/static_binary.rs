@@ -51,8 +51,9 @@ fn static_binary() -> PathBuf {
             out.status.success(),
             "scripts/static.sh failed, so the static binary cannot be tested. If it says the musl \
              target cannot be installed, install it (rustup target add {TARGET}; apt-get install \
-             musl-tools) and rerun.\n--- stdout\n{}\n--- stderr (last 4000 bytes)\n{}",
+             musl-tools) and rerun.\n--- stdout\n{}\n--- stderr, its error lines\n{}\n--- stderr (last 4000 bytes)\n{}",
             String::from_utf8_lossy(&out.stdout),
+            error_lines(&out.stderr),
             tail(&out.stderr, 4000)
         );
     }
@@ -62,6 +63,24 @@ fn static_binary() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The compiler's and linker's verdicts (`error…`, a signal, a full disk), each cut to 300
+/// characters: the tail alone can be one rustc command line.
+fn error_lines(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter(|l| {
+            let l = l.trim_start();
+            l.starts_with("error")
+                || l.contains("ERROR")
+                || l.contains("signal")
+                || l.contains("No space left")
+                || l.contains("collect2")
+        })
+        .map(|l| l.chars().take(300).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn tail(bytes: &[u8], n: usize) -> String {
