@@ -227,6 +227,8 @@ pub struct ConsumeArgs {
     /// can split a topic).
     #[arg(long, env = "CONSUME_PARTITIONS", default_value = "all", value_parser = parse_partitions)]
     pub partitions: PartitionList,
+    #[command(flatten)]
+    pub group: GroupArgs,
     /// Where to start a partition that has no checkpoint.
     #[arg(long, env = "CONSUME_START", value_enum, default_value_t = StartArg::Earliest)]
     pub start: StartArg,
@@ -365,17 +367,14 @@ fn parse_optional_duration(s: &str) -> Result<OptionalDuration, String> {
         .map_err(|e| format!("`{s}`: {e}; give a duration such as 5m, or `off`"))
 }
 
-/// Consumer-group options (issue 14): `--group NAME` makes every instance started with the same
-/// NAME share the topic, its partitions assigned by Kafka's group coordinator
-/// ([`crate::group`]). Not yet part of `app consume`: flatten it into [`ConsumeArgs`]
-/// (`#[command(flatten)] pub group: GroupArgs`) when the consumer core drives a
-/// [`crate::group::GroupMember`]; until then no flag is accepted that would do nothing.
+/// Consumer-group options: `--group NAME` makes every instance started with the same NAME share
+/// the topic, its partitions assigned by Kafka's group coordinator ([`crate::group`]).
 #[derive(Debug, Args, Clone)]
 pub struct GroupArgs {
     /// Join the consumer group NAME: the instances of one group split the topic's partitions
     /// between them (Kafka's range assignment) and take over each other's partitions when one
     /// stops. Shown by `kafka-consumer-groups --describe --group NAME`.
-    #[arg(long, env = "CONSUME_GROUP", value_name = "NAME")]
+    #[arg(long, env = "CONSUME_GROUP", value_name = "NAME", conflicts_with_all = ["partitions", "until_caught_up"])]
     pub group: Option<String>,
     /// How long an instance that stopped answering keeps its partitions (the broker accepts 6s
     /// to 30min by default). Lower means faster takeover after a crash, but a rebalance whenever
@@ -586,6 +585,7 @@ async fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             },
             fetch_max_bytes: args.fetch_max_bytes,
             fetch_max_wait: args.fetch_max_wait,
+            group: args.group.config(&args.kafka),
         },
         records: consume::RecordsConfig {
             schema: Arc::new(schema),

@@ -169,6 +169,24 @@ pub const C_ROW_GROUPS_STAGED: MetricDef = def(
     &[],
     "Row groups of open windows written to _staging (memory bound reached, or shutdown); they join the window's file when it closes.",
 );
+pub const C_ASSIGNED_PARTITIONS: MetricDef = def(
+    "reclamacoes_consume_assigned_partitions",
+    Kind::Gauge,
+    &[],
+    "Partitions this instance reads now (with --group: of the current generation; 0 between generations).",
+);
+pub const C_GROUP_GENERATION: MetricDef = def(
+    "reclamacoes_consume_group_generation",
+    Kind::Gauge,
+    &[],
+    "With --group: the group generation whose partitions this instance holds (-1 before the first assignment and between generations).",
+);
+pub const C_GROUP_REVOCATIONS: MetricDef = def(
+    "reclamacoes_consume_group_revocations_total",
+    Kind::Counter,
+    &["reason"],
+    "With --group: assignments that ended, by reason=rebalance (drained and committed), lost (dropped: the session expired or the member was fenced) or shutdown.",
+);
 pub const C_NEXT_OFFSET: MetricDef = def(
     "reclamacoes_consume_partition_next_offset",
     Kind::Gauge,
@@ -319,6 +337,9 @@ pub const METRICS: &[MetricDef] = &[
     C_CHECKPOINT_DURATION,
     C_WINDOWS_CLOSED,
     C_ROW_GROUPS_STAGED,
+    C_ASSIGNED_PARTITIONS,
+    C_GROUP_GENERATION,
+    C_GROUP_REVOCATIONS,
     C_NEXT_OFFSET,
     C_HIGH_WATERMARK,
     C_LAG,

@@ -85,51 +85,6 @@ fn all(n: i32) -> BTreeSet<i32> {
     (0..n).collect()
 }
 
-/// Kafka's own consumer-groups tool, with `args` after `--bootstrap-server ... --group ...`.
-fn consumer_groups(group: &str, args: &[&str]) -> String {
-    let libs = common::repo_root().join(".local/kafka/libs");
-    assert!(
-        libs.is_dir(),
-        "Kafka jars not found at {} — run `make up` (in a worktree: ln -s the main checkout's \
-         .local/kafka/libs)",
-        libs.display()
-    );
-    let out = Command::new("java")
-        .arg("-cp")
-        .arg(format!("{}/*", libs.display()))
-        .arg("org.apache.kafka.tools.consumer.group.ConsumerGroupCommand")
-        .args(["--bootstrap-server", &common::brokers(), "--group", group])
-        .args(args)
-        .output()
-        .expect("java is installed");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "kafka-consumer-groups {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// The rows of a `--describe` table under its header, keyed by column name.
-fn table(output: &str, first_column: &str) -> Vec<BTreeMap<String, String>> {
-    let mut lines = output.lines().skip_while(|l| !l.starts_with(first_column));
-    let Some(header) = lines.next() else {
-        panic!("no table starting with {first_column} in:\n{output}");
-    };
-    let names: Vec<&str> = header.split_whitespace().collect();
-    lines
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            names
-                .iter()
-                .map(|n| n.to_string())
-                .zip(l.split_whitespace().map(str::to_string))
-                .collect()
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,12 +296,12 @@ async fn kafka_consumer_groups_shows_members_partitions_committed_offsets_and_la
 
     let describe = tokio::task::spawn_blocking({
         let group = group.clone();
-        move || consumer_groups(&group, &["--describe"])
+        move || common::groups::consumer_groups(&group, &["--describe"])
     })
     .await
     .unwrap();
     eprintln!("kafka-consumer-groups --describe:\n{describe}");
-    let rows = table(&describe, "GROUP");
+    let rows = common::groups::table(&describe, "GROUP");
     assert_eq!(rows.len(), 6, "one row per partition:\n{describe}");
     for row in &rows {
         let partition: i32 = row["PARTITION"].parse().unwrap();
@@ -373,12 +328,12 @@ async fn kafka_consumer_groups_shows_members_partitions_committed_offsets_and_la
 
     let members = tokio::task::spawn_blocking({
         let group = group.clone();
-        move || consumer_groups(&group, &["--describe", "--members"])
+        move || common::groups::consumer_groups(&group, &["--describe", "--members"])
     })
     .await
     .unwrap();
     eprintln!("kafka-consumer-groups --describe --members:\n{members}");
-    let rows = table(&members, "GROUP");
+    let rows = common::groups::table(&members, "GROUP");
     let mut seen: Vec<(String, String)> = rows
         .iter()
         .map(|r| (r["CONSUMER-ID"].clone(), r["#PARTITIONS"].clone()))
@@ -393,11 +348,11 @@ async fn kafka_consumer_groups_shows_members_partitions_committed_offsets_and_la
 
     let state = tokio::task::spawn_blocking({
         let group = group.clone();
-        move || consumer_groups(&group, &["--describe", "--state"])
+        move || common::groups::consumer_groups(&group, &["--describe", "--state"])
     })
     .await
     .unwrap();
-    let rows = table(&state, "GROUP");
+    let rows = common::groups::table(&state, "GROUP");
     assert_eq!(rows[0]["ASSIGNMENT-STRATEGY"], "range", "{state}");
     assert_eq!(rows[0]["STATE"], "Stable", "{state}");
     assert_eq!(rows[0]["#MEMBERS"], "2", "{state}");

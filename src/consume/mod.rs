@@ -17,7 +17,10 @@
 //! - [`pipeline`]: core + sink for one partition, synchronously; recovery at startup.
 //! - [`instance`]: cross-partition decisions: the idle boundary and the success markers (pure).
 //! - [`progress`]: counters (once), partition status, summary, progress line, metrics, health.
-//! - this file: configuration of each stage, the async tasks and the coordinator.
+//! - this file: configuration of each stage, the async tasks and the coordinator; the instance
+//!   (what lives as long as the process) and the runs over a set of partitions: one run for
+//!   static `--partitions`, one per group generation with `--group` ([`run_group`] says why
+//!   that stays exactly once across rebalances and how windows get markers across instances).
 //!
 //! Exactly once is argued in [`core`]'s module docs; the tasks here only move batches in order
 //! and never commit anything the pipeline did not write. Memory is bounded by configuration:
@@ -46,11 +49,13 @@ use self::instance::{Board, SuccessTracker};
 use self::pipeline::{PartitionPipeline, PipelineConfig, PipelineError, Progress, Recovered};
 pub use self::progress::ConsumeSummary;
 use self::progress::{ConsumeProbe, Counters, PartitionStatus, StatusLine};
-use crate::checkpoint::{self, recovery, CheckpointError};
+use crate::checkpoint::{self, recovery, CheckpointError, PartitionCheckpoint};
 use crate::enrich::{EnrichConfig, EnrichError, EnrichmentCache, MySqlSource, OnMiss};
+use crate::group::{GroupConfig, GroupEvent, GroupMember, Revocation, RevokeReason};
 use crate::kafka::{Kafka, KafkaConfig, KafkaError, PartitionHandle};
 use crate::metrics::{BusyClocks, ConsumeMetrics, MetricsError, Probe};
-use crate::output::layout::{SuccessScope, WriterId};
+use crate::output::layout::{self, Destination, Entry, SuccessScope, WriterId};
+use crate::output::store::ObjectInfo;
 use crate::output::{Location, OutputConfig, OutputSchema, ParquetFormatError, Store, StoreError};
 use crate::schema::{FieldType, Schema};
 use crate::shutdown::{self, Shutdown};
@@ -73,6 +78,8 @@ pub enum ConsumeError {
     Format(#[from] ParquetFormatError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Group(#[from] crate::group::GroupError),
     #[error("{0}")]
     Config(String),
     #[error(
@@ -121,6 +128,8 @@ pub struct SourceConfig {
     /// Bytes per fetch request and partition.
     pub fetch_max_bytes: i32,
     pub fetch_max_wait: Duration,
+    /// `--group`: partitions come from the group's coordinator instead of `partitions`.
+    pub group: Option<GroupConfig>,
 }
 
 /// The records: their shape, event time, enrichment join and refusals.
@@ -180,199 +189,527 @@ pub struct ConsumeConfig {
 
 /// How often idle partitions are checked (and the processor's loop turns without records).
 const TICK: Duration = Duration::from_millis(200);
+/// With `--group`: how often the success markers are checked against every partition's
+/// checkpoint (other instances' commits are seen only this way).
+const MARKER_SWEEP: Duration = Duration::from_secs(5);
+/// With `--group`: how long a claim keeps retrying while a previous owner's last commit lands.
+const CLAIM_RETRIES: u32 = 20;
+const CLAIM_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Runs the consumer until `shutdown` fires or, with `until_caught_up`, every partition is read
-/// to its end. Both paths write what is in memory and commit.
+/// to its end. Both paths write what is in memory and commit. With `source.group`, partitions
+/// come and go with the group's generations (see [`run_group`]).
 pub async fn run(
     config: ConsumeConfig,
     shutdown: Shutdown,
 ) -> Result<ConsumeSummary, ConsumeError> {
     let started = std::time::Instant::now();
-    config
-        .windows
-        .window
-        .validate()
-        .map_err(|e| ConsumeError::Config(e.to_string()))?;
-    let (registry, endpoint) = crate::metrics::start(config.run.metrics_addr.as_deref()).await?;
-    let schema = Arc::clone(&config.records.schema);
-    let (join_field, event_time_field) = resolve_fields(&config.records)?;
+    let (instance, refresh_task) = Instance::start(config).await?;
+    let result = match instance.config.source.group.clone() {
+        None => {
+            let assigned = assignment(
+                &instance.config.source,
+                &instance.topic,
+                instance.partition_count,
+            )?;
+            let scope = if assigned.len() == instance.partition_count {
+                SuccessScope::AllPartitions
+            } else {
+                SuccessScope::Some(assigned.iter().copied().collect())
+            };
+            let mut shutdown = shutdown;
+            run_partitions(&instance, &assigned, Until::Shutdown(&mut shutdown), scope)
+                .await
+                .map(|(run, _)| vec![run])
+        }
+        Some(group) => run_group(&instance, group, shutdown).await,
+    };
+    instance.refresh_stop.trigger();
+    let _ = refresh_task.await;
+    let runs = result?;
+    let stats = instance.cache.stats();
+    let mut summary = ConsumeSummary::from_counters(&instance.counters);
+    summary.enrich_hits = stats.hits;
+    summary.enrich_misses = stats.misses;
+    summary.refresh_failures = stats.refresh_failures;
+    summary.windows_open = runs.last().map_or(0, |r| r.windows_open);
+    summary.elapsed = started.elapsed();
+    summary.output = instance.location.clone();
+    summary.partitions = runs
+        .iter()
+        .flat_map(|r| r.partitions.iter().copied())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    summary.resumed_from_checkpoint = runs.iter().any(|r| r.resumed);
+    Ok(summary)
+}
 
-    // Kafka first (cheap to check), then the enrichment table (may retry for --mysql-timeout).
-    let kafka = Kafka::connect(config.source.kafka.clone()).await?;
-    let topic = config.source.topic.clone();
-    let partition_count =
-        kafka
-            .partition_count(&topic)
-            .await?
-            .ok_or_else(|| KafkaError::NoSuchTopic {
-                topic: topic.clone(),
-                brokers: config.source.kafka.brokers.clone(),
-            })?;
-    let assigned = assignment(&config.source, &topic, partition_count)?;
-    let (stop, stop_handle) = shutdown::channel();
-    let source = MySqlSource::new(&config.enrich)?;
-    let (cache, refresh_task) =
-        EnrichmentCache::start(source, config.enrich.clone(), stop_handle.clone()).await?;
-    let table = Arc::clone(cache.snapshot().table());
-    let output_schema = OutputSchema::new(&schema, &table.columns)?;
+/// What lives as long as the process: connections, the enrichment cache, the output store,
+/// counters and the metrics endpoint. Partitions come and go ([`run_partitions`]).
+struct Instance {
+    config: ConsumeConfig,
+    registry: crate::metrics::Registry,
+    endpoint: Option<crate::metrics::Endpoint>,
+    kafka: Kafka,
+    topic: String,
+    partition_count: usize,
+    refresh_stop: shutdown::ShutdownTrigger,
+    cache: EnrichmentCache,
+    output_schema: OutputSchema,
+    store: Arc<dyn Store>,
+    location: String,
+    counters: Arc<Counters>,
+    decoder: Arc<Decoder>,
+    core: CoreConfig,
+    clock: Clock,
+}
+
+impl Instance {
+    async fn start(
+        config: ConsumeConfig,
+    ) -> Result<(Instance, tokio::task::JoinHandle<()>), ConsumeError> {
+        config
+            .windows
+            .window
+            .validate()
+            .map_err(|e| ConsumeError::Config(e.to_string()))?;
+        if config.source.group.is_some() && config.source.until_caught_up {
+            return Err(ConsumeError::Config(
+                "--group and --until-caught-up do not go together: a group member's partitions \
+                 move between instances, so no instance knows when the topic is done. Use \
+                 --partitions for a bounded run, or stop the group members with SIGTERM"
+                    .into(),
+            ));
+        }
+        let (registry, endpoint) =
+            crate::metrics::start(config.run.metrics_addr.as_deref()).await?;
+        let schema = Arc::clone(&config.records.schema);
+        let (join_field, event_time_field) = resolve_fields(&config.records)?;
+
+        // Kafka first (cheap to check), then the enrichment table (may retry for --mysql-timeout).
+        let kafka = Kafka::connect(config.source.kafka.clone()).await?;
+        let topic = config.source.topic.clone();
+        let partition_count =
+            kafka
+                .partition_count(&topic)
+                .await?
+                .ok_or_else(|| KafkaError::NoSuchTopic {
+                    topic: topic.clone(),
+                    brokers: config.source.kafka.brokers.clone(),
+                })?;
+        // Checked before anything is loaded: a bad list fails fast.
+        if config.source.group.is_none() {
+            assignment(&config.source, &topic, partition_count)?;
+        }
+        let (refresh_stop, refresh_handle) = shutdown::channel();
+        let source = MySqlSource::new(&config.enrich)?;
+        let (cache, refresh_task) =
+            EnrichmentCache::start(source, config.enrich.clone(), refresh_handle).await?;
+        let table = Arc::clone(cache.snapshot().table());
+        let output_schema = OutputSchema::new(&schema, &table.columns)?;
+        let window_ms = config.windows.window.window_ms;
+        let location_config = config.sink.location.clone();
+        let store: Arc<dyn Store> = blocking(move || Ok(location_config.open()?)).await?;
+        let location = store.describe();
+        let idle_advance = match config.windows.idle_advance {
+            IdleAdvance::On => true,
+            IdleAdvance::Off => false,
+            IdleAdvance::Auto => event_time_field.is_none(),
+        };
+        let core = CoreConfig {
+            window_ms,
+            allowed_lateness_ms: config.windows.window.allowed_lateness_ms,
+            late: config.windows.late,
+            idle_timeout_ms: millis(config.windows.window.idle_timeout),
+            idle_advance,
+        };
+        let decoder = Arc::new(Decoder::new(
+            DecodeConfig {
+                schema: Arc::clone(&schema),
+                event_time_field,
+                join_field,
+                on_miss: config.records.on_miss,
+                max_future_ms: config.records.max_future.map(millis),
+                window_ms,
+            },
+            &output_schema,
+            cache.describe(),
+        ));
+        let instance = Instance {
+            config,
+            registry,
+            endpoint,
+            kafka,
+            topic,
+            partition_count,
+            refresh_stop,
+            cache,
+            output_schema,
+            store,
+            location,
+            counters: Arc::new(Counters::default()),
+            decoder,
+            core,
+            clock: Clock::new(),
+        };
+        Ok((instance, refresh_task))
+    }
+}
+
+/// What ends a run over a set of partitions.
+enum Until<'a> {
+    /// Static partitions: the process's shutdown (or the end of input).
+    Shutdown(&'a mut Shutdown),
+    /// A group generation: its revocation (which also carries a shutdown).
+    Revoked {
+        link: &'a mut GroupLink,
+        generation_id: i32,
+    },
+}
+
+/// How the end of a run was asked for.
+enum EndRequest {
+    /// Write what is buffered, commit, stop.
+    Drain,
+    /// The partitions may be someone else's already: stop at once, commit nothing more.
+    Drop,
+}
+
+impl Until<'_> {
+    /// Resolves when the run must end; a revocation is kept in `held` until the run is over.
+    async fn next(&mut self, held: &mut Option<Revocation>) -> Result<EndRequest, ConsumeError> {
+        match self {
+            Until::Shutdown(s) => {
+                s.requested().await;
+                Ok(EndRequest::Drain)
+            }
+            Until::Revoked { link, .. } => match link.events.recv().await {
+                Some(Ok(GroupEvent::Revoked(r))) => {
+                    let lost = r.is_lost();
+                    tracing::info!(
+                        generation = r.assignment.generation_id,
+                        partitions = ?r.assignment.partitions,
+                        reason = ?r.reason,
+                        "Partitions revoked: {}",
+                        if lost {
+                            "dropping what is not committed (the new owner replays it)"
+                        } else {
+                            "writing what is buffered and committing"
+                        }
+                    );
+                    *held = Some(r);
+                    Ok(if lost {
+                        EndRequest::Drop
+                    } else {
+                        EndRequest::Drain
+                    })
+                }
+                Some(Ok(GroupEvent::Assigned(a))) => Err(ConsumeError::Internal(format!(
+                    "the group assigned generation {} before revoking the current one",
+                    a.generation_id
+                ))),
+                Some(Err(e)) => Err(e.into()),
+                None => Ok(EndRequest::Drop),
+            },
+        }
+    }
+
+    fn is_group(&self) -> bool {
+        matches!(self, Until::Revoked { .. })
+    }
+
+    fn generation(&self) -> Option<i32> {
+        match self {
+            Until::Shutdown(_) => None,
+            Until::Revoked { generation_id, .. } => Some(*generation_id),
+        }
+    }
+
+    /// Tells the group how far a partition is committed (display only; best effort).
+    fn committed(&self, partition: i32, offset: i64) {
+        if let Until::Revoked {
+            link,
+            generation_id,
+        } = self
+        {
+            link.commit(*generation_id, partition, offset);
+        }
+    }
+}
+
+/// What one run over a set of partitions reports.
+struct PartitionsRun {
+    partitions: BTreeSet<i32>,
+    windows_open: u64,
+    resumed: bool,
+}
+
+/// `--group`: joins the group and runs each generation's partitions until revoked, until the
+/// member leaves (shutdown) or fails.
+///
+/// Exactly once across rebalances rests on the checkpoint, not on the group: a new owner claims
+/// each partition by committing the next checkpoint generation (a conditional create), which
+/// fences any previous owner still running; it resumes from that checkpoint. A revoked owner
+/// drains and commits before it releases the revocation (the group waits for that); a *lost*
+/// one (fenced by the coordinator, or its lease ran out) drops its buffers at once, and whatever
+/// it might still commit is refused by the checkpoint's generation.
+///
+/// Success markers cover all partitions, which live in different instances: after its own
+/// commits and every [`MARKER_SWEEP`], an instance reads every partition's checkpoint from the
+/// shared output and writes the marker of each window that all of them have closed, listing
+/// the committed files ([`sweep_markers`]). Two instances may write the same marker; its
+/// content depends only on the committed state, so the second write changes nothing.
+async fn run_group(
+    instance: &Instance,
+    mut group: GroupConfig,
+    shutdown: Shutdown,
+) -> Result<Vec<PartitionsRun>, ConsumeError> {
+    group.topic = instance.topic.clone();
+    let member = GroupMember::join(group.clone(), shutdown.clone().wait()).await?;
+    tracing::info!(
+        group = %group.group_id,
+        topic = %instance.topic,
+        session_timeout = ?group.session_timeout,
+        "Joined the consumer group; waiting for partitions"
+    );
+    let mut link = GroupLink::spawn(member);
+    let registry = &instance.registry;
+    let generation = registry.gauge(&crate::metrics::C_GROUP_GENERATION, &[]);
+    let assigned = registry.gauge(&crate::metrics::C_ASSIGNED_PARTITIONS, &[]);
+    let revoked = |reason: &str| {
+        registry
+            .counter(&crate::metrics::C_GROUP_REVOCATIONS, &[reason])
+            .increment(1)
+    };
+    generation.set(-1.0);
+    let mut runs = Vec::new();
+    loop {
+        match link.events.recv().await {
+            None => break,
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(GroupEvent::Revoked(r))) => {
+                revoked(revocation_label(&r));
+                r.release()
+            }
+            Some(Ok(GroupEvent::Assigned(a))) => {
+                generation.set(f64::from(a.generation_id));
+                tracing::info!(
+                    generation = a.generation_id,
+                    partitions = ?a.partitions,
+                    leader = a.leader,
+                    "Partitions assigned"
+                );
+                if a.partitions.is_empty() {
+                    // More members than partitions: stand by for the next generation.
+                    continue;
+                }
+                let until = Until::Revoked {
+                    link: &mut link,
+                    generation_id: a.generation_id,
+                };
+                let (run, reason) =
+                    run_partitions(instance, &a.partitions, until, SuccessScope::AllPartitions)
+                        .await?;
+                revoked(reason);
+                generation.set(-1.0);
+                assigned.set(0.0);
+                runs.push(run);
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// The consumer's side of a [`GroupMember`]: its events, and display offsets sent to it without
+/// waiting (a full queue drops a commit; the next one carries newer offsets anyway).
+struct GroupLink {
+    events: mpsc::Receiver<Result<GroupEvent, crate::group::GroupError>>,
+    commits: mpsc::Sender<(i32, BTreeMap<i32, i64>)>,
+}
+
+impl GroupLink {
+    /// Moves the member into a task: it forwards events and commits offsets; when the link is
+    /// dropped it leaves the group (the others take over at once).
+    fn spawn(mut member: GroupMember) -> GroupLink {
+        let (event_tx, events) = mpsc::channel(4);
+        let (commits, mut commit_rx) = mpsc::channel::<(i32, BTreeMap<i32, i64>)>(16);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    event = member.next_event() => {
+                        let (end, event) = match event {
+                            Ok(Some(e)) => (false, Ok(e)),
+                            Ok(None) => break,
+                            Err(e) => (true, Err(e)),
+                        };
+                        if event_tx.send(event).await.is_err() || end {
+                            break;
+                        }
+                    }
+                    commit = commit_rx.recv() => match commit {
+                        Some((generation, offsets)) => {
+                            if let Err(e) = member.commit_offsets(generation, &offsets).await {
+                                tracing::debug!(error = %e, "Offsets for display not committed to the group");
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            }
+            // `Ok` too when the member already left (shutdown) or failed.
+            let _ = member.leave().await;
+        });
+        GroupLink { events, commits }
+    }
+
+    fn commit(&self, generation_id: i32, partition: i32, offset: i64) {
+        let _ = self
+            .commits
+            .try_send((generation_id, BTreeMap::from([(partition, offset)])));
+    }
+}
+
+/// How success markers are decided in a run.
+enum Markers {
+    /// This instance holds every partition the markers wait for.
+    Tracked(SuccessTracker),
+    /// Partitions live in several instances: read every partition's checkpoint.
+    Swept { due: bool, last: Instant },
+}
+
+/// Runs `assigned` until `until` ends it (or, with `until_caught_up`, until every partition is
+/// read to its end): recovery and claim of each partition, then the fetch, decode and process
+/// tasks, and the coordinator loop below.
+async fn run_partitions(
+    instance: &Instance,
+    assigned: &BTreeSet<i32>,
+    mut until: Until<'_>,
+    scope: SuccessScope,
+) -> Result<(PartitionsRun, &'static str), ConsumeError> {
+    let config = &instance.config;
+    let topic = &instance.topic;
+    let store = &instance.store;
+    let counters = &instance.counters;
     let window_ms = config.windows.window.window_ms;
+    let group = until.is_group();
+    let (stop, stop_handle) = shutdown::channel();
 
     // The output: recovery of every assigned partition is planned before anything is fetched,
     // and applied once the partition is claimed (below).
-    let location_config = config.sink.location.clone();
-    let store: Arc<dyn Store> = blocking(move || Ok(location_config.open()?)).await?;
-    let location = store.describe();
-    let recovered = recover_all(&store, &topic, window_ms, &assigned).await?;
-    let scope = if assigned.len() == partition_count {
-        SuccessScope::AllPartitions
-    } else {
-        SuccessScope::Some(assigned.iter().copied().collect())
-    };
-    let tracker = SuccessTracker::new(scope, window_ms, &assigned);
-    let counters = Arc::new(Counters::default());
+    let mut recovered = recover_all(store, topic, window_ms, assigned).await?;
 
     // Start offsets: the checkpoint's, else --start.
     let mut starts = BTreeMap::new();
-    for &p in &assigned {
+    for &p in assigned {
         let handle = PartitionHandle {
             config: config.source.kafka.clone(),
             topic: topic.clone(),
             partition: p,
-            client: kafka.partition(&topic, p).await?,
+            client: instance.kafka.partition(topic, p).await?,
         };
         let (earliest, latest) = handle.offsets().await?;
         let fresh = match config.source.start {
             StartAt::Earliest => earliest,
             StartAt::Latest => latest,
         };
-        let mut rec = recovered[&p].clone();
-        if let Some(cp) = rec.checkpoint.as_mut() {
-            if cp.resume_offset < earliest {
-                match config.source.on_data_loss {
-                    DataLossPolicy::Fail => {
-                        return Err(KafkaError::OffsetOutOfRange {
-                            topic: topic.clone(),
-                            partition: p,
-                            requested: cp.resume_offset,
-                            earliest,
-                            latest,
-                        }
-                        .into())
-                    }
-                    DataLossPolicy::Earliest => {
-                        tracing::error!(
-                            partition = p,
-                            resume = cp.resume_offset,
-                            earliest,
-                            lost = earliest - cp.resume_offset,
-                            "Data deleted by retention; continuing from earliest (--on-data-loss earliest)"
-                        );
-                        cp.resume_offset = earliest;
-                        cp.next_offset = cp.next_offset.max(earliest);
-                    }
-                }
-            }
-        }
-        starts.insert(p, (handle, rec, fresh));
+        starts.insert(p, (handle, fresh, earliest, latest));
     }
     let resumed = recovered.values().any(|r| r.checkpoint.is_some());
+    // A writer id per run: files of an earlier run of this process can never be mistaken for
+    // this one's. `app inspect` shows it per window and checkpoint; this line ties it to the
+    // instance (and, with --group, the generation).
+    let writer = WriterId::random();
     tracing::info!(
         topic = %topic,
         partitions = ?assigned,
         resumed,
-        output = %location,
+        output = %instance.location,
+        writer = %writer,
+        generation = ?until.generation(),
         "Consuming"
     );
 
-    // Shared state of the instance.
+    // Shared state of the run.
     let statuses: Vec<Arc<PartitionStatus>> = assigned
         .iter()
         .map(|p| Arc::new(PartitionStatus::new(*p)))
         .collect();
     let board = Arc::new(Mutex::new(Board::new(assigned.iter().copied())));
-    let metrics = ConsumeMetrics::new(&registry, assigned.iter().copied());
+    let metrics = ConsumeMetrics::new(&instance.registry, assigned.iter().copied());
+    instance
+        .registry
+        .gauge(&crate::metrics::C_ASSIGNED_PARTITIONS, &[])
+        .set(assigned.len() as f64);
     let timeout = config.source.kafka.timeout;
     let probe = Arc::new(ConsumeProbe {
         brokers: config.source.kafka.brokers.clone(),
-        output: location.clone(),
-        store: Arc::clone(&store),
+        output: instance.location.clone(),
+        store: Arc::clone(store),
         fetch: BusyClocks::new(assigned.len()),
         fetch_bound: timeout * 3 + config.source.fetch_max_wait,
         processor_bound: (timeout * 3).max(Duration::from_secs(60)),
         stopping: Default::default(),
-        cache: cache.clone(),
+        cache: instance.cache.clone(),
         metrics: metrics.clone(),
-        counters: Arc::clone(&counters),
+        counters: Arc::clone(counters),
         statuses: statuses.clone(),
     });
-    if let Some(endpoint) = &endpoint {
+    if let Some(endpoint) = &instance.endpoint {
         endpoint.set_probe(Arc::clone(&probe) as Arc<dyn Probe>);
     }
 
-    let idle_advance = match config.windows.idle_advance {
-        IdleAdvance::On => true,
-        IdleAdvance::Off => false,
-        IdleAdvance::Auto => event_time_field.is_none(),
-    };
     let pipeline_config = PipelineConfig {
         topic: topic.clone(),
-        core: CoreConfig {
-            window_ms,
-            allowed_lateness_ms: config.windows.window.allowed_lateness_ms,
-            late: config.windows.late,
-            idle_timeout_ms: millis(config.windows.window.idle_timeout),
-            idle_advance,
-        },
+        core: instance.core.clone(),
         output: config.sink.output.clone(),
         memory_budget: config.sink.max_buffer_bytes / assigned.len().max(1),
     };
-    let decoder = Arc::new(Decoder::new(
-        DecodeConfig {
-            schema: Arc::clone(&schema),
-            event_time_field,
-            join_field,
-            on_miss: config.records.on_miss,
-            max_future_ms: config.records.max_future.map(millis),
-            window_ms,
-        },
-        &output_schema,
-        cache.describe(),
-    ));
-    let writer = WriterId::random();
-    let clock = Clock::new();
+    let clock = instance.clock.clone();
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
     let mut claimed = Vec::new();
-    for (p, (handle, rec, fresh)) in starts {
-        let now = clock.now();
-        // Claim the partition (commit a first generation), then delete what its checkpoint does
-        // not cover: a writer still running on it is fenced before its files are touched, so
-        // it can never commit a file deleted here.
-        let (pipeline, rec) = {
-            let store = Arc::clone(&store);
-            let pipeline_config = pipeline_config.clone();
-            let output_schema = output_schema.clone();
-            blocking(move || {
-                let pipeline = PartitionPipeline::start(
-                    Arc::clone(&store),
-                    &pipeline_config,
-                    &output_schema,
-                    p,
-                    writer,
-                    &rec,
-                    fresh,
-                    now,
-                )?;
-                apply_recovery(store.as_ref(), p, &rec)?;
-                Ok((pipeline, rec))
-            })
-            .await?
+    let mut started_from = BTreeMap::new();
+    for (p, (handle, fresh, earliest, latest)) in starts {
+        let mut attempt = 0;
+        let pipeline = loop {
+            let mut rec = recovered
+                .remove(&p)
+                .expect("recovered every assigned partition");
+            if let Some(cp) = &rec.checkpoint {
+                started_from.insert(p, cp.clone());
+            }
+            apply_data_loss_policy(config, topic, p, &mut rec, earliest, latest)?;
+            match claim(instance, &pipeline_config, p, writer, rec, fresh).await {
+                Ok(pipeline) => break pipeline,
+                // A previous owner's last commit is landing (it was lost or is still draining):
+                // read the partition again and claim the generation after it.
+                Err(ConsumeError::Pipeline(PipelineError::Checkpoint(
+                    e @ CheckpointError::Fenced { .. },
+                ))) if group && attempt < CLAIM_RETRIES => {
+                    attempt += 1;
+                    tracing::info!(partition = p, attempt, reason = %e, "Claim refused; retrying");
+                    tokio::time::sleep(CLAIM_BACKOFF).await;
+                    let one = BTreeSet::from([p]);
+                    recovered.extend(recover_all(store, topic, window_ms, &one).await?);
+                }
+                Err(e) => return Err(e),
+            }
         };
-        drop(rec);
+        // The group shows where the claim resumes (display only).
+        until.committed(p, pipeline.core().next_offset());
         claimed.push((p, handle, pipeline));
     }
-    // Markers once recovery removed what no checkpoint covers: every table file left is
-    // committed (`SuccessTracker::start`).
-    let mut tracker = reconcile_markers(&store, tracker, &recovered, &counters).await?;
+    // Markers once recovery removed what no checkpoint covers.
+    let mut markers = if group {
+        Markers::Swept {
+            due: true,
+            last: Instant::now(),
+        }
+    } else {
+        // Every table file left is committed (`SuccessTracker::start`).
+        let tracker = SuccessTracker::new(scope, window_ms, assigned);
+        Markers::Tracked(reconcile_markers(store, tracker, started_from, counters).await?)
+    };
     let mut tasks = JoinSet::new();
     for (slot, (p, handle, pipeline)) in claimed.into_iter().enumerate() {
         let from = pipeline.core().next_offset();
@@ -392,8 +729,8 @@ pub async fn run(
         }));
         tasks.spawn(decode_partition(
             p,
-            Arc::clone(&decoder),
-            cache.clone(),
+            Arc::clone(&instance.decoder),
+            instance.cache.clone(),
             fetch_rx,
             decoded_tx,
             clock.clone(),
@@ -406,7 +743,7 @@ pub async fn run(
             stop: stop_handle.clone(),
             board: Arc::clone(&board),
             status: Arc::clone(&statuses[slot]),
-            counters: Arc::clone(&counters),
+            counters: Arc::clone(counters),
             metrics: metrics.clone(),
             clock: clock.clone(),
             checkpoint_interval: config.sink.checkpoint_interval,
@@ -433,32 +770,61 @@ pub async fn run(
         config.run.status_interval
     };
     let mut status_tick = tokio::time::interval_at(Instant::now() + status_every, status_every);
+    let mut sweep_tick = tokio::time::interval(TICK * 5);
     let mut status_line = StatusLine::default();
-    let mut shutdown = shutdown;
     let mut done = BTreeSet::new();
     let mut failure: Option<ConsumeError> = None;
     let mut draining_since: Option<Instant> = None;
+    let mut revocation: Option<Revocation> = None;
+    let mut dropped = false;
     let drain_timeout = config.run.drain_timeout;
     loop {
         let drain_deadline = draining_since.map(|t| t + drain_timeout);
         tokio::select! {
-            _ = shutdown.requested(), if draining_since.is_none() => {
-                tracing::info!("Shutdown requested: writing what is buffered and committing");
+            end = until.next(&mut revocation), if draining_since.is_none() => {
                 draining_since = Some(Instant::now());
                 probe.stopping.store(true, Ordering::Relaxed);
                 stop.trigger();
+                match end {
+                    Ok(EndRequest::Drain) => {
+                        if !group {
+                            tracing::info!("Shutdown requested: writing what is buffered and committing");
+                        }
+                    }
+                    Ok(EndRequest::Drop) => {
+                        dropped = true;
+                        break;
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                        dropped = true;
+                        break;
+                    }
+                }
             }
             event = events.recv() => match event {
                 None => break,
-                Some(Event::Committed { partition, closed_before, closed }) => {
-                    let markers = tracker.committed(partition, closed_before, &closed);
-                    write_markers(&store, markers, &counters).await?;
+                Some(Event::Committed { partition, closed_before, closed, offset }) => {
+                    until.committed(partition, offset);
+                    match &mut markers {
+                        Markers::Tracked(tracker) => {
+                            let ready = tracker.committed(partition, closed_before, &closed);
+                            write_markers(store, ready, counters).await?;
+                        }
+                        Markers::Swept { due, .. } => *due |= !closed.is_empty(),
+                    }
                 }
                 Some(Event::Done { partition }) => {
                     done.insert(partition);
                     if done.len() == assigned.len() {
                         break;
                     }
+                }
+                Some(Event::Failed { partition, error: ConsumeError::Pipeline(PipelineError::Checkpoint(e @ CheckpointError::Fenced { .. })) }) if group => {
+                    // Another member owns it now (this one was too slow to hear): leave it to
+                    // them; the next rebalance sorts out the rest.
+                    tracing::warn!(partition, reason = %e, "Partition taken over by another instance; dropping it");
+                    done.insert(partition);
                 }
                 Some(Event::Failed { partition, error }) => {
                     tracing::error!(partition, error = %error, "A partition failed; stopping");
@@ -475,10 +841,19 @@ pub async fn run(
                 }
             },
             _ = status_tick.tick() => {
-                let line = status_line.render(&counters, &statuses);
+                let line = status_line.render(counters, &statuses);
                 match &spinner {
                     Some(bar) => bar.set_message(line),
                     None => tracing::info!("{line}"),
+                }
+            }
+            _ = sweep_tick.tick(), if matches!(markers, Markers::Swept { .. }) => {
+                if let Markers::Swept { due, last } = &mut markers {
+                    if *due || last.elapsed() >= MARKER_SWEEP {
+                        *due = false;
+                        *last = Instant::now();
+                        sweep_and_write(instance).await;
+                    }
                 }
             }
             _ = sleep_until(drain_deadline) => {
@@ -500,27 +875,199 @@ pub async fn run(
             }
         }
     }
-    drop(stop);
-    let _ = refresh_task.await;
+    if group && !dropped {
+        // What this run committed last may complete windows.
+        sweep_and_write(instance).await;
+    }
     if let Some(e) = failure {
         return Err(e);
     }
-    let stats = cache.stats();
-    let mut summary = ConsumeSummary::from_counters(&counters);
-    summary.enrich_hits = stats.hits;
-    summary.enrich_misses = stats.misses;
-    summary.refresh_failures = stats.refresh_failures;
-    summary.windows_open = statuses
+    if group && revocation.is_none() && !dropped {
+        // Every partition of the generation was dropped (taken over): wait for the rebalance.
+        let _ = until.next(&mut revocation).await;
+    }
+    let reason = revocation.as_ref().map_or("shutdown", revocation_label);
+    // Released only now, once the partitions are written and committed (or dropped): the
+    // group's next generation may hand them to someone else.
+    drop(revocation);
+    let run = PartitionsRun {
+        partitions: assigned.clone(),
+        windows_open: statuses
+            .iter()
+            .map(|s| s.open_windows.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0),
+        resumed,
+    };
+    Ok((run, reason))
+}
+
+/// The `reason` label of [`crate::metrics::C_GROUP_REVOCATIONS`].
+fn revocation_label(r: &Revocation) -> &'static str {
+    match r.reason {
+        RevokeReason::Rebalance => "rebalance",
+        RevokeReason::Lost { .. } => "lost",
+        RevokeReason::Shutdown => "shutdown",
+    }
+}
+
+/// Claims partition `p` (commits a first generation), then deletes what its checkpoint does
+/// not cover: a writer still running on it is fenced before its files are touched, so it can
+/// never commit a file deleted here.
+async fn claim(
+    instance: &Instance,
+    pipeline_config: &PipelineConfig,
+    p: i32,
+    writer: WriterId,
+    rec: Recovered,
+    fresh: i64,
+) -> Result<PartitionPipeline, ConsumeError> {
+    let store = Arc::clone(&instance.store);
+    let pipeline_config = pipeline_config.clone();
+    let output_schema = instance.output_schema.clone();
+    let now = instance.clock.now();
+    blocking(move || {
+        let pipeline = PartitionPipeline::start(
+            Arc::clone(&store),
+            &pipeline_config,
+            &output_schema,
+            p,
+            writer,
+            &rec,
+            fresh,
+            now,
+        )?;
+        apply_recovery(store.as_ref(), p, &rec)?;
+        Ok(pipeline)
+    })
+    .await
+}
+
+/// `--on-data-loss` for a checkpoint whose resume offset retention deleted.
+fn apply_data_loss_policy(
+    config: &ConsumeConfig,
+    topic: &str,
+    p: i32,
+    rec: &mut Recovered,
+    earliest: i64,
+    latest: i64,
+) -> Result<(), ConsumeError> {
+    let Some(cp) = rec.checkpoint.as_mut() else {
+        return Ok(());
+    };
+    if cp.resume_offset >= earliest {
+        return Ok(());
+    }
+    match config.source.on_data_loss {
+        DataLossPolicy::Fail => Err(KafkaError::OffsetOutOfRange {
+            topic: topic.to_string(),
+            partition: p,
+            requested: cp.resume_offset,
+            earliest,
+            latest,
+        }
+        .into()),
+        DataLossPolicy::Earliest => {
+            tracing::error!(
+                partition = p,
+                resume = cp.resume_offset,
+                earliest,
+                lost = earliest - cp.resume_offset,
+                "Data deleted by retention; continuing from earliest (--on-data-loss earliest)"
+            );
+            cp.resume_offset = earliest;
+            cp.next_offset = cp.next_offset.max(earliest);
+            Ok(())
+        }
+    }
+}
+
+/// [`sweep_markers`] on the blocking pool, then writes what it found. A failure is logged and
+/// retried at the next sweep: markers are derived state, never lost.
+async fn sweep_and_write(instance: &Instance) {
+    let store = Arc::clone(&instance.store);
+    let topic = instance.topic.clone();
+    let window_ms = instance.config.windows.window.window_ms;
+    let partitions = instance.partition_count;
+    let found =
+        blocking(move || sweep_markers(store.as_ref(), &topic, window_ms, partitions)).await;
+    let result = match found {
+        Ok(markers) => write_markers(&instance.store, markers, &instance.counters).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "Checking the success markers failed; retrying at the next sweep");
+    }
+}
+
+/// The success markers every partition's committed checkpoint now supports and that do not
+/// exist yet (see [`run_group`]). Files no checkpoint covers (being written, or left by a
+/// crash for the next owner's recovery) are in no manifest.
+fn sweep_markers(
+    store: &dyn Store,
+    topic: &str,
+    window_ms: i64,
+    partition_count: usize,
+) -> Result<Vec<instance::Marker>, ConsumeError> {
+    // Checkpoints before the listing: every file a loaded checkpoint covers was written before
+    // it was committed, so it is listed; files written after are judged against it (skipped).
+    let mut checkpoints = BTreeMap::new();
+    for p in 0..partition_count as i32 {
+        match checkpoint::load(store, topic, p, window_ms)?.checkpoint {
+            Some(cp) => checkpoints.insert(p, cp),
+            // A partition nobody has claimed yet: no window is complete.
+            None => return Ok(Vec::new()),
+        };
+    }
+    let listing = store.list("")?;
+    let closed_everywhere = checkpoints
+        .values()
+        .map(|cp| cp.closed_before)
+        .min()
+        .unwrap_or(i64::MIN);
+    let mut skip = BTreeSet::new();
+    for (p, cp) in &checkpoints {
+        let plan = recovery::plan(store, *p, Some(cp), &listing)?;
+        skip.extend(plan.temp);
+        skip.extend(plan.uncommitted);
+    }
+    let scope = SuccessScope::AllPartitions;
+    let with_marker: BTreeSet<i64> = listing
         .iter()
-        .map(|s| s.open_windows.load(Ordering::Relaxed))
-        .max()
-        .unwrap_or(0);
-    summary.elapsed = started.elapsed();
-    summary.output = location;
-    summary.partitions = assigned.iter().copied().collect();
-    summary.resumed_from_checkpoint = resumed;
-    drop(endpoint);
-    Ok(summary)
+        .filter_map(|o| match layout::classify(&o.key) {
+            Entry::Success { window, name } if name == scope.marker_name() => Some(window),
+            _ => None,
+        })
+        .collect();
+    // Only the table files of complete windows without a marker: footers are read for those.
+    let candidates: Vec<ObjectInfo> = listing
+        .into_iter()
+        .filter(|o| !skip.contains(&o.key))
+        .filter(|o| match layout::classify(&o.key) {
+            Entry::Data {
+                destination: Destination::Window(window),
+                ..
+            } => {
+                !with_marker.contains(&window)
+                    && crate::window::window_end(window, window_ms) <= closed_everywhere
+            }
+            _ => false,
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all: BTreeSet<i32> = checkpoints.keys().copied().collect();
+    let mut tracker = SuccessTracker::new(scope, window_ms, &all);
+    let (_, create) = tracker.start(&checkpoints, &candidates, |key| {
+        store
+            .get(key)
+            .ok()
+            .flatten()
+            .and_then(|b| crate::output::parquet::row_count(&b, key).ok())
+            .unwrap_or(0)
+    });
+    Ok(create)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -676,13 +1223,9 @@ fn apply_recovery(store: &dyn Store, partition: i32, rec: &Recovered) -> Result<
 async fn reconcile_markers(
     store: &Arc<dyn Store>,
     mut tracker: SuccessTracker,
-    recovered: &BTreeMap<i32, Recovered>,
+    checkpoints: BTreeMap<i32, PartitionCheckpoint>,
     counters: &Arc<Counters>,
 ) -> Result<SuccessTracker, ConsumeError> {
-    let checkpoints: BTreeMap<_, _> = recovered
-        .iter()
-        .filter_map(|(p, r)| r.checkpoint.clone().map(|c| (*p, c)))
-        .collect();
     // Reading footers is storage I/O too: the tracker visits the blocking pool and comes back.
     let store2 = Arc::clone(store);
     let (tracker, remove, create) = blocking(move || {
@@ -762,6 +1305,8 @@ enum Event {
         partition: i32,
         closed_before: i64,
         closed: Vec<core::ClosedWindow>,
+        /// The next offset not yet routed, as committed (shown to the group).
+        offset: i64,
     },
     Done {
         partition: i32,
@@ -1016,10 +1561,15 @@ impl Processor {
         .map_err(|e| ConsumeError::Internal(format!("a processing task failed: {e}")))?;
         let outcome = result.map(|(progress, commits)| {
             publish(&p, &self.status, &self.board, now);
-            (progress, commits, p.core().closed_before())
+            (
+                progress,
+                commits,
+                p.core().closed_before(),
+                p.core().next_offset(),
+            )
         });
         self.pipeline = Some(p);
-        let (progress, commits, closed_before) = outcome?;
+        let (progress, commits, closed_before, offset) = outcome?;
         for size in self.counters.add_progress(&progress) {
             self.metrics.file_size.record(size as f64);
         }
@@ -1039,6 +1589,7 @@ impl Processor {
                     partition: self.partition,
                     closed_before,
                     closed: committed.closed,
+                    offset,
                 })
                 .await;
         }

@@ -570,3 +570,55 @@ pub fn kill_mid_stream(
     }
     (kills, runs)
 }
+
+/// Kafka's own consumer-group tool (`kafka-consumer-groups`, from the broker's jars) and its
+/// tables.
+pub mod groups {
+    use std::collections::BTreeMap;
+    use std::process::Command;
+
+    /// Kafka's own consumer-groups tool, with `args` after `--bootstrap-server ... --group ...`.
+    pub fn consumer_groups(group: &str, args: &[&str]) -> String {
+        let libs = super::repo_root().join(".local/kafka/libs");
+        assert!(
+            libs.is_dir(),
+            "Kafka jars not found at {} — run `make up` (in a worktree: ln -s the main checkout's \
+             .local/kafka/libs)",
+            libs.display()
+        );
+        let out = Command::new("java")
+            .arg("-cp")
+            .arg(format!("{}/*", libs.display()))
+            .arg("org.apache.kafka.tools.consumer.group.ConsumerGroupCommand")
+            .args(["--bootstrap-server", &super::brokers(), "--group", group])
+            .args(args)
+            .output()
+            .expect("java is installed");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "kafka-consumer-groups {args:?} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// The rows of a `--describe` table under its header, keyed by column name.
+    pub fn table(output: &str, first_column: &str) -> Vec<BTreeMap<String, String>> {
+        let mut lines = output.lines().skip_while(|l| !l.starts_with(first_column));
+        let Some(header) = lines.next() else {
+            panic!("no table starting with {first_column} in:\n{output}");
+        };
+        let names: Vec<&str> = header.split_whitespace().collect();
+        lines
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                names
+                    .iter()
+                    .map(|n| n.to_string())
+                    .zip(l.split_whitespace().map(str::to_string))
+                    .collect()
+            })
+            .collect()
+    }
+}
