@@ -1,7 +1,16 @@
 //! `app consume --group`: instances of the real binary share one topic through Kafka's group
-//! coordinator (the real broker), hand partitions over when a member is SIGKILLed or a new one
-//! joins, and write every record exactly once into one shared output, with success markers
-//! that cover every partition. Kafka's own `kafka-consumer-groups` shows the group.
+//! coordinator (the real broker), hand partitions over when a member is SIGKILLed, restarted,
+//! added or removed, and write every record exactly once into one shared output (a directory,
+//! or the S3 server), with success markers that cover every partition. Kafka's own
+//! `kafka-consumer-groups` shows the group.
+//!
+//! | test | what happens | asserted |
+//! |---|---|---|
+//! | `three_members_...` | 3 members, 6 partitions; one SIGKILLed mid-stream, a fourth joins | takeover within session timeout + a few s; every (partition, offset) once; a `_SUCCESS` per window listing all 6 partitions, rows adding up; `--describe` shows 3 members, lag 0 |
+//! | `churn_...` (local and S3) | one member SIGKILLed and restarted 4 times, a fourth added then stopped, mid-run | every (partition, offset) once, markers complete |
+//! | `a_paused_member_...` | one member SIGSTOPped past its session timeout, then SIGCONT | it reports its partitions lost and drops them; the others finish; every (partition, offset) once |
+//!
+//! 240,000 records (40,000 per partition); `CHAOS=1` (`make chaos`): 1,000,002.
 
 mod common;
 
@@ -16,10 +25,95 @@ use reclamacoes::kafka::{Compression, PartitionHandle};
 use reclamacoes::schema::Schema;
 
 const PARTITIONS: i32 = 6;
-/// Records per partition (240,000 in all: the debug binary reads them in well under a minute).
-const PER_PARTITION: u64 = 40_000;
-/// One-minute windows the event time walks through.
+
+/// Records per partition: 240,000 in all (the debug binary reads them in well under a
+/// minute), 1,000,002 with `CHAOS=1`.
+fn per_partition() -> u64 {
+    if std::env::var("CHAOS").is_ok_and(|v| v == "1") {
+        166_667
+    } else {
+        40_000
+    }
+}
+/// One-minute windows the event time walks through (a few seconds of disorder touch one more
+/// on each side).
 const WINDOWS: i64 = 12;
+
+/// The shared output of the members: a local directory or a prefix on the S3 server.
+enum Output {
+    Local(PathBuf),
+    S3 {
+        prefix: String,
+        store: reclamacoes::output::ObjectOutput,
+    },
+}
+
+impl Output {
+    fn local(work: &Path) -> Output {
+        Output::Local(work.join("output"))
+    }
+
+    fn s3(tag: &str) -> Output {
+        common::s3::require();
+        let prefix = common::s3::random_prefix(tag);
+        let store = common::s3::store(&common::s3::endpoint(), &prefix);
+        Output::S3 { prefix, store }
+    }
+
+    fn arg(&self) -> String {
+        match self {
+            Output::Local(dir) => dir.display().to_string(),
+            Output::S3 { prefix, .. } => common::s3::url(prefix),
+        }
+    }
+
+    /// Sum over partitions of the committed checkpoints' next offsets.
+    fn committed(&self) -> u64 {
+        match self {
+            Output::Local(dir) => common::output::committed_offsets(dir),
+            Output::S3 { store, .. } => common::s3::committed_offsets(store),
+        }
+    }
+
+    /// The window folders that hold a `_SUCCESS` marker.
+    fn markers(&self) -> usize {
+        match self {
+            Output::Local(dir) => std::fs::read_dir(dir)
+                .map(|dirs| {
+                    dirs.filter_map(|d| d.ok())
+                        .filter(|d| d.path().join("_SUCCESS").is_file())
+                        .count()
+                })
+                .unwrap_or(0),
+            Output::S3 { store, .. } => {
+                use reclamacoes::output::store::Store as _;
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    store.list("").map_or(0, |objects| {
+                        objects
+                            .iter()
+                            .filter(|o| o.key.ends_with("/_SUCCESS"))
+                            .count()
+                    })
+                })
+                .join()
+                .unwrap()
+            }
+        }
+    }
+
+    /// A local directory with everything written (the S3 prefix downloaded by pyarrow).
+    fn readable(&self, work: &Path) -> PathBuf {
+        match self {
+            Output::Local(dir) => dir.clone(),
+            Output::S3 { prefix, .. } => {
+                let dest = work.join("downloaded");
+                common::s3::download(&common::s3::endpoint(), prefix, &dest);
+                dest
+            }
+        }
+    }
+}
 
 struct Member {
     name: &'static str,
@@ -28,15 +122,19 @@ struct Member {
 }
 
 impl Member {
-    fn start(name: &'static str, topic: &str, group: &str, out: &Path, work: &Path) -> Member {
+    fn start(name: &'static str, topic: &str, group: &str, out: &Output, work: &Path) -> Member {
         let log = work.join(format!("{name}.log"));
-        let child = common::app()
+        let mut cmd = common::app();
+        if matches!(out, Output::S3 { .. }) {
+            common::s3::env(&mut cmd);
+        }
+        let child = cmd
             .args([
                 "consume",
                 "--topic",
                 topic,
                 "--output",
-                out.to_str().unwrap(),
+                &out.arg(),
                 "--group",
                 group,
                 "--session-timeout",
@@ -58,7 +156,13 @@ impl Member {
             .env("NO_COLOR", "1")
             .current_dir(work)
             .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
+            .stderr(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .expect("start app consume --group");
         Member { name, child, log }
@@ -147,11 +251,15 @@ fn scalar(out: &Path, sql: &str) -> i64 {
     common::duckdb(out, sql)[0][0].as_i64().unwrap()
 }
 
-async fn fill(topic: &str) -> u64 {
+/// Fills a fresh 6-partition topic; returns the record count and the number of distinct
+/// one-minute windows of their event times.
+async fn fill(topic: &str) -> (u64, usize) {
     let kafka = common::require_kafka().await;
     common::require_mysql().await;
     kafka.ensure_topic(topic, PARTITIONS, 1).await.unwrap();
     let schema = Schema::banco_central();
+    let per_partition = per_partition();
+    let mut windows = std::collections::BTreeSet::<i64>::new();
     let base = Utc
         .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
         .unwrap()
@@ -164,15 +272,13 @@ async fn fill(topic: &str) -> u64 {
             client: kafka.partition(topic, p).await.unwrap(),
         };
         let mut batch = Vec::new();
-        for i in 0..PER_PARTITION {
+        for i in 0..per_partition {
             // Forward through the windows with a few seconds of disorder.
-            let forward = (i as i64 * WINDOWS * 60_000) / PER_PARTITION as i64;
+            let forward = (i as i64 * WINDOWS * 60_000) / per_partition as i64;
             let jitter = ((i * 7919 + p as u64 * 31) % 6_000) as i64 - 3_000;
-            batch.push(common::synthetic_record(
-                &schema,
-                i,
-                base + forward + jitter,
-            ));
+            let event = base + forward + jitter;
+            windows.insert(event.div_euclid(60_000));
+            batch.push(common::synthetic_record(&schema, i, event));
             if batch.len() == 4000 {
                 handle
                     .produce(std::mem::take(&mut batch), Compression::Lz4)
@@ -182,27 +288,89 @@ async fn fill(topic: &str) -> u64 {
         }
         handle.produce(batch, Compression::Lz4).await.unwrap();
     }
-    PER_PARTITION * PARTITIONS as u64
+    (per_partition * PARTITIONS as u64, windows.len())
 }
 
-fn success_markers(out: &Path) -> usize {
-    std::fs::read_dir(out)
-        .map(|dirs| {
-            dirs.filter_map(|d| d.ok())
-                .filter(|d| d.path().join("_SUCCESS").is_file())
-                .count()
-        })
-        .unwrap_or(0)
+/// Stops `members` with SIGTERM (each must exit 0), then checks the output: every
+/// (partition, offset) exactly once, and a `_SUCCESS` per window listing all partitions whose
+/// manifests add up to the table.
+fn stop_and_check(
+    members: Vec<Member>,
+    out: &Output,
+    work: &Path,
+    (total, windows): (u64, usize),
+    what: &str,
+) {
+    for m in &members {
+        m.sigterm();
+    }
+    for m in members {
+        m.wait_clean(Duration::from_secs(60));
+    }
+    let dir = out.readable(work);
+    let all = common::output::all_offsets(&dir).expect("output written");
+    let rows = scalar(&dir, &format!("SELECT count(*) FROM {all}"));
+    let distinct = scalar(
+        &dir,
+        &format!("SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM {all}"),
+    );
+    assert_eq!(distinct as u64, total, "every (partition, offset) appears");
+    assert_eq!(rows as u64, total, "and appears once, across {what}");
+    let table = scalar(
+        &dir,
+        &format!("SELECT count(*) FROM {}", common::output::TABLE),
+    );
+    let mut manifest_rows = 0u64;
+    let mut markers = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().filter_map(|d| d.ok()) {
+        let marker = entry.path().join("_SUCCESS");
+        if !marker.is_file() {
+            continue;
+        }
+        markers += 1;
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+        assert_eq!(
+            m["partitions"].as_array().unwrap().len(),
+            PARTITIONS as usize,
+            "{}",
+            marker.display()
+        );
+        manifest_rows += m["rows"].as_u64().unwrap();
+    }
+    assert_eq!(markers, windows, "a marker per window");
+    assert_eq!(
+        manifest_rows as i64, table,
+        "the manifests list exactly the table's rows"
+    );
+}
+
+/// Waits until everything is committed and every window has its marker.
+fn wait_finished(out: &Output, (total, windows): (u64, usize), members: &[&Member]) {
+    wait_for(
+        "every record committed",
+        Duration::from_secs(300),
+        members,
+        || out.committed() >= total,
+    );
+    // Idle partitions follow the clock (Kafka-timestamp event time), so every window closes;
+    // a marker needs every partition's checkpoint past the window, in whichever member.
+    wait_for(
+        "a success marker for every window",
+        Duration::from_secs(90),
+        members,
+        || out.markers() >= windows,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_share_six_partitions_through_a_sigkill_and_a_new_member_exactly_once() {
     let topic = random_topic("group-consume");
     let group = format!("{topic}-g");
-    let total = fill(&topic).await;
+    let (total, windows) = fill(&topic).await;
     let work = tempfile::tempdir().unwrap();
-    let out = work.path().join("output");
     let dir = work.path();
+    let out = Output::local(dir);
 
     let a = Member::start("a", &topic, &group, &out, dir);
     let b = Member::start("b", &topic, &group, &out, dir);
@@ -220,14 +388,14 @@ async fn three_members_share_six_partitions_through_a_sigkill_and_a_new_member_e
         "a third of the records committed",
         Duration::from_secs(120),
         &[&a, &b, &c],
-        || common::output::committed_offsets(&out) >= total / 3,
+        || out.committed() >= total / 3,
     );
     let mut b = b;
     let before = (a.assignments(), c.assignments());
     b.child.kill().unwrap();
     b.child.wait().unwrap();
     let killed = Instant::now();
-    let killed_at = common::output::committed_offsets(&out);
+    let killed_at = out.committed();
     eprintln!("SIGKILLed b at {killed_at} of {total} committed");
     assert!(killed_at < total, "b was killed mid-stream");
     wait_for(
@@ -236,9 +404,14 @@ async fn three_members_share_six_partitions_through_a_sigkill_and_a_new_member_e
         &[&a, &c],
         || a.assignments() > before.0 && c.assignments() > before.1,
     );
+    let takeover = killed.elapsed();
     eprintln!(
         "takeover after SIGKILL (session timeout 6 s): {:.1} s",
-        killed.elapsed().as_secs_f64()
+        takeover.as_secs_f64()
+    );
+    assert!(
+        takeover < Duration::from_secs(6 + 5),
+        "a dead member's partitions move within the session timeout plus a few seconds, not {takeover:?}"
     );
 
     // A fourth member joins: the group rebalances again and it gets partitions.
@@ -249,22 +422,10 @@ async fn three_members_share_six_partitions_through_a_sigkill_and_a_new_member_e
         &[&a, &c, &d],
         || d.assigned_nonempty(),
     );
-    wait_for(
-        "every record committed",
-        Duration::from_secs(180),
-        &[&a, &c, &d],
-        || common::output::committed_offsets(&out) >= total,
-    );
-    // Idle partitions follow the clock (Kafka-timestamp event time), so every window closes;
-    // a marker needs every partition's checkpoint past the window, in whichever member.
-    wait_for(
-        "a success marker for every window",
-        Duration::from_secs(90),
-        &[&a, &c, &d],
-        || success_markers(&out) >= WINDOWS as usize,
-    );
+    wait_finished(&out, (total, windows), &[&a, &c, &d]);
 
-    // Kafka's own tool shows the group: the three live members and no lag.
+    // Kafka's own tool shows the group: the three live members and, once the last commits are
+    // in, no lag (the group's offsets are for display and follow the checkpoints).
     let describe = tokio::task::spawn_blocking({
         let group = group.clone();
         move || common::groups::consumer_groups(&group, &["--describe"])
@@ -281,7 +442,6 @@ async fn three_members_share_six_partitions_through_a_sigkill_and_a_new_member_e
         3,
         "three members own the partitions:\n{describe}"
     );
-    // The group offsets are for display and follow the commits; allow the last few in flight.
     wait_for(
         "the group's committed offsets reach the end",
         Duration::from_secs(30),
@@ -293,49 +453,152 @@ async fn three_members_share_six_partitions_through_a_sigkill_and_a_new_member_e
                 .all(|r| r["LAG"] == "0")
         },
     );
-
-    for m in [&a, &c, &d] {
-        m.sigterm();
-    }
-    for m in [a, c, d] {
-        m.wait_clean(Duration::from_secs(60));
-    }
-
-    let all = common::output::all_offsets(&out).expect("output written");
-    let rows = scalar(&out, &format!("SELECT count(*) FROM {all}"));
-    let distinct = scalar(
+    stop_and_check(
+        vec![a, c, d],
         &out,
-        &format!("SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM {all}"),
+        dir,
+        (total, windows),
+        "a SIGKILL and two rebalances",
     );
-    assert_eq!(distinct as u64, total, "every (partition, offset) appears");
-    assert_eq!(
-        rows as u64, total,
-        "and appears once, across a SIGKILL and two rebalances"
-    );
-    let table = scalar(
-        &out,
-        &format!("SELECT count(*) FROM {}", common::output::TABLE),
-    );
-    // Every marker lists files of all six partitions, and the manifests add up to the table.
-    let mut manifest_rows = 0u64;
-    for dir in std::fs::read_dir(&out).unwrap().filter_map(|d| d.ok()) {
-        let marker = dir.path().join("_SUCCESS");
-        if !marker.is_file() {
-            continue;
-        }
-        let m: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
-        assert_eq!(
-            m["partitions"].as_array().unwrap().len(),
-            PARTITIONS as usize,
-            "{}",
-            marker.display()
+}
+
+/// One member SIGKILLed and restarted four times, a fourth member added and later stopped, all
+/// while the records stream: the kills land at committed-progress targets, so mid-stream on
+/// any machine.
+async fn churn(out: impl FnOnce(&Path) -> Output, tag: &str) {
+    let topic = random_topic(tag);
+    let group = format!("{topic}-g");
+    let (total, windows) = fill(&topic).await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let out = out(dir);
+
+    let a = Member::start("a", &topic, &group, &out, dir);
+    let mut b = Member::start("b", &topic, &group, &out, dir);
+    let c = Member::start("c", &topic, &group, &out, dir);
+    let mut d: Option<Member> = None;
+    let mut kills = 0;
+    for (step, share) in [15u64, 30, 45, 60, 75].into_iter().enumerate() {
+        let target = total * share / 100;
+        let members: Vec<&Member> = [&a, &b, &c].into_iter().chain(d.as_ref()).collect();
+        wait_for(
+            &format!("{share}% committed"),
+            Duration::from_secs(240),
+            &members,
+            || out.committed() >= target,
         );
-        manifest_rows += m["rows"].as_u64().unwrap();
+        match step {
+            1 => d = Some(Member::start("d", &topic, &group, &out, dir)),
+            3 => {
+                let leaving = d.take().expect("d was added");
+                leaving.sigterm();
+                leaving.wait_clean(Duration::from_secs(60));
+            }
+            _ => {}
+        }
+        if out.committed() < total {
+            b.child.kill().unwrap();
+            b.child.wait().unwrap();
+            kills += 1;
+            eprintln!("step {step}: SIGKILLed b at {} of {total}", out.committed());
+            b = Member::start("b", &topic, &group, &out, dir);
+        }
     }
-    assert_eq!(
-        manifest_rows as i64, table,
-        "the manifests list exactly the table's rows"
+    assert!(kills >= 4, "only {kills} kills landed mid-stream");
+    wait_finished(&out, (total, windows), &[&a, &b, &c]);
+    stop_and_check(
+        vec![a, b, c],
+        &out,
+        dir,
+        (total, windows),
+        &format!("{kills} SIGKILLs, a member added and removed"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_of_sigkills_restarts_and_a_member_added_and_removed_stays_exactly_once() {
+    churn(Output::local, "group-churn").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_into_s3_stays_exactly_once() {
+    churn(|_| Output::s3("group-churn"), "group-churn-s3").await;
+}
+
+/// A member frozen (SIGSTOP) for longer than its session timeout is a zombie: the group gives
+/// its partitions to the others. When it runs again its lease has expired, so it reports them
+/// lost and drops its buffers; whatever it might still commit is fenced by the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_member_loses_its_partitions_and_writes_nothing_twice() {
+    let topic = random_topic("group-zombie");
+    let group = format!("{topic}-g");
+    let (total, windows) = fill(&topic).await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let out = Output::local(dir);
+
+    let a = Member::start("a", &topic, &group, &out, dir);
+    let b = Member::start("b", &topic, &group, &out, dir);
+    let c = Member::start("c", &topic, &group, &out, dir);
+    wait_for(
+        "every member gets partitions",
+        Duration::from_secs(60),
+        &[&a, &b, &c],
+        || a.assigned_nonempty() && b.assigned_nonempty() && c.assigned_nonempty(),
+    );
+    wait_for(
+        "a quarter of the records committed",
+        Duration::from_secs(120),
+        &[&a, &b, &c],
+        || out.committed() >= total / 4,
+    );
+    let pid = b.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    let before = (a.assignments(), c.assignments());
+    signal("-STOP");
+    wait_for(
+        "the others take the frozen member's partitions",
+        Duration::from_secs(60),
+        &[&a, &c],
+        || a.assignments() > before.0 && c.assignments() > before.1,
+    );
+    // Let the new owners write for a while under the new generation, then wake the zombie.
+    std::thread::sleep(Duration::from_secs(2));
+    signal("-CONT");
+    // Frozen while it held them, it learns from its expired lease (revoked: Lost); frozen while
+    // it was draining a rebalance, from the checkpoint that fences its commits. Either way it
+    // stays up and writes nothing the new owners did not.
+    wait_for(
+        "the woken member lets go of its partitions",
+        Duration::from_secs(30),
+        &[&b],
+        || {
+            let log = b.log();
+            log.contains("reason=Lost") || log.contains("Partition taken over by another instance")
+        },
+    );
+    for line in b.log().lines().filter(|l| l.contains("revoked") || l.contains("taken over")) {
+        eprintln!("b: {line}");
+    }
+    let mut b = b;
+    assert!(
+        b.child.try_wait().unwrap().is_none(),
+        "the woken member keeps running:\n{}",
+        b.log()
+    );
+    wait_finished(&out, (total, windows), &[&a, &b, &c]);
+    stop_and_check(
+        vec![a, b, c],
+        &out,
+        dir,
+        (total, windows),
+        "a frozen member woken up",
     );
 }
 

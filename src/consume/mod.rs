@@ -529,32 +529,35 @@ struct GroupLink {
 }
 
 impl GroupLink {
-    /// Moves the member into a task: it forwards events and commits offsets; when the link is
-    /// dropped it leaves the group (the others take over at once).
+    /// Moves the member into a task that forwards its events, and commits offsets from another
+    /// (see [`GroupMember::committer`]: a commit waiting for its answer must never hold up an
+    /// event). When the link is dropped the member leaves the group (the others take over at
+    /// once).
     fn spawn(mut member: GroupMember) -> GroupLink {
         let (event_tx, events) = mpsc::channel(4);
         let (commits, mut commit_rx) = mpsc::channel::<(i32, BTreeMap<i32, i64>)>(16);
+        let committer = member.committer();
+        tokio::spawn(async move {
+            while let Some((generation, offsets)) = commit_rx.recv().await {
+                if let Err(e) = committer.commit_offsets(generation, &offsets).await {
+                    tracing::debug!(error = %e, "Offsets for display not committed to the group");
+                }
+            }
+        });
         tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    event = member.next_event() => {
-                        let (end, event) = match event {
-                            Ok(Some(e)) => (false, Ok(e)),
-                            Ok(None) => break,
-                            Err(e) => (true, Err(e)),
-                        };
-                        if event_tx.send(event).await.is_err() || end {
-                            break;
-                        }
-                    }
-                    commit = commit_rx.recv() => match commit {
-                        Some((generation, offsets)) => {
-                            if let Err(e) = member.commit_offsets(generation, &offsets).await {
-                                tracing::debug!(error = %e, "Offsets for display not committed to the group");
-                            }
-                        }
-                        None => break,
-                    },
+                let event = tokio::select! {
+                    event = member.next_event() => event,
+                    // The consumer is gone (it stopped, or failed): leave below.
+                    _ = event_tx.closed() => break,
+                };
+                let (end, event) = match event {
+                    Ok(Some(e)) => (false, Ok(e)),
+                    Ok(None) => break,
+                    Err(e) => (true, Err(e)),
+                };
+                if event_tx.send(event).await.is_err() || end {
+                    break;
                 }
             }
             // `Ok` too when the member already left (shutdown) or failed.
@@ -826,6 +829,15 @@ async fn run_partitions(
                     tracing::warn!(partition, reason = %e, "Partition taken over by another instance; dropping it");
                     done.insert(partition);
                 }
+                Some(Event::Failed { partition, error }) if group && taken_over(instance, partition, writer).await => {
+                    // A write failed because the new owner's recovery removed it (this member
+                    // was frozen or cut off past its session): not a storage fault, a takeover.
+                    tracing::warn!(partition, error = %error, "Partition taken over by another instance while this one wrote; dropping it");
+                    done.insert(partition);
+                    if done.len() == assigned.len() {
+                        break;
+                    }
+                }
                 Some(Event::Failed { partition, error }) => {
                     tracing::error!(partition, error = %error, "A partition failed; stopping");
                     failure.get_or_insert(error);
@@ -941,6 +953,19 @@ async fn claim(
         Ok(pipeline)
     })
     .await
+}
+
+/// Whether another writer committed the newest checkpoint of `partition` (so a failure of ours
+/// on it is the consequence of a takeover, not a storage fault).
+async fn taken_over(instance: &Instance, partition: i32, writer: WriterId) -> bool {
+    let store = Arc::clone(&instance.store);
+    let topic = instance.topic.clone();
+    let window_ms = instance.config.windows.window.window_ms;
+    let newest = blocking(move || {
+        Ok(checkpoint::load(store.as_ref(), &topic, partition, window_ms)?.checkpoint)
+    })
+    .await;
+    matches!(newest, Ok(Some(cp)) if cp.writer != writer.to_string())
 }
 
 /// `--on-data-loss` for a checkpoint whose resume offset retention deleted.

@@ -315,13 +315,19 @@ impl GroupMember {
         generation_id: i32,
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::Commit {
-            generation_id,
-            offsets: offsets.clone(),
-            reply,
-        };
-        self.ask(command, answer).await
+        self.committer()
+            .commit_offsets(generation_id, offsets)
+            .await
+    }
+
+    /// A handle that commits offsets from another task, so that waiting for a commit's answer
+    /// never stands in the way of [`next_event`](GroupMember::next_event): the member may hold
+    /// a commit back until a revocation is released, which needs the event to be read first.
+    pub fn committer(&self) -> OffsetCommitter {
+        OffsetCommitter {
+            group_id: self.group_id.clone(),
+            commands: self.commands.clone(),
+        }
     }
 
     /// The group's committed offsets of `partitions` (those without one are left out).
@@ -346,6 +352,35 @@ impl GroupMember {
             return Ok(());
         }
         answer.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Commits offsets for a [`GroupMember`] from anywhere (see [`GroupMember::committer`]).
+#[derive(Debug, Clone)]
+pub struct OffsetCommitter {
+    group_id: String,
+    commands: mpsc::Sender<Command>,
+}
+
+impl OffsetCommitter {
+    /// [`GroupMember::commit_offsets`].
+    pub async fn commit_offsets(
+        &self,
+        generation_id: i32,
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Commit {
+            generation_id,
+            offsets: offsets.clone(),
+            reply,
+        };
+        let stopped = || GroupError::Stopped {
+            group: self.group_id.clone(),
+            reason: "it has left the group or failed; `next_event` says why".into(),
+        };
+        self.commands.send(command).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 

@@ -102,7 +102,7 @@ pub use assignor::range_assign;
 pub use connection::VersionChoice;
 pub use error::GroupError;
 pub use member::{
-    Assignment, GroupConfig, GroupEvent, GroupMember, Revocation, RevokeReason,
+    Assignment, GroupConfig, GroupEvent, GroupMember, OffsetCommitter, Revocation, RevokeReason,
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_METADATA_REFRESH, DEFAULT_REBALANCE_TIMEOUT,
     DEFAULT_SESSION_TIMEOUT,
 };
