@@ -35,6 +35,7 @@ help:
 	@echo "make chaos                         long fault runs (CHAOS=1 tests/faults.rs, release; FUZZ_SECONDS=N fuzzes too)"
 	@echo "make bench | bench-quick           benchmarks vs kcat, Kafka perf tools, the seed's Python/PySpark (BENCHMARKS.md)"
 	@echo "make bench-produce | bench-consume | bench-profile   one step (1M rows) / perf profile"
+	@echo "make bench-group                   1 vs 3 consumer-group instances on one 6-partition topic"
 
 up:
 	@$(SERVICES) up
@@ -95,7 +96,8 @@ demo:
 #   bench-produce:  produce step only, 1M rows (app produce vs kcat -P vs ProducerPerformance vs seed)
 #   bench-consume:  consume step only, 1M rows (app consume vs ConsumerPerformance vs PySpark)
 #   bench-profile:  perf CPU profile of app produce and app consume (200k rows)
-.PHONY: bench bench-quick bench-produce bench-consume bench-profile
+#   bench-group:    1 vs 3 `app consume --group` instances on one 6-partition topic (1M rows)
+.PHONY: bench bench-quick bench-produce bench-consume bench-profile bench-group
 bench:
 	@scripts/with-services.sh scripts/bench.sh full $(BENCH_ARGS)
 bench-quick:
@@ -104,6 +106,8 @@ bench-produce:
 	@scripts/with-services.sh scripts/bench.sh produce $(BENCH_ARGS)
 bench-consume:
 	@scripts/with-services.sh scripts/bench.sh consume $(BENCH_ARGS)
+bench-group:
+	@scripts/with-services.sh scripts/bench.sh group $(BENCH_ARGS)
 bench-profile:
 	@scripts/with-services.sh scripts/bench.sh profile $(BENCH_ROWS)
 # Fully static binary: target/x86_64-unknown-linux-musl/release/app (installs the musl target

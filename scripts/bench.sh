@@ -6,6 +6,7 @@
 # Usage: scripts/bench.sh setup                  install/build only
 #        scripts/bench.sh full|quick|produce|consume [bench.py args, e.g. --rows 200000]
 #        scripts/bench.sh profile [ROWS] [--only produce|consume]   perf profiles of app produce / consume
+#        scripts/bench.sh group [--rows N] [--members 1,3]   1 vs N `app consume --group` instances
 #
 # Installs (idempotent): Debian kcat, openjdk-17-jre-headless, maven, linux-perf (profile
 # only); the Kafka jars (scripts/services.sh fetch); .local/bench-venv with pinned pyspark,
@@ -109,10 +110,15 @@ case $cmd in
     check_services
     exec "$VENV/bin/python" bench/bench.py --mode "$cmd" "$@"
     ;;
+  group)
+    setup
+    check_services
+    exec "$VENV/bin/python" bench/group.py "$@"
+    ;;
   profile)
     setup
     check_services
     profile "$@"
     ;;
-  *) die "unknown command '$cmd'; use setup, full, quick, produce, consume or profile" ;;
+  *) die "unknown command '$cmd'; use setup, full, quick, produce, consume, group or profile" ;;
 esac

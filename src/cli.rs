@@ -225,7 +225,7 @@ pub struct ConsumeArgs {
     pub mysql_url: String,
     /// Partitions to read: `all`, or a list such as `0,2,5` (static assignment, so N instances
     /// can split a topic).
-    #[arg(long, env = "CONSUME_PARTITIONS", default_value = "all", value_parser = parse_partitions)]
+    #[arg(long, env = "CONSUME_PARTITIONS", default_value = "all", value_parser = parse_partitions, conflicts_with = "group")]
     pub partitions: PartitionList,
     #[command(flatten)]
     pub group: GroupArgs,
@@ -233,7 +233,7 @@ pub struct ConsumeArgs {
     #[arg(long, env = "CONSUME_START", value_enum, default_value_t = StartArg::Earliest)]
     pub start: StartArg,
     /// Stop once every assigned partition is read to its end and everything is written.
-    #[arg(long, env = "CONSUME_UNTIL_CAUGHT_UP")]
+    #[arg(long, env = "CONSUME_UNTIL_CAUGHT_UP", conflicts_with = "group")]
     pub until_caught_up: bool,
     /// With --until-caught-up: the end of the topic is the end of the stream. Every window
     /// closes and gets _SUCCESS; records that arrive later are late. For bounded runs only.
@@ -374,7 +374,7 @@ pub struct GroupArgs {
     /// Join the consumer group NAME: the instances of one group split the topic's partitions
     /// between them (Kafka's range assignment) and take over each other's partitions when one
     /// stops. Shown by `kafka-consumer-groups --describe --group NAME`.
-    #[arg(long, env = "CONSUME_GROUP", value_name = "NAME", conflicts_with_all = ["partitions", "until_caught_up"])]
+    #[arg(long, env = "CONSUME_GROUP", value_name = "NAME")]
     pub group: Option<String>,
     /// How long an instance that stopped answering keeps its partitions (the broker accepts 6s
     /// to 30min by default). Lower means faster takeover after a crash, but a rebalance whenever

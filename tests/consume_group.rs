@@ -9,10 +9,12 @@
 //! | `three_members_...` | 3 members, 6 partitions; one SIGKILLed mid-stream, a fourth joins | takeover within session timeout + a few s; every (partition, offset) once; a `_SUCCESS` per window listing all 6 partitions, rows adding up; `--describe` shows 3 members, lag 0 |
 //! | `churn_...` (local and S3) | one member SIGKILLed and restarted 4 times, a fourth added then stopped, mid-run | every (partition, offset) once, markers complete |
 //! | `a_paused_member_...` | one member SIGSTOPped past its session timeout, then SIGCONT | it reports its partitions lost and drops them; the others finish; every (partition, offset) once |
+//! | `a_member_cut_off_...` | one member in its own network namespace (veth pair, relays to the services' loopback ports), output in S3; its link cut while it holds partitions, restored after the takeover | its partitions move; it reports them lost; no checkpoint of its old writer survives the takeover; every (partition, offset) once. Needs root (`ip netns`); without it the test says so and passes nothing off as tested |
 //!
 //! 240,000 records (40,000 per partition); `CHAOS=1` (`make chaos`): 1,000,002.
 
 mod common;
+mod netns;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -123,8 +125,30 @@ struct Member {
 
 impl Member {
     fn start(name: &'static str, topic: &str, group: &str, out: &Output, work: &Path) -> Member {
+        Member::start_in(None, name, topic, group, out, work)
+    }
+
+    /// [`Member::start`], in the network namespace `netns` when given (`ip netns exec`, which
+    /// execs the binary: the child's pid is the consumer's).
+    fn start_in(
+        netns: Option<&netns::Netns>,
+        name: &'static str,
+        topic: &str,
+        group: &str,
+        out: &Output,
+        work: &Path,
+    ) -> Member {
         let log = work.join(format!("{name}.log"));
-        let mut cmd = common::app();
+        let mut cmd = match netns {
+            None => common::app(),
+            Some(ns) => {
+                let mut cmd = std::process::Command::new("ip");
+                cmd.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_app")])
+                    .env("KAFKA_BROKERS", common::brokers())
+                    .env("MYSQL_URL", common::mysql_url());
+                cmd
+            }
+        };
         if matches!(out, Output::S3 { .. }) {
             common::s3::env(&mut cmd);
         }
@@ -583,7 +607,11 @@ async fn a_paused_member_loses_its_partitions_and_writes_nothing_twice() {
             log.contains("reason=Lost") || log.contains("Partition taken over by another instance")
         },
     );
-    for line in b.log().lines().filter(|l| l.contains("revoked") || l.contains("taken over")) {
+    for line in b
+        .log()
+        .lines()
+        .filter(|l| l.contains("revoked") || l.contains("taken over"))
+    {
         eprintln!("b: {line}");
     }
     let mut b = b;
@@ -618,4 +646,128 @@ fn group_refuses_static_partitions_and_bounded_runs_with_a_reason() {
             "{extra:?}: {stderr}"
         );
     }
+}
+
+/// A member on a "separate host" (its own network namespace) cut off from the broker, MariaDB
+/// and the S3 output while it holds partitions: they move to the others; its lease runs out and
+/// it reports them lost; when the link comes back, whatever it still had in flight is fenced, so
+/// no checkpoint of its old writer survives the takeover, and every record is written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_from_the_network_is_fenced_and_writes_nothing_twice() {
+    let ports = [
+        common::brokers()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap(),
+        common::mysql_url()
+            .rsplit(':')
+            .next()
+            .and_then(|rest| rest.split('/').next())
+            .unwrap()
+            .parse::<u16>()
+            .unwrap(),
+        common::s3::endpoint()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap(),
+    ];
+    let ns = match netns::Netns::create(&ports) {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!(
+                "NOT RUN: a_member_cut_off_from_the_network_is_fenced_and_writes_nothing_twice \
+                 needs network namespaces: {why}. Run the tests as root to run it."
+            );
+            return;
+        }
+    };
+    let topic = random_topic("group-netns");
+    let group = format!("{topic}-g");
+    let (total, windows) = fill(&topic).await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let out = Output::s3("group-netns");
+
+    let a = Member::start("a", &topic, &group, &out, dir);
+    let b = Member::start_in(Some(&ns), "b", &topic, &group, &out, dir);
+    let c = Member::start("c", &topic, &group, &out, dir);
+    wait_for(
+        "every member gets partitions",
+        Duration::from_secs(60),
+        &[&a, &b, &c],
+        || a.assigned_nonempty() && b.assigned_nonempty() && c.assigned_nonempty(),
+    );
+    wait_for(
+        "a quarter of the records committed",
+        Duration::from_secs(120),
+        &[&a, &b, &c],
+        || out.committed() >= total / 4,
+    );
+    // b's writer in the generation it holds now.
+    let writer_of_b = b
+        .log()
+        .lines()
+        .rev()
+        .find_map(|l| {
+            l.contains("Consuming")
+                .then(|| l.split("writer=").nth(1))
+                .flatten()
+                .and_then(|w| w.split_whitespace().next())
+                .map(str::to_string)
+        })
+        .expect("b logged its writer");
+    let before = (a.assignments(), c.assignments());
+    ns.cut();
+    let cut = Instant::now();
+    wait_for(
+        "the others take the cut-off member's partitions",
+        Duration::from_secs(60),
+        &[&a, &c],
+        || a.assignments() > before.0 && c.assignments() > before.1,
+    );
+    eprintln!(
+        "takeover after the cut (session timeout 6 s): {:.1} s",
+        cut.elapsed().as_secs_f64()
+    );
+    wait_for(
+        "the cut-off member reports its partitions lost",
+        Duration::from_secs(30),
+        &[&b],
+        || b.log().contains("reason=Lost"),
+    );
+    // The new owners write under the new generation for a while; then the link comes back and
+    // b's stalled requests (a commit, a heartbeat) may go through.
+    std::thread::sleep(Duration::from_secs(3));
+    ns.restore();
+    wait_finished(&out, (total, windows), &[&a, &b, &c]);
+    let latest = match &out {
+        Output::S3 { store, .. } => {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                reclamacoes::checkpoint::store::read_latest(&store).expect("read checkpoints")
+            })
+            .join()
+            .unwrap()
+        }
+        Output::Local(_) => unreachable!(),
+    };
+    assert_eq!(latest.len(), PARTITIONS as usize);
+    for (cp, _) in &latest {
+        assert_ne!(
+            cp.writer, writer_of_b,
+            "partition {}: the newest checkpoint is by the writer b had before it was cut off",
+            cp.partition
+        );
+    }
+    stop_and_check(
+        vec![a, b, c],
+        &out,
+        dir,
+        (total, windows),
+        "a member cut off from the network and back",
+    );
 }

@@ -7,7 +7,8 @@
 //! messages encoded by the `kafka-protocol` crate (generated from Kafka's message specs), sent over
 //! connections of ours (tokio TCP, rustls with ring, SASL through `rsasl`), every call bounded.
 //!
-//! This module only decides *membership*. Records, offsets that matter (the pipeline's own
+//! `app consume --group` drives it (`consume::run_group`: one run over each generation's
+//! partitions). This module only decides *membership*. Records, offsets that matter (the pipeline's own
 //! exactly-once checkpoint) and output stay with the consumer: offsets committed here are for
 //! display (`kafka-consumer-groups --describe` shows members, partitions and lag).
 //!
