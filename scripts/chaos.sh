@@ -6,7 +6,9 @@
 #   partitions (exactly once; _late equal to an uninterrupted run's and to the design);
 # - producer SIGKILLed and SIGINTed mid-file; PRIVATE broker crashed for 20 s during produce
 #   and consume; PRIVATE MariaDB stopped during consume and at startup; output disk full;
-#   damaged checkpoints; retention below the checkpoint (the same as in `make test`).
+#   damaged checkpoints; retention below the checkpoint (the same as in `make test`);
+# - tests/consume_group.rs at 1,000,002 records (the consumer group under SIGKILL, churn,
+#   a frozen member and a network cut).
 #
 # The private instance lives in .local/faults (Kafka 127.0.0.1:19092/19093, MariaDB :13306;
 # RECLAMACOES_FAULTS_KAFKA_PORT, RECLAMACOES_FAULTS_KAFKA_CONTROLLER_PORT and
@@ -30,6 +32,14 @@ log "fault suite, CHAOS=1, release build (1,000,000 records, 20 consumer SIGKILL
 CHAOS=1 scripts/with-services.sh cargo test --release --test faults -- \
   --test-threads=1 --nocapture ${CHAOS_FILTER:+"$CHAOS_FILTER"}
 log "fault suite passed in $(( $(date +%s) - started )) s"
+
+# The consumer-group suite at 1,000,002 records: SIGKILL + new member, churn (local and S3),
+# a frozen member, a member cut off in its own network namespace (root).
+started=$(date +%s)
+log "consumer-group suite, CHAOS=1, release build (1,000,002 records over 6 partitions)"
+CHAOS=1 S3=1 scripts/with-services.sh cargo test --release --test consume_group -- \
+  --test-threads=1 --nocapture ${CHAOS_FILTER:+"$CHAOS_FILTER"}
+log "consumer-group suite passed in $(( $(date +%s) - started )) s"
 
 if [[ -n ${FUZZ_SECONDS:-} ]]; then
   for target in csv_rows json_message; do

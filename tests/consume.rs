@@ -322,14 +322,7 @@ async fn exactly_once_across_repeated_sigkill() {
     assert!(summary.contains("(resumed from checkpoint)"), "{summary}");
     eprintln!("final run after {kills} kills:\n{summary}");
 
-    let all = common::output::all_offsets(&out).expect("output written");
-    let rows = scalar(&out, &format!("SELECT count(*) FROM {all}"));
-    let distinct = scalar(
-        &out,
-        &format!("SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM {all}"),
-    );
-    assert_eq!(distinct as u64, total, "every (partition, offset) appears");
-    assert_eq!(rows as u64, total, "and appears once ({kills} kills)");
+    common::output::assert_exactly_once(&out, total, &format!("{kills} kills"));
     let dead = scalar(
         &out,
         &format!("SELECT count(*) FROM {}", common::output::DEAD),

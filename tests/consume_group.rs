@@ -124,12 +124,9 @@ struct Member {
 }
 
 impl Member {
-    fn start(name: &'static str, topic: &str, group: &str, out: &Output, work: &Path) -> Member {
-        Member::start_in(None, name, topic, group, out, work)
-    }
-
-    /// [`Member::start`], in the network namespace `netns` when given (`ip netns exec`, which
-    /// execs the binary: the child's pid is the consumer's).
+    /// `app consume --group` as member `name`, logging to `<work>/<name>.log` (appended: a
+    /// restarted member keeps one log), in the network namespace `netns` when given (`ip netns
+    /// exec`, which execs the binary: the child's pid is the consumer's).
     fn start_in(
         netns: Option<&netns::Netns>,
         name: &'static str,
@@ -332,14 +329,7 @@ fn stop_and_check(
         m.wait_clean(Duration::from_secs(60));
     }
     let dir = out.readable(work);
-    let all = common::output::all_offsets(&dir).expect("output written");
-    let rows = scalar(&dir, &format!("SELECT count(*) FROM {all}"));
-    let distinct = scalar(
-        &dir,
-        &format!("SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM {all}"),
-    );
-    assert_eq!(distinct as u64, total, "every (partition, offset) appears");
-    assert_eq!(rows as u64, total, "and appears once, across {what}");
+    common::output::assert_committed_exactly_once(&dir, total, what);
     let table = scalar(
         &dir,
         &format!("SELECT count(*) FROM {}", common::output::TABLE),
@@ -387,48 +377,107 @@ fn wait_finished(out: &Output, (total, windows): (u64, usize), members: &[&Membe
     );
 }
 
+/// One scenario: a fresh topic of its own, its group, a work directory and the shared output.
+struct Scenario {
+    topic: String,
+    group: String,
+    /// Records and distinct windows in the topic.
+    expected: (u64, usize),
+    work: tempfile::TempDir,
+    out: Output,
+}
+
+impl Scenario {
+    async fn new(tag: &str, out: impl FnOnce(&Path) -> Output) -> Scenario {
+        let topic = random_topic(tag);
+        let expected = fill(&topic).await;
+        let work = tempfile::tempdir().unwrap();
+        let out = out(work.path());
+        Scenario {
+            group: format!("{topic}-g"),
+            topic,
+            expected,
+            work,
+            out,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.expected.0
+    }
+
+    fn member(&self, name: &'static str) -> Member {
+        self.member_in(None, name)
+    }
+
+    fn member_in(&self, netns: Option<&netns::Netns>, name: &'static str) -> Member {
+        let dir = self.work.path();
+        Member::start_in(netns, name, &self.topic, &self.group, &self.out, dir)
+    }
+
+    /// Members a, b (in `netns` when given) and c, once each has partitions.
+    fn three(&self, netns: Option<&netns::Netns>) -> (Member, Member, Member) {
+        let (a, b, c) = (
+            self.member("a"),
+            self.member_in(netns, "b"),
+            self.member("c"),
+        );
+        wait_for(
+            "every member gets partitions",
+            Duration::from_secs(60),
+            &[&a, &b, &c],
+            || a.assigned_nonempty() && b.assigned_nonempty() && c.assigned_nonempty(),
+        );
+        (a, b, c)
+    }
+
+    /// Waits until `share` percent of the records are committed.
+    fn wait_committed(&self, share: u64, members: &[&Member]) {
+        let target = self.total() * share / 100;
+        wait_for(
+            &format!("{share}% of the records committed"),
+            Duration::from_secs(240),
+            members,
+            || self.out.committed() >= target,
+        );
+    }
+
+    /// Waits for everything to be committed and marked, then [`stop_and_check`].
+    fn finish(self, members: Vec<Member>, what: &str) {
+        let refs: Vec<&Member> = members.iter().collect();
+        wait_finished(&self.out, self.expected, &refs);
+        stop_and_check(members, &self.out, self.work.path(), self.expected, what);
+    }
+}
+
+/// Waits until both survivors were assigned again since `before` (their assignment counts);
+/// returns the time since `since`.
+fn wait_takeover(a: &Member, c: &Member, before: (usize, usize), since: Instant) -> Duration {
+    wait_for(
+        "the survivors are assigned the lost member's partitions",
+        Duration::from_secs(60),
+        &[a, c],
+        || a.assignments() > before.0 && c.assignments() > before.1,
+    );
+    since.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_share_six_partitions_through_a_sigkill_and_a_new_member_exactly_once() {
-    let topic = random_topic("group-consume");
-    let group = format!("{topic}-g");
-    let (total, windows) = fill(&topic).await;
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path();
-    let out = Output::local(dir);
-
-    let a = Member::start("a", &topic, &group, &out, dir);
-    let b = Member::start("b", &topic, &group, &out, dir);
-    let c = Member::start("c", &topic, &group, &out, dir);
-    wait_for(
-        "every member gets partitions",
-        Duration::from_secs(60),
-        &[&a, &b, &c],
-        || a.assigned_nonempty() && b.assigned_nonempty() && c.assigned_nonempty(),
-    );
+    let run = Scenario::new("group-consume", Output::local).await;
+    let (a, mut b, c) = run.three(None);
 
     // SIGKILL one member mid-stream: its partitions go to the others once its session (6 s)
     // expires, and the new owners resume from its last checkpoint.
-    wait_for(
-        "a third of the records committed",
-        Duration::from_secs(120),
-        &[&a, &b, &c],
-        || out.committed() >= total / 3,
-    );
-    let mut b = b;
+    run.wait_committed(33, &[&a, &b, &c]);
     let before = (a.assignments(), c.assignments());
     b.child.kill().unwrap();
     b.child.wait().unwrap();
     let killed = Instant::now();
-    let killed_at = out.committed();
-    eprintln!("SIGKILLed b at {killed_at} of {total} committed");
-    assert!(killed_at < total, "b was killed mid-stream");
-    wait_for(
-        "the survivors are assigned b's partitions",
-        Duration::from_secs(60),
-        &[&a, &c],
-        || a.assignments() > before.0 && c.assignments() > before.1,
-    );
-    let takeover = killed.elapsed();
+    let killed_at = run.out.committed();
+    eprintln!("SIGKILLed b at {killed_at} of {} committed", run.total());
+    assert!(killed_at < run.total(), "b was killed mid-stream");
+    let takeover = wait_takeover(&a, &c, before, killed);
     eprintln!(
         "takeover after SIGKILL (session timeout 6 s): {:.1} s",
         takeover.as_secs_f64()
@@ -439,19 +488,19 @@ async fn three_members_share_six_partitions_through_a_sigkill_and_a_new_member_e
     );
 
     // A fourth member joins: the group rebalances again and it gets partitions.
-    let d = Member::start("d", &topic, &group, &out, dir);
+    let d = run.member("d");
     wait_for(
         "the new member gets partitions",
         Duration::from_secs(60),
         &[&a, &c, &d],
         || d.assigned_nonempty(),
     );
-    wait_finished(&out, (total, windows), &[&a, &c, &d]);
+    wait_finished(&run.out, run.expected, &[&a, &c, &d]);
 
     // Kafka's own tool shows the group: the three live members and, once the last commits are
     // in, no lag (the group's offsets are for display and follow the checkpoints).
     let describe = tokio::task::spawn_blocking({
-        let group = group.clone();
+        let group = run.group.clone();
         move || common::groups::consumer_groups(&group, &["--describe"])
     })
     .await
@@ -471,48 +520,28 @@ async fn three_members_share_six_partitions_through_a_sigkill_and_a_new_member_e
         Duration::from_secs(30),
         &[&a, &c, &d],
         || {
-            let describe = common::groups::consumer_groups(&group, &["--describe"]);
+            let describe = common::groups::consumer_groups(&run.group, &["--describe"]);
             common::groups::table(&describe, "GROUP")
                 .iter()
                 .all(|r| r["LAG"] == "0")
         },
     );
-    stop_and_check(
-        vec![a, c, d],
-        &out,
-        dir,
-        (total, windows),
-        "a SIGKILL and two rebalances",
-    );
+    run.finish(vec![a, c, d], "a SIGKILL and two rebalances");
 }
 
 /// One member SIGKILLed and restarted four times, a fourth member added and later stopped, all
 /// while the records stream: the kills land at committed-progress targets, so mid-stream on
 /// any machine.
 async fn churn(out: impl FnOnce(&Path) -> Output, tag: &str) {
-    let topic = random_topic(tag);
-    let group = format!("{topic}-g");
-    let (total, windows) = fill(&topic).await;
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path();
-    let out = out(dir);
-
-    let a = Member::start("a", &topic, &group, &out, dir);
-    let mut b = Member::start("b", &topic, &group, &out, dir);
-    let c = Member::start("c", &topic, &group, &out, dir);
+    let run = Scenario::new(tag, out).await;
+    let (a, mut b, c) = (run.member("a"), run.member("b"), run.member("c"));
     let mut d: Option<Member> = None;
     let mut kills = 0;
     for (step, share) in [15u64, 30, 45, 60, 75].into_iter().enumerate() {
-        let target = total * share / 100;
         let members: Vec<&Member> = [&a, &b, &c].into_iter().chain(d.as_ref()).collect();
-        wait_for(
-            &format!("{share}% committed"),
-            Duration::from_secs(240),
-            &members,
-            || out.committed() >= target,
-        );
+        run.wait_committed(share, &members);
         match step {
-            1 => d = Some(Member::start("d", &topic, &group, &out, dir)),
+            1 => d = Some(run.member("d")),
             3 => {
                 let leaving = d.take().expect("d was added");
                 leaving.sigterm();
@@ -520,21 +549,21 @@ async fn churn(out: impl FnOnce(&Path) -> Output, tag: &str) {
             }
             _ => {}
         }
-        if out.committed() < total {
+        if run.out.committed() < run.total() {
             b.child.kill().unwrap();
             b.child.wait().unwrap();
             kills += 1;
-            eprintln!("step {step}: SIGKILLed b at {} of {total}", out.committed());
-            b = Member::start("b", &topic, &group, &out, dir);
+            eprintln!(
+                "step {step}: SIGKILLed b at {} of {}",
+                run.out.committed(),
+                run.total()
+            );
+            b = run.member("b");
         }
     }
     assert!(kills >= 4, "only {kills} kills landed mid-stream");
-    wait_finished(&out, (total, windows), &[&a, &b, &c]);
-    stop_and_check(
+    run.finish(
         vec![a, b, c],
-        &out,
-        dir,
-        (total, windows),
         &format!("{kills} SIGKILLs, a member added and removed"),
     );
 }
@@ -554,28 +583,9 @@ async fn churn_into_s3_stays_exactly_once() {
 /// lost and drops its buffers; whatever it might still commit is fenced by the checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_member_loses_its_partitions_and_writes_nothing_twice() {
-    let topic = random_topic("group-zombie");
-    let group = format!("{topic}-g");
-    let (total, windows) = fill(&topic).await;
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path();
-    let out = Output::local(dir);
-
-    let a = Member::start("a", &topic, &group, &out, dir);
-    let b = Member::start("b", &topic, &group, &out, dir);
-    let c = Member::start("c", &topic, &group, &out, dir);
-    wait_for(
-        "every member gets partitions",
-        Duration::from_secs(60),
-        &[&a, &b, &c],
-        || a.assigned_nonempty() && b.assigned_nonempty() && c.assigned_nonempty(),
-    );
-    wait_for(
-        "a quarter of the records committed",
-        Duration::from_secs(120),
-        &[&a, &b, &c],
-        || out.committed() >= total / 4,
-    );
+    let run = Scenario::new("group-zombie", Output::local).await;
+    let (a, mut b, c) = run.three(None);
+    run.wait_committed(25, &[&a, &b, &c]);
     let pid = b.child.id().to_string();
     let signal = |sig: &str| {
         assert!(std::process::Command::new("kill")
@@ -586,12 +596,7 @@ async fn a_paused_member_loses_its_partitions_and_writes_nothing_twice() {
     };
     let before = (a.assignments(), c.assignments());
     signal("-STOP");
-    wait_for(
-        "the others take the frozen member's partitions",
-        Duration::from_secs(60),
-        &[&a, &c],
-        || a.assignments() > before.0 && c.assignments() > before.1,
-    );
+    wait_takeover(&a, &c, before, Instant::now());
     // Let the new owners write for a while under the new generation, then wake the zombie.
     std::thread::sleep(Duration::from_secs(2));
     signal("-CONT");
@@ -614,20 +619,12 @@ async fn a_paused_member_loses_its_partitions_and_writes_nothing_twice() {
     {
         eprintln!("b: {line}");
     }
-    let mut b = b;
     assert!(
         b.child.try_wait().unwrap().is_none(),
         "the woken member keeps running:\n{}",
         b.log()
     );
-    wait_finished(&out, (total, windows), &[&a, &b, &c]);
-    stop_and_check(
-        vec![a, b, c],
-        &out,
-        dir,
-        (total, windows),
-        "a frozen member woken up",
-    );
+    run.finish(vec![a, b, c], "a frozen member woken up");
 }
 
 #[test]
@@ -685,28 +682,12 @@ async fn a_member_cut_off_from_the_network_is_fenced_and_writes_nothing_twice() 
             return;
         }
     };
-    let topic = random_topic("group-netns");
-    let group = format!("{topic}-g");
-    let (total, windows) = fill(&topic).await;
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path();
-    let out = Output::s3("group-netns");
-
-    let a = Member::start("a", &topic, &group, &out, dir);
-    let b = Member::start_in(Some(&ns), "b", &topic, &group, &out, dir);
-    let c = Member::start("c", &topic, &group, &out, dir);
-    wait_for(
-        "every member gets partitions",
-        Duration::from_secs(60),
-        &[&a, &b, &c],
-        || a.assigned_nonempty() && b.assigned_nonempty() && c.assigned_nonempty(),
-    );
-    wait_for(
-        "a quarter of the records committed",
-        Duration::from_secs(120),
-        &[&a, &b, &c],
-        || out.committed() >= total / 4,
-    );
+    let run = Scenario::new("group-netns", |_| Output::s3("group-netns")).await;
+    let (a, b, c) = run.three(Some(&ns));
+    run.wait_committed(25, &[&a, &b, &c]);
+    wait_for("b is consuming", Duration::from_secs(30), &[&b], || {
+        b.log().contains("Consuming")
+    });
     // b's writer in the generation it holds now.
     let writer_of_b = b
         .log()
@@ -722,16 +703,10 @@ async fn a_member_cut_off_from_the_network_is_fenced_and_writes_nothing_twice() 
         .expect("b logged its writer");
     let before = (a.assignments(), c.assignments());
     ns.cut();
-    let cut = Instant::now();
-    wait_for(
-        "the others take the cut-off member's partitions",
-        Duration::from_secs(60),
-        &[&a, &c],
-        || a.assignments() > before.0 && c.assignments() > before.1,
-    );
+    let takeover = wait_takeover(&a, &c, before, Instant::now());
     eprintln!(
         "takeover after the cut (session timeout 6 s): {:.1} s",
-        cut.elapsed().as_secs_f64()
+        takeover.as_secs_f64()
     );
     wait_for(
         "the cut-off member reports its partitions lost",
@@ -743,8 +718,8 @@ async fn a_member_cut_off_from_the_network_is_fenced_and_writes_nothing_twice() 
     // b's stalled requests (a commit, a heartbeat) may go through.
     std::thread::sleep(Duration::from_secs(3));
     ns.restore();
-    wait_finished(&out, (total, windows), &[&a, &b, &c]);
-    let latest = match &out {
+    wait_finished(&run.out, run.expected, &[&a, &b, &c]);
+    let latest = match &run.out {
         Output::S3 { store, .. } => {
             let store = store.clone();
             std::thread::spawn(move || {
@@ -763,11 +738,5 @@ async fn a_member_cut_off_from_the_network_is_fenced_and_writes_nothing_twice() 
             cp.partition
         );
     }
-    stop_and_check(
-        vec![a, b, c],
-        &out,
-        dir,
-        (total, windows),
-        "a member cut off from the network and back",
-    );
+    run.finish(vec![a, b, c], "a member cut off from the network and back");
 }

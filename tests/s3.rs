@@ -90,14 +90,7 @@ fn app_s3(endpoint: &str) -> Command {
 /// exactly once across the table, staged row groups, late rows and dead letters.
 fn assert_exactly_once(endpoint: &str, prefix: &str, total: u64, dead: u64, local: &Path) {
     s3::download(endpoint, prefix, local);
-    let all = common::output::all_offsets(local).expect("output written");
-    let rows = scalar(local, &format!("SELECT count(*) FROM {all}"));
-    let distinct = scalar(
-        local,
-        &format!("SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM {all}"),
-    );
-    assert_eq!(distinct as u64, total, "every (partition, offset) appears");
-    assert_eq!(rows as u64, total, "and appears once");
+    common::output::assert_exactly_once(local, total, "S3 output");
     let dead_rows = scalar(
         local,
         &format!("SELECT count(*) FROM {}", common::output::DEAD),

@@ -59,7 +59,17 @@ pub struct PartitionCheckpoint {
     /// Open windows' staged row groups, by window start, in offset order.
     pub staged: BTreeMap<i64, Vec<FileRef>>,
     pub marks: Marks,
+    /// Writers this partition was taken over from (the writer of each checkpoint a new run
+    /// started from; the last [`FENCED_WRITERS_KEPT`]). Committed files never overlap in
+    /// offsets, so a file of one of them that overlaps another writer's file was written after
+    /// it lost the partition (a zombie's write landing late) and is not committed
+    /// (`recovery::plan`: superseded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fenced_writers: Vec<String>,
 }
+
+/// How many earlier writers a checkpoint remembers (see `fenced_writers`).
+pub const FENCED_WRITERS_KEPT: usize = 16;
 
 impl PartitionCheckpoint {
     /// Whether the window starting at `start` is closed per this checkpoint.

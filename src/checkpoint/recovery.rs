@@ -34,17 +34,26 @@ pub struct Plan {
     pub temp: Vec<Key>,
     /// Data and staged files written after the checkpoint.
     pub uncommitted: Vec<Key>,
+    /// Data files of a fenced writer (`PartitionCheckpoint::fenced_writers`) that overlap in
+    /// offsets a file of another writer for the same destination: written after that writer
+    /// lost the partition. Never committed, whoever asks and whenever: safe to delete at once.
+    pub superseded: Vec<Key>,
     /// Committed data and staged files.
     pub kept: usize,
 }
 
 impl Plan {
     pub fn is_clean(&self) -> bool {
-        self.temp.is_empty() && self.uncommitted.is_empty()
+        self.temp.is_empty() && self.uncommitted.is_empty() && self.superseded.is_empty()
     }
 
     pub fn apply(&self, store: &dyn Store) -> Result<(), CheckpointError> {
-        for key in self.temp.iter().chain(&self.uncommitted) {
+        for key in self
+            .temp
+            .iter()
+            .chain(&self.uncommitted)
+            .chain(&self.superseded)
+        {
             store.delete(key)?;
         }
         Ok(())
@@ -109,7 +118,12 @@ pub fn plan(
         return Ok(plan);
     };
     let resume = cp.resume_offset;
+    let superseded = superseded(&data, &cp.fenced_writers);
     for (key, destination, staged_window, part) in data {
+        if superseded.contains(&key) {
+            plan.superseded.push(key);
+            continue;
+        }
         let name = part.to_string();
         let keep = match (destination, staged_window) {
             (None, Some(window)) => cp
@@ -144,7 +158,44 @@ pub fn plan(
     }
     plan.temp.sort();
     plan.uncommitted.sort();
+    plan.superseded.sort();
     Ok(plan)
+}
+
+type DataEntry = (Key, Option<Destination>, Option<i64>, layout::PartName);
+
+/// The data files of `fenced` writers that overlap, in offsets, a file of a writer not in
+/// `fenced` with the same destination (see [`Plan::superseded`]). Files of one partition and
+/// destination that a checkpoint commits are disjoint in offsets (one writer at a time routes
+/// each offset once, replays skip what is marked), so of two overlapping files at most one is
+/// committed, and it is not the one whose writer had been taken over from.
+fn superseded(data: &[DataEntry], fenced: &[String]) -> std::collections::BTreeSet<Key> {
+    let is_fenced = |part: &layout::PartName| {
+        part.writer
+            .is_some_and(|w| fenced.iter().any(|f| *f == w.to_string()))
+    };
+    let mut out = std::collections::BTreeSet::new();
+    if fenced.is_empty() {
+        return out;
+    }
+    for (key, destination, _, part) in data {
+        let Some(destination) = destination else {
+            continue; // staged files are committed by name
+        };
+        if !is_fenced(part) {
+            continue;
+        }
+        let overlaps = data.iter().any(|(_, d, _, other)| {
+            d.as_ref() == Some(destination)
+                && !is_fenced(other)
+                && other.first_offset <= part.last_offset
+                && part.first_offset <= other.last_offset
+        });
+        if overlaps {
+            out.insert(key.clone());
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -219,6 +270,7 @@ mod tests {
             closed_before: W, // window 0 closed; window W and 2W open
             staged: [(2 * W, vec![fref(&staged_ok)])].into(),
             marks,
+            fenced_writers: Vec::new(),
         };
         let listing = store.list("").unwrap();
         let plan = plan(&store, 0, Some(&cp), &listing).unwrap();
@@ -240,6 +292,58 @@ mod tests {
             "other partitions untouched"
         );
         assert!(store.get(&keys[10]).unwrap().is_some(), "markers untouched");
+    }
+
+    #[test]
+    fn a_fenced_writers_late_copy_is_superseded_whatever_the_offsets_say() {
+        // Writer 7 lost the partition to writer 8; a close it had in flight landed afterwards,
+        // holding the same offsets as writer 8's committed file of that window.
+        let store = MemStore::new();
+        let by = |w: u32, first: i64, last: i64| {
+            PartName::new(0, first, last, WriterId(w), FileKind::Table)
+        };
+        let committed_old = by(7, 0, 9); // committed by 7 before the takeover
+        let zombie = by(7, 10, 19);
+        let committed_new = by(8, 10, 19);
+        let other_window = by(7, 10, 19); // same offsets, another window: no overlap there
+        let keys = [
+            data_key(Destination::Window(0), &committed_old),
+            data_key(Destination::Window(0), &zombie),
+            data_key(Destination::Window(0), &committed_new),
+            data_key(Destination::Window(W), &other_window),
+        ];
+        for k in &keys {
+            store.put(k, b"x").unwrap();
+        }
+        let mut marks = Marks::default();
+        marks.record(Destination::Window(0), 19);
+        marks.record(Destination::Window(W), 19);
+        let mut cp = PartitionCheckpoint {
+            version: CHECKPOINT_VERSION,
+            generation: 5,
+            topic: "t".into(),
+            partition: 0,
+            window_ms: W,
+            writer: "00000008".into(),
+            resume_offset: 30,
+            next_offset: 30,
+            max_event_ms: None,
+            closed_before: 2 * W,
+            staged: Default::default(),
+            marks,
+            fenced_writers: Vec::new(),
+        };
+        let listing = store.list("").unwrap();
+        let unaware = plan(&store, 0, Some(&cp), &listing).unwrap();
+        assert!(
+            unaware.superseded.is_empty() && unaware.kept == 4,
+            "without the fenced writer the offsets alone keep both copies: {unaware:?}"
+        );
+        cp.fenced_writers = vec!["00000007".into()];
+        let plan = plan(&store, 0, Some(&cp), &listing).unwrap();
+        assert_eq!(plan.superseded, vec![keys[1].clone()]);
+        assert_eq!(plan.kept, 3, "7's committed files stay: {plan:?}");
+        assert!(plan.uncommitted.is_empty());
     }
 
     #[test]

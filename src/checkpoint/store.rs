@@ -357,6 +357,7 @@ mod tests {
             closed_before: 0,
             staged: Default::default(),
             marks: Marks::default(),
+            fenced_writers: Vec::new(),
         }
     }
 

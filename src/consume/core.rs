@@ -240,6 +240,8 @@ pub struct PartitionCore {
     late_mem: BTreeMap<i64, MemRange>,
     dead_mem: Vec<i64>,
     marks: Marks,
+    /// See `PartitionCheckpoint::fenced_writers`.
+    fenced_writers: Vec<String>,
     /// When the partition last routed a record (or started).
     last_activity_ms: i64,
     /// The last idle advance: the watermark it set (UTC ms) and where it came from.
@@ -272,6 +274,7 @@ impl PartitionCore {
             generation: 0,
             closed_since_commit: Vec::new(),
             retired: Vec::new(),
+            fenced_writers: Vec::new(),
         };
         match start {
             Start::Fresh { offset } => core.next_offset = offset,
@@ -282,6 +285,15 @@ impl PartitionCore {
                 core.closed_before = cp.closed_before;
                 core.generation = cp.generation;
                 core.marks = cp.marks.clone();
+                // This run takes the partition from the checkpoint's writer.
+                let mut fenced = cp.fenced_writers.clone();
+                fenced.retain(|w| w != &cp.writer);
+                fenced.push(cp.writer.clone());
+                let excess = fenced
+                    .len()
+                    .saturating_sub(crate::checkpoint::FENCED_WRITERS_KEPT);
+                fenced.drain(..excess);
+                core.fenced_writers = fenced;
                 for (window, staged) in &cp.staged {
                     core.open.insert(
                         *window,
@@ -603,6 +615,7 @@ impl PartitionCore {
                 .map(|(s, w)| (*s, w.staged.clone()))
                 .collect(),
             marks: self.marks.clone(),
+            fenced_writers: self.fenced_writers.clone(),
         }
     }
 

@@ -419,6 +419,27 @@ impl Until<'_> {
         matches!(self, Until::Revoked { .. })
     }
 
+    /// Whether the group already revoked this generation (without waiting); the revocation is
+    /// kept in `held`. Static partitions: whether shutdown was requested.
+    fn revoked_now(&mut self, held: &mut Option<Revocation>) -> Result<bool, ConsumeError> {
+        match self {
+            Until::Shutdown(s) => Ok(s.is_requested()),
+            Until::Revoked { link, .. } => match link.events.try_recv() {
+                Ok(Ok(GroupEvent::Revoked(r))) => {
+                    *held = Some(r);
+                    Ok(true)
+                }
+                Ok(Ok(GroupEvent::Assigned(a))) => Err(ConsumeError::Internal(format!(
+                    "the group assigned generation {} before revoking the current one",
+                    a.generation_id
+                ))),
+                Ok(Err(e)) => Err(e.into()),
+                Err(mpsc::error::TryRecvError::Disconnected) => Ok(true),
+                Err(mpsc::error::TryRecvError::Empty) => Ok(false),
+            },
+        }
+    }
+
     fn generation(&self) -> Option<i32> {
         match self {
             Until::Shutdown(_) => None,
@@ -672,9 +693,27 @@ async fn run_partitions(
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
     let mut claimed = Vec::new();
     let mut started_from = BTreeMap::new();
+    let mut revocation: Option<Revocation> = None;
     for (p, (handle, fresh, earliest, latest)) in starts {
         let mut attempt = 0;
         let pipeline = loop {
+            // Never claim for a generation that is over: a member that lost its partitions
+            // (cut off, frozen) while claiming would otherwise take a partition back from its
+            // new owner once its stalled claim is refused and retried.
+            if until.revoked_now(&mut revocation)? {
+                tracing::info!(
+                    partition = p,
+                    "Generation revoked while claiming its partitions; claiming nothing more"
+                );
+                let reason = revocation.as_ref().map_or("shutdown", revocation_label);
+                drop(revocation);
+                let run = PartitionsRun {
+                    partitions: assigned.clone(),
+                    windows_open: 0,
+                    resumed,
+                };
+                return Ok((run, reason));
+            }
             let mut rec = recovered
                 .remove(&p)
                 .expect("recovered every assigned partition");
@@ -778,7 +817,6 @@ async fn run_partitions(
     let mut done = BTreeSet::new();
     let mut failure: Option<ConsumeError> = None;
     let mut draining_since: Option<Instant> = None;
-    let mut revocation: Option<Revocation> = None;
     let mut dropped = false;
     let drain_timeout = config.run.drain_timeout;
     loop {
@@ -1014,8 +1052,19 @@ async fn sweep_and_write(instance: &Instance) {
     let topic = instance.topic.clone();
     let window_ms = instance.config.windows.window.window_ms;
     let partitions = instance.partition_count;
-    let found =
-        blocking(move || sweep_markers(store.as_ref(), &topic, window_ms, partitions)).await;
+    let found = blocking(move || {
+        let (markers, superseded) = sweep_markers(store.as_ref(), &topic, window_ms, partitions)?;
+        for key in &superseded {
+            tracing::warn!(
+                file = %key,
+                "Removing a file written by a writer after it had lost the partition (its \
+                 rows are in the new owner's file)"
+            );
+            store.delete(key)?;
+        }
+        Ok(markers)
+    })
+    .await;
     let result = match found {
         Ok(markers) => write_markers(&instance.store, markers, &instance.counters).await,
         Err(e) => Err(e),
@@ -1026,14 +1075,15 @@ async fn sweep_and_write(instance: &Instance) {
 }
 
 /// The success markers every partition's committed checkpoint now supports and that do not
-/// exist yet (see [`run_group`]). Files no checkpoint covers (being written, or left by a
-/// crash for the next owner's recovery) are in no manifest.
+/// exist yet (see [`run_group`]), and the files to delete because a writer wrote them after it
+/// had lost the partition (`recovery::Plan::superseded`). Files no checkpoint covers (being
+/// written, or left by a crash for the next owner's recovery) are in no manifest.
 fn sweep_markers(
     store: &dyn Store,
     topic: &str,
     window_ms: i64,
     partition_count: usize,
-) -> Result<Vec<instance::Marker>, ConsumeError> {
+) -> Result<(Vec<instance::Marker>, Vec<layout::Key>), ConsumeError> {
     // Checkpoints before the listing: every file a loaded checkpoint covers was written before
     // it was committed, so it is listed; files written after are judged against it (skipped).
     let mut checkpoints = BTreeMap::new();
@@ -1041,7 +1091,7 @@ fn sweep_markers(
         match checkpoint::load(store, topic, p, window_ms)?.checkpoint {
             Some(cp) => checkpoints.insert(p, cp),
             // A partition nobody has claimed yet: no window is complete.
-            None => return Ok(Vec::new()),
+            None => return Ok((Vec::new(), Vec::new())),
         };
     }
     let listing = store.list("")?;
@@ -1051,10 +1101,13 @@ fn sweep_markers(
         .min()
         .unwrap_or(i64::MIN);
     let mut skip = BTreeSet::new();
+    let mut superseded = Vec::new();
     for (p, cp) in &checkpoints {
         let plan = recovery::plan(store, *p, Some(cp), &listing)?;
         skip.extend(plan.temp);
         skip.extend(plan.uncommitted);
+        skip.extend(plan.superseded.iter().cloned());
+        superseded.extend(plan.superseded);
     }
     let scope = SuccessScope::AllPartitions;
     let with_marker: BTreeSet<i64> = listing
@@ -1080,19 +1133,12 @@ fn sweep_markers(
         })
         .collect();
     if candidates.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), superseded));
     }
     let all: BTreeSet<i32> = checkpoints.keys().copied().collect();
     let mut tracker = SuccessTracker::new(scope, window_ms, &all);
-    let (_, create) = tracker.start(&checkpoints, &candidates, |key| {
-        store
-            .get(key)
-            .ok()
-            .flatten()
-            .and_then(|b| crate::output::parquet::row_count(&b, key).ok())
-            .unwrap_or(0)
-    });
-    Ok(create)
+    let (_, create) = tracker.start(&checkpoints, &candidates, |key| footer_rows(store, key));
+    Ok((create, superseded))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -1238,6 +1284,7 @@ fn apply_recovery(store: &dyn Store, partition: i32, rec: &Recovered) -> Result<
             partition,
             temp_removed = plan.temp.len(),
             uncommitted_removed = plan.uncommitted.len(),
+            superseded_removed = plan.superseded.len(),
             kept = plan.kept,
             "Recovered the output to the last checkpoint"
         );
@@ -1256,12 +1303,7 @@ async fn reconcile_markers(
     let (tracker, remove, create) = blocking(move || {
         let listing = store2.list("")?;
         let (remove, create) = tracker.start(&checkpoints, &listing, |key| {
-            store2
-                .get(key)
-                .ok()
-                .flatten()
-                .and_then(|b| crate::output::parquet::row_count(&b, key).ok())
-                .unwrap_or(0)
+            footer_rows(store2.as_ref(), key)
         });
         Ok((tracker, remove, create))
     })
@@ -1277,6 +1319,17 @@ async fn reconcile_markers(
     .await?;
     write_markers(store, create, counters).await?;
     Ok(tracker)
+}
+
+/// The row count in a table file's footer, for a manifest (0 when it cannot be read: the
+/// manifest still lists the file).
+fn footer_rows(store: &dyn Store, key: &str) -> u64 {
+    store
+        .get(key)
+        .ok()
+        .flatten()
+        .and_then(|b| crate::output::parquet::row_count(&b, key).ok())
+        .unwrap_or(0)
 }
 
 async fn write_markers(

@@ -348,7 +348,66 @@ pub mod output {
         (!parts.is_empty()).then(|| format!("({})", parts.join(" UNION ALL ")))
     }
 
+    /// [`all_offsets`] with only the staged row groups that the latest checkpoints list: a
+    /// writer that lost its partition while a staging write was in flight may leave one behind
+    /// (not committed; the next claim of the partition removes it, and readers of the table
+    /// never see `_staging`).
+    pub fn committed_offsets_sql(out: &Path) -> Option<String> {
+        let store = reclamacoes::output::LocalStore::new(out);
+        let checkpoints = reclamacoes::checkpoint::store::read_latest(&store).unwrap_or_default();
+        let staged: Vec<String> = checkpoints
+            .iter()
+            .flat_map(|(cp, _)| {
+                cp.staged.iter().flat_map(|(window, files)| {
+                    files.iter().map(|f| {
+                        let key = reclamacoes::output::layout::staged_key_named(*window, &f.name);
+                        format!("'{}'", out.join(key).display())
+                    })
+                })
+            })
+            .collect();
+        let mut parts: Vec<String> = [
+            ("window=*/*.parquet", TABLE),
+            ("_late/*/*.pq", LATE),
+            ("_dead_letter/*.pq", DEAD),
+        ]
+        .iter()
+        .filter(|(g, _)| has(out, g))
+        .map(|(_, source)| format!("SELECT kafka_partition, kafka_offset FROM {source}"))
+        .collect();
+        if !staged.is_empty() {
+            parts.push(format!(
+                "SELECT kafka_partition, kafka_offset FROM read_parquet([{}], hive_partitioning = false)",
+                staged.join(", ")
+            ));
+        }
+        let sql = (!parts.is_empty()).then(|| format!("({})", parts.join(" UNION ALL ")))?;
+        Some(sql.replace("{out}", &out.display().to_string()))
+    }
+
     /// Sum over partitions of the committed checkpoints' `next_offset` (0 without any).
+    /// Asserts that every (partition, offset) of the `total` records appears exactly once
+    /// across the table, staging, `_late` and `_dead_letter` of `out` (DuckDB).
+    pub fn assert_exactly_once(out: &Path, total: u64, what: &str) {
+        assert_sources_exactly_once(out, &all_offsets(out).expect("output written"), total, what)
+    }
+
+    /// [`assert_exactly_once`] over [`committed_offsets_sql`].
+    pub fn assert_committed_exactly_once(out: &Path, total: u64, what: &str) {
+        let all = committed_offsets_sql(out).expect("output written");
+        assert_sources_exactly_once(out, &all, total, what)
+    }
+
+    fn assert_sources_exactly_once(out: &Path, all: &str, total: u64, what: &str) {
+        let count = |sql: String| super::duckdb(out, &sql)[0][0].as_i64().unwrap() as u64;
+        let rows = count(format!("SELECT count(*) FROM {all}"));
+        let distinct = count(format!(
+            "SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM {all}"
+        ));
+        assert_eq!(distinct, total, "every (partition, offset) appears");
+        assert_eq!(rows, total, "and appears once ({what})");
+    }
+
     pub fn committed_offsets(out: &Path) -> u64 {
         let store = reclamacoes::output::LocalStore::new(out);
         reclamacoes::checkpoint::store::read_latest(&store)
