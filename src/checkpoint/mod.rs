@@ -61,7 +61,7 @@ pub struct PartitionCheckpoint {
     pub marks: Marks,
     /// Writers this partition was taken over from (the writer of each checkpoint a new run
     /// started from; the last [`FENCED_WRITERS_KEPT`]). Committed files never overlap in
-    /// offsets, so a file of one of them that overlaps another writer's file was written after
+    /// offsets, so a table or late file of one of them that overlaps another writer's file was written after
     /// it lost the partition (a zombie's write landing late) and is not committed
     /// (`recovery::plan`: superseded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -16,6 +16,20 @@
 //! the checkpoint were staged after it, or merged by a later close and kept only while the
 //! previous generation might still be needed.
 //!
+//! That argument assumes one writer at a time, which fencing gives for commits but not for
+//! writes: a writer that lost the partition (frozen, or cut off with an upload in flight) can
+//! land a file after the new owner took over, with the same offsets as the new owner's copy,
+//! and the offsets alone would keep both. So a checkpoint names the writers the partition was
+//! taken from (`fenced_writers`), and a table or late file of one of them that overlaps in
+//! offsets a file of another writer for the same destination is *superseded*: deleted, whatever
+//! the offsets say. Committed table files of a window come from one writer's close, and
+//! committed late files of a window have disjoint ranges (replays skip late rows up to the late
+//! mark), so at most one of two overlapping files is committed, and it is not the one whose
+//! writer had lost the partition. Dead-letter files are left out of the rule: they hold
+//! scattered offsets, so committed ones may overlap in range (a late dead-letter copy of a
+//! zombie stays until found by hand: `app inspect` lists the writers). A fenced writer's staged
+//! row group that the checkpoint does not list is uncommitted like any other.
+//!
 //! Without a checkpoint, data files of `p` are refused rather than deleted
 //! ([`CheckpointError::OrphanedOutput`]): they were committed by a checkpoint that is gone.
 //! Files of other partitions, success markers (see `consume::success`) and anything that is not
@@ -34,7 +48,7 @@ pub struct Plan {
     pub temp: Vec<Key>,
     /// Data and staged files written after the checkpoint.
     pub uncommitted: Vec<Key>,
-    /// Data files of a fenced writer (`PartitionCheckpoint::fenced_writers`) that overlap in
+    /// Table and late files of a fenced writer (`PartitionCheckpoint::fenced_writers`) that overlap in
     /// offsets a file of another writer for the same destination: written after that writer
     /// lost the partition. Never committed, whoever asks and whenever: safe to delete at once.
     pub superseded: Vec<Key>,
@@ -164,11 +178,13 @@ pub fn plan(
 
 type DataEntry = (Key, Option<Destination>, Option<i64>, layout::PartName);
 
-/// The data files of `fenced` writers that overlap, in offsets, a file of a writer not in
-/// `fenced` with the same destination (see [`Plan::superseded`]). Files of one partition and
-/// destination that a checkpoint commits are disjoint in offsets (one writer at a time routes
-/// each offset once, replays skip what is marked), so of two overlapping files at most one is
-/// committed, and it is not the one whose writer had been taken over from.
+/// The table and late files of `fenced` writers that overlap, in offsets, a file of a writer
+/// not in `fenced` with the same destination (see [`Plan::superseded`]). Committed files of one
+/// window come from one writer's close (a window closes once; a close that never committed is
+/// redone by the next writer and its files deleted), and committed late files of a window have
+/// disjoint ranges (a replay skips late rows up to the window's late mark), so of two
+/// overlapping files at most one is committed, and it is not the one whose writer had been
+/// taken over from.
 fn superseded(data: &[DataEntry], fenced: &[String]) -> std::collections::BTreeSet<Key> {
     let is_fenced = |part: &layout::PartName| {
         part.writer
@@ -179,8 +195,11 @@ fn superseded(data: &[DataEntry], fenced: &[String]) -> std::collections::BTreeS
         return out;
     }
     for (key, destination, _, part) in data {
-        let Some(destination) = destination else {
-            continue; // staged files are committed by name
+        // Staged files are committed by name; dead-letter files hold scattered offsets (replays
+        // skip the ones already written one by one), so two committed ones can overlap in range.
+        let Some(destination @ (Destination::Window(_) | Destination::Late(_))) = destination
+        else {
+            continue;
         };
         if !is_fenced(part) {
             continue;
