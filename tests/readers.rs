@@ -18,6 +18,7 @@ use rskafka::record::Record;
 const READERS: &str = r#"
 import sys, json
 import duckdb, pandas, polars, pyarrow.parquet as pq
+duckdb.execute("SET enable_progress_bar = false")  # stdout is the answer
 out = sys.argv[1]
 result = {}
 df = pandas.read_parquet(out)

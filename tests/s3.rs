@@ -584,6 +584,7 @@ fn pyarrow_and_duckdb_read_the_output_straight_from_s3() {
     let script = r#"
 import os, sys, duckdb, duckdb_ext
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")  # stdout is the answer
 con.execute("SET extension_directory = ?", [os.path.join(list(duckdb_ext.__path__)[0], "extensions")])
 con.execute("SET autoinstall_known_extensions = false")
 con.execute("LOAD httpfs")

@@ -261,6 +261,8 @@ pub fn duckdb(out: &Path, sql: &str) -> Vec<Vec<serde_json::Value>> {
     let python = python();
     let script = r#"
 import sys, json, duckdb
+# No progress bar on stdout: a query slower than 2 s would print one before the JSON.
+duckdb.execute("SET enable_progress_bar = false")
 rows = duckdb.sql(sys.argv[1]).fetchall()
 print(json.dumps([[v if isinstance(v, (int, float, str, type(None), bool)) else str(v) for v in r] for r in rows]))
 "#;
