@@ -446,6 +446,15 @@ impl Scenario {
     fn finish(self, members: Vec<Member>, what: &str) {
         let refs: Vec<&Member> = members.iter().collect();
         wait_finished(&self.out, self.expected, &refs);
+        if let Ok(keep) = std::env::var("RECLAMACOES_KEEP_LOGS") {
+            let dest = Path::new(&keep).join(&self.topic);
+            std::fs::create_dir_all(&dest).unwrap();
+            for e in std::fs::read_dir(self.work.path()).unwrap().flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
+                }
+            }
+        }
         stop_and_check(members, &self.out, self.work.path(), self.expected, what);
     }
 }

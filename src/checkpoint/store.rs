@@ -5,7 +5,10 @@
 //!   and this one is fenced ([`CheckpointError::Fenced`]): it must stop writing this partition.
 //!   A writer that fell two or more generations behind finds its slot free (old generations are
 //!   deleted), so after creating `g` the commit also lists the partition's generations: any
-//!   newer than `g` fences it too (its `g` is deleted again). That cannot miss one: a writer
+//!   newer than `g` fences it too. Its `g` stays, and so do the files `g` covers: `g` may have
+//!   landed late yet before a new owner read it and took the partition over from it (a cut
+//!   connection), and then those files are committed; otherwise `g` is an older generation that
+//!   `load` never prefers and the next commit prunes. That cannot miss one: a writer
 //!   deletes only generations below its own latest, so once `g` is gone some generation `> g`
 //!   exists at every moment. Generations older than `g − 1` are then deleted, so the previous
 //!   one stays as a fallback.
@@ -69,6 +72,9 @@ pub enum CheckpointError {
         location: String,
         me: String,
         other: String,
+        /// This writer's own commit was written, but a newer generation exists: another writer
+        /// may have taken the partition over *from it*, so the files it covers must stay.
+        landed: bool,
     },
     #[error(
         "{location} was written by an earlier version of app (layout 1: `window_start=…` \
@@ -249,7 +255,10 @@ pub fn commit(store: &dyn Store, cp: &PartitionCheckpoint) -> Result<(), Checkpo
     };
     let mut text = serde_json::to_vec_pretty(&envelope).expect("a checkpoint serializes");
     text.push(b'\n');
-    if !store.put_new(&key, &text)? {
+    // A conditional put that was retried after its first attempt landed (a timeout, a cut
+    // connection) finds its own object: that is our commit, not another writer's. Taking it for
+    // a fence would make this writer withdraw files its own commit covers.
+    if !store.put_new(&key, &text)? && store.get(&key)?.as_deref() != Some(&text[..]) {
         let other = writer_of(store, &key)?;
         return Err(CheckpointError::Fenced {
             partition: cp.partition,
@@ -257,6 +266,7 @@ pub fn commit(store: &dyn Store, cp: &PartitionCheckpoint) -> Result<(), Checkpo
             location: store.describe(),
             me: cp.writer.clone(),
             other,
+            landed: false,
         });
     }
     let listing = store.list(&format!("{}/", layout::checkpoint_dir(cp.partition)))?;
@@ -270,14 +280,18 @@ pub fn commit(store: &dyn Store, cp: &PartitionCheckpoint) -> Result<(), Checkpo
         })
         .max();
     if let Some((generation, newest)) = newer {
-        // A stale slot: ours is not the partition's latest state, withdraw it.
-        store.delete(&key)?;
+        // Ours is not the partition's latest state. Either its slot had been pruned and was
+        // written again after a long pause (nobody builds on it), or it landed late and a new
+        // owner took the partition over *from it* (its claim read ours). The two cannot be told
+        // apart here, and in the second the files ours covers are committed: keep our slot and
+        // our files (an older generation is harmless; `load` takes the newest) and stop.
         return Err(CheckpointError::Fenced {
             partition: cp.partition,
             generation,
             location: store.describe(),
             me: cp.writer.clone(),
             other: writer_of(store, &newest)?,
+            landed: true,
         });
     }
     for o in listing {
@@ -384,6 +398,15 @@ mod tests {
     }
 
     #[test]
+    fn a_retried_commit_that_had_landed_is_not_a_fence() {
+        let store = MemStore::new();
+        commit(&store, &cp(1)).unwrap();
+        // The same commit again: what a conditional put retried after a lost answer sees.
+        commit(&store, &cp(1)).expect("our own landed commit");
+        assert_eq!(load(&store, "t", 3, 60_000).unwrap().newest_generation, 1);
+    }
+
+    #[test]
     fn a_second_writer_of_a_generation_is_fenced() {
         let store = MemStore::new();
         commit(&store, &cp(1)).unwrap();
@@ -408,14 +431,20 @@ mod tests {
         zombie.writer = "0000000b".into();
         let e = commit(&store, &zombie).unwrap_err();
         assert!(
-            matches!(e, CheckpointError::Fenced { generation: 4, .. }),
+            matches!(
+                e,
+                CheckpointError::Fenced {
+                    generation: 4,
+                    landed: true,
+                    ..
+                }
+            ),
             "{e}"
         );
         assert!(e.to_string().contains("0000000a"), "{e}");
-        assert_eq!(
-            store.get(&layout::checkpoint_key(3, 2)).unwrap(),
-            None,
-            "the stale generation is withdrawn"
+        assert!(
+            store.get(&layout::checkpoint_key(3, 2)).unwrap().is_some(),
+            "the late slot stays (a new owner may have read it); the newest still wins"
         );
         assert_eq!(
             load(&store, "t", 3, 60_000).unwrap().checkpoint,

@@ -275,12 +275,13 @@ impl PartitionPipeline {
     /// staged files no retained generation needs. Fails with `Fenced` if another writer
     /// committed this generation first; this writer then deletes the files it wrote since its
     /// last commit (no checkpoint can cover them, and a later recovery could not tell them from
-    /// the other writer's) and must stop.
+    /// the other writer's) and must stop. When its own commit landed but a newer generation
+    /// exists (`landed`), the files stay: the newer owner may have started from this commit.
     pub fn checkpoint(&mut self, out: &mut Progress) -> Result<Committed, PipelineError> {
         self.flush_side(out)?;
         let cp = self.core.capture(self.writer);
         if let Err(e) = checkpoint::commit(self.sink.store().as_ref(), &cp) {
-            if matches!(e, CheckpointError::Fenced { .. }) {
+            if matches!(e, CheckpointError::Fenced { landed: false, .. }) {
                 self.withdraw();
             }
             return Err(e.into());
