@@ -66,6 +66,18 @@ pub struct PartitionCheckpoint {
     /// (`recovery::plan`: superseded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fenced_writers: Vec<String>,
+    /// `<writer>@<generation>` of the checkpoint this writer's run started from (its claim),
+    /// carried by every generation it commits: a commit that landed late can tell whether a
+    /// new owner started from it (`store::commit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_from: Option<String>,
+}
+
+impl PartitionCheckpoint {
+    /// The `claimed_from` naming this checkpoint.
+    pub fn origin(&self) -> String {
+        format!("{}@{}", self.writer, self.generation)
+    }
 }
 
 /// How many earlier writers a checkpoint remembers (see `fenced_writers`).

@@ -290,6 +290,7 @@ mod tests {
             staged: [(2 * W, vec![fref(&staged_ok)])].into(),
             marks,
             fenced_writers: Vec::new(),
+            claimed_from: None,
         };
         let listing = store.list("").unwrap();
         let plan = plan(&store, 0, Some(&cp), &listing).unwrap();
@@ -351,6 +352,7 @@ mod tests {
             staged: Default::default(),
             marks,
             fenced_writers: Vec::new(),
+            claimed_from: None,
         };
         let listing = store.list("").unwrap();
         let unaware = plan(&store, 0, Some(&cp), &listing).unwrap();

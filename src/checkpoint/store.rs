@@ -5,10 +5,12 @@
 //!   and this one is fenced ([`CheckpointError::Fenced`]): it must stop writing this partition.
 //!   A writer that fell two or more generations behind finds its slot free (old generations are
 //!   deleted), so after creating `g` the commit also lists the partition's generations: any
-//!   newer than `g` fences it too. Its `g` stays, and so do the files `g` covers: `g` may have
-//!   landed late yet before a new owner read it and took the partition over from it (a cut
-//!   connection), and then those files are committed; otherwise `g` is an older generation that
-//!   `load` never prefers and the next commit prunes. That cannot miss one: a writer
+//!   newer than `g` fences it too. Its `g` is deleted again, unless a newer generation names it
+//!   as `claimed_from`: then `g` landed late yet before a new owner read it and took the
+//!   partition over from it (a cut connection), so `g` and the files it covers are committed and
+//!   stay (the fenced writer keeps its files; `load` still prefers the newest). A takeover from
+//!   `g` followed by a second takeover, both while `g`'s request was in flight, is not
+//!   recognised (`claimed_from` names only the direct origin). That cannot miss one: a writer
 //!   deletes only generations below its own latest, so once `g` is gone some generation `> g`
 //!   exists at every moment. Generations older than `g − 1` are then deleted, so the previous
 //!   one stays as a fallback.
@@ -72,8 +74,8 @@ pub enum CheckpointError {
         location: String,
         me: String,
         other: String,
-        /// This writer's own commit was written, but a newer generation exists: another writer
-        /// may have taken the partition over *from it*, so the files it covers must stay.
+        /// This writer's own commit was written, but a newer owner took the partition over
+        /// *from it* (its `claimed_from`): the files it covers are committed and must stay.
         landed: bool,
     },
     #[error(
@@ -280,18 +282,37 @@ pub fn commit(store: &dyn Store, cp: &PartitionCheckpoint) -> Result<(), Checkpo
         })
         .max();
     if let Some((generation, newest)) = newer {
-        // Ours is not the partition's latest state. Either its slot had been pruned and was
-        // written again after a long pause (nobody builds on it), or it landed late and a new
-        // owner took the partition over *from it* (its claim read ours). The two cannot be told
-        // apart here, and in the second the files ours covers are committed: keep our slot and
-        // our files (an older generation is harmless; `load` takes the newest) and stop.
+        // Ours is not the partition's latest state. If a new owner took the partition over
+        // *from ours* (it landed late, and the claim read it), what ours covers is committed:
+        // keep our slot and files and stop. Otherwise our slot had been pruned and was written
+        // again after a long pause: nobody builds on it, withdraw it (and our files).
+        let origin = cp.origin();
+        let mut built_on_ours = false;
+        for o in &listing {
+            if let Entry::Checkpoint { generation: g, .. } = layout::classify(&o.key) {
+                if g > cp.generation {
+                    built_on_ours |= store
+                        .get(&o.key)?
+                        .and_then(|b| serde_json::from_slice::<Json>(&b).ok())
+                        .and_then(|j| {
+                            j.pointer("/checkpoint/claimed_from")
+                                .and_then(Json::as_str)
+                                .map(|c| c == origin)
+                        })
+                        .unwrap_or(false);
+                }
+            }
+        }
+        if !built_on_ours {
+            store.delete(&key)?;
+        }
         return Err(CheckpointError::Fenced {
             partition: cp.partition,
             generation,
             location: store.describe(),
             me: cp.writer.clone(),
             other: writer_of(store, &newest)?,
-            landed: true,
+            landed: built_on_ours,
         });
     }
     for o in listing {
@@ -372,6 +393,7 @@ mod tests {
             staged: Default::default(),
             marks: Marks::default(),
             fenced_writers: Vec::new(),
+            claimed_from: None,
         }
     }
 
@@ -395,6 +417,29 @@ mod tests {
             keys,
             [layout::checkpoint_key(3, 3), layout::checkpoint_key(3, 4)]
         );
+    }
+
+    #[test]
+    fn a_late_commit_that_a_new_owner_started_from_is_kept() {
+        let store = MemStore::new();
+        commit(&store, &cp(1)).unwrap();
+        // Writer a's generation 2 lands late; b had read it and claimed 3 from it, then moved
+        // on to 4 (pruning 2). a's commit of 2 is then re-created here: a stale slot, but 4
+        // names it as the origin, so a keeps its slot and files.
+        let mine = cp(2);
+        let mut claim = cp(3);
+        claim.writer = "0000000b".into();
+        claim.claimed_from = Some(mine.origin());
+        let mut next = claim.clone();
+        next.generation = 4;
+        commit(&store, &claim).unwrap();
+        commit(&store, &next).unwrap();
+        let e = commit(&store, &mine).unwrap_err();
+        assert!(
+            matches!(e, CheckpointError::Fenced { landed: true, .. }),
+            "{e}"
+        );
+        assert!(store.get(&layout::checkpoint_key(3, 2)).unwrap().is_some());
     }
 
     #[test]
@@ -435,16 +480,17 @@ mod tests {
                 e,
                 CheckpointError::Fenced {
                     generation: 4,
-                    landed: true,
+                    landed: false,
                     ..
                 }
             ),
             "{e}"
         );
         assert!(e.to_string().contains("0000000a"), "{e}");
-        assert!(
-            store.get(&layout::checkpoint_key(3, 2)).unwrap().is_some(),
-            "the late slot stays (a new owner may have read it); the newest still wins"
+        assert_eq!(
+            store.get(&layout::checkpoint_key(3, 2)).unwrap(),
+            None,
+            "the stale generation nobody built on is withdrawn"
         );
         assert_eq!(
             load(&store, "t", 3, 60_000).unwrap().checkpoint,

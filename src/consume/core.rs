@@ -242,6 +242,8 @@ pub struct PartitionCore {
     marks: Marks,
     /// See `PartitionCheckpoint::fenced_writers`.
     fenced_writers: Vec<String>,
+    /// See `PartitionCheckpoint::claimed_from`.
+    claimed_from: Option<String>,
     /// When the partition last routed a record (or started).
     last_activity_ms: i64,
     /// The last idle advance: the watermark it set (UTC ms) and where it came from.
@@ -275,6 +277,7 @@ impl PartitionCore {
             closed_since_commit: Vec::new(),
             retired: Vec::new(),
             fenced_writers: Vec::new(),
+            claimed_from: None,
         };
         match start {
             Start::Fresh { offset } => core.next_offset = offset,
@@ -294,6 +297,7 @@ impl PartitionCore {
                     .saturating_sub(crate::checkpoint::FENCED_WRITERS_KEPT);
                 fenced.drain(..excess);
                 core.fenced_writers = fenced;
+                core.claimed_from = Some(cp.origin());
                 for (window, staged) in &cp.staged {
                     core.open.insert(
                         *window,
@@ -616,6 +620,7 @@ impl PartitionCore {
                 .collect(),
             marks: self.marks.clone(),
             fenced_writers: self.fenced_writers.clone(),
+            claimed_from: self.claimed_from.clone(),
         }
     }
 

@@ -275,8 +275,8 @@ impl PartitionPipeline {
     /// staged files no retained generation needs. Fails with `Fenced` if another writer
     /// committed this generation first; this writer then deletes the files it wrote since its
     /// last commit (no checkpoint can cover them, and a later recovery could not tell them from
-    /// the other writer's) and must stop. When its own commit landed but a newer generation
-    /// exists (`landed`), the files stay: the newer owner may have started from this commit.
+    /// the other writer's) and must stop. When its own commit landed and a newer owner started
+    /// from it (`landed`), the files stay: that owner's checkpoints cover them.
     pub fn checkpoint(&mut self, out: &mut Progress) -> Result<Committed, PipelineError> {
         self.flush_side(out)?;
         let cp = self.core.capture(self.writer);
