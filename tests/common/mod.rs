@@ -337,17 +337,10 @@ pub mod output {
     /// A DuckDB source of `(kafka_partition, kafka_offset)` over the table, staged row groups,
     /// late rows and dead letters that exist (`None` when there is nothing yet).
     pub fn all_offsets(out: &Path) -> Option<String> {
-        let parts: Vec<String> = [
-            ("window=*/*.parquet", TABLE),
-            ("_staging/*/*.staged", STAGED),
-            ("_late/*/*.pq", LATE),
-            ("_dead_letter/*.pq", DEAD),
-        ]
-        .iter()
-        .filter(|(g, _)| has(out, g))
-        .map(|(_, source)| format!("SELECT kafka_partition, kafka_offset FROM {source}"))
-        .collect();
-        (!parts.is_empty()).then(|| format!("({})", parts.join(" UNION ALL ")))
+        offsets_union(
+            out,
+            has(out, "_staging/*/*.staged").then(|| STAGED.to_string()),
+        )
     }
 
     /// [`all_offsets`] with only the staged row groups that the latest checkpoints list: a
@@ -368,26 +361,33 @@ pub mod output {
                 })
             })
             .collect();
-        let mut parts: Vec<String> = [
-            ("window=*/*.parquet", TABLE),
-            ("_late/*/*.pq", LATE),
-            ("_dead_letter/*.pq", DEAD),
-        ]
-        .iter()
-        .filter(|(g, _)| has(out, g))
-        .map(|(_, source)| format!("SELECT kafka_partition, kafka_offset FROM {source}"))
-        .collect();
-        if !staged.is_empty() {
-            parts.push(format!(
-                "SELECT kafka_partition, kafka_offset FROM read_parquet([{}], hive_partitioning = false)",
+        let staged = (!staged.is_empty()).then(|| {
+            format!(
+                "read_parquet([{}], hive_partitioning = false)",
                 staged.join(", ")
-            ));
-        }
+            )
+        });
+        offsets_union(out, staged)
+    }
+
+    /// The union of `(kafka_partition, kafka_offset)` over the table, `staged` (a source, when
+    /// there is one), late rows and dead letters, with `{out}` filled in.
+    fn offsets_union(out: &Path, staged: Option<String>) -> Option<String> {
+        let existing = |glob: &str, source: &str| has(out, glob).then(|| source.to_string());
+        let parts: Vec<String> = [
+            existing("window=*/*.parquet", TABLE),
+            staged,
+            existing("_late/*/*.pq", LATE),
+            existing("_dead_letter/*.pq", DEAD),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|source| format!("SELECT kafka_partition, kafka_offset FROM {source}"))
+        .collect();
         let sql = (!parts.is_empty()).then(|| format!("({})", parts.join(" UNION ALL ")))?;
         Some(sql.replace("{out}", &out.display().to_string()))
     }
 
-    /// Sum over partitions of the committed checkpoints' `next_offset` (0 without any).
     /// Asserts that every (partition, offset) of the `total` records appears exactly once
     /// across the table, staging, `_late` and `_dead_letter` of `out` (DuckDB).
     pub fn assert_exactly_once(out: &Path, total: u64, what: &str) {
@@ -410,6 +410,7 @@ pub mod output {
         assert_eq!(rows, total, "and appears once ({what})");
     }
 
+    /// Sum over partitions of the committed checkpoints' `next_offset` (0 without any).
     pub fn committed_offsets(out: &Path) -> u64 {
         let store = reclamacoes::output::LocalStore::new(out);
         reclamacoes::checkpoint::store::read_latest(&store)
