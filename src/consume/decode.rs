@@ -2,8 +2,11 @@
 //! schema, enriched with one columnar lookup, plus the dead letters and, per record, what the core
 //! needs to route it ([`RecordMeta`]). Pure: no I/O; the wall clock is an argument.
 //!
-//! Each value is parsed once by `serde_json` through a `DeserializeSeed` into per-field slots
-//! (strings borrowed from the message when they have no escapes); a record is typed and checked
+//! Each value is parsed once into per-field slots (strings borrowed from the message): by the
+//! [`flat_json`](super::flat_json) scan when it is a flat object without escapes (what our
+//! producer writes), otherwise by `serde_json` through a `DeserializeSeed`, which then also gives
+//! every error its message. The two agree on every message the scan answers (tested here on the
+//! output schema's fields, and in `flat_json` against `serde_json::Value`). A record is typed and checked
 //! completely before anything is appended to the column builders, so a bad record never leaves a
 //! builder half-written. There is no `serde_json::Value` and no per-record map.
 //!
@@ -28,6 +31,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::Deserializer as _;
 
 use super::core::{RecordKind, RecordMeta};
+use super::flat_json::{self, FieldKey, FlatValue, KeyOrder};
 use crate::enrich::{OnMiss, ReferenceTable};
 use crate::output::parquet::{dead_letter_schema, OutputSchema};
 use crate::schema::{self, FieldType, Schema};
@@ -95,6 +99,7 @@ pub struct Decoder {
     output: SchemaRef,
     dead_schema: SchemaRef,
     names: HashMap<Box<str>, usize>,
+    key_order: KeyOrder,
     enrich_source: String,
 }
 
@@ -108,7 +113,14 @@ impl Decoder {
             .enumerate()
             .map(|(i, f)| (f.name.clone().into_boxed_str(), i))
             .collect();
+        let field_names: Vec<&str> = config
+            .schema
+            .fields
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
         Decoder {
+            key_order: KeyOrder::new(&field_names),
             output: Arc::clone(output.arrow()),
             dead_schema: dead_letter_schema(),
             names,
@@ -264,22 +276,11 @@ impl Decoder {
         let slots_b: &mut Vec<Slot<'b>> = slots;
         slots_b.clear();
         slots_b.resize(fields.len(), Slot::Missing);
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let top = de
-            .deserialize_any(TopVisitor {
-                names: &self.names,
-                fields: &self.config.schema,
-                slots: slots_b,
-            })
-            .and_then(|top| de.end().map(|()| top));
-        match top {
-            Err(e) => return Err(format!("field `(message)`: is not valid JSON: {e}")),
-            Ok(Top::NotObject(kind)) => {
-                return Err(format!(
-                    "field `(message)`: is JSON but not an object (found {kind})"
-                ))
-            }
-            Ok(Top::Object) => {}
+        if !self.scan_flat(bytes, slots_b) {
+            // Not for the fast path (an escape, a malformed message, ...): serde_json decides.
+            slots_b.clear();
+            slots_b.resize(fields.len(), Slot::Missing);
+            self.parse_serde(bytes, slots_b)?;
         }
         typed.clear();
         for (field, slot) in fields.iter().zip(slots_b.drain(..)) {
@@ -302,6 +303,52 @@ impl Decoder {
                 })?,
             };
             typed.push(value);
+        }
+        Ok(())
+    }
+
+    /// The fast path ([`flat_json`]): `false` when it does not handle `bytes`.
+    fn scan_flat<'b>(&self, bytes: &'b [u8], slots: &mut [Slot<'b>]) -> bool {
+        flat_json::scan_object(bytes, &self.key_order, &mut |key, value| {
+            let index = match key {
+                FieldKey::Known(i) => Some(i),
+                FieldKey::Other(name) => self.names.get(name).copied(),
+            };
+            if let Some(i) = index {
+                slots[i] = match value {
+                    FlatValue::Null => Slot::Null,
+                    FlatValue::Bool(b) => Slot::Bool(b),
+                    FlatValue::U64(v) => Slot::U64(v),
+                    FlatValue::I64(v) => Slot::I64(v),
+                    FlatValue::F64(v) => Slot::F64(v),
+                    FlatValue::Str(s) => Slot::Str(Cow::Borrowed(s)),
+                    FlatValue::Array => Slot::Array,
+                    FlatValue::Object => Slot::Object,
+                };
+            }
+        })
+        .is_some()
+    }
+
+    /// serde_json's reading of `bytes` into `slots`, with its error messages.
+    fn parse_serde<'b>(&self, bytes: &'b [u8], slots: &mut Vec<Slot<'b>>) -> Result<(), String> {
+        let slots_b = slots;
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let top = de
+            .deserialize_any(TopVisitor {
+                names: &self.names,
+                fields: &self.config.schema,
+                slots: slots_b,
+            })
+            .and_then(|top| de.end().map(|()| top));
+        match top {
+            Err(e) => return Err(format!("field `(message)`: is not valid JSON: {e}")),
+            Ok(Top::NotObject(kind)) => {
+                return Err(format!(
+                    "field `(message)`: is JSON but not an object (found {kind})"
+                ))
+            }
+            Ok(Top::Object) => {}
         }
         Ok(())
     }
@@ -987,6 +1034,48 @@ mod tests {
                 }
                 Err(e) => prop_assert_eq!(batch.rows.num_rows(), 0, "{} accepted, the reference says {}", value, e),
             }
+        }
+
+        /// The fast path and serde_json fill the same slots wherever the fast path answers, and
+        /// it answers for what the producer writes.
+        #[test]
+        fn fast_path_fills_the_slots_serde_json_fills(
+            fields in proptest::collection::vec((0..17usize, 0..12u8), 0..20),
+            name in "\\PC{0,12}",
+        ) {
+            let d = decoder(OnMiss::Null, None);
+            let names: Vec<String> = d.config.schema.fields.iter().map(|f| f.name.clone()).collect();
+            let quoted = serde_json::to_string(&name).unwrap();
+            let shapes = ["null", "2025", "-7", "54.79", "1e300", "\"x\"", "\"00360305\"", "true", "[1]",
+                "{\"file\":\"f\",\"line\":1}", quoted.as_str(), "\"a\\u00e7\""];
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(f, v)| {
+                    let name = names.get(*f).cloned().unwrap_or_else(|| "_source".into());
+                    format!("\"{name}\":{}", shapes[*v as usize])
+                })
+                .collect();
+            let value = format!("{{{}}}", body.join(","));
+            let n = names.len();
+            let mut fast = vec![Slot::Missing; n];
+            let answered = d.scan_flat(value.as_bytes(), &mut fast);
+            let mut slow = vec![Slot::Missing; n];
+            let serde = d.parse_serde(value.as_bytes(), &mut slow);
+            prop_assert!(serde.is_ok(), "{}: {:?}", value, serde);
+            let escaped = value.contains('\\');
+            prop_assert_eq!(answered, !escaped, "{}", value);
+            if answered {
+                prop_assert_eq!(fast, slow, "{}", value);
+            }
+        }
+
+        #[test]
+        fn producer_output_takes_the_fast_path(name in "\\PC{0,40}") {
+            let d = decoder(OnMiss::Null, None);
+            let value = json(Some("00360305"), &name);
+            let mut slots = vec![Slot::Missing; d.config.schema.fields.len()];
+            let plain = !name.chars().any(|c| c == '"' || c == '\\' || c < ' ');
+            prop_assert_eq!(d.scan_flat(&value, &mut slots), plain, "{}", String::from_utf8_lossy(&value));
         }
 
         /// Arbitrary bytes never panic and always account for every record.

@@ -14,6 +14,7 @@
 //! Layout:
 //! - [`core`]: the pure per-partition decisions (routing, windows, watermark, what to commit).
 //! - [`decode`]: records into Arrow columns, enrichment, dead letters (pure).
+//! - [`flat_json`]: decode's fast path for flat JSON objects (serde_json decides the rest).
 //! - [`pipeline`]: core + sink for one partition, synchronously; recovery at startup.
 //! - [`instance`]: cross-partition decisions: the idle boundary and the success markers (pure).
 //! - [`progress`]: counters (once), partition status, summary, progress line, metrics, health.
@@ -29,6 +30,7 @@
 
 pub mod core;
 pub mod decode;
+pub mod flat_json;
 pub mod instance;
 pub mod pipeline;
 pub mod progress;

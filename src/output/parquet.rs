@@ -30,6 +30,7 @@ use parquet::errors::ParquetError;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::{WriterProperties, WriterPropertiesPtr};
 use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::ColumnPath;
 
 use super::store::{ObjectWriter, StoreError};
 use crate::schema::{FieldType, Schema};
@@ -194,14 +195,19 @@ impl Default for FormatConfig {
 }
 
 impl FormatConfig {
-    /// Writer properties: our codec, and no automatic row-group flush (the consumer decides
-    /// when a row group ends, by its memory bound).
+    /// Writer properties: our codec, no automatic row-group flush (the consumer decides when a
+    /// row group ends, by its memory bound), and no dictionary for the Kafka offset and
+    /// timestamp: they are unique per record, so a dictionary would only hash every value until
+    /// parquet gives up on it. (Turning dictionaries off for every number column as well was
+    /// measured: no less CPU, as zstd then had more to compress, and 3 % larger files.)
     pub fn writer_properties(&self) -> WriterPropertiesPtr {
         Arc::new(
             WriterProperties::builder()
                 .set_compression(self.compression.to_parquet())
                 .set_max_row_group_row_count(None)
                 .set_max_row_group_bytes(None)
+                .set_column_dictionary_enabled(ColumnPath::from(COLUMN_OFFSET), false)
+                .set_column_dictionary_enabled(ColumnPath::from(COLUMN_TIMESTAMP), false)
                 .build(),
         )
     }
