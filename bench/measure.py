@@ -14,9 +14,7 @@ What is measured, and how:
 - max_rss_single: wait4()'s ru_maxrss, the "Maximum resident set size" of `/usr/bin/time -v`
   (the largest single process it saw).
 - peak_rss_tree: the peak of the summed RSS of every process in the command's session (it runs
-  in a new session), sampled every 200 ms, and never less than max_rss_single (a sample can miss
-  a short peak; one process's exact peak is a floor for the tree's). This is what counts for
-  PySpark (python + JVM), and what the reports call peak RSS.
+  in a new session), sampled every 200 ms. This is what counts for PySpark (python + JVM).
 - first_output_s: seconds from start until a file matching --pattern first appeared under
   --watch (sampled every 200 ms too).
 """
@@ -147,7 +145,7 @@ def measure(cmd, *, cwd=None, env=None, stdout=None, stderr=None, watch=None,
         "cpu_user_s": round(user, 2),
         "cpu_sys_s": round(sys_, 2),
         "max_rss_single_mb": round(ru.ru_maxrss / 1024, 1),
-        "peak_rss_tree_mb": round(max(state["peak"], ru.ru_maxrss * 1024) / 2**20, 1),
+        "peak_rss_tree_mb": round(state["peak"] / 2**20, 1),
         "first_output_s": None if state["first"] is None else round(state["first"], 2),
         "samples": state["samples"],
     }

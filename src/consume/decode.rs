@@ -837,6 +837,19 @@ mod tests {
         out.into_bytes()
     }
 
+    /// A JSON object of `(field, shape)` pairs: `names[field]` (or `other` past the end) set to
+    /// the JSON text `shapes[shape]`.
+    fn object_of(names: &[String], fields: &[(usize, u8)], shapes: &[&str], other: &str) -> String {
+        let body: Vec<String> = fields
+            .iter()
+            .map(|&(f, v)| {
+                let name = names.get(f).map_or(other, String::as_str);
+                format!("\"{name}\":{}", shapes[v as usize])
+            })
+            .collect();
+        format!("{{{}}}", body.join(","))
+    }
+
     fn decode(d: &Decoder, values: &[Option<Vec<u8>>], now: i64) -> DecodedBatch {
         let records: Vec<RawRecord> = values
             .iter()
@@ -1017,14 +1030,7 @@ mod tests {
             let schema = Schema::banco_central();
             let names: Vec<String> = schema.fields.iter().map(|f| f.name.clone()).collect();
             let shapes = ["null", "2025", "-7", "54.79", "1e300", "\"x\"", "\"00360305\"", "true", "[1]"];
-            let body: Vec<String> = fields
-                .iter()
-                .map(|(f, v)| {
-                    let name = names.get(*f).cloned().unwrap_or_else(|| "outro".into());
-                    format!("\"{name}\":{}", shapes[*v as usize])
-                })
-                .collect();
-            let value = format!("{{{}}}", body.join(","));
+            let value = object_of(&names, &fields, &shapes, "outro");
             let d = decoder(OnMiss::Null, None);
             let batch = decode(&d, &[Some(value.clone().into_bytes())], 0);
             match schema.decode_json(value.as_bytes()) {
@@ -1048,14 +1054,7 @@ mod tests {
             let quoted = serde_json::to_string(&name).unwrap();
             let shapes = ["null", "2025", "-7", "54.79", "1e300", "\"x\"", "\"00360305\"", "true", "[1]",
                 "{\"file\":\"f\",\"line\":1}", quoted.as_str(), "\"a\\u00e7\""];
-            let body: Vec<String> = fields
-                .iter()
-                .map(|(f, v)| {
-                    let name = names.get(*f).cloned().unwrap_or_else(|| "_source".into());
-                    format!("\"{name}\":{}", shapes[*v as usize])
-                })
-                .collect();
-            let value = format!("{{{}}}", body.join(","));
+            let value = object_of(&names, &fields, &shapes, "_source");
             let n = names.len();
             let mut fast = vec![Slot::Missing; n];
             let answered = d.scan_flat(value.as_bytes(), &mut fast);

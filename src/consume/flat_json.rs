@@ -69,53 +69,35 @@ pub fn scan_object<'a>(
     order: &KeyOrder,
     on_field: &mut dyn FnMut(FieldKey<'a>, FlatValue<'a>),
 ) -> Option<()> {
-    // One validation of the whole message; serde_json validates each string, and any non-ASCII
-    // byte outside a string is a syntax error there, so this refuses nothing it would accept.
-    let text = std::str::from_utf8(bytes).ok()?;
-    let mut cursor = Cursor { text, bytes, at: 0 };
+    // UTF-8 is checked per string, as serde_json does: outside strings only ASCII grammar bytes
+    // are accepted, and a key recognised by comparison equals a valid name.
+    let mut cursor = Cursor { bytes, at: 0 };
     cursor.whitespace();
     if cursor.peek()? != b'{' {
         return None;
     }
-    cursor.at += 1;
-    cursor.whitespace();
-    if cursor.peek()? == b'}' {
-        cursor.at += 1;
-    } else {
-        let mut next = 0usize;
-        loop {
-            let key = match cursor.predicted(order, next) {
-                Some(i) => {
-                    next = i + 1;
-                    FieldKey::Known(i)
-                }
-                None => FieldKey::Other(cursor.string()?),
-            };
-            cursor.whitespace();
-            cursor.expect(b':')?;
-            cursor.whitespace();
-            let value = cursor.value(0)?;
-            on_field(key, value);
-            cursor.whitespace();
-            match cursor.peek()? {
-                b',' => {
-                    cursor.at += 1;
-                    cursor.whitespace();
-                }
-                b'}' => {
-                    cursor.at += 1;
-                    break;
-                }
-                _ => return None,
+    let mut more = cursor.open(b'}')?;
+    let mut next = 0usize;
+    while more {
+        let key = match cursor.predicted(order, next) {
+            Some(i) => {
+                next = i + 1;
+                FieldKey::Known(i)
             }
-        }
+            None => FieldKey::Other(cursor.string()?),
+        };
+        cursor.whitespace();
+        cursor.expect(b':')?;
+        cursor.whitespace();
+        let value = cursor.value(0)?;
+        on_field(key, value);
+        more = cursor.separator(b'}')?;
     }
     cursor.whitespace();
     (cursor.at == bytes.len()).then_some(())
 }
 
 struct Cursor<'a> {
-    text: &'a str,
     bytes: &'a [u8],
     at: usize,
 }
@@ -149,58 +131,57 @@ impl<'a> Cursor<'a> {
         (self.peek()? == byte).then(|| self.at += 1)
     }
 
-    /// At `{` of a nested object: checks its fields.
-    fn object(&mut self, depth: usize) -> Option<()> {
+    /// At an opening `{` or `[`: `Some(true)` when members follow, `Some(false)` when `close`
+    /// (the container is empty) has been consumed.
+    fn open(&mut self, close: u8) -> Option<bool> {
         self.at += 1;
         self.whitespace();
-        if self.peek()? == b'}' {
+        if self.peek()? == close {
             self.at += 1;
-            return Some(());
+            return Some(false);
         }
-        loop {
+        Some(true)
+    }
+
+    /// After a member: `Some(true)` at `,` (another member follows), `Some(false)` at `close`.
+    fn separator(&mut self, close: u8) -> Option<bool> {
+        self.whitespace();
+        match self.peek()? {
+            b',' => {
+                self.at += 1;
+                self.whitespace();
+                Some(true)
+            }
+            b if b == close => {
+                self.at += 1;
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
+    /// At `{` of a nested object: checks its fields.
+    fn object(&mut self, depth: usize) -> Option<()> {
+        let mut more = self.open(b'}')?;
+        while more {
             self.string()?;
             self.whitespace();
             self.expect(b':')?;
             self.whitespace();
             self.value(depth)?;
-            self.whitespace();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.whitespace();
-                }
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
+            more = self.separator(b'}')?;
         }
+        Some(())
     }
 
     /// At `[`: checks the elements.
     fn array(&mut self, depth: usize) -> Option<()> {
-        self.at += 1;
-        self.whitespace();
-        if self.peek()? == b']' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
+        let mut more = self.open(b']')?;
+        while more {
             self.value(depth)?;
-            self.whitespace();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.whitespace();
-                }
-                b']' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
+            more = self.separator(b']')?;
         }
+        Some(())
     }
 
     /// One value; `depth` is the nesting of the object or array it is in (0: top level).
@@ -243,8 +224,7 @@ impl<'a> Cursor<'a> {
             return None;
         }
         self.at = start + len + 1;
-        // Both ends are ASCII quotes, so char boundaries of the validated text.
-        self.text.get(start..start + len)
+        std::str::from_utf8(&rest[..len]).ok()
     }
 
     /// A number by JSON's grammar, typed as serde_json types it.
@@ -276,7 +256,9 @@ impl<'a> Cursor<'a> {
             float = true;
         }
         if float {
-            let value: f64 = self.text.get(start..self.at)?.parse().ok()?;
+            // ASCII by the grammar just checked.
+            let text = std::str::from_utf8(&self.bytes[start..self.at]).ok()?;
+            let value: f64 = text.parse().ok()?;
             // serde_json refuses what overflows; let it say so.
             return value.is_finite().then_some(FlatValue::F64(value));
         }
