@@ -111,13 +111,48 @@ pub struct Loaded {
     pub fell_back: Vec<String>,
 }
 
+/// How often [`load`] lists again when a listed generation is gone by the time it is read.
+const VANISHED_RETRIES: u32 = 10;
+
 /// Loads the newest usable checkpoint of `partition`. See the module docs.
+///
+/// A generation that was listed but is gone when read was pruned by a writer that committed
+/// newer ones meanwhile (another instance's run, e.g. the partition's new owner while this one
+/// was cut off): the listing is stale, so it is listed again rather than falling back past it
+/// (which would discard that writer's output) or refusing the start.
 pub fn load(
     store: &dyn Store,
     topic: &str,
     partition: i32,
     window_ms: i64,
 ) -> Result<Loaded, CheckpointError> {
+    let mut attempt = 0;
+    loop {
+        match load_listed(
+            store,
+            topic,
+            partition,
+            window_ms,
+            attempt < VANISHED_RETRIES,
+        )? {
+            Some(loaded) => return Ok(loaded),
+            None => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)));
+            }
+        }
+    }
+}
+
+/// One pass of [`load`] over one listing; `None` when a listed generation vanished and
+/// `relist` allows listing again.
+fn load_listed(
+    store: &dyn Store,
+    topic: &str,
+    partition: i32,
+    window_ms: i64,
+    relist: bool,
+) -> Result<Option<Loaded>, CheckpointError> {
     let mut generations: Vec<(u64, String)> = store
         .list(&format!("{}/", layout::checkpoint_dir(partition)))?
         .into_iter()
@@ -136,6 +171,9 @@ pub fn load(
     let mut damaged: Vec<(String, bytes::Bytes)> = Vec::new();
     for (generation, key) in generations.iter().rev() {
         let Some(bytes) = store.get(key)? else {
+            if relist {
+                return Ok(None);
+            }
             problems.push(format!("{key}: vanished while being read"));
             continue;
         };
@@ -161,11 +199,11 @@ pub fn load(
                          removed and its records replayed"
                     );
                 }
-                return Ok(Loaded {
+                return Ok(Some(Loaded {
                     checkpoint: Some(cp),
                     newest_generation,
                     fell_back: problems,
-                });
+                }));
             }
             Err(problem) => {
                 problems.push(format!("{key}: {problem}"));
@@ -174,11 +212,11 @@ pub fn load(
         }
     }
     if problems.is_empty() {
-        Ok(Loaded {
+        Ok(Some(Loaded {
             checkpoint: None,
             newest_generation,
             fell_back: problems,
-        })
+        }))
     } else {
         Err(CheckpointError::Unusable {
             partition,
@@ -496,6 +534,62 @@ mod tests {
             load(&store, "t", 3, 60_000).unwrap().checkpoint,
             Some(cp(4))
         );
+    }
+
+    /// A store whose newest generations are pruned by "another writer" committing two newer
+    /// ones just as they are first read.
+    #[derive(Debug)]
+    struct PrunedWhileRead {
+        inner: MemStore,
+        raced: std::sync::atomic::AtomicBool,
+    }
+
+    impl Store for PrunedWhileRead {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn put(&self, key: &str, bytes: &[u8]) -> crate::output::store::Result<()> {
+            self.inner.put(key, bytes)
+        }
+        fn put_new(&self, key: &str, bytes: &[u8]) -> crate::output::store::Result<bool> {
+            self.inner.put_new(key, bytes)
+        }
+        fn writer(
+            &self,
+            key: &str,
+        ) -> crate::output::store::Result<Box<dyn crate::output::store::ObjectWriter>> {
+            self.inner.writer(key)
+        }
+        fn get(&self, key: &str) -> crate::output::store::Result<Option<bytes::Bytes>> {
+            if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                commit(&self.inner, &cp(3)).unwrap();
+                commit(&self.inner, &cp(4)).unwrap();
+            }
+            self.inner.get(key)
+        }
+        fn list(
+            &self,
+            prefix: &str,
+        ) -> crate::output::store::Result<Vec<crate::output::store::ObjectInfo>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> crate::output::store::Result<()> {
+            self.inner.delete(key)
+        }
+    }
+
+    #[test]
+    fn generations_pruned_while_being_read_are_listed_again() {
+        let store = PrunedWhileRead {
+            inner: MemStore::new(),
+            raced: Default::default(),
+        };
+        commit(&store.inner, &cp(1)).unwrap();
+        commit(&store.inner, &cp(2)).unwrap();
+        let loaded = load(&store, "t", 3, 60_000).unwrap();
+        assert_eq!(loaded.checkpoint, Some(cp(4)));
+        assert_eq!(loaded.newest_generation, 4);
+        assert!(loaded.fell_back.is_empty(), "{:?}", loaded.fell_back);
     }
 
     #[test]
