@@ -273,17 +273,16 @@ impl Decoder {
     ) -> Result<(), String> {
         let fields = &self.config.schema.fields;
         // Cleared per record; borrowed strings live as long as the batch's bytes.
-        let slots_b: &mut Vec<Slot<'b>> = slots;
-        slots_b.clear();
-        slots_b.resize(fields.len(), Slot::Missing);
-        if !self.scan_flat(bytes, slots_b) {
-            // Not for the fast path (an escape, a malformed message, ...): serde_json decides.
-            slots_b.clear();
-            slots_b.resize(fields.len(), Slot::Missing);
-            self.parse_serde(bytes, slots_b)?;
+        slots.clear();
+        slots.resize(fields.len(), Slot::Missing);
+        if !self.scan_flat(bytes, slots) {
+            // Not for the fast path (an escape, a malformed message, ...): serde_json decides,
+            // from empty slots.
+            slots.fill(Slot::Missing);
+            self.parse_serde(bytes, slots)?;
         }
         typed.clear();
-        for (field, slot) in fields.iter().zip(slots_b.drain(..)) {
+        for (field, slot) in fields.iter().zip(slots.drain(..)) {
             let value = match slot {
                 Slot::Missing | Slot::Null => {
                     if field.required {
@@ -332,13 +331,12 @@ impl Decoder {
 
     /// serde_json's reading of `bytes` into `slots`, with its error messages.
     fn parse_serde<'b>(&self, bytes: &'b [u8], slots: &mut Vec<Slot<'b>>) -> Result<(), String> {
-        let slots_b = slots;
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let top = de
             .deserialize_any(TopVisitor {
                 names: &self.names,
                 fields: &self.config.schema,
-                slots: slots_b,
+                slots,
             })
             .and_then(|top| de.end().map(|()| top));
         match top {
