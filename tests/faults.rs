@@ -309,14 +309,21 @@ async fn sigkilled_consumer_writes_exactly_once_and_late_only_what_is_late() {
     // anywhere between checkpoints (in a flush, a rename, a checkpoint write, or a replay after
     // the previous kill). The kill span is the first 90% of the stream, less twice the largest
     // overshoot seen (committed offsets past the target at the kill), so that no run reaches the
-    // end before it is killed; past the span, runs are killed during startup or replay.
+    // end before it is killed; past the span, runs are killed during startup or replay. Every
+    // kill moves the committed offsets by its target's advance plus an overshoot, so each kill
+    // still to come has one overshoot set aside before the rest is shared: without that, a fast
+    // build used up the span with kills to spare and its next run finished the stream.
     let killed = work.path().join("killed");
     let (mut kills, mut attempts, mut overshoot) = (0u32, 0u32, 0u64);
     while kills < wanted_kills && attempts < wanted_kills * 8 {
         attempts += 1;
         let kill_span = (total * 9 / 10).min(total.saturating_sub(2 * overshoot));
         let committed = faultkit::committed_offsets(&killed);
-        let stride = kill_span.saturating_sub(committed) / u64::from(wanted_kills - kills);
+        let kills_left = u64::from(wanted_kills - kills);
+        let stride = kill_span
+            .saturating_sub(committed)
+            .saturating_sub(kills_left * overshoot)
+            / kills_left;
         let target = (committed + stride / 2 + rand::random::<u64>() % (stride + 1))
             .min(kill_span.max(committed));
         let mut child = app(&brokers, &mysql)
