@@ -19,9 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rskafka::client::error::{Error as RsError, ProtocolError};
+pub use rskafka::client::partition::FetchedBatch;
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
-use rskafka::record::{Record, RecordAndOffset};
+pub use rskafka::record::RawRecords;
+use rskafka::record::{Record, RecordAndOffset, RecordBatchCompression};
 use rskafka::BackoffConfig;
 
 pub use rskafka::client::partition::Compression as RsCompression;
@@ -132,6 +134,18 @@ impl From<Compression> for RsCompression {
             Compression::Snappy => RsCompression::Snappy,
             Compression::Lz4 => RsCompression::Lz4,
             Compression::Zstd => RsCompression::Zstd,
+        }
+    }
+}
+
+impl From<Compression> for RecordBatchCompression {
+    fn from(c: Compression) -> Self {
+        match c {
+            Compression::None => RecordBatchCompression::NoCompression,
+            Compression::Gzip => RecordBatchCompression::Gzip,
+            Compression::Snappy => RecordBatchCompression::Snappy,
+            Compression::Lz4 => RecordBatchCompression::Lz4,
+            Compression::Zstd => RecordBatchCompression::Zstd,
         }
     }
 }
@@ -513,8 +527,33 @@ impl PartitionHandle {
         max_bytes: i32,
         max_wait_ms: i32,
     ) -> Result<(Vec<RecordAndOffset>, i64)> {
-        let what = format!("fetch {}/{} at {offset}", self.topic, self.partition);
         let fut = self.client.fetch_records(offset, 1..max_bytes, max_wait_ms);
+        self.bounded_fetch(offset, max_wait_ms, fut).await
+    }
+
+    /// Like [`PartitionHandle::fetch`], but gives the record batches with their records not yet
+    /// read (the consumer reads them with [`rskafka::record::RawRecordIter`], without an
+    /// allocation per record). Records before `offset` are in them too.
+    pub async fn fetch_batches(
+        &self,
+        offset: i64,
+        max_bytes: i32,
+        max_wait_ms: i32,
+    ) -> Result<(Vec<FetchedBatch>, i64)> {
+        let fut = self
+            .client
+            .fetch_record_batches(offset, 1..max_bytes, max_wait_ms);
+        self.bounded_fetch(offset, max_wait_ms, fut).await
+    }
+
+    /// A fetch bounded by the timeout plus the broker's wait, its errors made ours.
+    async fn bounded_fetch<T>(
+        &self,
+        offset: i64,
+        max_wait_ms: i32,
+        fut: impl Future<Output = std::result::Result<T, RsError>>,
+    ) -> Result<T> {
+        let what = format!("fetch {}/{} at {offset}", self.topic, self.partition);
         let bound = self.config.timeout + Duration::from_millis(max_wait_ms.max(0) as u64);
         match tokio::time::timeout(bound, fut).await {
             Ok(Ok(v)) => Ok(v),
@@ -542,6 +581,24 @@ impl PartitionHandle {
                 timeout: bound,
             }),
         }
+    }
+
+    /// Produces one batch whose records are written and compressed already
+    /// ([`RawRecords::compress`]; acks=all); timestamps in milliseconds. Returns the offsets.
+    pub async fn produce_raw(
+        &self,
+        records: RawRecords,
+        first_timestamp_ms: i64,
+        max_timestamp_ms: i64,
+    ) -> Result<Vec<i64>> {
+        let what = format!("produce {}/{}", self.topic, self.partition);
+        bounded(
+            &self.config,
+            &what,
+            self.client
+                .produce_raw(records, first_timestamp_ms, max_timestamp_ms),
+        )
+        .await
     }
 
     /// Produces one batch (acks=all); returns the offsets.

@@ -35,13 +35,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rskafka::record::Record;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::csv_source::{self, CsvFile, FileLayout, FileStats, Reject, SourceConfig, SourceError};
 use crate::encode::{ChunkEncoder, ChunkJob, EncodedChunk, Lanes, Position, Segment};
-use crate::kafka::{Compression, Kafka, KafkaConfig, KafkaError, PartitionHandle};
+use crate::kafka::{Compression, Kafka, KafkaConfig, KafkaError, PartitionHandle, RawRecords};
 use crate::metrics::{BusyClocks, Health, MetricsError, Probe, ProduceMetrics};
 use crate::schema::{json_source_prefix, Schema};
 use crate::shutdown::Shutdown;
@@ -228,13 +227,34 @@ struct Batch {
     opened: tokio::time::Instant,
 }
 
+thread_local! {
+    /// A sender thread's buffer for a batch's records before compression, reused: a fresh one
+    /// per batch (about 1 MB) would be page faults each time.
+    static PLAIN_RECORDS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Batch {
-    fn records(&self) -> Vec<Record> {
-        let mut records = Vec::with_capacity(self.rows as usize);
-        for segment in &self.segments {
-            segment.append_records(&mut records);
-        }
-        records
+    /// The batch as one Kafka record batch's records, written out and compressed once, with its
+    /// first and largest timestamps (ms). Rows go in segment order, so a key's rows keep their order.
+    fn encode(&self, compression: Compression) -> Result<(RawRecords, i64, i64), String> {
+        let mut timestamps = self.segments.iter().filter_map(Segment::timestamp_range);
+        let Some((first, mut max)) = timestamps.next() else {
+            return Err("an empty batch".to_string());
+        };
+        max = timestamps.fold(max, |m, (_, seg_max)| m.max(seg_max));
+        PLAIN_RECORDS.with_borrow_mut(|plain| {
+            plain.clear();
+            let mut offset_delta = 0;
+            for segment in &self.segments {
+                segment.write_kafka_records(first, &mut offset_delta, plain);
+            }
+            let raw = RawRecords::compress(plain, offset_delta as usize, compression.into())
+                .map_err(|e| format!("could not compress a batch ({compression:?}): {e}"));
+            if plain.capacity() > 16 << 20 {
+                *plain = Vec::new();
+            }
+            Ok((raw?, first, max))
+        })
     }
 }
 
@@ -834,8 +854,16 @@ async fn send_batches(mut job: SendJob) {
         let partition = job.handle.partition;
         loop {
             job.probe.senders.begin(job.lane);
-            // The records are built for each attempt: rskafka takes them by value.
-            match job.handle.produce(batch.records(), job.compression).await {
+            // The records are encoded for each attempt: rskafka takes them by value (a retry is
+            // rare, and keeping a copy for it would cost every batch).
+            let (records, first, max) = match batch.encode(job.compression) {
+                Ok(encoded) => encoded,
+                Err(reason) => {
+                    give_up(&job, &batch, reason);
+                    break;
+                }
+            };
+            match job.handle.produce_raw(records, first, max).await {
                 Ok(_) => {
                     job.probe.senders.end(job.lane);
                     job.stats.rows_sent.fetch_add(batch.rows, Ordering::Relaxed);
@@ -856,22 +884,27 @@ async fn send_batches(mut job: SendJob) {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
-                    let first = batch.segments.first().and_then(Segment::first_position);
-                    tracing::error!(partition, error = %e, ?first, "Produce failed for good");
-                    job.failure
-                        .lock()
-                        .expect("failure lock")
-                        .get_or_insert(format!(
-                            "partition {partition}: gave up after {:?} of retries: {e}",
-                            job.retry_timeout
-                        ));
-                    job.stop.store(true, Ordering::Relaxed);
+                    let reason = format!("gave up after {:?} of retries: {e}", job.retry_timeout);
+                    give_up(&job, &batch, reason);
                     break;
                 }
             }
         }
         let _ = job.done.send(job.lane).await;
     }
+}
+
+/// A batch of the lane cannot be sent: every lane stops, and the run fails with `reason` (the
+/// resume point stays at the first unacknowledged row).
+fn give_up(job: &SendJob, batch: &Batch, reason: String) {
+    let partition = job.handle.partition;
+    let first = batch.segments.first().and_then(Segment::first_position);
+    tracing::error!(partition, error = %reason, ?first, "Produce failed for good");
+    job.failure
+        .lock()
+        .expect("failure lock")
+        .get_or_insert(format!("partition {partition}: {reason}"));
+    job.stop.store(true, Ordering::Relaxed);
 }
 
 /// What `/healthz` and the scrape-time metrics of `app produce` look at: unhealthy (503) when a

@@ -313,6 +313,7 @@ async fn exactly_once_across_repeated_sigkill() {
         total,
         5,
         25,
+        std::time::Duration::from_secs(120),
     );
     assert!(
         kills >= 5,

@@ -241,9 +241,9 @@ async fn sigkilled_consumer_writes_exactly_once_and_late_only_what_is_late() {
     let brokers = shared_brokers();
     let mysql = shared_mysql_url();
     let (per_partition, span_min, wanted_kills) = if chaos() {
-        (333_334u64, 100i64, 20u32)
+        (333_334u64, 100i64, 20usize)
     } else {
-        (34_000u64, 25i64, 5u32)
+        (34_000u64, 25i64, 5usize)
     };
     let design = StreamDesign {
         per_partition,
@@ -301,59 +301,21 @@ async fn sigkilled_consumer_writes_exactly_once_and_late_only_what_is_late() {
         done.both()
     );
 
-    // Killed: SIGKILL at random moments until `wanted_kills` kills hit a run mid-stream. Kills
-    // are paced by the committed progress, not by the clock, so they spread over the stream
-    // whatever the machine's speed: each run is killed once its committed offsets pass a random
-    // target (what is left of the kill span shared among the kills still to come, times a random
-    // factor in [0.5, 1.5)), after a further random delay of up to 100 ms, so the kill lands
-    // anywhere between checkpoints (in a flush, a rename, a checkpoint write, or a replay after
-    // the previous kill). The kill span is the first 90% of the stream, less twice the largest
-    // overshoot seen (committed offsets past the target at the kill), so that no run reaches the
-    // end before it is killed; past the span, runs are killed during startup or replay. Every
-    // kill moves the committed offsets by its target's advance plus an overshoot, so each kill
-    // still to come has one overshoot set aside before the rest is shared: without that, a fast
-    // build used up the span with kills to spare and its next run finished the stream.
+    // Killed: SIGKILL at random moments until `wanted_kills` kills hit a run mid-stream, paced
+    // by the committed progress (common::kill_mid_stream says how).
     let killed = work.path().join("killed");
-    let (mut kills, mut attempts, mut overshoot) = (0u32, 0u32, 0u64);
-    while kills < wanted_kills && attempts < wanted_kills * 8 {
-        attempts += 1;
-        let kill_span = (total * 9 / 10).min(total.saturating_sub(2 * overshoot));
-        let committed = faultkit::committed_offsets(&killed);
-        let kills_left = u64::from(wanted_kills - kills);
-        let stride = kill_span
-            .saturating_sub(committed)
-            .saturating_sub(kills_left * overshoot)
-            / kills_left;
-        let target = (committed + stride / 2 + rand::random::<u64>() % (stride + 1))
-            .min(kill_span.max(committed));
-        let mut child = app(&brokers, &mysql)
-            .args(consume_args(&killed))
-            .current_dir(work.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + HANG_GUARD;
-        while child.try_wait().unwrap().is_none() && faultkit::committed_offsets(&killed) < target {
-            assert!(
-                Instant::now() < deadline,
-                "run {attempts} did not commit up to {target} of {total} offsets within {HANG_GUARD:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 100));
-        let still_running = child.try_wait().unwrap().is_none();
-        if still_running {
-            child.kill().unwrap(); // SIGKILL
-        }
-        child.wait().unwrap();
-        let after = faultkit::committed_offsets(&killed);
-        overshoot = overshoot.max(after.saturating_sub(target));
-        if still_running && after < total {
-            kills += 1;
-            eprintln!("kill {kills}: target {target}, committed {after} of {total}");
-        }
-    }
+    let (kills, attempts) = faultkit::common::kill_mid_stream(
+        || {
+            let mut cmd = app(&brokers, &mysql);
+            cmd.args(consume_args(&killed)).current_dir(work.path());
+            cmd
+        },
+        || faultkit::committed_offsets(&killed),
+        total,
+        wanted_kills,
+        wanted_kills * 8,
+        HANG_GUARD,
+    );
     assert!(
         kills >= wanted_kills,
         "only {kills} kills hit a run mid-stream in {attempts} attempts"

@@ -138,6 +138,7 @@ fn exactly_once_across_repeated_sigkill_on_s3() {
         total,
         5,
         25,
+        Duration::from_secs(120),
     );
     assert!(
         kills >= 5,

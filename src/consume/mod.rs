@@ -30,6 +30,7 @@
 
 pub mod core;
 pub mod decode;
+pub mod fetched;
 pub mod flat_json;
 pub mod instance;
 pub mod pipeline;
@@ -46,7 +47,8 @@ use tokio::time::Instant;
 
 pub use self::core::LatePolicy;
 use self::core::{CoreConfig, Now};
-use self::decode::{DecodeConfig, DecodedBatch, Decoder, RawRecord};
+use self::decode::{DecodeConfig, DecodedBatch, Decoder};
+use self::fetched::FetchedRecords;
 use self::instance::{Board, SuccessTracker};
 use self::pipeline::{PartitionPipeline, PipelineConfig, PipelineError, Progress, Recovered};
 pub use self::progress::ConsumeSummary;
@@ -1400,7 +1402,7 @@ enum Event {
 /// One fetch result.
 enum Fetched {
     Records {
-        records: Vec<rskafka::record::RecordAndOffset>,
+        records: FetchedRecords,
         high_watermark: i64,
     },
     /// Read to its end (`--until-caught-up`): nothing more comes.
@@ -1443,16 +1445,20 @@ async fn fetch(mut job: FetchJob) {
         }
         job.probe.fetch.begin(job.slot);
         let result = tokio::select! {
-            r = job.handle.fetch(job.offset, job.max_bytes, max_wait_ms) => r,
+            r = job.handle.fetch_batches(job.offset, job.max_bytes, max_wait_ms) => r,
             _ = job.stop.requested() => break,
         };
         match result {
-            Ok((records, high_watermark)) => {
+            Ok((batches, high_watermark)) => {
                 // Waiting on a full channel below is backpressure, not a stuck broker.
                 job.probe.fetch.end(job.slot);
                 backoff = Duration::from_millis(100);
-                if let Some(last) = records.last() {
-                    job.offset = last.offset + 1;
+                let records = FetchedRecords::new(batches, job.offset);
+                if let Some(next) = records.next_offset() {
+                    job.offset = next;
+                }
+                // Only control batches (transaction markers): nothing to decode.
+                if records.len_upper_bound() > 0 {
                     let msg = Fetched::Records {
                         records,
                         high_watermark,
@@ -1519,24 +1525,22 @@ async fn decode_partition(
                 let table = Arc::clone(cache.snapshot().table());
                 let now = clock.now().wall_ms;
                 let decoded = tokio::task::spawn_blocking(move || {
-                    let raw = records.iter().map(|r| RawRecord {
-                        offset: r.offset,
-                        timestamp_ms: r.record.timestamp.timestamp_millis(),
-                        key: r.record.key.as_deref(),
-                        value: r.record.value.as_deref(),
-                    });
-                    decoder.decode(partition, raw, &table, now)
+                    records
+                        .with_records(|raw| decoder.decode(partition, raw.into_iter(), &table, now))
                 })
                 .await;
                 match decoded {
-                    Ok(Ok(batch)) => {
+                    Ok(Ok(Ok(batch))) => {
                         cache.count_lookups(batch.enrich_hits, batch.enrich_misses);
                         Decoded::Batch {
                             batch: Box::new(batch),
                             high_watermark,
                         }
                     }
-                    Ok(Err(e)) => Decoded::Failed(ConsumeError::Internal(e.to_string())),
+                    Ok(Ok(Err(e))) => Decoded::Failed(ConsumeError::Internal(e.to_string())),
+                    Ok(Err(e)) => Decoded::Failed(ConsumeError::Internal(format!(
+                        "partition {partition}: {e}"
+                    ))),
                     Err(e) => Decoded::Failed(ConsumeError::Internal(format!(
                         "the decoding task of partition {partition} failed: {e}"
                     ))),

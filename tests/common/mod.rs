@@ -589,33 +589,53 @@ pub mod s3 {
     }
 }
 
-/// SIGKILLs runs of a bounded consumer (`command()`, output discarded) until `want` kills have hit a run mid-stream (alive, its
-/// committed offsets short of `total`), at most `max_runs` runs; returns (kills, runs). Each run
-/// is killed once `committed()` passes a random target in the first quarter of what is left
-/// (plus up to 100 ms), so kills land mid-stream however fast or loaded the machine is.
+/// SIGKILLs runs of a bounded consumer (`command()`, output discarded) until `want` kills have
+/// hit a run mid-stream (alive, its committed offsets short of `total`), at most `max_runs` runs;
+/// returns (kills, runs). A run that does not reach its target within `hang_guard` fails the test.
+///
+/// Kills are paced by the committed progress, not by the clock, so they spread over the stream
+/// whatever the machine's speed: each run is killed once `committed()` passes a random target
+/// (what is left of the kill span shared among the kills still to come, times a random factor in
+/// [0.5, 1.5)), after a further random delay of up to 100 ms, so the kill lands anywhere between
+/// checkpoints (in a flush, a rename, a checkpoint write, or a replay after the previous kill).
+/// The kill span is the first 90% of the stream, less twice the largest overshoot seen
+/// (committed offsets past the target at the kill), so that no run reaches the end before it is
+/// killed; past the span, runs are killed during startup or replay. Every kill moves the
+/// committed offsets by its target's advance plus an overshoot, so each kill still to come has
+/// one overshoot set aside before the rest is shared: without that, a fast build used up the span
+/// with kills to spare and its next run finished the stream.
 pub fn kill_mid_stream(
     mut command: impl FnMut() -> Command,
     committed: impl Fn() -> u64,
     total: u64,
     want: usize,
     max_runs: usize,
+    hang_guard: Duration,
 ) -> (usize, usize) {
-    let (mut kills, mut runs) = (0, 0);
-    let mut done = committed();
+    let (mut kills, mut runs, mut overshoot) = (0usize, 0usize, 0u64);
     while kills < want && runs < max_runs {
         runs += 1;
+        let kill_span = (total * 9 / 10).min(total.saturating_sub(2 * overshoot));
+        let done = committed();
+        let kills_left = (want - kills) as u64;
+        let stride = kill_span
+            .saturating_sub(done)
+            .saturating_sub(kills_left * overshoot)
+            / kills_left;
+        let target =
+            (done + stride / 2 + rand::random::<u64>() % (stride + 1)).min(kill_span.max(done));
         let mut child = command()
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let target = done + 1 + rand::random::<u64>() % (total.saturating_sub(done) / 4).max(1);
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none()
-            && committed() < target
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(20));
+        let deadline = std::time::Instant::now() + hang_guard;
+        while child.try_wait().unwrap().is_none() && committed() < target {
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("run {runs} did not commit up to {target} of {total} offsets within {hang_guard:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
         std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 100));
         let alive = child.try_wait().unwrap().is_none();
@@ -623,10 +643,10 @@ pub fn kill_mid_stream(
             child.kill().unwrap(); // SIGKILL
         }
         child.wait().unwrap();
-        let before = done;
-        done = committed();
-        eprintln!("run {runs}: committed {before} -> {done} (target {target}), killed: {alive}");
-        if alive && done < total {
+        let after = committed();
+        overshoot = overshoot.max(after.saturating_sub(target));
+        eprintln!("run {runs}: committed {done} -> {after} (target {target}), killed: {alive}");
+        if alive && after < total {
             kills += 1;
         }
     }

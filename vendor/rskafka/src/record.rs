@@ -51,3 +51,6 @@ mod tests {
         assert_eq!(record.approximate_size(), 23 + 45 + 1 + 5 + 1 + 7);
     }
 }
+
+/// reclamacoes patch (vendor/README.md): fetched records read without an allocation per record.
+pub use crate::protocol::record::{RawRecord, RawRecordIter, RawRecords, RecordBatchCompression};

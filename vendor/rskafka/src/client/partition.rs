@@ -226,6 +226,49 @@ impl PartitionClient {
         .await
     }
 
+    /// reclamacoes patch (vendor/README.md): produces one batch whose records are already
+    /// written and compressed ([`RawRecords::compress`]); timestamps are milliseconds, the
+    /// records' deltas are from `first_timestamp`. Returns the offsets, as [`Self::produce`].
+    pub async fn produce_raw(
+        &self,
+        records: RawRecords,
+        first_timestamp: i64,
+        max_timestamp: i64,
+    ) -> Result<Vec<i64>> {
+        if records.is_empty() {
+            return Ok(vec![]);
+        }
+        let n = records.len() as i64;
+        let request = &raw_produce_request(
+            self.partition,
+            &self.topic,
+            records,
+            first_timestamp,
+            max_timestamp,
+        )?;
+
+        maybe_retry(
+            &self.backoff_config,
+            self.unknown_topic_handling,
+            self,
+            "produce_raw",
+            || async move {
+                let (broker, r#gen) = self
+                    .get()
+                    .await
+                    .map_err(|e| ErrorOrThrottle::Error((e, None)))?;
+                let response = broker
+                    .request(&request)
+                    .await
+                    .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
+                maybe_throttle(response.throttle_time_ms)?;
+                process_produce_response(self.partition, &self.topic, n, response)
+                    .map_err(|e| ErrorOrThrottle::Error((e, Some(r#gen))))
+            },
+        )
+        .await
+    }
+
     /// Fetch `bytes` bytes of record data starting at sequence number `offset`
     ///
     /// Returns the records, and the current high watermark.
@@ -267,6 +310,61 @@ impl PartitionClient {
         let records = extract_records(partition.records.0, offset)?;
 
         Ok((records, partition.high_watermark.0))
+    }
+
+    /// reclamacoes patch (vendor/README.md): like [`Self::fetch_records`], but gives the record
+    /// batches as they came, their records not yet read: [`FetchedBatch`]. Records before
+    /// `offset` are in them too (Kafka does not split batches); skipping them is the caller's.
+    pub async fn fetch_record_batches(
+        &self,
+        offset: i64,
+        bytes: Range<i32>,
+        max_wait_ms: i32,
+    ) -> Result<(Vec<FetchedBatch>, i64)> {
+        let request = &build_fetch_request(offset, bytes, max_wait_ms, self.partition, &self.topic);
+
+        let partition = maybe_retry(
+            &self.backoff_config,
+            self.unknown_topic_handling,
+            self,
+            "fetch_record_batches",
+            || async move {
+                let (broker, r#gen) = self
+                    .get()
+                    .await
+                    .map_err(|e| ErrorOrThrottle::Error((e, None)))?;
+                let response = broker
+                    .request(&request)
+                    .await
+                    .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
+                maybe_throttle(response.throttle_time_ms)?;
+                process_fetch_response(self.partition, &self.topic, response, offset)
+                    .map_err(|e| ErrorOrThrottle::Error((e, Some(r#gen))))
+            },
+        )
+        .await?;
+
+        let batches = partition
+            .records
+            .0
+            .into_iter()
+            .map(|batch| {
+                let records = match batch.records {
+                    ControlBatchOrRecords::Raw(raw) => Some(raw),
+                    ControlBatchOrRecords::ControlBatch(_) => None,
+                    ControlBatchOrRecords::Records(_) => {
+                        unreachable!("fetched data batches are read lazily")
+                    }
+                };
+                FetchedBatch {
+                    base_offset: batch.base_offset,
+                    last_offset_delta: batch.last_offset_delta,
+                    first_timestamp: batch.first_timestamp,
+                    records,
+                }
+            })
+            .collect();
+        Ok((batches, partition.high_watermark.0))
     }
 
     /// Get offset for this partition.
@@ -715,6 +813,43 @@ fn build_produce_request(
     }
 }
 
+/// reclamacoes patch: the produce request of one raw batch (acks=all, as `build_produce_request`).
+fn raw_produce_request(
+    partition: i32,
+    topic: &str,
+    records: RawRecords,
+    first_timestamp: i64,
+    max_timestamp: i64,
+) -> Result<ProduceRequest> {
+    let last_offset_delta = i32::try_from(records.len() - 1)
+        .map_err(|_| Error::InvalidResponse(format!("{} records in one batch", records.len())))?;
+    Ok(ProduceRequest {
+        transactional_id: crate::protocol::primitives::NullableString(None),
+        acks: Int16(-1),
+        timeout_ms: Int32(30_000),
+        topic_data: vec![ProduceRequestTopicData {
+            name: String_(topic.to_string()),
+            partition_data: vec![ProduceRequestPartitionData {
+                index: Int32(partition),
+                records: Records(vec![RecordBatch {
+                    base_offset: 0,
+                    partition_leader_epoch: 0,
+                    last_offset_delta,
+                    is_transactional: false,
+                    base_sequence: -1,
+                    compression: records.compression(),
+                    timestamp_type: RecordBatchTimestampType::CreateTime,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    first_timestamp,
+                    max_timestamp,
+                    records: ControlBatchOrRecords::Raw(records),
+                }]),
+            }],
+        }],
+    })
+}
+
 fn process_produce_response(
     partition: i32,
     topic: &str,
@@ -833,6 +968,18 @@ fn process_fetch_response(
     Ok(response_partition)
 }
 
+/// reclamacoes patch: one record batch of a fetch ([`PartitionClient::fetch_record_batches`]).
+#[derive(Debug)]
+pub struct FetchedBatch {
+    pub base_offset: i64,
+    /// The batch's last offset is `base_offset + last_offset_delta`; the next batch starts after it.
+    pub last_offset_delta: i32,
+    /// Record timestamps are `first_timestamp + timestamp_delta`.
+    pub first_timestamp: i64,
+    /// `None`: a control batch (a transaction marker), no data.
+    pub records: Option<RawRecords>,
+}
+
 fn extract_records(
     partition_records: Vec<RecordBatch>,
     request_offset: i64,
@@ -844,7 +991,14 @@ fn extract_records(
             ControlBatchOrRecords::ControlBatch(_) => {
                 // ignore
             }
-            ControlBatchOrRecords::Records(protocol_records) => {
+            ControlBatchOrRecords::Records(_) | ControlBatchOrRecords::Raw(_) => {
+                let protocol_records = match batch.records {
+                    ControlBatchOrRecords::Raw(raw) => raw
+                        .read_records()
+                        .map_err(|e| Error::InvalidResponse(format!("record batch at offset {}: {e}", batch.base_offset)))?,
+                    ControlBatchOrRecords::Records(records) => records,
+                    ControlBatchOrRecords::ControlBatch(_) => unreachable!(),
+                };
                 records.reserve(protocol_records.len());
 
                 for record in protocol_records {

@@ -298,6 +298,10 @@ pub enum ControlBatchOrRecords {
         )
     )]
     Records(Vec<Record>),
+
+    /// reclamacoes patch (vendor/README.md): the records of a fetched batch, not yet read.
+    #[cfg_attr(test, proptest(skip))]
+    Raw(RawRecords),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,18 +398,9 @@ where
 
         // ==========================================================================================
         // ======================================== CRC data ========================================
-        let mut data = Cursor::new(data);
-        let body = RecordBatchBody::read(&mut data)?;
-
-        // check if there is any trailing data because this is likely a bug
-        let bytes_read = data.position();
-        let bytes_total = u64::try_from(data.into_inner().len()).map_err(ReadError::Overflow)?;
-        let bytes_left = bytes_total - bytes_read;
-        if bytes_left != 0 {
-            return Err(ReadError::Malformed(
-                format!("Found {} trailing bytes after RecordBatch", bytes_left).into(),
-            ));
-        }
+        // reclamacoes patch (vendor/README.md): records are read when asked for, from the
+        // CRC-checked body, which the batch keeps.
+        let body = RecordBatchBody::read_lazily(data)?;
 
         // ==========================================================================================
         // ==========================================================================================
@@ -537,7 +532,394 @@ impl RecordBatchBody {
     }
 }
 
+/// The fields of a [`RecordBatchBody`] before its records.
+struct RecordBatchBodyHeader {
+    last_offset_delta: i32,
+    first_timestamp: i64,
+    max_timestamp: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    compression: RecordBatchCompression,
+    is_transactional: bool,
+    is_control: bool,
+    timestamp_type: RecordBatchTimestampType,
+    n_records: usize,
+}
+
+impl RecordBatchBodyHeader {
+    fn into_body(self, records: ControlBatchOrRecords) -> RecordBatchBody {
+        RecordBatchBody {
+            last_offset_delta: self.last_offset_delta,
+            first_timestamp: self.first_timestamp,
+            max_timestamp: self.max_timestamp,
+            producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            base_sequence: self.base_sequence,
+            compression: self.compression,
+            timestamp_type: self.timestamp_type,
+            is_transactional: self.is_transactional,
+            records,
+        }
+    }
+}
+
+impl RecordBatchBody {
+    /// reclamacoes patch: reads the header of a CRC-checked body; the records of a data batch
+    /// stay in `data` ([`ControlBatchOrRecords::Raw`]), a control batch is read at once.
+    fn read_lazily(data: Vec<u8>) -> Result<Self, ReadError> {
+        let mut cursor = Cursor::new(data.as_slice());
+        let header = RecordBatchBodyHeader::read(&mut cursor)?;
+        let records_at = usize::try_from(cursor.position()).map_err(ReadError::Overflow)?;
+        if header.is_control {
+            let records = Self::read_decompressed(&header, &mut cursor)?;
+            return Ok(header.into_body(records));
+        }
+        let records = ControlBatchOrRecords::Raw(RawRecords {
+            compression: header.compression,
+            n_records: header.n_records,
+            body: data,
+            records_at,
+        });
+        Ok(header.into_body(records))
+    }
+
+    /// Decompresses the records section in `reader` and reads its records.
+    fn read_decompressed<R: Read>(
+        header: &RecordBatchBodyHeader,
+        reader: &mut R,
+    ) -> Result<ControlBatchOrRecords, ReadError> {
+        DECOMPRESSED.with_borrow_mut(|buf| {
+            buf.clear();
+            decompress_records(header.compression, reader, buf)?;
+            let mut decompressed = Cursor::new(buf.as_slice());
+            let records =
+                Self::read_records(&mut decompressed, header.is_control, header.n_records)?;
+            ensure_eof(&mut decompressed, "Data left after the records of a batch")?;
+            // Do not keep an unusually large batch's buffer for the thread's lifetime.
+            if buf.capacity() > 16 << 20 {
+                *buf = Vec::new();
+            }
+            Ok(records)
+        })
+    }
+}
+
+thread_local! {
+    /// reclamacoes patch: the records of a batch read eagerly are decompressed here first, a
+    /// buffer reused per thread (a fresh one per batch cost more in page faults than it saved).
+    static DECOMPRESSED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// reclamacoes patch (vendor/README.md): the records of a fetched data batch, kept as they
+/// came until they are read: [`RawRecords::decompress_into`] and [`RawRecordIter`] read them
+/// without an allocation per record; [`RawRecords::read_records`] gives rskafka's records.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RawRecords {
+    compression: RecordBatchCompression,
+    n_records: usize,
+    /// The CRC-checked body of the batch.
+    body: Vec<u8>,
+    /// Where the (compressed) records start in `body`.
+    records_at: usize,
+}
+
+impl RawRecords {
+    /// How many records the batch holds, as its header says.
+    pub fn len(&self) -> usize {
+        self.n_records
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n_records == 0
+    }
+
+    pub fn compression(&self) -> RecordBatchCompression {
+        self.compression
+    }
+
+    /// The records section as it came: compressed unless [`RecordBatchCompression::NoCompression`].
+    pub fn section(&self) -> &[u8] {
+        &self.body[self.records_at..]
+    }
+
+    /// Appends the decompressed records section to `out` (read it with [`RawRecordIter`]).
+    pub fn decompress_into(&self, out: &mut Vec<u8>) -> Result<(), ReadError> {
+        decompress_records(self.compression, &mut Cursor::new(self.section()), out)
+    }
+
+    /// Encodes `records` as one batch's records would be (offset deltas 0, 1, …; timestamp
+    /// deltas from `first_timestamp_ms`) in `compression`: for tests of what reads them.
+    pub fn encode(
+        records: &[crate::record::Record],
+        first_timestamp_ms: i64,
+        compression: RecordBatchCompression,
+    ) -> Result<Self, WriteError> {
+        let records = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Record {
+                timestamp_delta: r.timestamp.timestamp_millis() - first_timestamp_ms,
+                offset_delta: i as i32,
+                key: r.key.clone(),
+                value: r.value.clone(),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|(key, value)| RecordHeader {
+                        key: key.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let records = ControlBatchOrRecords::Records(records);
+        let mut body = vec![];
+        RecordBatchBodyRef {
+            last_offset_delta: 0,
+            first_timestamp: first_timestamp_ms,
+            max_timestamp: first_timestamp_ms,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            records: &records,
+            compression,
+            is_transactional: false,
+            timestamp_type: RecordBatchTimestampType::CreateTime,
+        }
+        .write(&mut body)?;
+        match RecordBatchBody::read_lazily(body) {
+            Ok(RecordBatchBody {
+                records: ControlBatchOrRecords::Raw(raw),
+                ..
+            }) => Ok(raw),
+            Ok(_) => unreachable!("a data batch reads as raw records"),
+            Err(e) => Err(WriteError::Malformed(Box::new(e))),
+        }
+    }
+
+    /// A batch's records section, `n_records` records written out in Kafka's record format
+    /// (offset deltas 0, 1, …), compressed in `compression`: what
+    /// [`crate::client::partition::PartitionClient::produce_raw`] sends.
+    pub fn compress(
+        plain_section: &[u8],
+        n_records: usize,
+        compression: RecordBatchCompression,
+    ) -> Result<Self, WriteError> {
+        let mut body = Vec::with_capacity(match compression {
+            RecordBatchCompression::NoCompression => plain_section.len(),
+            _ => plain_section.len() / 2,
+        });
+        compress_records(compression, plain_section, &mut body)?;
+        Ok(Self {
+            compression,
+            n_records,
+            body,
+            records_at: 0,
+        })
+    }
+
+    /// The records, read into rskafka's [`Record`]s.
+    pub fn read_records(&self) -> Result<Vec<Record>, ReadError> {
+        let header = RecordBatchBodyHeader {
+            last_offset_delta: 0,
+            first_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: 0,
+            producer_epoch: 0,
+            base_sequence: 0,
+            compression: self.compression,
+            is_transactional: false,
+            is_control: false,
+            timestamp_type: RecordBatchTimestampType::CreateTime,
+            n_records: self.n_records,
+        };
+        match RecordBatchBody::read_decompressed(&header, &mut Cursor::new(self.section()))? {
+            ControlBatchOrRecords::Records(records) => Ok(records),
+            _ => unreachable!("a data batch reads as records"),
+        }
+    }
+}
+
+/// reclamacoes patch: one record of a decompressed records section, borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawRecord<'a> {
+    pub timestamp_delta: i64,
+    pub offset_delta: i32,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+}
+
+/// reclamacoes patch: reads the records of a decompressed records section one by one, borrowing
+/// keys and values (headers are skipped). Every record must lie wholly inside its length, and
+/// the section must end with the last record.
+#[derive(Debug, Clone)]
+pub struct RawRecordIter<'a> {
+    rest: &'a [u8],
+    left: usize,
+}
+
+impl<'a> RawRecordIter<'a> {
+    /// `n_records` records in `section` ([`RawRecords::len`]).
+    pub fn new(section: &'a [u8], n_records: usize) -> Self {
+        Self {
+            rest: section,
+            left: n_records,
+        }
+    }
+
+    fn malformed(what: &str) -> ReadError {
+        ReadError::Malformed(format!("record: {what}").into())
+    }
+
+    fn varlong(buf: &mut &'a [u8]) -> Result<i64, ReadError> {
+        use integer_encoding::VarInt;
+        let (v, n) = i64::decode_var(buf).ok_or_else(|| Self::malformed("bad varint"))?;
+        *buf = &buf[n..];
+        Ok(v)
+    }
+
+    fn varint(buf: &mut &'a [u8]) -> Result<i32, ReadError> {
+        i32::try_from(Self::varlong(buf)?).map_err(|_| Self::malformed("varint out of range"))
+    }
+
+    fn bytes(buf: &mut &'a [u8]) -> Result<Option<&'a [u8]>, ReadError> {
+        let len = Self::varint(buf)?;
+        if len == -1 {
+            return Ok(None);
+        }
+        let len = usize::try_from(len).map_err(|_| Self::malformed("negative length"))?;
+        if len > buf.len() {
+            return Err(Self::malformed("length past the end of the record"));
+        }
+        let (bytes, rest) = buf.split_at(len);
+        *buf = rest;
+        Ok(Some(bytes))
+    }
+
+    fn next_record(&mut self) -> Result<RawRecord<'a>, ReadError> {
+        let len = Self::varint(&mut self.rest)?;
+        let len = usize::try_from(len).map_err(|_| Self::malformed("negative length"))?;
+        if len > self.rest.len() {
+            return Err(Self::malformed("length past the end of the batch"));
+        }
+        let (mut record, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        // attributes
+        record = record
+            .split_first()
+            .ok_or_else(|| Self::malformed("no attributes"))?
+            .1;
+        let timestamp_delta = Self::varlong(&mut record)?;
+        let offset_delta = Self::varint(&mut record)?;
+        let key = Self::bytes(&mut record)?;
+        let value = Self::bytes(&mut record)?;
+        let n_headers = Self::varint(&mut record)?;
+        for _ in 0..n_headers.max(0) {
+            let header_key = Self::bytes(&mut record)?;
+            if header_key.is_none() {
+                return Err(Self::malformed("header without a key"));
+            }
+            Self::bytes(&mut record)?;
+        }
+        if n_headers < 0 || !record.is_empty() {
+            return Err(Self::malformed("bytes left after its headers"));
+        }
+        Ok(RawRecord {
+            timestamp_delta,
+            offset_delta,
+            key,
+            value,
+        })
+    }
+}
+
+impl<'a> Iterator for RawRecordIter<'a> {
+    type Item = Result<RawRecord<'a>, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            if self.rest.is_empty() {
+                return None;
+            }
+            self.rest = &[];
+            return Some(Err(Self::malformed("data left after the last record")));
+        }
+        self.left -= 1;
+        let record = self.next_record();
+        if record.is_err() {
+            self.left = 0;
+            self.rest = &[];
+        }
+        Some(record)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left + 1))
+    }
+}
+
+/// reclamacoes patch: appends the decompressed records section in `reader` to `out` (one
+/// place for every codec; the lz4 crate's `Decoder` is read to its end in one call, not once
+/// per varint byte).
+fn decompress_records<R: Read>(
+    compression: RecordBatchCompression,
+    reader: &mut R,
+    out: &mut Vec<u8>,
+) -> Result<(), ReadError> {
+    match compression {
+        RecordBatchCompression::NoCompression => {
+            reader.read_to_end(out)?;
+        }
+        #[cfg(feature = "compression-gzip")]
+        RecordBatchCompression::Gzip => {
+            use flate2::read::GzDecoder;
+
+            GzDecoder::new(reader).read_to_end(out)?;
+        }
+        #[cfg(feature = "compression-lz4")]
+        RecordBatchCompression::Lz4 => {
+            use lz4::Decoder;
+
+            let mut decoder = Decoder::new(reader)?;
+            decoder.read_to_end(out)?;
+            let (_reader, res) = decoder.finish();
+            res?;
+        }
+        #[cfg(feature = "compression-snappy")]
+        RecordBatchCompression::Snappy => {
+            let mut input = vec![];
+            reader.read_to_end(&mut input)?;
+            out.extend_from_slice(&decompress_snappy_records(&input)?);
+        }
+        #[cfg(feature = "compression-zstd")]
+        RecordBatchCompression::Zstd => {
+            use zstd::Decoder;
+
+            Decoder::new(reader)?.read_to_end(out)?;
+        }
+        #[allow(unreachable_patterns)]
+        _ => {
+            return Err(ReadError::Malformed(
+                format!("Unimplemented compression: {:?}", compression).into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl<R> ReadType<R> for RecordBatchBody
+where
+    R: Read,
+{
+    fn read(reader: &mut R) -> Result<Self, ReadError> {
+        let header = RecordBatchBodyHeader::read(reader)?;
+        let records = Self::read_decompressed(&header, reader)?;
+        Ok(header.into_body(records))
+    }
+}
+
+impl<R> ReadType<R> for RecordBatchBodyHeader
 where
     R: Read,
 {
@@ -587,134 +969,6 @@ where
             -1 => 0,
             n => usize::try_from(n)?,
         };
-        let records = match compression {
-            RecordBatchCompression::NoCompression => {
-                Self::read_records(reader, is_control, n_records)?
-            }
-            #[cfg(feature = "compression-gzip")]
-            RecordBatchCompression::Gzip => {
-                use flate2::read::GzDecoder;
-
-                let mut decoder = GzDecoder::new(reader);
-                let records = Self::read_records(&mut decoder, is_control, n_records)?;
-
-                ensure_eof(&mut decoder, "Data left in gzip block")?;
-
-                records
-            }
-            #[cfg(feature = "compression-lz4")]
-            RecordBatchCompression::Lz4 => {
-                use lz4::Decoder;
-
-                // reclamacoes patch (vendor/README.md): decompress the batch in one go, then
-                // read its records from memory. The lz4 crate's `Decoder` calls
-                // `LZ4F_decompress` for every `read`, and records are read a varint byte at a
-                // time. The records are all held in memory afterwards anyway, so this holds no
-                // more than before. The buffer is reused per thread: a fresh one per batch cost
-                // more in page faults than the calls it saves.
-                thread_local! {
-                    static DECOMPRESSED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-                }
-                let mut decoder = Decoder::new(reader)?;
-                DECOMPRESSED.with_borrow_mut(|buf| {
-                    buf.clear();
-                    decoder.read_to_end(buf)?;
-                    let (_reader, res) = decoder.finish();
-                    res?;
-
-                    let mut decompressed = Cursor::new(buf.as_slice());
-                    let records = Self::read_records(&mut decompressed, is_control, n_records)?;
-                    ensure_eof(&mut decompressed, "Data left in LZ4 block")?;
-                    // Do not keep an unusually large batch's buffer for the thread's lifetime.
-                    if buf.capacity() > 16 << 20 {
-                        *buf = Vec::new();
-                    }
-                    Ok::<_, ReadError>(records)
-                })?
-            }
-            #[cfg(feature = "compression-snappy")]
-            RecordBatchCompression::Snappy => {
-                use crate::protocol::vec_builder::DEFAULT_BLOCK_SIZE;
-
-                // Construct the input for the raw decoder.
-                let mut input = vec![];
-                reader.read_to_end(&mut input)?;
-
-                const JAVA_MAGIC: &[u8] = &[0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0];
-
-                // There are "normal" compression libs, and there is Java
-                // See https://github.com/edenhill/librdkafka/blob/2b76b65212e5efda213961d5f84e565038036270/src/rdkafka_msgset_reader.c#L307-L318
-                let output = if input.starts_with(JAVA_MAGIC) {
-                    let cursor_content = &input[JAVA_MAGIC.len()..];
-                    let mut cursor = Cursor::new(cursor_content);
-
-                    let mut buf_version = [0u8; 4];
-                    cursor.read_exact(&mut buf_version)?;
-                    if buf_version != [0, 0, 0, 1] {
-                        return Err(ReadError::Malformed(
-                            format!("Detected Java-specific Snappy compression, but got unknown version: {buf_version:?}").into(),
-                        ));
-                    }
-
-                    let mut buf_compatible = [0u8; 4];
-                    cursor.read_exact(&mut buf_compatible)?;
-                    if buf_compatible != [0, 0, 0, 1] {
-                        return Err(ReadError::Malformed(
-                            format!("Detected Java-specific Snappy compression, but got unknown compat flags: {buf_compatible:?}").into(),
-                        ));
-                    }
-
-                    let mut output = vec![];
-                    while cursor.position() < cursor.get_ref().len() as u64 {
-                        let mut buf_chunk_length = [0u8; 4];
-                        cursor.read_exact(&mut buf_chunk_length)?;
-                        let chunk_length = u32::from_be_bytes(buf_chunk_length) as usize;
-                        let bytes_left = cursor_content.len() - (cursor.position() as usize);
-                        if chunk_length > bytes_left {
-                            // do NOT try to allocate massive buffer for `chunk_data` but instead fail early
-                            return Err(ReadError::Malformed(format!("Java-specific Snappy-compressed data has illegal chunk length, got {chunk_length} bytes but only {bytes_left} bytes are left.").into()));
-                        }
-
-                        let mut chunk_data = vec![0u8; chunk_length];
-                        cursor.read_exact(&mut chunk_data)?;
-
-                        let mut buf = carefully_decompress_snappy(&chunk_data, DEFAULT_BLOCK_SIZE)?;
-                        output.append(&mut buf);
-                    }
-
-                    output
-                } else {
-                    carefully_decompress_snappy(&input, DEFAULT_BLOCK_SIZE)?
-                };
-
-                // Read uncompressed records.
-                let mut decoder = Cursor::new(output);
-                let records = Self::read_records(&mut decoder, is_control, n_records)?;
-
-                // Check that there's no data left within the uncompressed block.
-                ensure_eof(&mut decoder, "Data left in Snappy block")?;
-
-                records
-            }
-            #[cfg(feature = "compression-zstd")]
-            RecordBatchCompression::Zstd => {
-                use zstd::Decoder;
-
-                let mut decoder = Decoder::new(reader)?;
-                let records = Self::read_records(&mut decoder, is_control, n_records)?;
-
-                ensure_eof(&mut decoder, "Data left in zstd block")?;
-
-                records
-            }
-            #[allow(unreachable_patterns)]
-            _ => {
-                return Err(ReadError::Malformed(
-                    format!("Unimplemented compression: {:?}", compression).into(),
-                ));
-            }
-        };
-
         Ok(Self {
             last_offset_delta,
             first_timestamp,
@@ -723,11 +977,66 @@ where
             producer_epoch,
             base_sequence,
             compression,
-            timestamp_type,
             is_transactional,
-            records,
+            is_control,
+            timestamp_type,
+            n_records,
         })
     }
+}
+
+/// Decompresses a Snappy records section (raw, or in Java's framing).
+#[cfg(feature = "compression-snappy")]
+fn decompress_snappy_records(input: &[u8]) -> Result<Vec<u8>, ReadError> {
+    use crate::protocol::vec_builder::DEFAULT_BLOCK_SIZE;
+
+    const JAVA_MAGIC: &[u8] = &[0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0];
+
+    // There are "normal" compression libs, and there is Java
+    // See https://github.com/edenhill/librdkafka/blob/2b76b65212e5efda213961d5f84e565038036270/src/rdkafka_msgset_reader.c#L307-L318
+    let output = if input.starts_with(JAVA_MAGIC) {
+        let cursor_content = &input[JAVA_MAGIC.len()..];
+        let mut cursor = Cursor::new(cursor_content);
+
+        let mut buf_version = [0u8; 4];
+        cursor.read_exact(&mut buf_version)?;
+        if buf_version != [0, 0, 0, 1] {
+            return Err(ReadError::Malformed(
+                format!("Detected Java-specific Snappy compression, but got unknown version: {buf_version:?}").into(),
+            ));
+        }
+
+        let mut buf_compatible = [0u8; 4];
+        cursor.read_exact(&mut buf_compatible)?;
+        if buf_compatible != [0, 0, 0, 1] {
+            return Err(ReadError::Malformed(
+                format!("Detected Java-specific Snappy compression, but got unknown compat flags: {buf_compatible:?}").into(),
+            ));
+        }
+
+        let mut output = vec![];
+        while cursor.position() < cursor.get_ref().len() as u64 {
+            let mut buf_chunk_length = [0u8; 4];
+            cursor.read_exact(&mut buf_chunk_length)?;
+            let chunk_length = u32::from_be_bytes(buf_chunk_length) as usize;
+            let bytes_left = cursor_content.len() - (cursor.position() as usize);
+            if chunk_length > bytes_left {
+                // do NOT try to allocate massive buffer for `chunk_data` but instead fail early
+                return Err(ReadError::Malformed(format!("Java-specific Snappy-compressed data has illegal chunk length, got {chunk_length} bytes but only {bytes_left} bytes are left.").into()));
+            }
+
+            let mut chunk_data = vec![0u8; chunk_length];
+            cursor.read_exact(&mut chunk_data)?;
+
+            let mut buf = carefully_decompress_snappy(&chunk_data, DEFAULT_BLOCK_SIZE)?;
+            output.append(&mut buf);
+        }
+
+        output
+    } else {
+        carefully_decompress_snappy(&input, DEFAULT_BLOCK_SIZE)?
+    };
+    Ok(output)
 }
 
 impl<W> WriteType<W> for RecordBatchBody
@@ -780,6 +1089,9 @@ impl RecordBatchBodyRef<'_> {
                     record.write(writer)?;
                 }
                 Ok(())
+            }
+            ControlBatchOrRecords::Raw(_) => {
+                unreachable!("raw records are written as they are, by `write` below")
             }
         }
     }
@@ -834,76 +1146,95 @@ where
         let n_records = match &self.records {
             ControlBatchOrRecords::ControlBatch(_) => 1,
             ControlBatchOrRecords::Records(records) => records.len(),
+            ControlBatchOrRecords::Raw(raw) => raw.len(),
         };
         Int32(i32::try_from(n_records)?).write(writer)?;
-        match self.compression {
-            RecordBatchCompression::NoCompression => {
-                Self::write_records(writer, self.records)?;
-            }
-            #[cfg(feature = "compression-gzip")]
-            RecordBatchCompression::Gzip => {
-                use flate2::{Compression, write::GzEncoder};
-
-                let mut encoder = GzEncoder::new(writer, Compression::default());
-                Self::write_records(&mut encoder, self.records)?;
-                encoder.finish()?;
-            }
-            #[cfg(feature = "compression-lz4")]
-            RecordBatchCompression::Lz4 => {
-                use lz4::{
-                    EncoderBuilder,
-                    liblz4::{BlockChecksum, BlockMode, ContentChecksum},
-                };
-
-                // reclamacoes patch (vendor/README.md): frames as Kafka's Java client writes
-                // them, without the XXH32 content and block checksums the lz4 crate adds by
-                // default (each one a full pass over the batch, when writing and when reading;
-                // the batch already has its CRC-32C).
-                let mut encoder = EncoderBuilder::new()
-                    .block_mode(
-                        // the only one supported by Kafka
-                        BlockMode::Independent,
-                    )
-                    .checksum(ContentChecksum::NoChecksum)
-                    .block_checksum(BlockChecksum::NoBlockChecksum)
-                    .build(writer)?;
-                Self::write_records(&mut encoder, self.records)?;
-                let (_writer, res) = encoder.finish();
-                res?;
-            }
-            #[cfg(feature = "compression-snappy")]
-            RecordBatchCompression::Snappy => {
-                use snap::raw::{Encoder, max_compress_len};
-
-                let mut input = vec![];
-                Self::write_records(&mut input, self.records)?;
-
-                let mut encoder = Encoder::new();
-                let mut output = vec![0; max_compress_len(input.len())];
-                let len = encoder
-                    .compress(&input, &mut output)
-                    .map_err(|e| WriteError::Malformed(Box::new(e)))?;
-
-                writer.write_all(&output[..len])?;
-            }
-            #[cfg(feature = "compression-zstd")]
-            RecordBatchCompression::Zstd => {
-                use zstd::Encoder;
-
-                let mut encoder = Encoder::new(writer, 0)?;
-                Self::write_records(&mut encoder, self.records)?;
-                encoder.finish()?;
-            }
-            #[allow(unreachable_patterns)]
-            _ => {
-                return Err(WriteError::Malformed(
-                    format!("Unimplemented compression: {:?}", self.compression).into(),
-                ));
-            }
+        if let ControlBatchOrRecords::Raw(raw) = self.records {
+            // The section is in the batch's compression already.
+            writer.write_all(raw.section())?;
+            return Ok(());
         }
-
-        Ok(())
+        if self.compression == RecordBatchCompression::NoCompression {
+            return Self::write_records(writer, self.records);
+        }
+        // reclamacoes patch (vendor/README.md): the records are written out, then compressed in
+        // one place for every codec (`compress_records`, which raw produced records use too).
+        let mut plain = vec![];
+        Self::write_records(&mut plain, self.records)?;
+        compress_records(self.compression, &plain, writer)
     }
+}
+
+/// reclamacoes patch: writes the records section `input` to `writer` in `compression`.
+fn compress_records<W: Write>(
+    compression: RecordBatchCompression,
+    input: &[u8],
+    writer: &mut W,
+) -> Result<(), WriteError> {
+    match compression {
+        RecordBatchCompression::NoCompression => {
+            writer.write_all(input)?;
+        }
+        #[cfg(feature = "compression-gzip")]
+        RecordBatchCompression::Gzip => {
+            use flate2::{Compression, write::GzEncoder};
+
+            let mut encoder = GzEncoder::new(writer, Compression::default());
+            encoder.write_all(input)?;
+            encoder.finish()?;
+        }
+        #[cfg(feature = "compression-lz4")]
+        RecordBatchCompression::Lz4 => {
+            use lz4::{
+                EncoderBuilder,
+                liblz4::{BlockChecksum, BlockMode, ContentChecksum},
+            };
+
+            // reclamacoes patch (vendor/README.md): frames as Kafka's Java client writes
+            // them, without the XXH32 content and block checksums the lz4 crate adds by
+            // default (each one a full pass over the batch, when writing and when reading;
+            // the batch already has its CRC-32C).
+            let mut encoder = EncoderBuilder::new()
+                .block_mode(
+                    // the only one supported by Kafka
+                    BlockMode::Independent,
+                )
+                .checksum(ContentChecksum::NoChecksum)
+                .block_checksum(BlockChecksum::NoBlockChecksum)
+                .build(writer)?;
+            encoder.write_all(input)?;
+            let (_writer, res) = encoder.finish();
+            res?;
+        }
+        #[cfg(feature = "compression-snappy")]
+        RecordBatchCompression::Snappy => {
+            use snap::raw::{Encoder, max_compress_len};
+
+            let mut encoder = Encoder::new();
+            let mut output = vec![0; max_compress_len(input.len())];
+            let len = encoder
+                .compress(input, &mut output)
+                .map_err(|e| WriteError::Malformed(Box::new(e)))?;
+
+            writer.write_all(&output[..len])?;
+        }
+        #[cfg(feature = "compression-zstd")]
+        RecordBatchCompression::Zstd => {
+            use zstd::Encoder;
+
+            let mut encoder = Encoder::new(writer, 0)?;
+            encoder.write_all(input)?;
+            encoder.finish()?;
+        }
+        #[allow(unreachable_patterns)]
+        _ => {
+            return Err(WriteError::Malformed(
+                format!("Unimplemented compression: {:?}", compression).into(),
+            ));
+        }
+    }
+
+    Ok(())
 }
 
 /// Ensure that given reader is at EOF.
