@@ -18,8 +18,6 @@
 
 use std::sync::Arc;
 
-use rskafka::record::Record;
-
 use crate::csv_source::{parse_chunk, Chunk, FileLayout, RecordScratch, Reject};
 use crate::kafka::murmur2;
 use crate::schema::{push_cell_json, push_json_source_line, Schema};
@@ -91,7 +89,7 @@ impl RowMeta {
 }
 
 /// Consecutive rows of one lane from one file: keys and values back to back in one buffer.
-/// Cheap to move and split; [`Segment::append_records`] makes the `rskafka` records of a send.
+/// Cheap to move and split; [`Segment::write_kafka_records`] writes them as a batch's records.
 #[derive(Debug, Default)]
 pub struct Segment {
     pub lane: usize,
@@ -150,30 +148,6 @@ impl Segment {
         }
     }
 
-    /// Appends the rows as `rskafka` records (key and value copied out of the buffer).
-    pub fn append_records(&self, out: &mut Vec<Record>) {
-        use chrono::TimeZone;
-        let mut at = 0;
-        for row in &self.rows {
-            let key = (row.key_len >= 0).then(|| {
-                let key = self.data[at..at + row.key_len as usize].to_vec();
-                at += row.key_len as usize;
-                key
-            });
-            let value = self.data[at..at + row.value_len as usize].to_vec();
-            at += row.value_len as usize;
-            out.push(Record {
-                key,
-                value: Some(value),
-                headers: Default::default(),
-                timestamp: chrono::Utc
-                    .timestamp_millis_opt(row.timestamp_ms)
-                    .single()
-                    .unwrap_or_else(chrono::Utc::now),
-            });
-        }
-    }
-
     /// The first and the largest timestamp of the rows (ms); `None`: no rows.
     pub fn timestamp_range(&self) -> Option<(i64, i64)> {
         let first = self.rows.first()?.timestamp_ms;
@@ -191,15 +165,7 @@ impl Segment {
         offset_delta: &mut i32,
         out: &mut Vec<u8>,
     ) {
-        let mut at = 0;
-        for row in &self.rows {
-            let key = (row.key_len >= 0).then(|| {
-                let key = &self.data[at..at + row.key_len as usize];
-                at += key.len();
-                key
-            });
-            let value = &self.data[at..at + row.value_len as usize];
-            at += value.len();
+        for (row, key, value) in self.rows_with_data() {
             let timestamp_delta = row.timestamp_ms - first_timestamp_ms;
             let key_len = key.map_or(-1, |k| k.len() as i64);
             let body_len = 1 // attributes
@@ -225,13 +191,26 @@ impl Segment {
         }
     }
 
+    /// Every row with its key and value, borrowed from the buffer.
+    fn rows_with_data(&self) -> impl Iterator<Item = (&RowMeta, Option<&[u8]>, &[u8])> {
+        let mut at = 0;
+        self.rows.iter().map(move |row| {
+            let key = (row.key_len >= 0).then(|| {
+                let key = &self.data[at..at + row.key_len as usize];
+                at += key.len();
+                key
+            });
+            let value = &self.data[at..at + row.value_len as usize];
+            at += value.len();
+            (row, key, value)
+        })
+    }
+
     /// (key, value) of every row, for tests.
+    #[cfg(test)]
     pub fn key_values(&self) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
-        let mut records = Vec::new();
-        self.append_records(&mut records);
-        records
-            .into_iter()
-            .map(|r| (r.key, r.value.unwrap_or_default()))
+        self.rows_with_data()
+            .map(|(_, key, value)| (key.map(<[u8]>::to_vec), value.to_vec()))
             .collect()
     }
 }

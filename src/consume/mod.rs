@@ -13,6 +13,8 @@
 //!
 //! Layout:
 //! - [`core`]: the pure per-partition decisions (routing, windows, watermark, what to commit).
+//! - [`fetched`]: a fetch's record batches as the records decode reads, without an allocation
+//!   per record; where the next fetch starts.
 //! - [`decode`]: records into Arrow columns, enrichment, dead letters (pure).
 //! - [`flat_json`]: decode's fast path for flat JSON objects (serde_json decides the rest).
 //! - [`pipeline`]: core + sink for one partition, synchronously; recovery at startup.
