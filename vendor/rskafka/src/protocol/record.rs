@@ -572,7 +572,12 @@ impl RecordBatchBody {
         let header = RecordBatchBodyHeader::read(&mut cursor)?;
         let records_at = usize::try_from(cursor.position()).map_err(ReadError::Overflow)?;
         if header.is_control {
-            let records = Self::read_decompressed(&header, &mut cursor)?;
+            let records = Self::read_decompressed(
+                header.compression,
+                header.is_control,
+                header.n_records,
+                &mut cursor,
+            )?;
             return Ok(header.into_body(records));
         }
         let records = ControlBatchOrRecords::Raw(RawRecords {
@@ -584,23 +589,26 @@ impl RecordBatchBody {
         Ok(header.into_body(records))
     }
 
-    /// Decompresses the records section in `reader` and reads its records.
+    /// Decompresses the records section in `reader` and reads its `n_records` records.
     fn read_decompressed<R: Read>(
-        header: &RecordBatchBodyHeader,
+        compression: RecordBatchCompression,
+        is_control: bool,
+        n_records: usize,
         reader: &mut R,
     ) -> Result<ControlBatchOrRecords, ReadError> {
         DECOMPRESSED.with_borrow_mut(|buf| {
             buf.clear();
-            decompress_records(header.compression, reader, buf)?;
-            let mut decompressed = Cursor::new(buf.as_slice());
-            let records =
-                Self::read_records(&mut decompressed, header.is_control, header.n_records)?;
-            ensure_eof(&mut decompressed, "Data left after the records of a batch")?;
+            let records = decompress_records(compression, reader, buf).and_then(|()| {
+                let mut decompressed = Cursor::new(buf.as_slice());
+                let records = Self::read_records(&mut decompressed, is_control, n_records)?;
+                ensure_eof(&mut decompressed, "Data left after the records of a batch")?;
+                Ok(records)
+            });
             // Do not keep an unusually large batch's buffer for the thread's lifetime.
             if buf.capacity() > 16 << 20 {
                 *buf = Vec::new();
             }
-            Ok(records)
+            records
         })
     }
 }
@@ -672,30 +680,12 @@ impl RawRecords {
                     })
                     .collect(),
             })
-            .collect();
-        let records = ControlBatchOrRecords::Records(records);
-        let mut body = vec![];
-        RecordBatchBodyRef {
-            last_offset_delta: 0,
-            first_timestamp: first_timestamp_ms,
-            max_timestamp: first_timestamp_ms,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
-            records: &records,
-            compression,
-            is_transactional: false,
-            timestamp_type: RecordBatchTimestampType::CreateTime,
+            .collect::<Vec<_>>();
+        let mut plain = vec![];
+        for record in &records {
+            record.write(&mut plain)?;
         }
-        .write(&mut body)?;
-        match RecordBatchBody::read_lazily(body) {
-            Ok(RecordBatchBody {
-                records: ControlBatchOrRecords::Raw(raw),
-                ..
-            }) => Ok(raw),
-            Ok(_) => unreachable!("a data batch reads as raw records"),
-            Err(e) => Err(WriteError::Malformed(Box::new(e))),
-        }
+        Self::compress(&plain, records.len(), compression)
     }
 
     /// A batch's records section, `n_records` records written out in Kafka's record format
@@ -721,20 +711,8 @@ impl RawRecords {
 
     /// The records, read into rskafka's [`Record`]s.
     pub fn read_records(&self) -> Result<Vec<Record>, ReadError> {
-        let header = RecordBatchBodyHeader {
-            last_offset_delta: 0,
-            first_timestamp: 0,
-            max_timestamp: 0,
-            producer_id: 0,
-            producer_epoch: 0,
-            base_sequence: 0,
-            compression: self.compression,
-            is_transactional: false,
-            is_control: false,
-            timestamp_type: RecordBatchTimestampType::CreateTime,
-            n_records: self.n_records,
-        };
-        match RecordBatchBody::read_decompressed(&header, &mut Cursor::new(self.section()))? {
+        let section = &mut Cursor::new(self.section());
+        match RecordBatchBody::read_decompressed(self.compression, false, self.n_records, section)? {
             ControlBatchOrRecords::Records(records) => Ok(records),
             _ => unreachable!("a data batch reads as records"),
         }
@@ -914,7 +892,12 @@ where
 {
     fn read(reader: &mut R) -> Result<Self, ReadError> {
         let header = RecordBatchBodyHeader::read(reader)?;
-        let records = Self::read_decompressed(&header, reader)?;
+        let records = Self::read_decompressed(
+            header.compression,
+            header.is_control,
+            header.n_records,
+            reader,
+        )?;
         Ok(header.into_body(records))
     }
 }
