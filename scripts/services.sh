@@ -251,9 +251,10 @@ kafka_up() { # appends "kafka" to STARTED_NOW when it starts it
   render "$ROOT/services/kafka/server.properties.in" "$KAFKA_CONF" \
     KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_DATA_DIR KAFKA_AUTO_CREATE_TOPICS
 
-  if [[ ! -f $KAFKA_DIR/.formatted ]]; then
+  # A data directory deleted by hand (to start from an empty broker) is formatted again.
+  if [[ ! -f $KAFKA_DIR/.formatted || ! -f $KAFKA_DATA/meta.properties ]]; then
     local cluster_id
-    log "kafka: formatting storage in ${KAFKA_DATA#"$ROOT"/} (first start)"
+    log "kafka: formatting storage in ${KAFKA_DATA#"$ROOT"/} (first start, or no meta.properties)"
     rm -rf "$KAFKA_DATA" && mkdir -p "$KAFKA_DATA"
     cluster_id=$(kafka_java kafka.tools.StorageTool random-uuid 2>>"$KAFKA_LOGS/format.log" | tail -n1)
     [[ -n $cluster_id ]] || fail_start kafka "could not generate a cluster id" "$KAFKA_LOGS/format.log"

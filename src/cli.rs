@@ -459,6 +459,11 @@ pub fn init_logging(format: LogFormat) {
 /// Entry point of the `app` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::allocator::tune(match cli.command {
+        Command::Produce(_) => crate::allocator::Workload::Produce,
+        Command::Consume(_) => crate::allocator::Workload::Consume,
+        Command::Inspect(_) => crate::allocator::Workload::Inspect,
+    });
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -100,11 +100,16 @@ pub struct Segment {
 }
 
 impl Segment {
-    fn new(lane: usize, file_idx: usize) -> Segment {
+    /// An empty segment with room for `sized` (bytes, rows): what the lane's last one held plus
+    /// an eighth, so the buffers rarely grow (each growth copied the JSON written so far).
+    fn new(lane: usize, file_idx: usize, sized: (usize, usize)) -> Segment {
+        let (bytes, rows) = sized;
         Segment {
             lane,
             file_idx,
-            ..Segment::default()
+            data: Vec::with_capacity(bytes + bytes / 8),
+            rows: Vec::with_capacity(rows + rows / 8),
+            bytes: 0,
         }
     }
 
@@ -280,6 +285,8 @@ pub struct ChunkEncoder {
     strict: bool,
     scratch: RecordScratch,
     key: Vec<u8>,
+    /// Per lane, the (bytes, rows) of its segment in the last chunk: the next one's size.
+    last_sizes: Vec<(usize, usize)>,
 }
 
 impl ChunkEncoder {
@@ -299,6 +306,7 @@ impl ChunkEncoder {
             strict,
             scratch: RecordScratch::default(),
             key: Vec::with_capacity(64),
+            last_sizes: vec![(0, 0); lanes.total()],
         }
     }
 
@@ -317,6 +325,7 @@ impl ChunkEncoder {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let schema = &*self.schema;
         let (prefixes, key, lane_map) = (&self.prefixes, &mut self.key, self.lanes);
+        let last_sizes = &mut self.last_sizes;
         let (batch_limit, strict) = (self.batch_limit, self.strict);
         let positions = &layout.positions;
         parse_chunk(
@@ -347,7 +356,8 @@ impl ChunkEncoder {
                 } else {
                     lane_map.keyless(job.seq)
                 };
-                let segment = lanes[lane].get_or_insert_with(|| Segment::new(lane, job.file_idx));
+                let segment = lanes[lane]
+                    .get_or_insert_with(|| Segment::new(lane, job.file_idx, last_sizes[lane]));
                 let start = segment.data.len();
                 segment.data.extend_from_slice(key);
                 let value_start = segment.data.len();
@@ -406,6 +416,9 @@ impl ChunkEncoder {
                 true
             },
         );
+        for segment in lanes.iter().flatten() {
+            last_sizes[segment.lane] = (segment.data.len(), segment.rows.len());
+        }
         out.segments = lanes
             .into_iter()
             .flatten()
@@ -601,7 +614,7 @@ mod tests {
 
     /// A segment holding `rows`.
     fn segment_of(rows: &[TimedRow]) -> Segment {
-        let mut segment = Segment::new(0, 0);
+        let mut segment = Segment::new(0, 0, (0, 0));
         for (line, (key, value, ts)) in rows.iter().enumerate() {
             if let Some(key) = key {
                 segment.data.extend_from_slice(key);

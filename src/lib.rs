@@ -18,10 +18,12 @@
 //!   instance reads which partitions, heartbeats, rebalances, display-only offset commits.
 //! - [`metrics`]: Prometheus metrics, `/metrics` and `/healthz` (`--metrics-addr`).
 //! - [`shutdown`]: the stop signal every command and task takes.
+//! - [`allocator`]: glibc `malloc` settings per command (produce reuses, consume returns).
 //! - [`cli`]: clap definitions, logging, flags -> each stage's config; `main.rs` calls
 //!   [`cli::main`].
 #![deny(unsafe_code)]
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod cli;
 pub mod consume;

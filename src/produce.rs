@@ -265,13 +265,12 @@ const CHUNK_BYTES: usize = 128 * 1024;
 const CHUNKS_QUEUED: usize = 2;
 /// Lanes (produce requests in flight) per partition, and in all: a partition gets
 /// `clamp(MAX_LANES / partitions, 1, LANES_PER_PARTITION)` lanes. Chosen by measurement
-/// (BENCHMARKS.md): with one request per partition, the encoding and LZ4 of the next batch wait
-/// for the broker's answer to the previous one (1 partition: 2.5 s for 1M rows with one lane,
-/// 2.2 s with four); rskafka opens one connection per partition, and several requests
-/// pipelined on one connection beat one request on each of several connections. The cap keeps
-/// memory (about 2.5 MB per lane) bounded on topics with many partitions.
+/// (BENCHMARKS.md, "Issue 15"): with one request per partition, the encoding and LZ4 of the next
+/// batch wait for the broker's answer to the previous one (1 partition: 2.2–2.5 s for 1M rows
+/// with one lane, 1.5–1.9 s with four). With 3 and 6 partitions, 6 lanes in all were as fast as
+/// 12 and held 6–9 MB less; 4 were slower. The lanes of a partition share its connection.
 const LANES_PER_PARTITION: usize = 4;
-const MAX_LANES: usize = 16;
+const MAX_LANES: usize = 8;
 
 /// Threads that parse and encode chunks: one per core, at most 8.
 fn worker_count() -> usize {
