@@ -490,7 +490,7 @@ impl Schema {
     /// one place where CSV text is typed; `parse_cell` and the producer's JSON encoder both use it.
     pub fn parse_cell_ref<'a>(&self, i: usize, raw: &'a str) -> Result<Cell<'a>, FieldError> {
         let field = &self.fields[i];
-        let text = raw.trim();
+        let text = trim(raw);
         let fail = |reason: String| FieldError {
             field: field.name.clone(),
             reason,
@@ -853,6 +853,20 @@ pub(crate) fn shorten(s: &str) -> String {
 
 fn parse_finite(text: &str) -> Option<f64> {
     text.parse::<f64>().ok().filter(|f| f.is_finite())
+}
+
+/// `str::trim`, without decoding characters when both ends are ASCII and not blank (most
+/// cells): a UTF-8 string whose first and last bytes are below 0x80 starts and ends with those
+/// ASCII characters, so `trim` would return it whole.
+fn trim(raw: &str) -> &str {
+    match raw.as_bytes() {
+        [first, .., last] | [first @ last]
+            if first.is_ascii_graphic() && last.is_ascii_graphic() =>
+        {
+            raw
+        }
+        _ => raw.trim(),
+    }
 }
 
 /// `54,79` -> 54.79; `1.234,5` -> 1234.5 (dots accepted only as thousands groups of three);
@@ -1227,6 +1241,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn trim_is_str_trim(s in "[ \t\u{a0}\u{2003}a-z0-9,\u{e7}\u{1}]{0,12}") {
+            prop_assert_eq!(trim(&s), s.trim());
+        }
+
         #[test]
         fn any_string_survives_json(s in "\\PC*") {
             let schema = Schema::banco_central();
