@@ -772,18 +772,41 @@ static JSON_ESCAPE: [u8; 256] = {
     table
 };
 
+/// Whether any byte of `word` is below 0x20, `"` or `\\` (the bytes [`JSON_ESCAPE`] escapes):
+/// the bit tricks of "Bit Twiddling Hacks" (`hasless`, `haszero`), exact for these values.
+fn may_need_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH != 0;
+    below_space
+        || has_zero(word ^ (ONES * u64::from(b'"')))
+        || has_zero(word ^ (ONES * u64::from(b'\\')))
+}
+
 /// Appends `s` as a JSON string: runs that need no escape (almost all text) are copied whole.
 pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        // Eight bytes at a time over clean text (a byte-at-a-time table walk was 3–4 % of
+        // produce's CPU); a word with a byte to escape is walked byte by byte.
+        if let Some(word) = bytes.get(i..i + 8) {
+            if !may_need_escape(u64::from_le_bytes(word.try_into().expect("8 bytes"))) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
         let escape = JSON_ESCAPE[b as usize];
+        i += 1;
         if escape == 0 {
             continue;
         }
+        let i = i - 1;
         out.extend_from_slice(&bytes[start..i]);
         match escape {
             b'u' => out.extend_from_slice(&[
@@ -1241,6 +1264,35 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn json_str_escapes_exactly_what_the_table_says(s in "[a\"\\\\\u{0}-\u{1f} ~\u{7f}\u{e7}\u{20ac}]{0,40}") {
+            let mut want = vec![b'"'];
+            for &b in s.as_bytes() {
+                match JSON_ESCAPE[b as usize] {
+                    0 => want.push(b),
+                    b'u' => want.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+                    letter => want.extend_from_slice(&[b'\\', letter]),
+                }
+            }
+            want.push(b'"');
+            let mut got = Vec::new();
+            push_json_str(&mut got, &s);
+            prop_assert_eq!(&got, &want);
+            let back: String = serde_json::from_slice(&got).expect("valid JSON");
+            prop_assert_eq!(back, s);
+        }
+
+        #[test]
+        fn may_need_escape_is_exact(bytes in proptest::array::uniform8(proptest::prop_oneof![
+            proptest::sample::select(vec![0x00u8, 0x01, 0x1f, 0x20, 0x21, 0x22, 0x23, 0x5b, 0x5c,
+                                          0x5d, 0x7f, 0x80, 0x9f, 0xa0, 0xa2, 0xdc, 0xff]),
+            0x20u8..0x7f,
+        ])) {
+            let word = u64::from_le_bytes(bytes);
+            let want = word.to_le_bytes().iter().any(|&b| JSON_ESCAPE[b as usize] != 0);
+            prop_assert_eq!(may_need_escape(word), want);
+        }
+
         #[test]
         fn trim_is_str_trim(s in "[ \t\u{a0}\u{2003}a-z0-9,\u{e7}\u{1}]{0,12}") {
             prop_assert_eq!(trim(&s), s.trim());
