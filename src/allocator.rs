@@ -9,7 +9,7 @@
 //! - `app produce` allocates and frees the same few buffer sizes for every batch: segments of
 //!   JSON, a batch's compressed records, rskafka's request buffer. Mapped and unmapped each time
 //!   (and the heap trimmed after every free), each batch paid its pages again: page faults and
-//!   `munmap` were 0.5–0.8 s of system time per million rows, a quarter of its CPU (BENCHMARKS.md,
+//!   `munmap` were 0.6–1.0 s of system time per million rows, a quarter of its CPU (BENCHMARKS.md,
 //!   "Issue 15"). Its memory is bounded by its lanes and batch size (about 2.5 MB per lane, at
 //!   most 16 lanes), so the allocator keeping freed buffers for the next batch costs at most that.
 //!

@@ -268,7 +268,7 @@ const CHUNKS_QUEUED: usize = 2;
 /// (BENCHMARKS.md, "Issue 15"): with one request per partition, the encoding and LZ4 of the next
 /// batch wait for the broker's answer to the previous one (1 partition: 2.2–2.5 s for 1M rows
 /// with one lane, 1.5–1.9 s with four). With 3 and 6 partitions, 6 lanes in all were as fast as
-/// 12 and held 6–9 MB less; 4 were slower. The lanes of a partition share its connection.
+/// 12 and held 6–9 MB less. The lanes of a partition share its connection.
 const LANES_PER_PARTITION: usize = 4;
 const MAX_LANES: usize = 8;
 
