@@ -423,28 +423,30 @@ def kcat_produce(run_dir, topic, jsonl, rows, partitions, topics):
 
 
 def produce_partitions_step(run_dir, rows, systems, partitions, topics, results):
-    """Produce mode: app produce (and kcat -P of the same lines) into fresh topics of each
-    partition count other than 1 (the side-by-side runs are the 1-partition points)."""
+    """Produce mode: app produce and kcat -P of the same lines into fresh topics of each
+    partition count, 1 included. The counts take turns within each repetition (1, 3, 6, 1, 3,
+    6, ...), so "vs 1 partition" compares runs made minutes apart under the same conditions: the
+    side-by-side 1-partition runs come first, before the seed and the Java tools."""
     data_dir, _ = dataset(rows)
     jsonl = DATA / f"n{rows}.jsonl"
     _, kv_bytes, _ = jsonl_sizes(jsonl)
     uid = uuid.uuid4().hex[:8]
-    for p in partitions:
-        if p == 1:
-            continue
-        if "app" in systems:
-            def app_once(i, p=p):
+    counts = sorted(set([1, *partitions]))
+    runs = {}
+    for i in range(REPEAT):
+        for p in counts:
+            if "app" in systems:
                 t = f"bench-{uid}-produce-app-p{p}-{i}"
                 topics.append(t)
-                return app_produce(run_dir, t, data_dir, rows, p, f"produce-app-p{p}-{i}"), {}
-            m, extra = median_of(REPEAT, app_once)
-            results.append(result("produce-partitions", "app", rows, m, kv_bytes,
-                                  dict(extra, partitions=p)))
-        if "kcat" in systems:
-            m, extra = median_of(REPEAT, lambda i, p=p: kcat_produce(
-                run_dir, f"bench-{uid}-produce-kcat-p{p}-{i}", jsonl, rows, p, topics))
-            results.append(result("produce-partitions", "kcat", rows, m, kv_bytes,
-                                  dict(extra, partitions=p)))
+                m = app_produce(run_dir, t, data_dir, rows, p, f"produce-app-p{p}-{i}")
+                runs.setdefault(("app", p), []).append((m, {}))
+            if "kcat" in systems:
+                runs.setdefault(("kcat", p), []).append(kcat_produce(
+                    run_dir, f"bench-{uid}-produce-kcat-p{p}-{i}", jsonl, rows, p, topics))
+    for (system, p), done in runs.items():
+        m, extra = median_of(len(done), lambda j, done=done: done[j])
+        results.append(result("produce-partitions", system, rows, m, kv_bytes,
+                              dict(extra, partitions=p)))
 
 
 def produce_step(run_dir, rows, systems, topics, results):
@@ -822,17 +824,21 @@ def render(results, info, args, started, finished):
     parts = [r for r in results if r["step"] == "produce-partitions"]
     if parts:
         one = {r["system"]: r for r in results if r["step"] == "produce"}
-        add("### Produce: partitions (same records, fresh topic of P partitions each)")
+        add("### Produce: partitions (same records, fresh topic of P partitions each; the counts take turns)")
         add("")
         add("| system | partitions | records/s | wall s | CPU s | CPU s per 1M rows | "
             "peak RSS MB | records/s vs 1 partition | records/s vs kcat -P |")
         add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        # The 1-partition point of each system: its own run in this step (same conditions as
+        # the 3 and 6), else (older results) the side-by-side run.
+        own_one = {r["system"] for r in parts if r["partitions"] == 1}
         allp = sorted([dict(r, partitions=1) for r in one.values()
-                       if r["system"] in ("app", "kcat")] + parts,
+                       if r["system"] in ("app", "kcat") and r["system"] not in own_one] + parts,
                       key=lambda r: (r["system"] != "app", r["partitions"]))
         kcat_at = {r["partitions"]: r for r in allp if r["system"] == "kcat"}
+        base_at = {r["system"]: r for r in allp if r["partitions"] == 1}
         for r in allp:
-            base = one.get(r["system"])
+            base = base_at.get(r["system"])
             k = kcat_at.get(r["partitions"])
             add(f"| {r['label']} | {r['partitions']} | {fmt(r['records_per_s'])} | "
                 f"{fmt(r['wall_s'], 1)} | {fmt(r['cpu_s'], 1)} | "

@@ -102,6 +102,11 @@ def measure(cmd, *, cwd=None, env=None, stdout=None, stderr=None, watch=None,
     stdout/stderr: file paths (str) or None (discarded). Raises nothing for a failing command:
     look at `rc`.
     """
+    # Write back what earlier runs left dirty in the page cache before the clock starts. Left
+    # dirty, it was written back during the next run: the broker's metadata fsync then waited
+    # on it for 1-3 s (server.log: "writeNoOpRecord ... took 1349 ms"), and whichever system
+    # was running stalled (1M rows in 3-10 s instead of 1.3-1.7 s, at the same CPU seconds).
+    os.sync()
     out_f = open(stdout, "wb") if stdout else subprocess.DEVNULL
     err_f = open(stderr, "wb") if stderr else subprocess.DEVNULL
     t0 = time.monotonic()
