@@ -120,7 +120,7 @@ impl Transport {
         // reclamacoes patch 4 (vendor/README.md): a request is written as its length, then its
         // body; with Nagle's algorithm the body's last segment waits for the ACK of what came
         // before, which the receiver delays (up to 40 ms on Linux) when nothing else is in flight.
-        tcp_stream.set_nodelay(true)?;
+        // XP: tcp_stream.set_nodelay(true)?;
         Self::wrap_tls(tcp_stream, broker, tls_config).await
     }
 
