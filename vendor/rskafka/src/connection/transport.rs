@@ -120,9 +120,8 @@ impl Transport {
         // reclamacoes patch 4 (vendor/README.md): a request is written as its length, then its
         // body; with Nagle's algorithm the body's last segment waits for the ACK of what came
         // before, which the receiver delays (up to 40 ms on Linux) when nothing else is in flight.
-        // Best effort: with `?`, a socket a restarting broker had already reset failed here, and
-        // the consumer stopped catching up after a broker crash (tests/faults.rs); such a socket
-        // fails on its first write instead, where rskafka retries.
+        // Best effort: a socket that cannot take the option fails on its first write instead,
+        // where rskafka retries.
         let _ = tcp_stream.set_nodelay(true);
         Self::wrap_tls(tcp_stream, broker, tls_config).await
     }
