@@ -16,6 +16,8 @@
 //! generated and mutated messages; the `json_message` fuzz target compares the whole decoder with
 //! `Schema::decode_json`.
 
+use crate::schema::first_special;
+
 /// Nesting (objects or arrays inside the top-level object) beyond this goes to serde_json.
 pub const MAX_DEPTH: usize = 16;
 
@@ -290,32 +292,6 @@ impl<'a> Cursor<'a> {
         self.digits();
         (self.at > before).then_some(())
     }
-}
-
-/// The position of the first `"`, `\\` or control character in `bytes`, eight bytes at a time
-/// (the classic "has a zero byte" test: exact for the lowest flagged byte, which is all we use).
-fn first_special(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let flagged = |word: u64| {
-        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-        zero(word ^ (ONES * u64::from(b'"')))
-            | zero(word ^ (ONES * u64::from(b'\\')))
-            | (word.wrapping_sub(ONES * 0x20) & !word & HIGH)
-    };
-    let mut at = 0;
-    while let Some(chunk) = bytes.get(at..at + 8) {
-        let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-        let hits = flagged(word);
-        if hits != 0 {
-            return Some(at + (hits.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    bytes[at..]
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        .map(|i| at + i)
 }
 
 #[cfg(test)]
