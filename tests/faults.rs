@@ -554,11 +554,7 @@ async fn interrupted_producer_prints_a_resume_point_that_loses_and_repeats_nothi
             .current_dir(work.path());
         cmd
     };
-    let child = produce(&["--rate", "20000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = faultkit::spawn(&mut produce(&["--rate", "20000"]));
     let target = 2000 + (rand::random::<u64>() % rows as u64) as i64;
     let deadline = Instant::now() + Duration::from_secs(120);
     while topic_size(&brokers, &topic).await < target {
@@ -611,52 +607,46 @@ async fn broker_crash_during_produce_and_consume_loses_nothing() {
     let out = work.path().join("output");
 
     // A paced producer (~40 s of input) and a live consumer, both on the private broker.
-    let producer = app(&brokers, &mysql)
-        .env("RUST_LOG", "warn")
-        .args(["produce", "--topic", &topic, "--rate", "1500"])
-        .arg(work.path().join("input"))
-        .current_dir(work.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let producer = faultkit::spawn(
+        app(&brokers, &mysql)
+            .env("RUST_LOG", "warn")
+            .args(["produce", "--topic", &topic, "--rate", "1500"])
+            .arg(work.path().join("input"))
+            .current_dir(work.path()),
+    );
     // A second producer, to another topic, that gives up after 5 s of failures: it must stop
     // with a resumable error, and resuming must lose nothing.
     let topic_b = random_topic("broker-crash-b");
     create_topic(&brokers, &topic_b, 3).await;
-    let impatient = app(&brokers, &mysql)
-        .args([
-            "produce",
-            "--topic",
-            &topic_b,
-            "--rate",
-            "1500",
-            "--retry-timeout",
-            "5s",
-        ])
-        .arg(work.path().join("input"))
-        .current_dir(work.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let consumer = app(&brokers, &mysql)
-        .args([
-            "consume",
-            "--topic",
-            &topic,
-            "--output",
-            out.to_str().unwrap(),
-            "--checkpoint-interval",
-            "500ms",
-            "--idle-timeout",
-            "2s",
-        ])
-        .current_dir(work.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let impatient = faultkit::spawn(
+        app(&brokers, &mysql)
+            .args([
+                "produce",
+                "--topic",
+                &topic_b,
+                "--rate",
+                "1500",
+                "--retry-timeout",
+                "5s",
+            ])
+            .arg(work.path().join("input"))
+            .current_dir(work.path()),
+    );
+    let consumer = faultkit::spawn(
+        app(&brokers, &mysql)
+            .args([
+                "consume",
+                "--topic",
+                &topic,
+                "--output",
+                out.to_str().unwrap(),
+                "--checkpoint-interval",
+                "500ms",
+                "--idle-timeout",
+                "2s",
+            ])
+            .current_dir(work.path()),
+    );
     wait_until(Duration::from_secs(120), "the consumer to commit", || {
         faultkit::committed_offsets(&out) > 1000
     });
@@ -757,11 +747,17 @@ async fn broker_crash_during_produce_and_consume_loses_nothing() {
     );
 
     // The consumer catches up by itself, then drains on SIGINT.
-    wait_until(Duration::from_secs(300), "the consumer to catch up", || {
+    let caught_up = faultkit::wait_for(Duration::from_secs(300), || {
         faultkit::committed_offsets(&out) as i64 >= in_topic
     });
     interrupt(&consumer);
     let consumed = wait_bounded(consumer, HANG_GUARD);
+    assert!(
+        caught_up,
+        "timed out after 300s waiting for the consumer to catch up: {} of {in_topic} committed\n{}",
+        faultkit::committed_offsets(&out),
+        consumed.both()
+    );
     assert!(consumed.status.success(), "{}", consumed.both());
     let (rows_written, distinct) = exactly_once_counts(&out);
     assert_eq!(
@@ -797,7 +793,6 @@ async fn mariadb_outage_keeps_the_stale_map_and_refresh_recovers() {
     create_topic(&brokers, &topic, 1).await;
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("output");
-    let log = work.path().join("consumer.log");
     let schema = Schema::banco_central();
     let base = base_ms();
     let batch = |label: &str, from: u64| -> Vec<Record> {
@@ -808,27 +803,25 @@ async fn mariadb_outage_keeps_the_stale_map_and_refresh_recovers() {
             })
             .collect()
     };
-    let consumer = app(&brokers, &mysql)
-        .env("RUST_LOG", "warn,reclamacoes::enrich=debug")
-        .args([
-            "consume",
-            "--topic",
-            &topic,
-            "--output",
-            out.to_str().unwrap(),
-            "--enrich-query",
-            &query,
-            "--refresh-interval",
-            "1s",
-            "--checkpoint-interval",
-            "300ms",
-        ])
-        .current_dir(work.path())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let consumer = faultkit::spawn(
+        app(&brokers, &mysql)
+            .env("RUST_LOG", "warn,reclamacoes::enrich=debug")
+            .args([
+                "consume",
+                "--topic",
+                &topic,
+                "--output",
+                out.to_str().unwrap(),
+                "--enrich-query",
+                &query,
+                "--refresh-interval",
+                "1s",
+                "--checkpoint-interval",
+                "300ms",
+            ])
+            .current_dir(work.path()),
+    );
+    let log_text = || consumer.stderr_so_far();
     produce_records(&brokers, &topic, 0, batch("LOTE1", 0)).await;
     wait_until(Duration::from_secs(120), "batch 1 to be read", || {
         faultkit::committed_offsets(&out) >= 50
@@ -891,7 +884,7 @@ async fn mariadb_outage_keeps_the_stale_map_and_refresh_recovers() {
     });
     interrupt(&consumer);
     let done = wait_bounded(consumer, HANG_GUARD);
-    assert!(done.status.success(), "{}\n{}", done.stdout, log_text());
+    assert!(done.status.success(), "{}", done.both());
     private.sql(&format!("DROP TABLE {table}"));
 
     let names: BTreeMap<String, i64> = duckdb(

@@ -264,31 +264,28 @@ fn an_s3_outage_is_waited_out_and_reported_by_healthz() {
     let url = s3::url(&prefix);
     let store = s3::store(&endpoint, &prefix);
     let metrics_port = free_port();
-    let consumer = app_s3(&endpoint)
-        .args([
-            "consume",
-            "--topic",
-            &topic,
-            "--output",
-            &url,
-            "--checkpoint-interval",
-            "300ms",
-            "--output-timeout",
-            "3s",
-            "--output-retry-timeout",
-            "3m",
-            "--idle-advance",
-            "off",
-            "--metrics-addr",
-            &format!("127.0.0.1:{metrics_port}"),
-        ])
-        .env("RUST_LOG", "info")
-        .current_dir(work.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let consumer = faultkit::spawn(
+        app_s3(&endpoint)
+            .args([
+                "consume",
+                "--topic",
+                &topic,
+                "--output",
+                &url,
+                "--checkpoint-interval",
+                "300ms",
+                "--output-timeout",
+                "3s",
+                "--output-retry-timeout",
+                "3m",
+                "--idle-advance",
+                "off",
+                "--metrics-addr",
+                &format!("127.0.0.1:{metrics_port}"),
+            ])
+            .env("RUST_LOG", "info")
+            .current_dir(work.path()),
+    );
     wait_until(
         Duration::from_secs(60),
         "the first 10,000 records committed",
@@ -470,14 +467,7 @@ fn two_consumers_on_one_prefix_are_fenced_and_the_output_stays_exactly_once() {
         "off",
     ];
     // A: runs on (no --until-caught-up), holding open windows once it has read everything.
-    let first = app_s3(&endpoint)
-        .args(base)
-        .current_dir(work.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = faultkit::spawn(app_s3(&endpoint).args(base).current_dir(work.path()));
     wait_until(Duration::from_secs(60), "A committed everything", || {
         s3::committed_offsets(&store) >= 20_000
     });
@@ -505,17 +495,14 @@ fn two_consumers_on_one_prefix_are_fenced_and_the_output_stays_exactly_once() {
         first.both()
     );
     // Two started at the same moment: at most one claims each partition.
-    let racers: Vec<Child> = (0..2)
+    let racers: Vec<faultkit::Running> = (0..2)
         .map(|_| {
-            app_s3(&endpoint)
-                .args(base)
-                .args(["--until-caught-up", "--close-windows"])
-                .current_dir(work.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            faultkit::spawn(
+                app_s3(&endpoint)
+                    .args(base)
+                    .args(["--until-caught-up", "--close-windows"])
+                    .current_dir(work.path()),
+            )
         })
         .collect();
     let results: Vec<_> = racers

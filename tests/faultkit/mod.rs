@@ -8,8 +8,9 @@
 //!   instance (9092/3306) is never stopped. Tests that use it hold a process-wide lock, so they
 //!   run one at a time; whatever `acquire` started is stopped again when the guard drops.
 //! - the independent Parquet reader of `tests/common` ([`duckdb`], re-exported), a topic reader
-//!   (rskafka), a Banco Central CSV generator, and child-process helpers (wait with a bound,
-//!   read stderr).
+//!   (rskafka), a Banco Central CSV generator, and child-process helpers ([`spawn`] reads a
+//!   child's output while it runs, so a chatty child never blocks on a full pipe; waits with a
+//!   bound).
 #![allow(dead_code)]
 
 #[path = "../common/mod.rs"]
@@ -21,7 +22,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use reclamacoes::kafka::{Kafka, PartitionHandle};
@@ -380,58 +381,115 @@ impl Finished {
 /// Runs `cmd` to completion, failing the test if it takes longer than `bound` (a hang guard,
 /// far above the expected time; not a timing assertion).
 pub fn run_bounded(cmd: &mut Command, bound: Duration) -> Finished {
-    let child = cmd
+    wait_bounded(spawn(cmd), bound)
+}
+
+/// A child started by [`spawn`]: its stdout and stderr are read while it runs, into buffers the
+/// test can look at before it ends. A pipe read only after the child ends holds 64 KiB; a child
+/// that logs more (rskafka warns at every failed reconnect, about 10 lines of 190 bytes a second
+/// during a broker outage) blocks on its next log line, and so stops working while the test
+/// waits for its progress.
+pub struct Running {
+    child: Child,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Starts `cmd` with stdin closed and both output streams read by [`Running`].
+pub fn spawn(cmd: &mut Command) -> Running {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn app");
-    wait_bounded(child, bound)
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let readers = vec![
+        read_into(
+            child.stdout.take().expect("piped stdout"),
+            Arc::clone(&stdout),
+        ),
+        read_into(
+            child.stderr.take().expect("piped stderr"),
+            Arc::clone(&stderr),
+        ),
+    ];
+    Running {
+        child,
+        stdout,
+        stderr,
+        readers,
+    }
 }
 
-pub fn wait_bounded(mut child: Child, bound: Duration) -> Finished {
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let out_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(o) = stdout.as_mut() {
-            let _ = std::io::Read::read_to_string(o, &mut s);
+/// Copies `from` into `to` until end of stream, on a thread of its own.
+fn read_into(
+    mut from: impl std::io::Read + Send + 'static,
+    to: Arc<Mutex<Vec<u8>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = from.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            to.lock().unwrap().extend_from_slice(&chunk[..n]);
         }
-        s
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        if let Some(e) = stderr.as_mut() {
-            let _ = std::io::Read::read_to_end(e, &mut s);
-        }
-        String::from_utf8_lossy(&s).to_string()
-    });
+    })
+}
+
+impl Running {
+    /// What the child has written to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// True while the child runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGKILL and reaps the child.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `child` to end, failing the test (with its stderr) if it takes longer than `bound`
+/// (a hang guard, far above the expected time; not a timing assertion).
+pub fn wait_bounded(mut child: Running, bound: Duration) -> Finished {
     let deadline = Instant::now() + bound;
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.child.try_wait().unwrap() {
             break status;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
             panic!(
                 "the process did not finish within {bound:?} (hang guard); stderr:\n{}",
-                err_thread.join().unwrap_or_default()
+                child.stderr_so_far()
             );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    // The streams end with the child (unless it left a grandchild holding them).
+    for reader in child.readers.drain(..) {
+        let _ = reader.join();
+    }
     Finished {
         status,
-        stdout: out_thread.join().unwrap(),
-        stderr: err_thread.join().unwrap(),
+        stdout: String::from_utf8_lossy(&child.stdout.lock().unwrap()).into_owned(),
+        stderr: child.stderr_so_far(),
     }
 }
 
 /// Sends SIGINT (like Ctrl-C) to a child this test started.
-pub fn interrupt(child: &Child) {
+pub fn interrupt(child: &Running) {
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &child.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -471,13 +529,22 @@ pub fn write_bcb_csv(path: &Path, rows: usize, tag: &str) {
 }
 
 /// Polls `cond` every 100 ms until it holds, failing after `bound` with `what`.
-pub fn wait_until(bound: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(bound: Duration, what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        wait_for(bound, cond),
+        "timed out after {bound:?} waiting for {what}"
+    );
+}
+
+/// Polls `cond` every 100 ms until it holds (true) or `bound` has passed (false), for a caller
+/// that gathers its own diagnosis before failing.
+pub fn wait_for(bound: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + bound;
     while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {bound:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    true
 }
