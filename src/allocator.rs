@@ -11,7 +11,7 @@
 //!   (and the heap trimmed after every free), each batch paid its pages again: page faults and
 //!   `munmap` were 0.6–1.0 s of system time per million rows, a quarter of its CPU (BENCHMARKS.md,
 //!   "Issue 15"). Its memory is bounded by its lanes and batch size (about 2.5 MB per lane, at
-//!   most 16 lanes), so the allocator keeping freed buffers for the next batch costs at most that.
+//!   most 8 lanes), so the allocator keeping freed buffers for the next batch costs at most that.
 //!
 //! `mallopt` changes process-wide settings and is only safe to rely on before other threads
 //! allocate: [`tune`] is called once by `cli::main`, after parsing the flags and before logging

@@ -772,9 +772,10 @@ static JSON_ESCAPE: [u8; 256] = {
     table
 };
 
-/// The position of the first `"`, `\\` or control character in `bytes` (what a JSON string must
-/// escape: the producer's `push_json_str` and the consumer's `flat_json` scan both use it), eight bytes at a time
-/// (the classic "has a zero byte" test: exact for the lowest flagged byte, which is all we use).
+/// The position of the first `"`, `\\` or control character in `bytes`: what a JSON string must
+/// escape (the producer's `push_json_str` and the consumer's `flat_json` scan both use it).
+/// Eight bytes at a time, by the classic "has a zero byte" test: exact for the lowest flagged
+/// byte, which is all we use.
 pub fn first_special(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;

@@ -606,32 +606,25 @@ async fn broker_crash_during_produce_and_consume_loses_nothing() {
     let files = two_csv_files(work.path(), rows);
     let out = work.path().join("output");
 
-    // A paced producer (~40 s of input) and a live consumer, both on the private broker.
-    let producer = faultkit::spawn(
-        app(&brokers, &mysql)
-            .env("RUST_LOG", "warn")
-            .args(["produce", "--topic", &topic, "--rate", "1500"])
+    // `app produce` of the test's input into `topic`, with `extra` flags.
+    let produce = |topic: &str, extra: &[&str]| {
+        let mut cmd = app(&brokers, &mysql);
+        cmd.args(["produce", "--topic", topic])
+            .args(extra)
             .arg(work.path().join("input"))
-            .current_dir(work.path()),
-    );
+            .current_dir(work.path());
+        cmd
+    };
+    // A paced producer (~40 s of input) and a live consumer, both on the private broker.
+    let producer = faultkit::spawn(&mut produce(&topic, &["--rate", "1500"]));
     // A second producer, to another topic, that gives up after 5 s of failures: it must stop
     // with a resumable error, and resuming must lose nothing.
     let topic_b = random_topic("broker-crash-b");
     create_topic(&brokers, &topic_b, 3).await;
-    let impatient = faultkit::spawn(
-        app(&brokers, &mysql)
-            .args([
-                "produce",
-                "--topic",
-                &topic_b,
-                "--rate",
-                "1500",
-                "--retry-timeout",
-                "5s",
-            ])
-            .arg(work.path().join("input"))
-            .current_dir(work.path()),
-    );
+    let impatient = faultkit::spawn(&mut produce(
+        &topic_b,
+        &["--rate", "1500", "--retry-timeout", "5s"],
+    ));
     let consumer = faultkit::spawn(
         app(&brokers, &mysql)
             .args([
@@ -668,10 +661,7 @@ async fn broker_crash_during_produce_and_consume_loses_nothing() {
             .to_string();
         eprintln!("producer stopped with a resumable error; resuming from {resume}");
         let again = run_bounded(
-            app(&brokers, &mysql)
-                .args(["produce", "--topic", &topic, "--resume-from", &resume])
-                .arg(work.path().join("input"))
-                .current_dir(work.path()),
+            &mut produce(&topic, &["--resume-from", &resume]),
             HANG_GUARD,
         );
         assert!(again.status.success(), "{}", again.both());
@@ -713,10 +703,7 @@ async fn broker_crash_during_produce_and_consume_loses_nothing() {
             .join(" / ")
     );
     let resumed = run_bounded(
-        app(&brokers, &mysql)
-            .args(["produce", "--topic", &topic_b, "--resume-from", &resume_b])
-            .arg(work.path().join("input"))
-            .current_dir(work.path()),
+        &mut produce(&topic_b, &["--resume-from", &resume_b]),
         HANG_GUARD,
     );
     assert!(resumed.status.success(), "{}", resumed.both());

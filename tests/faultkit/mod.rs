@@ -445,17 +445,6 @@ impl Running {
     pub fn stderr_so_far(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
-
-    /// True while the child runs.
-    pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Sends SIGKILL and reaps the child.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Waits for `child` to end, failing the test (with its stderr) if it takes longer than `bound`
@@ -467,7 +456,8 @@ pub fn wait_bounded(mut child: Running, bound: Duration) -> Finished {
             break status;
         }
         if Instant::now() > deadline {
-            child.kill();
+            let _ = child.child.kill();
+            let _ = child.child.wait();
             panic!(
                 "the process did not finish within {bound:?} (hang guard); stderr:\n{}",
                 child.stderr_so_far()
