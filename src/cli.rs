@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::consume::{self, ConsumeConfig, DataLossPolicy, IdleAdvance, LatePolicy, StartAt};
+use crate::consume::{
+    self, ConsumeConfig, CorruptBatchPolicy, DataLossPolicy, IdleAdvance, LatePolicy, StartAt,
+};
 use crate::csv_source::{Encoding, SourceConfig};
 use crate::kafka::{Compression, KafkaConfig};
 use crate::produce::{self, ProduceConfig};
@@ -304,6 +306,11 @@ pub struct ConsumeArgs {
     /// The checkpoint's offset was deleted by retention: fail (default), or continue from earliest.
     #[arg(long, env = "CONSUME_ON_DATA_LOSS", value_enum, default_value_t = DataLossArg::Fail)]
     pub on_data_loss: DataLossArg,
+    /// A record batch that cannot be read (CRC mismatch, corrupt compression, unknown format):
+    /// stop with its partition, offset and reason (default), or write its raw bytes to
+    /// _dead_letter/ as one refused record and go on after it.
+    #[arg(long, env = "CONSUME_ON_CORRUPT_BATCH", value_enum, default_value_t = CorruptBatchArg::Fail)]
+    pub on_corrupt_batch: CorruptBatchArg,
     /// Bytes per fetch request and partition (compressed; about 5x that once decompressed).
     #[arg(long, env = "CONSUME_FETCH_MAX_BYTES", default_value_t = DEFAULT_FETCH_MAX_BYTES)]
     pub fetch_max_bytes: i32,
@@ -346,6 +353,13 @@ pub enum LateArg {
 pub enum DataLossArg {
     Fail,
     Earliest,
+}
+
+/// `--on-corrupt-batch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CorruptBatchArg {
+    Fail,
+    Skip,
 }
 
 /// `--idle-advance`.
@@ -588,6 +602,10 @@ async fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             on_data_loss: match args.on_data_loss {
                 DataLossArg::Fail => DataLossPolicy::Fail,
                 DataLossArg::Earliest => DataLossPolicy::Earliest,
+            },
+            on_corrupt_batch: match args.on_corrupt_batch {
+                CorruptBatchArg::Fail => CorruptBatchPolicy::Fail,
+                CorruptBatchArg::Skip => CorruptBatchPolicy::Skip,
             },
             fetch_max_bytes: args.fetch_max_bytes,
             fetch_max_wait: args.fetch_max_wait,

@@ -1037,6 +1037,7 @@ mod tests {
                 timestamp_ms: times[i],
                 key: None,
                 value: Some(&values[i]),
+                refused: None,
             })
             .collect();
         let bad = [b"not json".to_vec(), b"[1]".to_vec()];
@@ -1046,6 +1047,7 @@ mod tests {
                 timestamp_ms: T0,
                 key: None,
                 value: Some(v),
+                refused: None,
             });
         }
         let batch = decoder.decode(0, records.into_iter(), &table, T0).unwrap();

@@ -19,14 +19,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rskafka::client::error::{Error as RsError, ProtocolError};
-pub use rskafka::client::partition::FetchedBatch;
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+pub use rskafka::client::read_committed::{
+    drop_aborted, AbortedTransaction, ControlBatchRecord, CorruptBatch, FetchedBatch,
+    FetchedContent, FetchedPartition, IsolationLevel,
+};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 pub use rskafka::record::RawRecords;
 use rskafka::record::{Record, RecordAndOffset, RecordBatchCompression};
 use rskafka::BackoffConfig;
 
 pub use rskafka::client::partition::Compression as RsCompression;
+pub use rskafka::client::partition::{ProducerId, ProducerSequence};
 
 /// Errors of this module; each names the broker, topic or partition and says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,17 @@ pub enum KafkaError {
         brokers: String,
         timeout: Duration,
     },
+    /// The broker refused a batch of an idempotent producer; `app produce` handles each case
+    /// (`src/produce.rs`), so this reaches the user only when retries ran out.
+    #[error(
+        "Kafka call `{what}` on {brokers} was refused: {error}. `app produce` asks for a new \
+         producer id and resends; if this persists, check the broker's log (`make logs`)"
+    )]
+    Sequence {
+        what: String,
+        brokers: String,
+        error: SequenceError,
+    },
     #[error(
         "topic `{topic}` partition {partition}: offset {requested} is out of range (the broker \
          holds {earliest}..{latest}); data between was deleted by retention or never existed. \
@@ -77,6 +92,66 @@ pub enum KafkaError {
 }
 
 pub type Result<T, E = KafkaError> = std::result::Result<T, E>;
+
+/// Why a broker refused a batch of an idempotent producer (a batch with a producer id and a
+/// sequence number, [`PartitionHandle::produce_raw`]): the five Kafka errors of idempotence,
+/// told apart so that `app produce` can react to each (`src/produce.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceError {
+    /// `DUPLICATE_SEQUENCE_NUMBER`: the partition already holds this batch (a resend of a
+    /// batch whose acknowledgement was lost). Brokers since Kafka 2.x mostly answer such a
+    /// resend with success and the first write's offsets instead.
+    Duplicate,
+    /// `OUT_OF_ORDER_SEQUENCE_NUMBER`: the broker expected another sequence number from this
+    /// producer id on this partition; it does not hold the producer's earlier batches.
+    OutOfOrder,
+    /// `UNKNOWN_PRODUCER_ID`: the broker has no state for this producer id on this partition
+    /// (expired after `producer.id.expiration.ms` without writes, or deleted with its records).
+    UnknownProducer,
+    /// `INVALID_PRODUCER_EPOCH`: a newer epoch of this producer id exists.
+    InvalidEpoch,
+    /// `PRODUCER_FENCED`: this producer id was taken over by a newer producer.
+    Fenced,
+}
+
+impl SequenceError {
+    /// The idempotence error rskafka's `error` is, if it is one.
+    fn of(error: &RsError) -> Option<SequenceError> {
+        let RsError::ServerError { protocol_error, .. } = error else {
+            return None;
+        };
+        Some(match protocol_error {
+            ProtocolError::DuplicateSequenceNumber => SequenceError::Duplicate,
+            ProtocolError::OutOfOrderSequenceNumber => SequenceError::OutOfOrder,
+            ProtocolError::UnknownProducerId => SequenceError::UnknownProducer,
+            ProtocolError::InvalidProducerEpoch => SequenceError::InvalidEpoch,
+            ProtocolError::ProducerFenced => SequenceError::Fenced,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for SequenceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SequenceError::Duplicate => {
+                "DUPLICATE_SEQUENCE_NUMBER (the partition already holds this batch)"
+            }
+            SequenceError::OutOfOrder => {
+                "OUT_OF_ORDER_SEQUENCE_NUMBER (the broker does not hold this producer id's \
+                 earlier batches: it lost them, or lost the producer's state)"
+            }
+            SequenceError::UnknownProducer => {
+                "UNKNOWN_PRODUCER_ID (the broker no longer knows this producer id on this \
+                 partition)"
+            }
+            SequenceError::InvalidEpoch => {
+                "INVALID_PRODUCER_EPOCH (a newer epoch of this producer id exists)"
+            }
+            SequenceError::Fenced => "PRODUCER_FENCED (a newer producer took this producer id)",
+        })
+    }
+}
 
 /// What to do about a failed connection, from the reason rskafka gave.
 fn connect_hint(reason: &str) -> &'static str {
@@ -533,16 +608,19 @@ impl PartitionHandle {
 
     /// Like [`PartitionHandle::fetch`], but gives the record batches with their records not yet
     /// read (the consumer reads them with [`rskafka::record::RawRecordIter`], without an
-    /// allocation per record). Records before `offset` are in them too.
+    /// allocation per record). Records before `offset` are in them too. Read committed, the
+    /// data of aborted transactions is [`FetchedContent::Aborted`] and nothing at or after the
+    /// last stable offset comes; a batch that cannot be read is [`FetchedContent::Corrupt`].
     pub async fn fetch_batches(
         &self,
         offset: i64,
         max_bytes: i32,
         max_wait_ms: i32,
-    ) -> Result<(Vec<FetchedBatch>, i64)> {
+        isolation: IsolationLevel,
+    ) -> Result<FetchedPartition> {
         let fut = self
             .client
-            .fetch_record_batches(offset, 1..max_bytes, max_wait_ms);
+            .fetch_record_batches(offset, 1..max_bytes, max_wait_ms, isolation);
         self.bounded_fetch(offset, max_wait_ms, fut).await
     }
 
@@ -583,22 +661,47 @@ impl PartitionHandle {
         }
     }
 
+    /// A new producer id for an idempotent producer (`InitProducerId`, rskafka patch 6).
+    pub async fn init_producer_id(&self) -> Result<ProducerId> {
+        let what = format!("init_producer_id {}/{}", self.topic, self.partition);
+        bounded(&self.config, &what, self.client.init_producer_id()).await
+    }
+
     /// Produces one batch whose records are written and compressed already
     /// ([`RawRecords::compress`]; acks=all); timestamps in milliseconds. Returns the offsets.
+    /// With `sequence` the batch is idempotent (rskafka patch 6), and the broker's idempotence
+    /// errors come back as [`KafkaError::Sequence`].
     pub async fn produce_raw(
         &self,
         records: RawRecords,
         first_timestamp_ms: i64,
         max_timestamp_ms: i64,
+        sequence: Option<ProducerSequence>,
     ) -> Result<Vec<i64>> {
         let what = format!("produce {}/{}", self.topic, self.partition);
-        bounded(
-            &self.config,
-            &what,
-            self.client
-                .produce_raw(records, first_timestamp_ms, max_timestamp_ms),
-        )
-        .await
+        let fut = self
+            .client
+            .produce_raw(records, first_timestamp_ms, max_timestamp_ms, sequence);
+        match tokio::time::timeout(self.config.timeout, fut).await {
+            Ok(Ok(offsets)) => Ok(offsets),
+            Ok(Err(e)) => Err(match SequenceError::of(&e) {
+                Some(error) => KafkaError::Sequence {
+                    what,
+                    brokers: self.config.brokers.clone(),
+                    error,
+                },
+                None => KafkaError::Call {
+                    what,
+                    brokers: self.config.brokers.clone(),
+                    reason: e.to_string(),
+                },
+            }),
+            Err(_) => Err(KafkaError::Timeout {
+                what,
+                brokers: self.config.brokers.clone(),
+                timeout: self.config.timeout,
+            }),
+        }
     }
 
     /// Produces one batch (acks=all); returns the offsets.

@@ -121,6 +121,13 @@ pub const C_DEAD_LETTERS: MetricDef = def(
     &[],
     "Records routed to _dead_letter (undecodable, no event time, or --on-miss dead-letter).",
 );
+pub const C_SKIPPED_BATCHES: MetricDef = def(
+    "reclamacoes_consume_skipped_batches_total",
+    Kind::Counter,
+    &["reason"],
+    "Record batches read committed steps over: reason=\"aborted\" (data of an aborted \
+     transaction), reason=\"control\" (transaction markers).",
+);
 pub const C_REPLAY_SKIPPED: MetricDef = def(
     "reclamacoes_consume_replay_skipped_total",
     Kind::Counter,
@@ -329,6 +336,7 @@ pub const METRICS: &[MetricDef] = &[
     C_ROWS_WRITTEN,
     C_LATE,
     C_DEAD_LETTERS,
+    C_SKIPPED_BATCHES,
     C_REPLAY_SKIPPED,
     C_MISS_DROPPED,
     C_BYTES_WRITTEN,
@@ -839,6 +847,8 @@ pub struct ConsumeMetrics {
     pub late_side_output: Counter,
     pub late_dropped: Counter,
     pub dead_letters: Counter,
+    pub aborted_batches: Counter,
+    pub control_batches: Counter,
     pub replay_skipped: Counter,
     pub miss_dropped: Counter,
     /// Indexed by [`Output`].
@@ -900,6 +910,8 @@ impl ConsumeMetrics {
             late_side_output: registry.counter(&C_LATE, &["side_output"]),
             late_dropped: registry.counter(&C_LATE, &["dropped"]),
             dead_letters: registry.counter(&C_DEAD_LETTERS, &[]),
+            aborted_batches: registry.counter(&C_SKIPPED_BATCHES, &["aborted"]),
+            control_batches: registry.counter(&C_SKIPPED_BATCHES, &["control"]),
             replay_skipped: registry.counter(&C_REPLAY_SKIPPED, &[]),
             miss_dropped: registry.counter(&C_MISS_DROPPED, &[]),
             bytes_written: by_output(&C_BYTES_WRITTEN),

@@ -20,6 +20,36 @@
 //! (several lanes of one partition are in flight together, which keeps the encoder and LZ4 busy
 //! while the broker answers). Rows without a key all use lane 0 of their partition.
 //!
+//! Idempotence: each lane is an idempotent producer of its own. Before its first batch it asks
+//! the broker for a producer id (`InitProducerId`), and every batch carries that id and a
+//! sequence number: 0 for the first, then the previous batch's plus its record count (wrapping
+//! at `i32::MAX`, [`ProducerSequence::next`]); a retry resends the same batch with the same
+//! sequence. A broker appends a producer's batches to a partition only in sequence order and
+//! recognises a resent batch it already holds, acknowledging it without writing it again. So a
+//! batch whose acknowledgement was lost (a timeout, a broken connection, a broker restart) is
+//! retried without being written twice. Kafka keeps one sequence per (producer id, partition),
+//! and the lanes of a partition are in flight together: sharing one id, their batches would
+//! have to reach the broker in sequence order, which concurrent lanes cannot promise. One id per
+//! lane, whose one batch in flight is always the next of its sequence, needs no coordination;
+//! it costs one `InitProducerId` round trip per lane and run, nothing per record.
+//!
+//! The broker's refusals ([`SequenceError`]): `DUPLICATE_SEQUENCE_NUMBER` says the partition
+//! holds the batch, so it counts as acknowledged. `UNKNOWN_PRODUCER_ID`,
+//! `INVALID_PRODUCER_EPOCH`, `PRODUCER_FENCED` and `OUT_OF_ORDER_SEQUENCE_NUMBER` say the broker
+//! can no longer place the batch in the lane's sequence: it expired or lost the producer's
+//! state, or lost batches it had acknowledged. Resent with the same id, the batch would be
+//! refused until the retry timeout. The lane asks for a new id, starts its sequence again at 0
+//! and resends the batch, and warns (partition, lane, old and new id, the reason) that this one
+//! batch may now be in the topic twice: if an earlier attempt of it was written before the
+//! broker lost the state, the broker cannot tell the resend from a new batch. Failing the run
+//! instead would not avoid that duplicate: the resume point is the first row not acknowledged,
+//! so `--resume-from` would resend this batch too, and with it every batch other lanes had
+//! acknowledged after it. A new id bounds the possible duplicate to one batch and keeps the
+//! run going; the time it takes counts against `--retry-timeout` like any other retry.
+//!
+//! Idempotence holds within a run. A resumed run has new producer ids: rows the failed run had
+//! sent after its resume point are sent again (at least once; `_source` identifies them).
+//!
 //! A row counts as sent only once Kafka acknowledged its batch. The [`ResumeTracker`] knows the
 //! first row not yet acknowledged, which is what a failed or interrupted run prints as
 //! `--resume-from FILE:LINE`. Memory is bounded: chunks queued per worker, one open and one
@@ -40,7 +70,10 @@ use tokio::task::JoinSet;
 
 use crate::csv_source::{self, CsvFile, FileLayout, FileStats, Reject, SourceConfig, SourceError};
 use crate::encode::{ChunkEncoder, ChunkJob, EncodedChunk, Lanes, Position, Segment};
-use crate::kafka::{Compression, Kafka, KafkaConfig, KafkaError, PartitionHandle, RawRecords};
+use crate::kafka::{
+    Compression, Kafka, KafkaConfig, KafkaError, PartitionHandle, ProducerSequence, RawRecords,
+    SequenceError,
+};
 use crate::metrics::{BusyClocks, Health, MetricsError, Probe, ProduceMetrics};
 use crate::schema::{json_source_prefix, Schema};
 use crate::shutdown::Shutdown;
@@ -838,47 +871,113 @@ struct SendJob {
     failure: Arc<Mutex<Option<String>>>,
 }
 
-/// One lane's sender: each batch is produced (acks=all) and retried until acknowledged or the
-/// retry timeout, before the next batch of the lane is taken.
+/// One lane's sender: each batch is produced (acks=all, idempotent: see the module docs) and
+/// retried until acknowledged or the retry timeout, before the next batch of the lane is taken.
 async fn send_batches(mut job: SendJob) {
+    let lane = job.lane;
+    // The lane's producer id and its next batch's sequence; `None` before the first batch and
+    // after a refusal that needs a new id (`refused` then says which id and why, for the log).
+    let mut sequence: Option<ProducerSequence> = None;
+    let mut refused: Option<(ProducerSequence, SequenceError)> = None;
     while let Some(batch) = job.rx.recv().await {
         if job.failure.lock().expect("failure lock").is_some() {
             // A batch of another lane failed for good: stop sending, keep the resume point.
             job.stop.store(true, Ordering::Relaxed);
-            let _ = job.done.send(job.lane).await;
+            let _ = job.done.send(lane).await;
             continue;
         }
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
         let partition = job.handle.partition;
         loop {
-            job.probe.senders.begin(job.lane);
-            // The records are encoded for each attempt: rskafka takes them by value (a retry is
-            // rare, and keeping a copy for it would cost every batch).
-            let (records, first, max) = match batch.encode(job.compression) {
-                Ok(encoded) => encoded,
-                Err(reason) => {
-                    give_up(&job, &batch, reason);
-                    break;
-                }
+            job.probe.senders.begin(lane);
+            let current = match sequence {
+                Some(current) => Ok(current),
+                None => job
+                    .handle
+                    .init_producer_id()
+                    .await
+                    .map(ProducerSequence::first),
             };
-            match job.handle.produce_raw(records, first, max).await {
-                Ok(_) => {
-                    job.probe.senders.end(job.lane);
+            let result = match current {
+                Ok(current) => {
+                    if let Some((old, why)) = refused.take() {
+                        tracing::warn!(
+                            partition,
+                            lane,
+                            old_producer_id = old.producer.id,
+                            old_epoch = old.producer.epoch,
+                            sequence = old.base_sequence,
+                            new_producer_id = current.producer.id,
+                            new_epoch = current.producer.epoch,
+                            reason = %why,
+                            first_row = ?batch.segments.first().and_then(Segment::first_position),
+                            "The broker refused this lane's producer id; resending the batch \
+                             with a new one. If an earlier attempt of this batch was written, \
+                             its rows are in the topic twice (same _source)"
+                        );
+                    }
+                    sequence = Some(current);
+                    // The records are encoded for each attempt: rskafka takes them by value (a
+                    // retry is rare, and keeping a copy for it would cost every batch).
+                    let (records, first, max) = match batch.encode(job.compression) {
+                        Ok(encoded) => encoded,
+                        Err(reason) => {
+                            give_up(&job, &batch, reason);
+                            break;
+                        }
+                    };
+                    let count = records.len() as i32;
+                    job.handle
+                        .produce_raw(records, first, max, Some(current))
+                        .await
+                        .map(|_| current.next(count))
+                        .or_else(|e| match e {
+                            // Written already by an attempt whose answer was lost.
+                            KafkaError::Sequence {
+                                error: SequenceError::Duplicate,
+                                ..
+                            } => {
+                                tracing::info!(
+                                    partition,
+                                    lane,
+                                    producer_id = current.producer.id,
+                                    sequence = current.base_sequence,
+                                    "The broker already holds this batch \
+                                     (DUPLICATE_SEQUENCE_NUMBER): acknowledged"
+                                );
+                                Ok(current.next(count))
+                            }
+                            e => Err(e),
+                        })
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(next) => {
+                    sequence = Some(next);
+                    job.probe.senders.end(lane);
                     job.stats.rows_sent.fetch_add(batch.rows, Ordering::Relaxed);
                     job.stats
                         .bytes_sent
                         .fetch_add(batch.bytes as u64, Ordering::Relaxed);
                     job.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    job.tracker
-                        .lock()
-                        .expect("tracker lock")
-                        .batch_acked(job.lane);
+                    job.tracker.lock().expect("tracker lock").batch_acked(lane);
                     break;
+                }
+                // The broker cannot place the batch in this id's sequence any more: the next
+                // attempt asks for a new id (module docs) and warns once it has it.
+                Err(KafkaError::Sequence { error, .. })
+                    if started.elapsed() < job.retry_timeout =>
+                {
+                    job.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    refused = sequence.take().map(|old| (old, error));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(e) if started.elapsed() < job.retry_timeout => {
                     job.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(partition, error = %e, retry_in = ?backoff, "Produce failed; retrying");
+                    tracing::warn!(partition, lane, error = %e, retry_in = ?backoff, "Produce failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -1085,5 +1184,40 @@ mod tests {
         assert_eq!(t.first_unacked(), Some((0, 9)));
         t.batch_acked(0);
         assert_eq!(t.first_unacked(), Some((0, 12)));
+    }
+
+    /// A lane's sequence numbers: from 0, by each batch's record count, wrapping after
+    /// `i32::MAX` to 0 as Kafka's `DefaultRecordBatch.incrementSequence` does.
+    #[test]
+    fn lane_sequence_advances_by_record_count_and_wraps_as_kafka() {
+        let producer = crate::kafka::ProducerId { id: 7, epoch: 0 };
+        let s = ProducerSequence::first(producer);
+        assert_eq!(s.base_sequence, 0);
+        assert_eq!(s.next(500).base_sequence, 500);
+        assert_eq!(s.next(500).next(3).base_sequence, 503);
+        assert_eq!(s.next(500).producer, producer);
+        let near_end = ProducerSequence {
+            producer,
+            base_sequence: i32::MAX - 9,
+        };
+        // Records i32::MAX-9 ..= i32::MAX, then 0: the next batch starts at 0.
+        assert_eq!(near_end.next(10).base_sequence, 0);
+        assert_eq!(near_end.next(9).base_sequence, i32::MAX);
+        assert_eq!(near_end.next(15).base_sequence, 5);
+        // Kafka's formula, for a few more points.
+        let kafka = |seq: i32, inc: i32| {
+            if seq > i32::MAX - inc {
+                inc - (i32::MAX - seq) - 1
+            } else {
+                seq + inc
+            }
+        };
+        for (seq, inc) in [(0, 1), (i32::MAX, 1), (i32::MAX - 1, 2), (1 << 30, 1 << 30)] {
+            let s = ProducerSequence {
+                producer,
+                base_sequence: seq,
+            };
+            assert_eq!(s.next(inc).base_sequence, kafka(seq, inc), "{seq} + {inc}");
+        }
     }
 }

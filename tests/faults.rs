@@ -7,6 +7,7 @@
 //! | `sigkilled_producer_...` | producer SIGKILLed mid-file, resumed from the first row missing in the topic | every CSV row at least once; duplicates only after the resume point, identical, identified by `_source` |
 //! | `interrupted_producer_...` | producer SIGINTed mid-file, rerun with the printed `--resume-from` | every row exactly once |
 //! | `broker_crash_...` | PRIVATE broker SIGKILLed for 20 s while two producers and a consumer run | the consumer and the default producer continue by themselves; a producer with `--retry-timeout 5s` stops with a resumable error and its resume loses nothing; every row in the topic, every offset once in the output |
+//! | `broker_pause_and_crash_...` | PRIVATE broker frozen (SIGSTOP) 6 s, then SIGKILLed and restarted, while a producer with `--timeout 2s` runs | the producer rides both out; every row in the topic exactly once; every batch carries a producer id, and each (partition, producer id)'s sequence numbers run from 0 without a gap (Kafka's `DumpLogSegments`) |
 //! | `mariadb_outage_...` | PRIVATE MariaDB stopped while a consumer runs; a consumer started meanwhile | stale map keeps serving, refresh failures counted, next refresh after the restart succeeds; the new consumer fails after `--mysql-timeout` naming the server |
 //! | `disk_full_...` | output on a 1 MiB tmpfs (root) or under RLIMIT_FSIZE | clear error naming the path; committed files readable; after space is freed a restart completes exactly once |
 //! | `damaged_checkpoint_...` | a partition's newest checkpoint generation truncated; both generations damaged; the only one empty; the checkpoint directory deleted | falls back to the previous generation (logged, damaged file kept aside); otherwise a clear error and nothing in the output touched |
@@ -650,8 +651,9 @@ async fn broker_crash_during_produce_and_consume_loses_nothing() {
     eprintln!("private broker was down for {:?}", down_at.elapsed());
 
     let produced = wait_bounded(producer, HANG_GUARD);
+    let rode_out = produced.status.success();
     // Either the producer rode out the outage, or it stopped with a resumable error.
-    if !produced.status.success() {
+    if !rode_out {
         let resume = produced
             .stdout
             .split("--resume-from '")
@@ -729,9 +731,16 @@ async fn broker_crash_during_produce_and_consume_loses_nothing() {
     let in_topic = topic_size(&brokers, &topic).await;
     let duplicates = in_topic as usize - counts.len();
     eprintln!(
-        "topic holds {in_topic} records for {} rows ({duplicates} duplicates from retried batches)",
+        "topic holds {in_topic} records for {} rows ({duplicates} duplicates)",
         counts.len()
     );
+    if rode_out {
+        // Idempotent produce: batches retried across the crash were not written twice.
+        assert_eq!(
+            duplicates, 0,
+            "the producer rode out the outage, so every row is in the topic once"
+        );
+    }
 
     // The consumer catches up by itself, then drains on SIGINT.
     let caught_up = faultkit::wait_for(Duration::from_secs(300), || {
@@ -757,6 +766,222 @@ async fn broker_crash_during_produce_and_consume_loses_nothing() {
         "consumer rode out the outage ({retries} fetch retries logged):\n{}",
         consumed.stdout
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Private broker frozen, then crashed, during produce: idempotent retries
+// ---------------------------------------------------------------------------------------------
+
+/// One record batch of a partition's log, as Kafka's `DumpLogSegments` prints it.
+#[derive(Debug)]
+struct LogBatch {
+    partition: i32,
+    base_offset: i64,
+    count: i64,
+    producer_id: i64,
+    base_sequence: i64,
+    last_sequence: i64,
+}
+
+/// Every record batch of `topic` in the private broker's log, read from its segment files with
+/// Kafka's own `org.apache.kafka.tools.DumpLogSegments` (not with our client).
+fn dump_log_batches(topic: &str) -> Vec<LogBatch> {
+    let kafka = faultkit::private_dir().join("kafka");
+    let mut batches = Vec::new();
+    for entry in std::fs::read_dir(kafka.join("data")).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let Some(partition) = name
+            .strip_prefix(&format!("{topic}-"))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let mut segments: Vec<PathBuf> = faultkit::walk(&dir)
+            .into_iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "log"))
+            .collect();
+        segments.sort();
+        for segment in segments {
+            let out = Command::new("java")
+                .arg("-cp")
+                .arg(format!("{}/*", kafka.join("libs").display()))
+                .arg(format!(
+                    "-Dlog4j2.configurationFile={}",
+                    faultkit::repo_root()
+                        .join("services/kafka/log4j2.xml")
+                        .display()
+                ))
+                .args(["org.apache.kafka.tools.DumpLogSegments", "--files"])
+                .arg(&segment)
+                .output()
+                .expect("run java (Kafka's DumpLogSegments)");
+            assert!(
+                out.status.success(),
+                "DumpLogSegments {} failed: {}",
+                segment.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if !line.starts_with("baseOffset:") {
+                    continue;
+                }
+                let field = |name: &str| -> i64 {
+                    line.split(&format!("{name}: "))
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or_else(|| panic!("no `{name}` in DumpLogSegments line: {line}"))
+                };
+                batches.push(LogBatch {
+                    partition,
+                    base_offset: field("baseOffset"),
+                    count: field("count"),
+                    producer_id: field("producerId"),
+                    base_sequence: field("baseSequence"),
+                    last_sequence: field("lastSequence"),
+                });
+            }
+        }
+    }
+    batches
+}
+
+#[tokio::test]
+async fn broker_pause_and_crash_during_produce_writes_every_row_once() {
+    let private = Private::acquire();
+    let brokers = private_brokers();
+    let mysql = shared_mysql_url();
+    let topic = random_topic("idempotent");
+    create_topic(&brokers, &topic, 3).await;
+    let work = tempfile::tempdir().unwrap();
+    let rows = 20_000;
+    let files = two_csv_files(work.path(), rows);
+    // ~13 s of input. `--timeout 2s`: while the broker is frozen, every lane's request in flight
+    // times out and is sent again on the same connection; when the broker runs again it reads
+    // both, so without idempotence the batch would be written twice.
+    let producer = faultkit::spawn(
+        app(&brokers, &mysql)
+            .args([
+                "produce",
+                "--topic",
+                &topic,
+                "--rate",
+                "3000",
+                "--timeout",
+                "2s",
+            ])
+            .arg(work.path().join("input"))
+            .current_dir(work.path()),
+    );
+    let progress = |at_least: i64| {
+        let brokers = brokers.clone();
+        let topic = topic.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while topic_size(&brokers, &topic).await < at_least {
+                assert!(Instant::now() < deadline, "the producer made no progress");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    progress(3_000).await;
+    private.pause_kafka();
+    std::thread::sleep(Duration::from_secs(6));
+    private.resume_kafka();
+    eprintln!("private broker was frozen for 6 s");
+    progress(20_000).await;
+    private.kill_kafka();
+    let down_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    private.start_again();
+    eprintln!(
+        "private broker was SIGKILLed and down for {:?}",
+        down_at.elapsed()
+    );
+
+    let produced = wait_bounded(producer, HANG_GUARD);
+    assert!(
+        produced.status.success(),
+        "the producer rides out a frozen and a crashed broker\n{}",
+        produced.both()
+    );
+    // `bytes: 1.2 MB in 345 batches (6 retries)`
+    let retries: u64 = produced
+        .stdout
+        .split(" retries)")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no retry count in the summary\n{}", produced.both()));
+    let (counts, _) = sources_in_topic(&brokers, &topic).await;
+    let mut missing = Vec::new();
+    for f in &files {
+        for line in 2..rows as u64 + 2 {
+            if !counts.contains_key(&(f.display().to_string(), line)) {
+                missing.push(format!("{}:{line}", f.display()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "rows missing from the topic: {missing:?}"
+    );
+    let twice: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} rows are in the topic more than once, e.g. {:?}\n{}",
+        twice.len(),
+        twice.iter().take(5).collect::<Vec<_>>(),
+        produced.both()
+    );
+    assert_eq!(topic_size(&brokers, &topic).await, 2 * rows as i64);
+    assert!(
+        retries > 0,
+        "the faults made the producer retry\n{}",
+        produced.both()
+    );
+
+    // Kafka's own reading of the log: every batch has a producer id, and per (partition,
+    // producer id) the batches' sequences run 0, 1, 2, ... without a gap or an overlap.
+    let batches = dump_log_batches(&topic);
+    let records: i64 = batches.iter().map(|b| b.count).sum();
+    assert_eq!(
+        records,
+        2 * rows as i64,
+        "DumpLogSegments sees every record"
+    );
+    let mut next: BTreeMap<(i32, i64), i64> = BTreeMap::new();
+    let mut sorted = batches;
+    sorted.sort_by_key(|b| (b.partition, b.base_offset));
+    for b in &sorted {
+        assert!(b.producer_id >= 0, "a batch without a producer id: {b:?}");
+        let expected = next.entry((b.partition, b.producer_id)).or_insert(0);
+        assert_eq!(
+            b.base_sequence, *expected,
+            "partition {}: producer {}'s sequence jumps: {b:?}",
+            b.partition, b.producer_id
+        );
+        assert_eq!(b.last_sequence, b.base_sequence + b.count - 1, "{b:?}");
+        *expected = b.last_sequence + 1;
+    }
+    let producers: BTreeSet<i64> = next.keys().map(|&(_, id)| id).collect();
+    let reinit = produced
+        .stderr
+        .matches("The broker refused this lane's producer id")
+        .count();
+    eprintln!(
+        "every row once after a 6 s freeze and a crash: {} batches from {} producer ids \
+         (one per lane{}), {retries} retries",
+        sorted.len(),
+        producers.len(),
+        if reinit > 0 {
+            format!(", {reinit} re-initialised")
+        } else {
+            String::new()
+        }
+    );
+    faultkit::delete_topic(&brokers, &topic).await;
 }
 
 // ---------------------------------------------------------------------------------------------

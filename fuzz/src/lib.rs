@@ -104,7 +104,7 @@ pub fn consumer_decode(schema: &Schema, value: &[u8]) -> Result<Vec<Value>, Stri
         &output,
         "fuzz",
     );
-    let record = RawRecord { offset: 0, timestamp_ms: 0, key: None, value: Some(value) };
+    let record = RawRecord { offset: 0, timestamp_ms: 0, key: None, value: Some(value), refused: None };
     let batch = decoder
         .decode(0, std::iter::once(record), &table, 0)
         .expect("decoding never fails as a whole");

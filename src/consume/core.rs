@@ -157,10 +157,14 @@ pub struct Tally {
     pub miss_dropped: u64,
     pub replay_skipped: u64,
     pub windows_closed: u64,
+    /// Offsets stepped over without a record to route (transaction markers, data of aborted
+    /// transactions): [`PartitionCore::skip_to`].
+    pub offsets_skipped: u64,
 }
 
 impl Tally {
     pub fn add(&mut self, o: &Tally) {
+        self.offsets_skipped += o.offsets_skipped;
         self.records_read += o.records_read;
         self.rows_on_time += o.rows_on_time;
         self.rows_late += o.rows_late;
@@ -456,13 +460,34 @@ impl PartitionCore {
                 }
             }
         }
+        self.end_replay_when_reached(&mut out);
+        out.finish()
+    }
+
+    /// The offsets below `offset` hold nothing to route: the fetch stepped over them
+    /// (transaction markers, data of aborted transactions; read committed decides that the
+    /// same way on every fetch, so a restart that re-reads them skips them again). `next_offset`
+    /// moves to `offset`, so a checkpoint resumes after them and the replay barrier is reached
+    /// even when a partition's last offsets are markers. Offsets at or below `next_offset`
+    /// change nothing.
+    pub fn skip_to(&mut self, offset: i64) -> Routing {
+        let mut out = Pending::default();
+        if offset > self.next_offset {
+            out.tally.offsets_skipped += (offset - self.next_offset) as u64;
+            self.next_offset = offset;
+        }
+        self.end_replay_when_reached(&mut out);
+        out.finish()
+    }
+
+    /// Lifts the replay barrier once `next_offset` reached it, closing what it held back.
+    fn end_replay_when_reached(&mut self, out: &mut Pending) {
         if let Some(until) = self.replay_until {
             if self.next_offset >= until {
                 self.replay_until = None;
-                self.close_up_to(self.event_boundary(), &mut out);
+                self.close_up_to(self.event_boundary(), out);
             }
         }
-        out.finish()
     }
 
     fn event_boundary(&self) -> i64 {
@@ -842,5 +867,34 @@ mod tests {
         // Anything after the end of the stream is late.
         let r = c.route(&rows(&[(3, 10_000)]), now(1, 0));
         assert_eq!(r.tally.rows_late, 1);
+    }
+
+    #[test]
+    fn offsets_stepped_over_move_the_checkpoint_and_end_the_replay() {
+        // Offsets 2..5 are transaction markers and aborted data: nothing to route.
+        let mut c = core(false);
+        c.route(&rows(&[(0, 10), (1, 20)]), now(0, 0));
+        let r = c.skip_to(5);
+        assert_eq!(r.tally.offsets_skipped, 3);
+        assert_eq!(c.next_offset(), 5);
+        // Behind next_offset: nothing moves.
+        assert_eq!(c.skip_to(4).tally.offsets_skipped, 0);
+        assert_eq!(c.next_offset(), 5);
+        let cp = c.capture(WriterId(1));
+        assert_eq!(cp.next_offset, 5);
+        // A restart replays 0..5; the replay ends where the skipped offsets end, even though no
+        // record reaches offset 5.
+        let mut restored = PartitionCore::new(
+            "t",
+            0,
+            config(false),
+            Start::Checkpoint(Box::new(cp)),
+            now(5, 0),
+        );
+        restored.route(&rows(&[(0, 10), (1, 20)]), now(6, 0));
+        assert!(restored.is_replaying());
+        restored.skip_to(5);
+        assert!(!restored.is_replaying());
+        assert_eq!(restored.next_offset(), 5);
     }
 }

@@ -52,12 +52,15 @@ pub struct DecodeConfig {
 }
 
 /// One fetched Kafka record.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RawRecord<'a> {
     pub offset: i64,
     pub timestamp_ms: i64,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
+    /// Refused before decoding, for this reason: a record batch that cannot be read, whose
+    /// bytes this record holds (`--on-corrupt-batch skip`). It goes to the dead letters.
+    pub refused: Option<String>,
 }
 
 /// A decoded batch: table rows, dead letters and one [`RecordMeta`] per record.
@@ -157,9 +160,10 @@ impl Decoder {
         let mut slots: Vec<Slot> = Vec::with_capacity(fields.len());
         let mut typed: Vec<Typed> = Vec::with_capacity(fields.len());
         for rec in records {
-            let outcome = match rec.value {
-                None => Err("the message has no value (null)".to_string()),
-                Some(bytes) => self.parse(bytes, &mut slots, &mut typed),
+            let outcome = match (&rec.refused, rec.value) {
+                (Some(reason), _) => Err(reason.clone()),
+                (None, None) => Err("the message has no value (null)".to_string()),
+                (None, Some(bytes)) => self.parse(bytes, &mut slots, &mut typed),
             };
             let outcome = outcome.and_then(|()| {
                 let event_ms = match self.config.event_time_field {
@@ -857,6 +861,7 @@ mod tests {
                 timestamp_ms: 1_000 * i as i64,
                 key: None,
                 value: v.as_deref(),
+                refused: None,
             })
             .collect();
         d.decode(7, records.into_iter(), &table(), now).unwrap()
@@ -979,11 +984,13 @@ mod tests {
             timestamp_ms: now + 299_000,
             key: None,
             value: None,
+            refused: None,
         };
         let v = json(Some("00360305"), "X");
         let records = [
             RawRecord {
                 value: Some(&v),
+                refused: None,
                 ..ok
             },
             RawRecord {
@@ -991,6 +998,7 @@ mod tests {
                 timestamp_ms: now + 3_000_000,
                 key: None,
                 value: Some(&v),
+                refused: None,
             },
         ];
         let batch = d.decode(0, records.into_iter(), &table(), now).unwrap();

@@ -3,7 +3,8 @@
 //! Owns: decompressing a fetch's batches into one buffer that the decoding thread reuses,
 //! reading their records without an allocation per record (rskafka's [`RawRecordIter`] borrows
 //! keys and values from that buffer, or from the batch itself when it is uncompressed), skipping
-//! the records before the fetched offset, and the offset the next fetch starts at.
+//! the records before the fetched offset, the offset the next fetch starts at, and what becomes
+//! of a batch that cannot be read (`--on-corrupt-batch`).
 //!
 //! Why it is correct: this is Kafka's record batch format v2, the only one the broker sends to a
 //! fetch of this version. A record's offset is the batch's `base_offset + offset_delta` and its
@@ -11,9 +12,18 @@
 //! the middle of one gets the batch whole: records before the requested offset were routed by
 //! an earlier fetch and are skipped here. The next fetch starts after the last batch's last
 //! offset (`base_offset + last_offset_delta`), which also steps over control batches
-//! (transaction markers, no data) and records that compaction removed from a batch. Every
-//! batch's CRC-32C was checked when the response was read; a batch that still does not parse
-//! fails the partition with its offset, it is not skipped.
+//! (transaction markers, no data), the data of aborted transactions (rskafka marks it
+//! [`FetchedContent::Aborted`] from the fetch's aborted transactions: read committed, see
+//! `rskafka::client::read_committed`) and records that compaction removed from a batch.
+//!
+//! A batch that cannot be read (its CRC does not match, its length or format is impossible, its
+//! compression or records do not decode) is never retried as if the broker were at fault: it
+//! is the same bytes on every fetch. [`CorruptBatchPolicy::Fail`] stops the partition with the
+//! batch's offset and reason; [`CorruptBatchPolicy::Skip`] gives one refused record for the whole
+//! batch (its raw bytes, to `_dead_letter/`) and goes on after it. Where a corrupt batch ends is
+//! taken from the next batch's base offset when the response has one (its framing was sound),
+//! else from its own header when that lies below the high watermark, else one offset on: the
+//! next fetch always moves forward, and never past a batch that could be read.
 
 use std::ops::Range;
 use std::sync::Mutex;
@@ -21,7 +31,7 @@ use std::sync::Mutex;
 use rskafka::record::{RawRecordIter, RecordBatchCompression};
 
 use super::decode::RawRecord;
-use crate::kafka::FetchedBatch;
+use crate::kafka::{FetchedBatch, FetchedContent};
 
 /// A decompression buffer larger than this is not kept for the next fetch.
 const KEEP_BUFFER_BYTES: usize = 16 << 20;
@@ -33,11 +43,22 @@ const POOLED_BUFFERS: usize = 4;
 
 static BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
+/// What becomes of a record batch that cannot be read (`--on-corrupt-batch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CorruptBatchPolicy {
+    /// Stop the partition (and so the run) with the batch's offset and reason.
+    #[default]
+    Fail,
+    /// Write the batch's raw bytes to `_dead_letter/` as one refused record, and go on after it.
+    Skip,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "cannot read the record batch at offset {offset}: {reason}. Its CRC matched, so it is \
-     stored this way in Kafka: check what produced it (`kcat -C -o {offset} -c 1` shows it); \
-     `--on-data-loss` does not skip it"
+    "cannot read the record batch at offset {offset}: {reason}. The same bytes come back on every \
+     fetch, so this is not retried: check what produced it and the broker's disk (`kcat -C -o \
+     {offset} -c 1` or Kafka's DumpLogSegments show it), or run with `--on-corrupt-batch skip` to \
+     set the batch aside in _dead_letter/ and go on"
 )]
 pub struct FetchError {
     pub offset: i64,
@@ -49,33 +70,62 @@ pub struct FetchError {
 pub struct FetchedRecords {
     batches: Vec<FetchedBatch>,
     from: i64,
+    on_corrupt: CorruptBatchPolicy,
 }
 
 /// Where one batch's records section is: in the batch (uncompressed) or in the buffer.
 enum Section {
     InBatch,
     InBuffer(Range<usize>),
+    /// Its decompression failed, for this reason.
+    Unreadable(String),
 }
 
 impl FetchedRecords {
-    pub fn new(batches: Vec<FetchedBatch>, from: i64) -> Self {
-        FetchedRecords { batches, from }
+    /// `high_watermark` bounds where a corrupt last batch may be taken to end (module docs).
+    pub fn new(
+        mut batches: Vec<FetchedBatch>,
+        from: i64,
+        high_watermark: i64,
+        on_corrupt: CorruptBatchPolicy,
+    ) -> Self {
+        bound_corrupt_batches(&mut batches, from, high_watermark);
+        FetchedRecords {
+            batches,
+            from,
+            on_corrupt,
+        }
     }
 
     /// The offset after the last batch, where the next fetch starts; `None`: no batch.
     pub fn next_offset(&self) -> Option<i64> {
-        self.batches
-            .last()
-            .map(|b| b.base_offset + i64::from(b.last_offset_delta) + 1)
+        self.batches.last().map(|b| b.last_offset() + 1)
     }
 
-    /// Records the batches hold, those before `from` included.
+    /// Records the batches hold, those before `from` included; a corrupt batch counts one.
     pub fn len_upper_bound(&self) -> usize {
         self.batches
             .iter()
-            .filter_map(|b| b.records.as_ref())
-            .map(|r| r.len())
+            .map(|b| match &b.content {
+                FetchedContent::Records(r) => r.len(),
+                FetchedContent::Corrupt(_) => 1,
+                FetchedContent::Aborted | FetchedContent::Control(_) => 0,
+            })
             .sum()
+    }
+
+    /// What the batches skipped for the reader: (data batches of aborted transactions, control
+    /// batches), those before `from` left out.
+    pub fn skipped(&self) -> (u64, u64) {
+        let mut skipped = (0, 0);
+        for b in self.batches.iter().filter(|b| b.last_offset() >= self.from) {
+            match &b.content {
+                FetchedContent::Aborted => skipped.0 += 1,
+                FetchedContent::Control(_) => skipped.1 += 1,
+                _ => {}
+            }
+        }
+        skipped
     }
 
     /// Calls `f` with the records from `from` on, in offset order, decompressed into a reused
@@ -103,59 +153,149 @@ impl FetchedRecords {
     }
 
     fn read_into<'a>(&'a self, buffer: &'a mut Vec<u8>) -> Result<Vec<RawRecord<'a>>, FetchError> {
+        // Decompress first (the buffer grows), then borrow from it.
         let mut sections = Vec::with_capacity(self.batches.len());
         for batch in &self.batches {
-            let Some(raw) = &batch.records else {
-                sections.push(Section::InBatch);
-                continue;
+            let section = match &batch.content {
+                FetchedContent::Records(raw)
+                    if raw.compression() != RecordBatchCompression::NoCompression =>
+                {
+                    let start = buffer.len();
+                    match raw.decompress_into(buffer) {
+                        Ok(()) => Section::InBuffer(start..buffer.len()),
+                        Err(e) => {
+                            buffer.truncate(start);
+                            Section::Unreadable(format!(
+                                "{:?} decompression failed: {e}",
+                                raw.compression()
+                            ))
+                        }
+                    }
+                }
+                _ => Section::InBatch,
             };
-            if raw.compression() == RecordBatchCompression::NoCompression {
-                sections.push(Section::InBatch);
-                continue;
-            }
-            let start = buffer.len();
-            raw.decompress_into(buffer).map_err(|e| FetchError {
-                offset: batch.base_offset,
-                reason: format!("{:?} decompression failed: {e}", raw.compression()),
-            })?;
-            sections.push(Section::InBuffer(start..buffer.len()));
+            sections.push(section);
         }
         let buffer: &'a [u8] = buffer;
         let mut records = Vec::with_capacity(self.len_upper_bound());
         for (batch, section) in self.batches.iter().zip(sections) {
-            let Some(raw) = &batch.records else { continue };
+            if batch.last_offset() < self.from {
+                continue;
+            }
+            let raw = match &batch.content {
+                FetchedContent::Records(raw) => raw,
+                FetchedContent::Aborted | FetchedContent::Control(_) => continue,
+                FetchedContent::Corrupt(corrupt) => {
+                    self.refuse(batch, &corrupt.reason, &corrupt.bytes, &mut records)?;
+                    continue;
+                }
+            };
             let bytes = match section {
                 Section::InBatch => raw.section(),
                 Section::InBuffer(range) => &buffer[range],
-            };
-            for record in RawRecordIter::new(bytes, raw.len()) {
-                let record = record.map_err(|e| FetchError {
-                    offset: batch.base_offset,
-                    reason: e.to_string(),
-                })?;
-                let offset = batch.base_offset + i64::from(record.offset_delta);
-                if offset < self.from {
+                Section::Unreadable(reason) => {
+                    self.refuse(batch, &reason, raw.section(), &mut records)?;
                     continue;
                 }
-                let timestamp_ms = batch
-                    .first_timestamp
-                    .checked_add(record.timestamp_delta)
-                    .ok_or_else(|| FetchError {
-                        offset,
-                        reason: format!(
-                            "timestamp overflow ({} + {})",
-                            batch.first_timestamp, record.timestamp_delta
-                        ),
-                    })?;
-                records.push(RawRecord {
-                    offset,
-                    timestamp_ms,
-                    key: record.key,
-                    value: record.value,
-                });
+            };
+            let first = records.len();
+            if let Err(e) = self.read_batch(batch, bytes, raw.len(), &mut records) {
+                // The whole batch or none of it: its records are not to be trusted.
+                records.truncate(first);
+                self.refuse(batch, &e.reason, raw.section(), &mut records)?;
             }
         }
         Ok(records)
+    }
+
+    /// Appends the records of `batch` (records section `bytes`, `n` records) from `from` on.
+    fn read_batch<'a>(
+        &self,
+        batch: &FetchedBatch,
+        bytes: &'a [u8],
+        n: usize,
+        records: &mut Vec<RawRecord<'a>>,
+    ) -> Result<(), FetchError> {
+        for record in RawRecordIter::new(bytes, n) {
+            let record = record.map_err(|e| FetchError {
+                offset: batch.base_offset,
+                reason: e.to_string(),
+            })?;
+            let offset = batch.base_offset + i64::from(record.offset_delta);
+            if offset < self.from {
+                continue;
+            }
+            let timestamp_ms = batch
+                .first_timestamp
+                .checked_add(record.timestamp_delta)
+                .ok_or_else(|| FetchError {
+                    offset,
+                    reason: format!(
+                        "timestamp overflow ({} + {})",
+                        batch.first_timestamp, record.timestamp_delta
+                    ),
+                })?;
+            records.push(RawRecord {
+                offset,
+                timestamp_ms,
+                key: record.key,
+                value: record.value,
+                refused: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// A batch that cannot be read: an error ([`CorruptBatchPolicy::Fail`]) or one refused
+    /// record holding its bytes, at the first offset not yet routed.
+    fn refuse<'a>(
+        &self,
+        batch: &FetchedBatch,
+        reason: &str,
+        bytes: &'a [u8],
+        records: &mut Vec<RawRecord<'a>>,
+    ) -> Result<(), FetchError> {
+        let reason = format!(
+            "corrupt record batch (offsets {}..={}, producer id {}): {reason}",
+            batch.base_offset,
+            batch.last_offset(),
+            batch.producer_id
+        );
+        match self.on_corrupt {
+            CorruptBatchPolicy::Fail => Err(FetchError {
+                offset: batch.base_offset,
+                reason,
+            }),
+            CorruptBatchPolicy::Skip => {
+                records.push(RawRecord {
+                    offset: batch.base_offset.max(self.from),
+                    timestamp_ms: batch.first_timestamp.max(0),
+                    key: None,
+                    value: Some(bytes),
+                    refused: Some(reason),
+                });
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Sets where each corrupt batch ends (its `last_offset_delta`), as the module docs say: the
+/// next batch's base offset, else its own header below the high watermark, else one offset on.
+fn bound_corrupt_batches(batches: &mut [FetchedBatch], from: i64, high_watermark: i64) {
+    for i in 0..batches.len() {
+        if !matches!(batches[i].content, FetchedContent::Corrupt(_)) {
+            continue;
+        }
+        let base = batches[i].base_offset;
+        let own_end = batches[i].last_offset();
+        let end = match batches.get(i + 1) {
+            Some(next) if next.base_offset > base => next.base_offset - 1,
+            _ if batches[i].last_offset_delta >= 0 && own_end < high_watermark => own_end,
+            _ => base.max(from),
+        };
+        let end = end.max(base.max(from));
+        batches[i].last_offset_delta = i32::try_from(end - base).unwrap_or(i32::MAX);
     }
 }
 
@@ -165,6 +305,38 @@ mod tests {
     use proptest::prelude::*;
     use rskafka::chrono::{TimeZone, Utc};
     use rskafka::record::{RawRecords, Record};
+
+    use crate::kafka::{drop_aborted, AbortedTransaction, ControlBatchRecord, CorruptBatch};
+
+    fn data_batch(
+        base: i64,
+        last_offset_delta: i32,
+        first_ts: i64,
+        raw: RawRecords,
+    ) -> FetchedBatch {
+        FetchedBatch {
+            base_offset: base,
+            last_offset_delta,
+            first_timestamp: first_ts,
+            producer_id: -1,
+            producer_epoch: -1,
+            is_transactional: false,
+            content: FetchedContent::Records(raw),
+        }
+    }
+
+    /// A control batch of `producer_id` at `offset`.
+    fn marker(offset: i64, producer_id: i64, control: ControlBatchRecord) -> FetchedBatch {
+        FetchedBatch {
+            base_offset: offset,
+            last_offset_delta: 0,
+            first_timestamp: 0,
+            producer_id,
+            producer_epoch: 0,
+            is_transactional: true,
+            content: FetchedContent::Control(control),
+        }
+    }
 
     /// What one record must come out as: (offset, timestamp, key, value).
     type Expected = (i64, i64, Option<Vec<u8>>, Option<Vec<u8>>);
@@ -244,28 +416,18 @@ mod tests {
                     expected.push((base + i as i64, first_ts + dt, k.clone(), v.clone()));
                 }
                 let last_offset_delta = rows.len() as i32 - 1;
-                fetched.push(FetchedBatch {
-                    base_offset: base,
-                    last_offset_delta,
-                    first_timestamp: first_ts,
-                    records: Some(raw),
-                });
+                fetched.push(data_batch(base, last_offset_delta, first_ts, raw));
                 next = base + i64::from(last_offset_delta) + 1;
                 base = next + gap;
                 if *control_after {
-                    fetched.push(FetchedBatch {
-                        base_offset: base,
-                        last_offset_delta: 0,
-                        first_timestamp: first_ts,
-                        records: None,
-                    });
+                    fetched.push(marker(base, -1, ControlBatchRecord::Commit));
                     next = base + 1;
                     base = next;
                 }
             }
             let from = first_base + (skip % batches[0].0.len()) as i64;
             expected.retain(|e| e.0 >= from);
-            let fetched = FetchedRecords::new(fetched, from);
+            let fetched = FetchedRecords::new(fetched, from, next, CorruptBatchPolicy::Fail);
             prop_assert_eq!(fetched.next_offset(), Some(next));
             prop_assert_eq!(read_all(&fetched).unwrap(), expected);
         }
@@ -308,17 +470,318 @@ mod tests {
     #[test]
     fn only_control_batches_hold_no_records_but_move_the_offset() {
         let fetched = FetchedRecords::new(
-            vec![FetchedBatch {
-                base_offset: 41,
-                last_offset_delta: 0,
-                first_timestamp: 0,
-                records: None,
-            }],
+            vec![marker(41, 3, ControlBatchRecord::Other(2))],
             41,
+            42,
+            CorruptBatchPolicy::Fail,
         );
         assert_eq!(fetched.len_upper_bound(), 0);
         assert_eq!(fetched.next_offset(), Some(42));
+        assert_eq!(fetched.skipped(), (0, 1));
         assert_eq!(read_all(&fetched).unwrap(), vec![]);
-        assert_eq!(FetchedRecords::new(vec![], 7).next_offset(), None);
+        let none = FetchedRecords::new(vec![], 7, 7, CorruptBatchPolicy::Fail);
+        assert_eq!(none.next_offset(), None);
+    }
+
+    /// One batch of a simulated partition log: who wrote it and what it is.
+    #[derive(Debug, Clone)]
+    enum LogBatch {
+        /// Records `base..base + n` of `producer` (-1: not transactional).
+        Data { producer: i64, base: i64, n: i64 },
+        /// A transaction marker of `producer` at `offset`.
+        Marker {
+            producer: i64,
+            offset: i64,
+            commit: bool,
+        },
+    }
+
+    /// A log of interleaved transactions (each step: a producer writes a batch, or ends its
+    /// transaction), what a read committed reader must get from it, the aborted transactions
+    /// the broker knows ((producer, first offset, marker offset)) and the last stable offset.
+    struct Log {
+        batches: Vec<LogBatch>,
+        committed: Vec<i64>,
+        aborted: Vec<(i64, i64, i64)>,
+        stable: i64,
+    }
+
+    fn simulate(steps: &[(u8, u8, bool)]) -> Log {
+        use std::collections::BTreeMap;
+        let mut batches = Vec::new();
+        let mut next = 0i64;
+        // producer -> (first offset of its open transaction, its record offsets)
+        let mut open: BTreeMap<i64, (i64, Vec<i64>)> = BTreeMap::new();
+        let mut committed = Vec::new();
+        let mut aborted = Vec::new();
+        for &(who, n, end_commit) in steps {
+            let producer = i64::from(who % 4) - 1; // -1: a producer without transactions
+            let n = i64::from(n % 4) + 1;
+            let ends = producer >= 0 && n == 4 && open.contains_key(&producer);
+            if ends {
+                let (first, offsets) = open.remove(&producer).expect("open");
+                batches.push(LogBatch::Marker {
+                    producer,
+                    offset: next,
+                    commit: end_commit,
+                });
+                if end_commit {
+                    committed.extend(offsets);
+                } else {
+                    aborted.push((producer, first, next));
+                }
+                next += 1;
+                continue;
+            }
+            batches.push(LogBatch::Data {
+                producer,
+                base: next,
+                n,
+            });
+            let offsets = (next..next + n).collect::<Vec<_>>();
+            if producer < 0 {
+                committed.extend(offsets);
+            } else {
+                open.entry(producer)
+                    .or_insert_with(|| (next, Vec::new()))
+                    .1
+                    .extend(offsets);
+            }
+            next += n;
+        }
+        let stable = open.values().map(|(first, _)| *first).min().unwrap_or(next);
+        committed.retain(|o| *o < stable);
+        committed.sort_unstable();
+        Log {
+            batches,
+            committed,
+            aborted,
+            stable,
+        }
+    }
+
+    fn to_fetched(batch: &LogBatch) -> FetchedBatch {
+        match *batch {
+            LogBatch::Data { producer, base, n } => {
+                let records: Vec<Record> = (base..base + n)
+                    .map(|o| record(&None, &Some(o.to_string().into_bytes()), 0, 1_000))
+                    .collect();
+                let raw =
+                    RawRecords::encode(&records, 1_000, RecordBatchCompression::NoCompression)
+                        .unwrap();
+                FetchedBatch {
+                    base_offset: base,
+                    last_offset_delta: (n - 1) as i32,
+                    first_timestamp: 1_000,
+                    producer_id: producer,
+                    producer_epoch: 0,
+                    is_transactional: producer >= 0,
+                    content: FetchedContent::Records(raw),
+                }
+            }
+            LogBatch::Marker {
+                producer,
+                offset,
+                commit,
+            } => marker(
+                offset,
+                producer,
+                if commit {
+                    ControlBatchRecord::Commit
+                } else {
+                    ControlBatchRecord::Abort
+                },
+            ),
+        }
+    }
+
+    fn last_offset(batch: &LogBatch) -> i64 {
+        match *batch {
+            LogBatch::Data { base, n, .. } => base + n - 1,
+            LogBatch::Marker { offset, .. } => offset,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Read committed, as the broker serves it: fetches of a few batches each, from any
+        /// offset (a restart resumes anywhere, mid-batch or mid-transaction), each with the
+        /// aborted transactions overlapping its range, up to the last stable offset. Every
+        /// committed (or non-transactional) record comes out exactly once, in order; no record
+        /// of an aborted or open transaction does; the reads end at the last stable offset.
+        #[test]
+        fn read_committed_gives_exactly_the_committed_records(
+            steps in prop::collection::vec((any::<u8>(), any::<u8>(), any::<bool>()), 1..60),
+            start in 0i64..200,
+            per_fetch in prop::collection::vec(1usize..6, 1..20),
+        ) {
+            let log = simulate(&steps);
+            let start = start % (log.stable + 1);
+            let mut from = start;
+            let mut got = Vec::new();
+            let mut fetches = 0;
+            while from < log.stable {
+                // The batch holding `from` and the next ones, below the last stable offset.
+                let take = per_fetch[fetches % per_fetch.len()];
+                let chosen: Vec<&LogBatch> = log
+                    .batches
+                    .iter()
+                    .filter(|b| last_offset(b) >= from && last_offset(b) < log.stable)
+                    .take(take)
+                    .collect();
+                prop_assert!(!chosen.is_empty(), "no batch at {} below {}", from, log.stable);
+                let upper = last_offset(chosen[chosen.len() - 1]) + 1;
+                let aborted: Vec<AbortedTransaction> = log
+                    .aborted
+                    .iter()
+                    .filter(|(_, first, last)| *last >= from && *first < upper)
+                    .map(|&(producer_id, first_offset, _)| AbortedTransaction { producer_id, first_offset })
+                    .collect();
+                let mut batches: Vec<FetchedBatch> = chosen.into_iter().map(to_fetched).collect();
+                drop_aborted(&mut batches, &aborted);
+                let fetched = FetchedRecords::new(batches, from, log.stable, CorruptBatchPolicy::Fail);
+                for (offset, _, _, value) in read_all(&fetched).unwrap() {
+                    let value = String::from_utf8(value.unwrap()).unwrap();
+                    prop_assert_eq!(value, offset.to_string());
+                    got.push(offset);
+                }
+                let next = fetched.next_offset().unwrap();
+                prop_assert!(next > from);
+                from = next;
+                fetches += 1;
+            }
+            prop_assert_eq!(from, log.stable.max(start));
+            let expected: Vec<i64> = log.committed.iter().copied().filter(|o| *o >= start).collect();
+            prop_assert_eq!(got, expected);
+        }
+    }
+
+    fn corrupt(base: i64, last_offset_delta: i32, bytes: &[u8]) -> FetchedBatch {
+        FetchedBatch {
+            base_offset: base,
+            last_offset_delta,
+            first_timestamp: 5,
+            producer_id: -1,
+            producer_epoch: -1,
+            is_transactional: false,
+            content: FetchedContent::Corrupt(CorruptBatch {
+                reason: "CRC error, got 0x1, expected 0x2".into(),
+                bytes: bytes.to_vec(),
+            }),
+        }
+    }
+
+    fn one_record(base: i64, value: &[u8]) -> FetchedBatch {
+        let raw = RawRecords::encode(
+            &[record(&None, &Some(value.to_vec()), 0, 5)],
+            5,
+            RecordBatchCompression::NoCompression,
+        )
+        .unwrap();
+        data_batch(base, 0, 5, raw)
+    }
+
+    #[test]
+    fn a_corrupt_batch_fails_with_its_offset_or_is_refused_whole() {
+        let batches = || {
+            vec![
+                one_record(10, b"a"),
+                corrupt(11, 2, b"\x00junk"),
+                one_record(14, b"b"),
+            ]
+        };
+        let failing = FetchedRecords::new(batches(), 10, 20, CorruptBatchPolicy::Fail);
+        let err = read_all(&failing).unwrap_err();
+        assert_eq!(err.offset, 11);
+        assert!(err.reason.contains("CRC error"), "{err}");
+        assert!(err.to_string().contains("--on-corrupt-batch skip"), "{err}");
+
+        let skipping = FetchedRecords::new(batches(), 10, 20, CorruptBatchPolicy::Skip);
+        let records = skipping
+            .with_records(|records| {
+                records
+                    .iter()
+                    .map(|r| (r.offset, r.value.map(<[u8]>::to_vec), r.refused.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0], (10, Some(b"a".to_vec()), None));
+        assert_eq!(records[1].0, 11);
+        assert_eq!(records[1].1.as_deref(), Some(&b"\x00junk"[..]));
+        let reason = records[1].2.as_deref().unwrap();
+        assert!(
+            reason.contains("offsets 11..=13") && reason.contains("CRC error"),
+            "{reason}"
+        );
+        assert_eq!(records[2], (14, Some(b"b".to_vec()), None));
+        assert_eq!(skipping.next_offset(), Some(15));
+    }
+
+    #[test]
+    fn a_corrupt_last_batch_ends_where_it_can_be_trusted() {
+        // Its header's end lies below the high watermark: taken.
+        let f = FetchedRecords::new(vec![corrupt(11, 2, b"x")], 11, 20, CorruptBatchPolicy::Skip);
+        assert_eq!(f.next_offset(), Some(14));
+        // An end at or past the high watermark, or a negative delta: one offset on.
+        let f = FetchedRecords::new(
+            vec![corrupt(11, 900, b"x")],
+            11,
+            20,
+            CorruptBatchPolicy::Skip,
+        );
+        assert_eq!(f.next_offset(), Some(12));
+        let f = FetchedRecords::new(
+            vec![corrupt(11, -7, b"x")],
+            12,
+            20,
+            CorruptBatchPolicy::Skip,
+        );
+        assert_eq!(f.next_offset(), Some(13));
+        // Fetched again from inside it: its refusal is not repeated.
+        let again = FetchedRecords::new(
+            vec![corrupt(11, 900, b"x")],
+            12,
+            20,
+            CorruptBatchPolicy::Skip,
+        );
+        assert_eq!(again.next_offset(), Some(13));
+        assert_eq!(read_all(&again).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_batch_whose_records_do_not_parse_is_refused_whole() {
+        let rows = [
+            record(&None, &Some(b"{}".to_vec()), 0, 5),
+            record(&None, &Some(b"{}".to_vec()), 0, 5),
+        ];
+        let good = RawRecords::encode(&rows, 5, RecordBatchCompression::NoCompression).unwrap();
+        // The first record whole, the second cut: the first must not come out alone.
+        let section = &good.section()[..good.section().len() - 1];
+        let cut =
+            || RawRecords::compress(section, 2, RecordBatchCompression::NoCompression).unwrap();
+        let f = FetchedRecords::new(
+            vec![data_batch(3, 1, 5, cut())],
+            3,
+            9,
+            CorruptBatchPolicy::Fail,
+        );
+        assert_eq!(read_all(&f).unwrap_err().offset, 3);
+        let f = FetchedRecords::new(
+            vec![data_batch(3, 1, 5, cut())],
+            3,
+            9,
+            CorruptBatchPolicy::Skip,
+        );
+        let out = f
+            .with_records(|r| {
+                r.iter()
+                    .map(|r| (r.offset, r.refused.is_some()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
+        assert_eq!(out, vec![(3, true)]);
+        assert_eq!(f.next_offset(), Some(5));
     }
 }

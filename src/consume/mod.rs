@@ -50,15 +50,16 @@ use tokio::time::Instant;
 pub use self::core::LatePolicy;
 use self::core::{CoreConfig, Now};
 use self::decode::{DecodeConfig, DecodedBatch, Decoder};
-use self::fetched::FetchedRecords;
+pub use self::fetched::CorruptBatchPolicy;
+use self::fetched::{FetchError, FetchedRecords};
 use self::instance::{Board, SuccessTracker};
 use self::pipeline::{PartitionPipeline, PipelineConfig, PipelineError, Progress, Recovered};
-pub use self::progress::ConsumeSummary;
 use self::progress::{ConsumeProbe, Counters, PartitionStatus, StatusLine};
+pub use self::progress::{ConsumeSummary, HeldBack};
 use crate::checkpoint::{self, recovery, CheckpointError, PartitionCheckpoint};
 use crate::enrich::{EnrichConfig, EnrichError, EnrichmentCache, MySqlSource, OnMiss};
 use crate::group::{GroupConfig, GroupEvent, GroupMember, Revocation, RevokeReason};
-use crate::kafka::{Kafka, KafkaConfig, KafkaError, PartitionHandle};
+use crate::kafka::{IsolationLevel, Kafka, KafkaConfig, KafkaError, PartitionHandle};
 use crate::metrics::{BusyClocks, ConsumeMetrics, MetricsError, Probe};
 use crate::output::layout::{self, Destination, Entry, SuccessScope, WriterId};
 use crate::output::store::ObjectInfo;
@@ -93,6 +94,12 @@ pub enum ConsumeError {
          resumes from the last checkpoint"
     )]
     DrainTimeout(Duration),
+    #[error("topic `{topic}` partition {partition}: {source}")]
+    CorruptBatch {
+        topic: String,
+        partition: i32,
+        source: FetchError,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -131,6 +138,8 @@ pub struct SourceConfig {
     /// Stop once every partition is read to its end and written.
     pub until_caught_up: bool,
     pub on_data_loss: DataLossPolicy,
+    /// What becomes of a record batch that cannot be read (`--on-corrupt-batch`).
+    pub on_corrupt_batch: CorruptBatchPolicy,
     /// Bytes per fetch request and partition.
     pub fetch_max_bytes: i32,
     pub fetch_max_wait: Duration,
@@ -680,6 +689,7 @@ async fn run_partitions(
         fetch_bound: timeout * 3 + config.source.fetch_max_wait,
         processor_bound: (timeout * 3).max(Duration::from_secs(60)),
         stopping: Default::default(),
+        failed: Default::default(),
         cache: instance.cache.clone(),
         metrics: metrics.clone(),
         counters: Arc::clone(counters),
@@ -770,12 +780,14 @@ async fn run_partitions(
             max_wait: config.source.fetch_max_wait,
             until_caught_up: config.source.until_caught_up,
             on_data_loss: config.source.on_data_loss,
+            on_corrupt: config.source.on_corrupt_batch,
             tx: fetch_tx,
             stop: stop_handle.clone(),
             probe: Arc::clone(&probe),
             slot,
         }));
         tasks.spawn(decode_partition(
+            instance.topic.clone(),
             p,
             Arc::clone(&instance.decoder),
             instance.cache.clone(),
@@ -884,6 +896,7 @@ async fn run_partitions(
                 }
                 Some(Event::Failed { partition, error }) => {
                     tracing::error!(partition, error = %error, "A partition failed; stopping");
+                    probe.fail(format!("partition {partition} failed: {error}"));
                     failure.get_or_insert(error);
                     if draining_since.is_none() {
                         draining_since = Some(Instant::now());
@@ -1406,7 +1419,12 @@ enum Fetched {
     Records {
         records: FetchedRecords,
         high_watermark: i64,
+        /// Where the next fetch starts: every offset below it is read or stepped over.
+        next_offset: i64,
     },
+    /// A fetch that held nothing to decode (only transaction markers or aborted data): every
+    /// offset below this one is stepped over.
+    Skipped(i64),
     /// Read to its end (`--until-caught-up`): nothing more comes.
     CaughtUp,
     Failed(KafkaError),
@@ -1417,7 +1435,9 @@ enum Decoded {
     Batch {
         batch: Box<DecodedBatch>,
         high_watermark: i64,
+        next_offset: i64,
     },
+    Skipped(i64),
     CaughtUp,
     Failed(ConsumeError),
 }
@@ -1429,6 +1449,7 @@ struct FetchJob {
     max_wait: Duration,
     until_caught_up: bool,
     on_data_loss: DataLossPolicy,
+    on_corrupt: CorruptBatchPolicy,
     tx: mpsc::Sender<Fetched>,
     stop: Shutdown,
     probe: Arc<ConsumeProbe>,
@@ -1437,6 +1458,10 @@ struct FetchJob {
 
 /// Fetches one partition in offset order until stopped (or caught up). A failed fetch is retried
 /// from the same offset with backoff; only `OffsetOutOfRange` under `--on-data-loss fail` ends it.
+/// Fetches are read committed: aborted transactions' data and markers are stepped over (the
+/// offset moves past them), and `--until-caught-up` ends at the last stable offset, saying what
+/// an open transaction holds back. A batch that cannot be read is not a fetch failure: it goes
+/// on to the decoder, whose `--on-corrupt-batch` decides (`fetched` module).
 async fn fetch(mut job: FetchJob) {
     let partition = job.handle.partition;
     let max_wait_ms = i32::try_from(job.max_wait.as_millis()).unwrap_or(i32::MAX);
@@ -1447,30 +1472,53 @@ async fn fetch(mut job: FetchJob) {
         }
         job.probe.fetch.begin(job.slot);
         let result = tokio::select! {
-            r = job.handle.fetch_batches(job.offset, job.max_bytes, max_wait_ms) => r,
+            r = job.handle.fetch_batches(job.offset, job.max_bytes, max_wait_ms, IsolationLevel::ReadCommitted) => r,
             _ = job.stop.requested() => break,
         };
         match result {
-            Ok((batches, high_watermark)) => {
+            Ok(fetched) => {
                 // Waiting on a full channel below is backpressure, not a stuck broker.
                 job.probe.fetch.end(job.slot);
                 backoff = Duration::from_millis(100);
-                let records = FetchedRecords::new(batches, job.offset);
-                if let Some(next) = records.next_offset() {
-                    job.offset = next;
-                }
-                // Only control batches (transaction markers): nothing to decode.
-                if records.len_upper_bound() > 0 {
-                    let msg = Fetched::Records {
+                let high_watermark = fetched.high_watermark;
+                let stable = fetched.last_stable_offset;
+                let records =
+                    FetchedRecords::new(fetched.batches, job.offset, stable, job.on_corrupt);
+                let (aborted, control) = records.skipped();
+                job.probe.counters.add_skipped(aborted, control);
+                let next = records.next_offset();
+                let msg = match next {
+                    // Only control batches (transaction markers) or aborted data: nothing to
+                    // decode, but the processor's offset moves past them.
+                    Some(next) if records.len_upper_bound() == 0 => Some(Fetched::Skipped(next)),
+                    Some(next_offset) => Some(Fetched::Records {
                         records,
                         high_watermark,
-                    };
+                        next_offset,
+                    }),
+                    None => None,
+                };
+                if let Some(next) = next {
+                    job.offset = next;
+                }
+                if let Some(msg) = msg {
                     tokio::select! {
                         sent = job.tx.send(msg) => if sent.is_err() { break },
                         _ = job.stop.requested() => break,
                     }
                 }
-                if job.until_caught_up && job.offset >= high_watermark {
+                if job.until_caught_up && job.offset >= stable {
+                    if stable < high_watermark {
+                        let held = held_back(&job.handle, stable, high_watermark).await;
+                        tracing::warn!(
+                            partition,
+                            last_stable_offset = stable,
+                            high_watermark,
+                            "{}",
+                            held.describe()
+                        );
+                        job.probe.counters.hold_back(held);
+                    }
                     let _ = job.tx.send(Fetched::CaughtUp).await;
                     break;
                 }
@@ -1506,8 +1554,26 @@ async fn fetch(mut job: FetchJob) {
     job.probe.fetch.end(job.slot);
 }
 
+/// What an open transaction holds back from a read committed consumer at the end of a bounded
+/// run: the offsets from the last stable offset to the high watermark, and the producer whose
+/// transaction starts there (one read uncommitted fetch at the last stable offset shows it).
+async fn held_back(handle: &PartitionHandle, stable: i64, high_watermark: i64) -> HeldBack {
+    let first = handle
+        .fetch_batches(stable, 64 << 10, 0, IsolationLevel::ReadUncommitted)
+        .await
+        .ok()
+        .and_then(|f| f.batches.into_iter().find(|b| b.last_offset() >= stable));
+    HeldBack {
+        partition: handle.partition,
+        from: stable,
+        to: high_watermark,
+        producer: first.map(|b| (b.producer_id, b.producer_epoch)),
+    }
+}
+
 /// Decodes fetched batches on the blocking pool, one at a time, in order.
 async fn decode_partition(
+    topic: String,
     partition: i32,
     decoder: Arc<Decoder>,
     cache: EnrichmentCache,
@@ -1518,10 +1584,12 @@ async fn decode_partition(
     while let Some(msg) = rx.recv().await {
         let out = match msg {
             Fetched::CaughtUp => Decoded::CaughtUp,
+            Fetched::Skipped(next_offset) => Decoded::Skipped(next_offset),
             Fetched::Failed(e) => Decoded::Failed(e.into()),
             Fetched::Records {
                 records,
                 high_watermark,
+                next_offset,
             } => {
                 let decoder = Arc::clone(&decoder);
                 let table = Arc::clone(cache.snapshot().table());
@@ -1537,19 +1605,22 @@ async fn decode_partition(
                         Decoded::Batch {
                             batch: Box::new(batch),
                             high_watermark,
+                            next_offset,
                         }
                     }
                     Ok(Ok(Err(e))) => Decoded::Failed(ConsumeError::Internal(e.to_string())),
-                    Ok(Err(e)) => Decoded::Failed(ConsumeError::Internal(format!(
-                        "partition {partition}: {e}"
-                    ))),
+                    Ok(Err(source)) => Decoded::Failed(ConsumeError::CorruptBatch {
+                        topic: topic.clone(),
+                        partition,
+                        source,
+                    }),
                     Err(e) => Decoded::Failed(ConsumeError::Internal(format!(
                         "the decoding task of partition {partition} failed: {e}"
                     ))),
                 }
             }
         };
-        let last = !matches!(out, Decoded::Batch { .. });
+        let last = !matches!(out, Decoded::Batch { .. } | Decoded::Skipped(_));
         if tx.send(out).await.is_err() || last {
             return;
         }
@@ -1558,10 +1629,15 @@ async fn decode_partition(
 
 /// What the processor does next.
 enum Step {
-    Batch(Box<DecodedBatch>),
+    /// A decoded batch, and where its fetch ended (the offsets stepped over after its records).
+    Batch(Box<DecodedBatch>, i64),
+    /// A fetch with nothing to decode ended here.
+    Skip(i64),
     Tick(Option<i64>),
     Checkpoint,
-    Finish { close_windows: bool },
+    Finish {
+        close_windows: bool,
+    },
 }
 
 /// Runs one partition's pipeline until it is done or fails, and says which to the coordinator.
@@ -1602,10 +1678,11 @@ impl Processor {
             self.status.processor.beat();
             let step = tokio::select! {
                 msg = self.rx.recv() => match msg {
-                    Some(Decoded::Batch { batch, high_watermark }) => {
+                    Some(Decoded::Batch { batch, high_watermark, next_offset }) => {
                         self.status.high_watermark.store(high_watermark, Ordering::Relaxed);
-                        Step::Batch(batch)
+                        Step::Batch(batch, next_offset)
                     }
+                    Some(Decoded::Skipped(next_offset)) => Step::Skip(next_offset),
                     Some(Decoded::CaughtUp) => Step::Finish { close_windows: self.close_at_end },
                     Some(Decoded::Failed(e)) => return Err(e),
                     None => Step::Finish { close_windows: false },
@@ -1659,7 +1736,10 @@ impl Processor {
         for size in self.counters.add_progress(&progress) {
             self.metrics.file_size.record(size as f64);
         }
-        if progress.tally.records_read > 0 || !progress.written.is_empty() {
+        if progress.tally.records_read > 0
+            || progress.tally.offsets_skipped > 0
+            || !progress.written.is_empty()
+        {
             self.dirty = true;
         }
         for (committed, duration) in commits {
@@ -1688,7 +1768,14 @@ type StepResult = Result<(Progress, Vec<(core::Committed, Duration)>), PipelineE
 fn run_step(p: &mut PartitionPipeline, step: Step, now: Now) -> StepResult {
     let mut commits = Vec::new();
     let progress = match step {
-        Step::Batch(batch) => p.process(&batch, now)?,
+        Step::Batch(batch, next_offset) => {
+            let mut progress = p.process(&batch, now)?;
+            let skipped = p.skip_to(next_offset)?;
+            progress.tally.add(&skipped.tally);
+            progress.written.extend(skipped.written);
+            progress
+        }
+        Step::Skip(next_offset) => p.skip_to(next_offset)?,
         Step::Tick(boundary) => p.tick(now, boundary)?,
         Step::Checkpoint => {
             let mut progress = Progress::default();

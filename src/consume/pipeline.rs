@@ -171,6 +171,17 @@ impl PartitionPipeline {
         Ok(out)
     }
 
+    /// The fetch stepped over every offset below `offset` (`PartitionCore::skip_to`).
+    pub fn skip_to(&mut self, offset: i64) -> Result<Progress, PipelineError> {
+        let routing = self.core.skip_to(offset);
+        let mut out = Progress {
+            tally: routing.tally,
+            ..Progress::default()
+        };
+        self.apply(routing.effects, None, &mut out)?;
+        Ok(out)
+    }
+
     /// Idle detection and advance; `boundary` is the instance boundary an idle partition follows.
     pub fn tick(&mut self, now: Now, boundary: Option<i64>) -> Result<Progress, PipelineError> {
         let routing = self.core.tick(now, boundary);

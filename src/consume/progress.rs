@@ -31,6 +31,40 @@ pub struct Counters {
     pub row_groups_staged: AtomicU64,
     pub checkpoints: AtomicU64,
     pub markers_written: AtomicU64,
+    /// Read committed: data batches of aborted transactions stepped over, and control batches
+    /// (transaction markers).
+    pub aborted_batches: AtomicU64,
+    pub control_batches: AtomicU64,
+    /// `--until-caught-up`: what open transactions held back at the end, per partition.
+    pub held_back: std::sync::Mutex<Vec<HeldBack>>,
+}
+
+/// What an open transaction held back from a bounded (`--until-caught-up`) run on a partition:
+/// offsets `from..to` (the last stable offset to the high watermark; records and markers), the
+/// first of them written by `producer` (id, epoch) when a fetch could tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldBack {
+    pub partition: i32,
+    pub from: i64,
+    pub to: i64,
+    pub producer: Option<(i64, i16)>,
+}
+
+impl HeldBack {
+    pub fn describe(&self) -> String {
+        let producer = match self.producer {
+            Some((id, epoch)) => format!("producer id {id} (epoch {epoch})"),
+            None => "a producer the broker did not show".to_string(),
+        };
+        format!(
+            "partition {}: {} offsets held back ({}..{}) by an open transaction of {producer}; \
+             a later run reads them once it commits or aborts",
+            self.partition,
+            self.to - self.from,
+            self.from,
+            self.to
+        )
+    }
 }
 
 fn add(a: &AtomicU64, n: u64) {
@@ -44,6 +78,18 @@ fn get(a: &AtomicU64) -> u64 {
 }
 
 impl Counters {
+    pub fn add_skipped(&self, aborted_batches: u64, control_batches: u64) {
+        add(&self.aborted_batches, aborted_batches);
+        add(&self.control_batches, control_batches);
+    }
+
+    pub fn hold_back(&self, held: HeldBack) {
+        let mut all = self.held_back.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|h| h.partition != held.partition);
+        all.push(held);
+        all.sort_by_key(|h| h.partition);
+    }
+
     pub fn add_tally(&self, t: &Tally) {
         add(&self.records_read, t.records_read);
         add(&self.rows_on_time, t.rows_on_time);
@@ -162,6 +208,9 @@ pub struct ConsumeSummary {
     pub replay_skipped: u64,
     pub checkpoints: u64,
     pub refresh_failures: u64,
+    pub aborted_batches: u64,
+    pub control_batches: u64,
+    pub held_back: Vec<HeldBack>,
     pub elapsed: Duration,
     pub output: String,
     pub partitions: Vec<i32>,
@@ -185,6 +234,13 @@ impl ConsumeSummary {
             miss_dropped: get(&c.miss_dropped),
             replay_skipped: get(&c.replay_skipped),
             checkpoints: get(&c.checkpoints),
+            aborted_batches: get(&c.aborted_batches),
+            control_batches: get(&c.control_batches),
+            held_back: c
+                .held_back
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             ..ConsumeSummary::default()
         }
     }
@@ -198,8 +254,18 @@ impl ConsumeSummary {
                 String::new()
             }
         };
+        let mut transactions = String::new();
+        if self.aborted_batches + self.control_batches > 0 || !self.held_back.is_empty() {
+            transactions = format!(
+                "  transactions: {} aborted batches skipped, {} markers stepped over\n",
+                self.aborted_batches, self.control_batches
+            );
+        }
+        for held in &self.held_back {
+            transactions.push_str(&format!("  held back: {}\n", held.describe()));
+        }
         format!(
-            "consume summary: partitions {:?}{}\n  records read: {}\n  rows written: {} in {} files ({:.1} MB)\n  windows closed: {} (partition closes), with _SUCCESS: {}, still open: {}{}\n  enrichment: {} hits, {} misses{}, {} refresh failures\n  late rows: {} to _late{}\n  dead letters: {} to _dead_letter\n  replayed and skipped (already written): {}\n  checkpoints committed: {}\n  time: {:.2} s, {:.0} records/s\n  output: {}\n",
+            "consume summary: partitions {:?}{}\n  records read: {}\n{transactions}  rows written: {} in {} files ({:.1} MB)\n  windows closed: {} (partition closes), with _SUCCESS: {}, still open: {}{}\n  enrichment: {} hits, {} misses{}, {} refresh failures\n  late rows: {} to _late{}\n  dead letters: {} to _dead_letter\n  replayed and skipped (already written): {}\n  checkpoints committed: {}\n  time: {:.2} s, {:.0} records/s\n  output: {}\n",
             self.partitions,
             if self.resumed_from_checkpoint { " (resumed from checkpoint)" } else { "" },
             self.records_read,
@@ -309,10 +375,22 @@ pub struct ConsumeProbe {
     pub fetch_bound: Duration,
     pub processor_bound: Duration,
     pub stopping: AtomicBool,
+    /// Why a partition failed (the run is stopping because of it): what `/healthz` says first.
+    pub failed: std::sync::Mutex<Option<String>>,
     pub cache: EnrichmentCache,
     pub metrics: ConsumeMetrics,
     pub counters: Arc<Counters>,
     pub statuses: Vec<Arc<PartitionStatus>>,
+}
+
+impl ConsumeProbe {
+    /// A partition failed for `reason`: `/healthz` says so from now on (the first reason stays).
+    pub fn fail(&self, reason: String) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+    }
 }
 
 impl Probe for ConsumeProbe {
@@ -327,6 +405,8 @@ impl Probe for ConsumeProbe {
         m.late_side_output.absolute(get(&c.rows_late));
         m.late_dropped.absolute(get(&c.late_dropped));
         m.dead_letters.absolute(get(&c.dead_letters));
+        m.aborted_batches.absolute(get(&c.aborted_batches));
+        m.control_batches.absolute(get(&c.control_batches));
         m.replay_skipped.absolute(get(&c.replay_skipped));
         m.miss_dropped.absolute(get(&c.miss_dropped));
         for i in 0..3 {
@@ -379,6 +459,9 @@ impl Probe for ConsumeProbe {
     }
 
     fn health(&self) -> Health {
+        if let Some(reason) = &*self.failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Health::failing(reason.clone());
+        }
         if self.stopping.load(Ordering::Relaxed) {
             return Health::failing("shutting down: writing what is buffered and committing");
         }

@@ -164,6 +164,38 @@ impl Private {
         self.kill_and_wait(pid, "-KILL");
     }
 
+    /// Stops the private broker cleanly (SIGTERM): on its next start it skips log recovery, so
+    /// it serves its segments as they are on disk.
+    pub fn stop_kafka(&self) {
+        let pid = self
+            .pid("kafka/kafka.pid")
+            .expect("the private Kafka has a pid file");
+        self.kill_and_wait(pid, "-TERM");
+    }
+
+    /// Freezes the private broker (SIGSTOP): its connections stay open and it answers nothing,
+    /// as a broker in a long GC pause or on a stalled disk; requests sent meanwhile wait in its
+    /// socket buffers until [`Private::resume_kafka`].
+    pub fn pause_kafka(&self) {
+        self.signal_kafka("-STOP");
+    }
+
+    /// Lets a paused broker run again (SIGCONT): it then handles what it received meanwhile.
+    pub fn resume_kafka(&self) {
+        self.signal_kafka("-CONT");
+    }
+
+    fn signal_kafka(&self, signal: &str) {
+        let pid = self
+            .pid("kafka/kafka.pid")
+            .expect("the private Kafka has a pid file");
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
     /// Stops the private MariaDB (SIGTERM, as an administrator would).
     pub fn stop_mysql(&self) {
         let pid = self
@@ -207,7 +239,13 @@ impl Private {
 
 impl Drop for Private {
     fn drop(&mut self) {
-        // Leave nothing half-stopped, then stop exactly what acquire started.
+        // Leave nothing half-stopped (nor paused), then stop exactly what acquire started.
+        if let Some(pid) = self.pid("kafka/kafka.pid") {
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.start_again()));
         if self.record.exists() {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -32,6 +32,9 @@ use tokio::sync::Mutex;
 use tracing::{debug, error, info};
 
 use super::{error::ServerErrorResponse, metadata_cache::MetadataCacheGeneration};
+pub use super::read_committed::{
+    AbortedTransaction, FetchedBatch, FetchedContent, FetchedPartition, drop_aborted,
+};
 
 /// How strongly a [`PartitionClient`] is bound to a partition.
 ///
@@ -229,11 +232,15 @@ impl PartitionClient {
     /// reclamacoes patch (vendor/README.md): produces one batch whose records are already
     /// written and compressed ([`RawRecords::compress`]); timestamps are milliseconds, the
     /// records' deltas are from `first_timestamp`. Returns the offsets, as [`Self::produce`].
+    ///
+    /// reclamacoes patch 6: with `sequence`, the batch carries that producer id, epoch and base
+    /// sequence (idempotent produce, see [`ProducerSequence`]); without, none (-1), as before.
     pub async fn produce_raw(
         &self,
         records: RawRecords,
         first_timestamp: i64,
         max_timestamp: i64,
+        sequence: Option<ProducerSequence>,
     ) -> Result<Vec<i64>> {
         if records.is_empty() {
             return Ok(vec![]);
@@ -245,6 +252,7 @@ impl PartitionClient {
             records,
             first_timestamp,
             max_timestamp,
+            sequence,
         )?;
 
         maybe_retry(
@@ -264,6 +272,50 @@ impl PartitionClient {
                 maybe_throttle(response.throttle_time_ms)?;
                 process_produce_response(self.partition, &self.topic, n, response)
                     .map_err(|e| ErrorOrThrottle::Error((e, Some(r#gen))))
+            },
+        )
+        .await
+    }
+
+    /// reclamacoes patch 6 (vendor/README.md): a new producer id and epoch for an idempotent,
+    /// non-transactional producer (`InitProducerId` without a transactional id), asked of this
+    /// partition's leader; any broker answers it, and the id is valid on every partition.
+    /// Errors are returned as the broker gave them (`COORDINATOR_LOAD_IN_PROGRESS` while a
+    /// broker has no block of ids yet is worth retrying).
+    pub async fn init_producer_id(&self) -> Result<ProducerId> {
+        let request = &crate::protocol::messages::InitProducerIdRequest::idempotent();
+
+        maybe_retry(
+            &self.backoff_config,
+            self.unknown_topic_handling,
+            self,
+            "init_producer_id",
+            || async move {
+                let (broker, r#gen) = self
+                    .get()
+                    .await
+                    .map_err(|e| ErrorOrThrottle::Error((e, None)))?;
+                let response = broker
+                    .request(&request)
+                    .await
+                    .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
+                maybe_throttle(Some(response.throttle_time_ms))?;
+                match response.error {
+                    Some(protocol_error) => Err(ErrorOrThrottle::Error((
+                        Error::ServerError {
+                            protocol_error,
+                            error_message: None,
+                            request: RequestContext::Partition(self.topic.clone(), self.partition),
+                            response: None,
+                            is_virtual: false,
+                        },
+                        Some(r#gen),
+                    ))),
+                    None => Ok(ProducerId {
+                        id: response.producer_id.0,
+                        epoch: response.producer_epoch.0,
+                    }),
+                }
             },
         )
         .await
@@ -307,21 +359,36 @@ impl PartitionClient {
         )
         .await?;
 
-        let records = extract_records(partition.records.0, offset)?;
+        // reclamacoes patch 5: read committed, aborted transactions are dropped here too.
+        let partition = fetched_partition(partition, IsolationLevel::ReadCommitted);
+        let records = extract_records(partition.batches, offset)?;
 
-        Ok((records, partition.high_watermark.0))
+        Ok((records, partition.high_watermark))
     }
 
     /// reclamacoes patch (vendor/README.md): like [`Self::fetch_records`], but gives the record
     /// batches as they came, their records not yet read: [`FetchedBatch`]. Records before
     /// `offset` are in them too (Kafka does not split batches); skipping them is the caller's.
+    ///
+    /// reclamacoes patch 5: with [`IsolationLevel::ReadCommitted`] the data of aborted
+    /// transactions is [`FetchedContent::Aborted`] ([`super::read_committed`] says how), and
+    /// the answer carries the last stable offset. A batch that cannot be read is
+    /// [`FetchedContent::Corrupt`], not an error for the whole fetch.
     pub async fn fetch_record_batches(
         &self,
         offset: i64,
         bytes: Range<i32>,
         max_wait_ms: i32,
-    ) -> Result<(Vec<FetchedBatch>, i64)> {
-        let request = &build_fetch_request(offset, bytes, max_wait_ms, self.partition, &self.topic);
+        isolation_level: IsolationLevel,
+    ) -> Result<FetchedPartition> {
+        let request = &build_fetch_request_at(
+            offset,
+            bytes,
+            max_wait_ms,
+            self.partition,
+            &self.topic,
+            isolation_level,
+        );
 
         let partition = maybe_retry(
             &self.backoff_config,
@@ -344,27 +411,7 @@ impl PartitionClient {
         )
         .await?;
 
-        let batches = partition
-            .records
-            .0
-            .into_iter()
-            .map(|batch| {
-                let records = match batch.records {
-                    ControlBatchOrRecords::Raw(raw) => Some(raw),
-                    ControlBatchOrRecords::ControlBatch(_) => None,
-                    ControlBatchOrRecords::Records(_) => {
-                        unreachable!("fetched data batches are read lazily")
-                    }
-                };
-                FetchedBatch {
-                    base_offset: batch.base_offset,
-                    last_offset_delta: batch.last_offset_delta,
-                    first_timestamp: batch.first_timestamp,
-                    records,
-                }
-            })
-            .collect();
-        Ok((batches, partition.high_watermark.0))
+        Ok(fetched_partition(partition, isolation_level))
     }
 
     /// Get offset for this partition.
@@ -813,16 +860,69 @@ fn build_produce_request(
     }
 }
 
+/// reclamacoes patch 6 (vendor/README.md): an idempotent producer's id and epoch, from
+/// [`PartitionClient::init_producer_id`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProducerId {
+    pub id: i64,
+    pub epoch: i16,
+}
+
+/// reclamacoes patch 6: who produces a batch, and the sequence number of its first record.
+///
+/// A broker appends a producer's batches to a partition only in sequence order: the first has
+/// sequence 0, each next one the previous one's plus its record count ([`Self::next`]). A batch
+/// resent with the sequence of one the partition already holds is acknowledged without being
+/// written again (or refused with `DUPLICATE_SEQUENCE_NUMBER`); one that skips ahead is refused
+/// with `OUT_OF_ORDER_SEQUENCE_NUMBER`. So a producer keeps one sequence per partition, and
+/// sends a partition's next batch only after the previous one's answer (or keeps at most five
+/// in flight, in order, as Kafka's Java client does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerSequence {
+    pub producer: ProducerId,
+    pub base_sequence: i32,
+}
+
+impl ProducerSequence {
+    /// The first batch of `producer` on a partition.
+    pub fn first(producer: ProducerId) -> Self {
+        Self {
+            producer,
+            base_sequence: 0,
+        }
+    }
+
+    /// The sequence of the batch after this one, which holds `records` records: wraps to 0 after
+    /// `i32::MAX`, as Kafka's `DefaultRecordBatch.incrementSequence`.
+    pub fn next(self, records: i32) -> Self {
+        let base_sequence = if self.base_sequence > i32::MAX - records {
+            records - (i32::MAX - self.base_sequence) - 1
+        } else {
+            self.base_sequence + records
+        };
+        Self {
+            base_sequence,
+            ..self
+        }
+    }
+}
+
 /// reclamacoes patch: the produce request of one raw batch (acks=all, as `build_produce_request`).
+/// reclamacoes patch 6: with the producer id, epoch and base sequence of `sequence`.
 fn raw_produce_request(
     partition: i32,
     topic: &str,
     records: RawRecords,
     first_timestamp: i64,
     max_timestamp: i64,
+    sequence: Option<ProducerSequence>,
 ) -> Result<ProduceRequest> {
     let last_offset_delta = i32::try_from(records.len() - 1)
         .map_err(|_| Error::InvalidResponse(format!("{} records in one batch", records.len())))?;
+    let (producer_id, producer_epoch, base_sequence) = match sequence {
+        Some(s) => (s.producer.id, s.producer.epoch, s.base_sequence),
+        None => (-1, -1, -1),
+    };
     Ok(ProduceRequest {
         transactional_id: crate::protocol::primitives::NullableString(None),
         acks: Int16(-1),
@@ -836,11 +936,11 @@ fn raw_produce_request(
                     partition_leader_epoch: 0,
                     last_offset_delta,
                     is_transactional: false,
-                    base_sequence: -1,
+                    base_sequence,
                     compression: records.compression(),
                     timestamp_type: RecordBatchTimestampType::CreateTime,
-                    producer_id: -1,
-                    producer_epoch: -1,
+                    producer_id,
+                    producer_epoch,
                     first_timestamp,
                     max_timestamp,
                     records: ControlBatchOrRecords::Raw(records),
@@ -901,12 +1001,30 @@ fn build_fetch_request(
     partition: i32,
     topic: &str,
 ) -> FetchRequest {
+    build_fetch_request_at(
+        offset,
+        bytes,
+        max_wait_ms,
+        partition,
+        topic,
+        IsolationLevel::ReadCommitted,
+    )
+}
+
+fn build_fetch_request_at(
+    offset: i64,
+    bytes: Range<i32>,
+    max_wait_ms: i32,
+    partition: i32,
+    topic: &str,
+    isolation_level: IsolationLevel,
+) -> FetchRequest {
     FetchRequest {
         replica_id: NORMAL_CONSUMER,
         max_wait_ms: Int32(max_wait_ms),
         min_bytes: Int32(bytes.start),
         max_bytes: Some(Int32(bytes.end.saturating_sub(1))),
-        isolation_level: Some(IsolationLevel::ReadCommitted),
+        isolation_level: Some(isolation_level),
         topics: vec![FetchRequestTopic {
             topic: String_(topic.to_string()),
             partitions: vec![FetchRequestPartition {
@@ -968,37 +1086,83 @@ fn process_fetch_response(
     Ok(response_partition)
 }
 
-/// reclamacoes patch: one record batch of a fetch ([`PartitionClient::fetch_record_batches`]).
-#[derive(Debug)]
-pub struct FetchedBatch {
-    pub base_offset: i64,
-    /// The batch's last offset is `base_offset + last_offset_delta`; the next batch starts after it.
-    pub last_offset_delta: i32,
-    /// Record timestamps are `first_timestamp + timestamp_delta`.
-    pub first_timestamp: i64,
-    /// `None`: a control batch (a transaction marker), no data.
-    pub records: Option<RawRecords>,
+/// reclamacoes patch 5: a fetch response's partition as [`FetchedPartition`].
+fn fetched_partition(
+    partition: FetchResponsePartition,
+    isolation_level: IsolationLevel,
+) -> FetchedPartition {
+    let mut batches: Vec<FetchedBatch> = partition
+        .records
+        .0
+        .into_iter()
+        .map(|batch| {
+            let content = match batch.records {
+                ControlBatchOrRecords::Raw(raw) => FetchedContent::Records(raw),
+                ControlBatchOrRecords::ControlBatch(control) => FetchedContent::Control(control),
+                ControlBatchOrRecords::Corrupt(corrupt) => FetchedContent::Corrupt(corrupt),
+                ControlBatchOrRecords::Records(_) => {
+                    unreachable!("fetched data batches are read lazily")
+                }
+            };
+            FetchedBatch {
+                base_offset: batch.base_offset,
+                last_offset_delta: batch.last_offset_delta,
+                first_timestamp: batch.first_timestamp,
+                producer_id: batch.producer_id,
+                producer_epoch: batch.producer_epoch,
+                is_transactional: batch.is_transactional,
+                content,
+            }
+        })
+        .collect();
+    let aborted: Vec<AbortedTransaction> = partition
+        .aborted_transactions
+        .iter()
+        .map(|t| AbortedTransaction {
+            producer_id: t.producer_id.0,
+            first_offset: t.first_offset.0,
+        })
+        .collect();
+    if matches!(isolation_level, IsolationLevel::ReadCommitted) {
+        drop_aborted(&mut batches, &aborted);
+    }
+    let high_watermark = partition.high_watermark.0;
+    FetchedPartition {
+        batches,
+        high_watermark,
+        last_stable_offset: partition
+            .last_stable_offset
+            .map(|o| o.0)
+            .filter(|o| *o >= 0)
+            .unwrap_or(high_watermark),
+        aborted_transactions: aborted.len(),
+    }
 }
 
 fn extract_records(
-    partition_records: Vec<RecordBatch>,
+    partition_records: Vec<FetchedBatch>,
     request_offset: i64,
 ) -> Result<Vec<RecordAndOffset>> {
     let mut records = vec![];
 
     for batch in partition_records {
-        match batch.records {
-            ControlBatchOrRecords::ControlBatch(_) => {
+        match batch.content {
+            FetchedContent::Control(_) | FetchedContent::Aborted => {
                 // ignore
             }
-            ControlBatchOrRecords::Records(_) | ControlBatchOrRecords::Raw(_) => {
-                let protocol_records = match batch.records {
-                    ControlBatchOrRecords::Raw(raw) => raw
-                        .read_records()
-                        .map_err(|e| Error::InvalidResponse(format!("record batch at offset {}: {e}", batch.base_offset)))?,
-                    ControlBatchOrRecords::Records(records) => records,
-                    ControlBatchOrRecords::ControlBatch(_) => unreachable!(),
-                };
+            FetchedContent::Corrupt(corrupt) => {
+                return Err(Error::InvalidResponse(format!(
+                    "record batch at offset {}: {}",
+                    batch.base_offset, corrupt.reason
+                )));
+            }
+            FetchedContent::Records(raw) => {
+                let protocol_records = raw.read_records().map_err(|e| {
+                    Error::InvalidResponse(format!(
+                        "record batch at offset {}: {e}",
+                        batch.base_offset
+                    ))
+                })?;
                 records.reserve(protocol_records.len());
 
                 for record in protocol_records {

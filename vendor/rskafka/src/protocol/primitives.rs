@@ -12,7 +12,10 @@ use integer_encoding::{VarIntReader, VarIntWriter};
 use proptest::prelude::*;
 
 use super::{
-    record::RecordBatch,
+    record::{
+        ControlBatchOrRecords, CorruptBatch, RecordBatch, RecordBatchCompression,
+        RecordBatchTimestampType,
+    },
     traits::{ReadError, ReadType, WriteError, WriteType},
     vec_builder::VecBuilder,
 };
@@ -814,18 +817,32 @@ where
     fn read(reader: &mut R) -> Result<Self, ReadError> {
         let buf = NullableBytes::read(reader)?.0.unwrap_or_default();
         let len = u64::try_from(buf.len())?;
-        let mut buf = Cursor::new(buf);
+        let mut cursor = Cursor::new(buf.as_slice());
 
         let mut batches = vec![];
-        while buf.position() < len {
-            let batch = match RecordBatch::read(&mut buf) {
+        while cursor.position() < len {
+            let start = usize::try_from(cursor.position())?;
+            let batch = match RecordBatch::read(&mut cursor) {
                 Ok(batch) => batch,
-                Err(ReadError::IO(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(ReadError::IO(e))
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof && !batches.is_empty() =>
+                {
                     // Record batch got cut off, likely due to `FetchRequest::max_bytes`.
                     break;
                 }
                 Err(e) => {
-                    return Err(e);
+                    // reclamacoes patch 5 (vendor/README.md): a batch that cannot be read is
+                    // kept as a corrupt batch, not an error for the whole response. The first
+                    // batch of a response is never cut off by `max_bytes` (KIP-74: the broker
+                    // sends it whole, however large), so when it ends early its length is wrong.
+                    let (batch, end) = corrupt_batch(&buf[start..], e);
+                    batches.push(batch);
+                    match end {
+                        Some(end) => cursor.set_position(u64::try_from(start + end)?),
+                        // Its length cannot be trusted: nothing after it can be found.
+                        None => break,
+                    }
+                    continue;
                 }
             };
             batches.push(batch);
@@ -833,6 +850,51 @@ where
 
         Ok(Self(batches))
     }
+}
+
+/// reclamacoes patch 5: `bytes` (a batch and whatever follows it in the response) as a
+/// [`ControlBatchOrRecords::Corrupt`] batch, with the header fields that can be read. Also
+/// returns where the next batch starts when the batch's length field fits the bytes (a CRC
+/// mismatch), `None` when it does not.
+fn corrupt_batch(bytes: &[u8], error: ReadError) -> (RecordBatch, Option<usize>) {
+    let at = |from: usize, n: usize| bytes.get(from..from + n);
+    let i64_at = |from| at(from, 8).map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")));
+    let i32_at = |from| at(from, 4).map(|b| i32::from_be_bytes(b.try_into().expect("4 bytes")));
+    let i16_at = |from| at(from, 2).map(|b| i16::from_be_bytes(b.try_into().expect("2 bytes")));
+    // baseOffset (0), batchLength (8): the bytes after it, from partitionLeaderEpoch (12) on.
+    let end = i32_at(8)
+        .and_then(|l| usize::try_from(l).ok())
+        .and_then(|l| l.checked_add(12))
+        .filter(|end| *end <= bytes.len() && *end >= 12 + 9);
+    let reason = match (&error, end) {
+        (ReadError::IO(e), None) if e.kind() == std::io::ErrorKind::UnexpectedEof => format!(
+            "the batch is cut off: its length field says {} bytes, the response holds {} ({error})",
+            i32_at(8).map_or_else(|| "?".to_owned(), |l| l.to_string()),
+            bytes.len().saturating_sub(12)
+        ),
+        _ => error.to_string(),
+    };
+    let kept = end.unwrap_or(bytes.len());
+    let batch = RecordBatch {
+        base_offset: i64_at(0).unwrap_or(-1),
+        partition_leader_epoch: i32_at(12).unwrap_or(-1),
+        // attributes (21), lastOffsetDelta (23), firstTimestamp (27), maxTimestamp (35),
+        // producerId (43), producerEpoch (51), baseSequence (53): read as they are, not trusted.
+        last_offset_delta: i32_at(23).unwrap_or(0),
+        first_timestamp: i64_at(27).unwrap_or(-1),
+        max_timestamp: i64_at(35).unwrap_or(-1),
+        producer_id: i64_at(43).unwrap_or(-1),
+        producer_epoch: i16_at(51).unwrap_or(-1),
+        base_sequence: i32_at(53).unwrap_or(-1),
+        records: ControlBatchOrRecords::Corrupt(CorruptBatch {
+            reason,
+            bytes: bytes[..kept].to_vec(),
+        }),
+        compression: RecordBatchCompression::NoCompression,
+        is_transactional: false,
+        timestamp_type: RecordBatchTimestampType::CreateTime,
+    };
+    (batch, end)
 }
 
 impl<W> WriteType<W> for Records

@@ -232,6 +232,15 @@ where
 
 /// Control Batch Record
 ///
+/// reclamacoes patch 5 (vendor/README.md): a control batch holds records in the ordinary record
+/// format (length, attributes, deltas, key, value, headers); the control record's *key* is
+/// `version: int16, type: int16` and, for a transaction marker, its value is
+/// `version: int16, coordinator_epoch: int32`. rskafka 0.6.0 read the key's two fields straight
+/// from the records section, without the record around them, so every real marker failed with
+/// "Unknown control batch record version: 8192" (0x2000: a record length of 16, attributes 0).
+/// As Kafka's Java client does (`ControlRecordType.parse`), a key version above 0 is read as
+/// version 0, and a type this code does not know is [`ControlBatchRecord::Other`], never an error.
+///
 /// # References
 /// - <https://kafka.apache.org/documentation/#controlbatch>
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +248,32 @@ where
 pub enum ControlBatchRecord {
     Abort,
     Commit,
+    /// Another control record type (2 = KRaft leader change, 3/4 = snapshot header/footer, …),
+    /// or -1 when the batch held no readable control key: nothing for a consumer to act on.
+    Other(#[cfg_attr(test, proptest(strategy = "2i16.."))] i16),
+}
+
+impl ControlBatchRecord {
+    /// The type of the control record whose key is `key` (`None`: no key).
+    pub fn from_key(key: Option<&[u8]>) -> Self {
+        match key {
+            // The version (bytes 0..2) is not checked: later versions keep the type second.
+            Some(key) if key.len() >= 4 => match i16::from_be_bytes([key[2], key[3]]) {
+                0 => Self::Abort,
+                1 => Self::Commit,
+                t => Self::Other(t),
+            },
+            _ => Self::Other(-1),
+        }
+    }
+
+    fn type_id(&self) -> i16 {
+        match self {
+            Self::Abort => 0,
+            Self::Commit => 1,
+            Self::Other(t) => *t,
+        }
+    }
 }
 
 impl<R> ReadType<R> for ControlBatchRecord
@@ -246,23 +281,8 @@ where
     R: Read,
 {
     fn read(reader: &mut R) -> Result<Self, ReadError> {
-        // version
-        let version = Int16::read(reader)?.0;
-        if version != 0 {
-            return Err(ReadError::Malformed(
-                format!("Unknown control batch record version: {}", version).into(),
-            ));
-        }
-
-        // type
-        let t = Int16::read(reader)?.0;
-        match t {
-            0 => Ok(Self::Abort),
-            1 => Ok(Self::Commit),
-            _ => Err(ReadError::Malformed(
-                format!("Unknown control batch record type: {}", t).into(),
-            )),
-        }
+        let record = Record::read(reader)?;
+        Ok(Self::from_key(record.key.as_deref()))
     }
 }
 
@@ -271,21 +291,58 @@ where
     W: Write,
 {
     fn write(&self, writer: &mut W) -> Result<(), WriteError> {
-        // version
-        Int16(0).write(writer)?;
-
-        // type
-        let t = match self {
-            Self::Abort => 0,
-            Self::Commit => 1,
-        };
-        Int16(t).write(writer)?;
-
-        Ok(())
+        // As the broker writes a transaction marker: key version 0 and the type, value
+        // version 0 and coordinator epoch 0.
+        let mut key = Vec::with_capacity(4);
+        key.extend_from_slice(&0i16.to_be_bytes());
+        key.extend_from_slice(&self.type_id().to_be_bytes());
+        let mut value = Vec::with_capacity(6);
+        value.extend_from_slice(&0i16.to_be_bytes());
+        value.extend_from_slice(&0i32.to_be_bytes());
+        Record {
+            timestamp_delta: 0,
+            offset_delta: 0,
+            key: Some(key),
+            value: Some(value),
+            headers: vec![],
+        }
+        .write(writer)
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+/// reclamacoes patch 3: a fetched batch's records are read lazily ([`ControlBatchOrRecords::Raw`]);
+/// they are equal to the records they read as, so a batch compares equal however it was read
+/// (rskafka's own decode and roundtrip tests compare fetched batches with eager records).
+impl PartialEq for ControlBatchOrRecords {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::ControlBatch(a), Self::ControlBatch(b)) => a == b,
+            (Self::Records(a), Self::Records(b)) => a == b,
+            (Self::Corrupt(a), Self::Corrupt(b)) => a == b,
+            (Self::Raw(a), Self::Raw(b)) => a == b,
+            (Self::Raw(raw), Self::Records(records)) | (Self::Records(records), Self::Raw(raw)) => {
+                raw.read_records().is_ok_and(|read| &read == records)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ControlBatchOrRecords {}
+
+/// reclamacoes patch 5 (vendor/README.md): a record batch of a fetch response that cannot be
+/// read (CRC mismatch, unknown magic, an impossible header or length, cut off). It is kept
+/// with its bytes, so that the consumer can name it, stop, or set it aside, and the batches
+/// after it in the same response are still read when its length could be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptBatch {
+    /// Why the batch cannot be read.
+    pub reason: String,
+    /// The batch as it came, from its base offset field on (at most to the end of the response).
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum ControlBatchOrRecords {
     ControlBatch(ControlBatchRecord),
@@ -298,6 +355,10 @@ pub enum ControlBatchOrRecords {
         )
     )]
     Records(Vec<Record>),
+
+    /// reclamacoes patch 5: a batch that could not be read ([`CorruptBatch`]); fetches only.
+    #[cfg_attr(test, proptest(skip))]
+    Corrupt(CorruptBatch),
 
     /// reclamacoes patch (vendor/README.md): the records of a fetched batch, not yet read.
     #[cfg_attr(test, proptest(skip))]
@@ -514,14 +575,16 @@ impl RecordBatchBody {
         R: Read,
     {
         if is_control {
-            if n_records != 1 {
-                return Err(ReadError::Malformed(
-                    format!("Expected 1 control record but got {}", n_records).into(),
-                ));
+            // reclamacoes patch 5: a control batch holds one control record; a batch with none
+            // (compacted) or more is stepped over all the same, by the type of its first.
+            let mut control = ControlBatchRecord::Other(-1);
+            for i in 0..n_records {
+                let record = ControlBatchRecord::read(reader)?;
+                if i == 0 {
+                    control = record;
+                }
             }
-
-            let record = ControlBatchRecord::read(reader)?;
-            Ok(ControlBatchOrRecords::ControlBatch(record))
+            Ok(ControlBatchOrRecords::ControlBatch(control))
         } else {
             let mut records = VecBuilder::new(n_records);
             for _ in 0..n_records {
@@ -572,12 +635,18 @@ impl RecordBatchBody {
         let header = RecordBatchBodyHeader::read(&mut cursor)?;
         let records_at = usize::try_from(cursor.position()).map_err(ReadError::Overflow)?;
         if header.is_control {
+            // reclamacoes patch 5: a control batch carries no data, so one whose record cannot
+            // be read (its CRC matched) is still stepped over, as a control record of no known
+            // type, rather than stopping the partition.
             let records = Self::read_decompressed(
                 header.compression,
                 header.is_control,
                 header.n_records,
                 &mut cursor,
-            )?;
+            )
+            .unwrap_or(ControlBatchOrRecords::ControlBatch(
+                ControlBatchRecord::Other(-1),
+            ));
             return Ok(header.into_body(records));
         }
         let records = ControlBatchOrRecords::Raw(RawRecords {
@@ -712,7 +781,8 @@ impl RawRecords {
     /// The records, read into rskafka's [`Record`]s.
     pub fn read_records(&self) -> Result<Vec<Record>, ReadError> {
         let section = &mut Cursor::new(self.section());
-        match RecordBatchBody::read_decompressed(self.compression, false, self.n_records, section)? {
+        match RecordBatchBody::read_decompressed(self.compression, false, self.n_records, section)?
+        {
             ControlBatchOrRecords::Records(records) => Ok(records),
             _ => unreachable!("a data batch reads as records"),
         }
@@ -1076,6 +1146,9 @@ impl RecordBatchBodyRef<'_> {
             ControlBatchOrRecords::Raw(_) => {
                 unreachable!("raw records are written as they are, by `write` below")
             }
+            ControlBatchOrRecords::Corrupt(_) => Err(WriteError::Malformed(
+                "a corrupt fetched batch cannot be written".into(),
+            )),
         }
     }
 }
@@ -1130,6 +1203,7 @@ where
             ControlBatchOrRecords::ControlBatch(_) => 1,
             ControlBatchOrRecords::Records(records) => records.len(),
             ControlBatchOrRecords::Raw(raw) => raw.len(),
+            ControlBatchOrRecords::Corrupt(_) => 0,
         };
         Int32(i32::try_from(n_records)?).write(writer)?;
         if let ControlBatchOrRecords::Raw(raw) = self.records {
@@ -1360,34 +1434,35 @@ mod tests {
 
     test_roundtrip!(ControlBatchRecord, test_control_batch_record_roundtrip);
 
-    #[test]
-    fn test_control_batch_record_unknown_version() {
-        let mut buf = Cursor::new(Vec::<u8>::new());
-        Int16(1).write(&mut buf).unwrap();
-        Int16(0).write(&mut buf).unwrap();
-        buf.set_position(0);
+    /// A marker as the broker writes it: one record whose key is (version, type).
+    fn control_record_bytes(version: i16, t: i16) -> Vec<u8> {
+        let mut key = version.to_be_bytes().to_vec();
+        key.extend_from_slice(&t.to_be_bytes());
+        let mut buf = vec![];
+        Record {
+            timestamp_delta: 0,
+            offset_delta: 0,
+            key: Some(key),
+            value: Some(vec![0, 0, 0, 0, 0, 0]),
+            headers: vec![],
+        }
+        .write(&mut buf)
+        .unwrap();
+        buf
+    }
 
-        let err = ControlBatchRecord::read(&mut buf).unwrap_err();
-        assert_matches!(err, ReadError::Malformed(_));
-        assert_eq!(
-            err.to_string(),
-            "Malformed data: Unknown control batch record version: 1",
-        );
+    #[test]
+    fn test_control_batch_record_later_key_version() {
+        let mut buf = Cursor::new(control_record_bytes(1, 0));
+        let record = ControlBatchRecord::read(&mut buf).unwrap();
+        assert_eq!(record, ControlBatchRecord::Abort);
     }
 
     #[test]
     fn test_control_batch_record_unknown_type() {
-        let mut buf = Cursor::new(Vec::<u8>::new());
-        Int16(0).write(&mut buf).unwrap();
-        Int16(2).write(&mut buf).unwrap();
-        buf.set_position(0);
-
-        let err = ControlBatchRecord::read(&mut buf).unwrap_err();
-        assert_matches!(err, ReadError::Malformed(_));
-        assert_eq!(
-            err.to_string(),
-            "Malformed data: Unknown control batch record type: 2",
-        );
+        let mut buf = Cursor::new(control_record_bytes(0, 2));
+        let record = ControlBatchRecord::read(&mut buf).unwrap();
+        assert_eq!(record, ControlBatchRecord::Other(2));
     }
 
     test_roundtrip!(RecordBatchBody, test_record_batch_body_roundtrip);

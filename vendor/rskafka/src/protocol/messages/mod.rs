@@ -30,6 +30,9 @@ mod fetch;
 pub use fetch::*;
 mod header;
 pub use header::*;
+// reclamacoes patch 6 (vendor/README.md): InitProducerId, for idempotent produce.
+mod init_producer_id;
+pub use init_producer_id::*;
 mod list_offsets;
 pub use list_offsets::*;
 mod metadata;
