@@ -61,6 +61,9 @@ CONSUMERS = ["app", "app-s3", "app-before", "consumer-perf", "seed-spark"]
 # `--app-before PATH` (or BENCH_APP_BEFORE): an earlier build of app, run next to this one on the
 # same topic in the consume step, so "before" and "after" come from one run.
 APP_BEFORE = os.environ.get("BENCH_APP_BEFORE")
+# The output layout of that earlier build: 2 (window=…/, `--close-windows`; issues 11–12 on)
+# or 1 (window_start=…/, no `--close-windows`). BENCH_APP_BEFORE_LAYOUT=1 for the old ones.
+APP_BEFORE_LAYOUT = int(os.environ.get("BENCH_APP_BEFORE_LAYOUT", "2"))
 LABEL = {
     ("produce", "app"): "app produce",
     ("produce", "kcat"): "kcat -P (same key+JSON)",
@@ -246,7 +249,7 @@ def app_consume(run_dir, topic, rows, tag, binary=None):
     outdir = run_dir / f"{tag}-output"
     shutil.rmtree(outdir, ignore_errors=True)
     out, err = run_dir / f"{tag}.out", run_dir / f"{tag}.err"
-    before = binary is not None
+    before = binary is not None and APP_BEFORE_LAYOUT == 1
     cmd = [binary or APP, "consume", "--brokers", BROKERS, "--topic", topic, "--output", outdir,
            "--mysql-url", MYSQL_URL, "--until-caught-up"]
     if not before:
@@ -561,7 +564,7 @@ def consume_step(run_dir, rows, systems, topic, payload_bytes, results):
         def before_once(i):
             m, outdir = app_consume(run_dir, topic, rows, f"consume-{rows}-before-{i}",
                                     binary=APP_BEFORE)
-            total, hits = app_output_counts(outdir, before=True)
+            total, hits = app_output_counts(outdir, before=APP_BEFORE_LAYOUT == 1)
             extra = {"output_rows": total, "enrich_hits": hits,
                      "output_mb": round(dir_bytes(outdir) / 1e6, 1), "binary": APP_BEFORE}
             shutil.rmtree(outdir, ignore_errors=True)

@@ -59,7 +59,10 @@ pub use self::progress::{ConsumeSummary, HeldBack};
 use crate::checkpoint::{self, recovery, CheckpointError, PartitionCheckpoint};
 use crate::enrich::{EnrichConfig, EnrichError, EnrichmentCache, MySqlSource, OnMiss};
 use crate::group::{GroupConfig, GroupEvent, GroupMember, Revocation, RevokeReason};
-use crate::kafka::{IsolationLevel, Kafka, KafkaConfig, KafkaError, PartitionHandle};
+use crate::kafka::{
+    ControlBatchRecord, FetchedContent, IsolationLevel, Kafka, KafkaConfig, KafkaError,
+    PartitionHandle,
+};
 use crate::metrics::{BusyClocks, ConsumeMetrics, MetricsError, Probe};
 use crate::output::layout::{self, Destination, Entry, SuccessScope, WriterId};
 use crate::output::store::ObjectInfo;
@@ -1482,6 +1485,17 @@ async fn fetch(mut job: FetchJob) {
                 backoff = Duration::from_millis(100);
                 let high_watermark = fetched.high_watermark;
                 let stable = fetched.last_stable_offset;
+                for batch in &fetched.batches {
+                    if let FetchedContent::Control(ControlBatchRecord::Other(kind)) = batch.content
+                    {
+                        tracing::debug!(
+                            partition,
+                            offset = batch.base_offset,
+                            control_type = kind,
+                            "Control record of a type this consumer does not act on; stepped over"
+                        );
+                    }
+                }
                 let records =
                     FetchedRecords::new(fetched.batches, job.offset, stable, job.on_corrupt);
                 let (aborted, control) = records.skipped();
