@@ -772,81 +772,6 @@ async fn broker_crash_during_produce_and_consume_loses_nothing() {
 // Private broker frozen, then crashed, during produce: idempotent retries
 // ---------------------------------------------------------------------------------------------
 
-/// One record batch of a partition's log, as Kafka's `DumpLogSegments` prints it.
-#[derive(Debug)]
-struct LogBatch {
-    partition: i32,
-    base_offset: i64,
-    count: i64,
-    producer_id: i64,
-    base_sequence: i64,
-    last_sequence: i64,
-}
-
-/// Every record batch of `topic` in the private broker's log, read from its segment files with
-/// Kafka's own `org.apache.kafka.tools.DumpLogSegments` (not with our client).
-fn dump_log_batches(topic: &str) -> Vec<LogBatch> {
-    let kafka = faultkit::private_dir().join("kafka");
-    let mut batches = Vec::new();
-    for entry in std::fs::read_dir(kafka.join("data")).unwrap() {
-        let dir = entry.unwrap().path();
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let Some(partition) = name
-            .strip_prefix(&format!("{topic}-"))
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let mut segments: Vec<PathBuf> = faultkit::walk(&dir)
-            .into_iter()
-            .filter(|f| f.extension().is_some_and(|e| e == "log"))
-            .collect();
-        segments.sort();
-        for segment in segments {
-            let out = Command::new("java")
-                .arg("-cp")
-                .arg(format!("{}/*", kafka.join("libs").display()))
-                .arg(format!(
-                    "-Dlog4j2.configurationFile={}",
-                    faultkit::repo_root()
-                        .join("services/kafka/log4j2.xml")
-                        .display()
-                ))
-                .args(["org.apache.kafka.tools.DumpLogSegments", "--files"])
-                .arg(&segment)
-                .output()
-                .expect("run java (Kafka's DumpLogSegments)");
-            assert!(
-                out.status.success(),
-                "DumpLogSegments {} failed: {}",
-                segment.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if !line.starts_with("baseOffset:") {
-                    continue;
-                }
-                let field = |name: &str| -> i64 {
-                    line.split(&format!("{name}: "))
-                        .nth(1)
-                        .and_then(|rest| rest.split_whitespace().next())
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or_else(|| panic!("no `{name}` in DumpLogSegments line: {line}"))
-                };
-                batches.push(LogBatch {
-                    partition,
-                    base_offset: field("baseOffset"),
-                    count: field("count"),
-                    producer_id: field("producerId"),
-                    base_sequence: field("baseSequence"),
-                    last_sequence: field("lastSequence"),
-                });
-            }
-        }
-    }
-    batches
-}
-
 #[tokio::test]
 async fn broker_pause_and_crash_during_produce_writes_every_row_once() {
     let private = Private::acquire();
@@ -944,7 +869,8 @@ async fn broker_pause_and_crash_during_produce_writes_every_row_once() {
 
     // Kafka's own reading of the log: every batch has a producer id, and per (partition,
     // producer id) the batches' sequences run 0, 1, 2, ... without a gap or an overlap.
-    let batches = dump_log_batches(&topic);
+    let batches =
+        faultkit::common::dump_log_segments(&faultkit::private_dir().join("kafka"), &topic, false);
     let records: i64 = batches.iter().map(|b| b.count).sum();
     assert_eq!(
         records,

@@ -384,6 +384,11 @@ fn interleaved(shape: &Shape) -> Plan {
 // The Java program
 // ---------------------------------------------------------------------------------------------
 
+/// The shared broker's directory (`.local/kafka`: its jars and its log directory).
+fn kafka_dir() -> PathBuf {
+    kafka_libs().parent().unwrap().to_path_buf()
+}
+
 fn kafka_libs() -> PathBuf {
     let libs = common::repo_root().join(".local/kafka/libs");
     assert!(
@@ -664,104 +669,6 @@ impl Drop for TxnWriter {
 // Kafka's log, read with DumpLogSegments
 // ---------------------------------------------------------------------------------------------
 
-/// One record batch of a partition's log.
-#[derive(Debug)]
-struct Batch {
-    base_offset: i64,
-    count: i64,
-    producer_id: i64,
-    control: bool,
-    codec: String,
-    /// `COMMIT` or `ABORT` for a control batch.
-    marker: Option<String>,
-}
-
-/// The shared broker's data directory (`log.dirs` of the `server.properties` that
-/// scripts/services.sh rendered).
-fn kafka_data_dir() -> PathBuf {
-    let config = common::repo_root().join(".local/kafka/server.properties");
-    let text = std::fs::read_to_string(&config).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {} ({e}): the test reads the broker's log segments; start the \
-             services with `make up`",
-            config.display()
-        )
-    });
-    let dir = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("log.dirs="))
-        .unwrap_or_else(|| panic!("no log.dirs in {}", config.display()));
-    PathBuf::from(dir.split(',').next().unwrap().trim())
-}
-
-/// Every batch of `topic`'s `partition`, from Kafka's DumpLogSegments over its segments.
-fn dump_log(topic: &str, partition: i32) -> Vec<Batch> {
-    let dir = kafka_data_dir().join(format!("{topic}-{partition}"));
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot list {} ({e}): is the broker at {} the one of this checkout's \
-                 .local/kafka?",
-                dir.display(),
-                common::brokers()
-            )
-        })
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    segments.sort();
-    let files: Vec<String> = segments.iter().map(|p| p.display().to_string()).collect();
-    let out = Command::new("java")
-        .arg("-cp")
-        .arg(format!("{}/*", kafka_libs().display()))
-        .arg("org.apache.kafka.tools.DumpLogSegments")
-        .arg("--print-data-log")
-        .arg("--files")
-        .arg(files.join(","))
-        .output()
-        .expect("java is installed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "DumpLogSegments failed:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let fields = |line: &str| -> BTreeMap<String, String> {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        words
-            .windows(2)
-            .filter(|w| w[0].ends_with(':'))
-            .map(|w| (w[0].trim_end_matches(':').to_string(), w[1].to_string()))
-            .collect()
-    };
-    let mut batches: Vec<Batch> = Vec::new();
-    for line in text.lines() {
-        if line.starts_with("baseOffset:") {
-            let f = fields(line);
-            let num = |k: &str| -> i64 {
-                f.get(k)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| panic!("DumpLogSegments line without {k}: {line}"))
-            };
-            batches.push(Batch {
-                base_offset: num("baseOffset"),
-                count: num("count"),
-                producer_id: num("producerId"),
-                control: f.get("isControl").is_some_and(|v| v == "true"),
-                codec: f.get("compresscodec").cloned().unwrap_or_default(),
-                marker: None,
-            });
-        } else if line.starts_with('|') {
-            if let (Some(batch), Some(marker)) =
-                (batches.last_mut(), fields(line).get("endTxnMarker"))
-            {
-                batch.marker = Some(marker.clone());
-            }
-        }
-    }
-    batches
-}
-
 /// The log as Kafka stored it: every codec in the data batches (each producer id one codec,
 /// some batches of several records per codec), and below each last stable offset exactly the
 /// commit and abort markers of the plan's finished transactions. Returns the producer id of the
@@ -771,7 +678,10 @@ fn check_log(topic: &str, plan: &Plan, report: &Report) -> i64 {
     let mut multi: BTreeSet<String> = BTreeSet::new();
     let mut open_producer = BTreeSet::new();
     for p in 0..PARTITIONS {
-        let batches = dump_log(topic, p);
+        let batches: Vec<_> = common::dump_log_segments(&kafka_dir(), topic, true)
+            .into_iter()
+            .filter(|b| b.partition == p)
+            .collect();
         let (lso, _) = report.stable[&p];
         let mut markers = (0, 0);
         for b in &batches {

@@ -247,6 +247,118 @@ pub fn run_java(source: &str, class: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// One record batch of a partition's log, as Kafka's own `DumpLogSegments` prints it.
+#[derive(Debug, Clone)]
+pub struct LogBatch {
+    pub partition: i32,
+    pub base_offset: i64,
+    pub count: i64,
+    /// -1: written without a producer id.
+    pub producer_id: i64,
+    pub base_sequence: i64,
+    pub last_sequence: i64,
+    /// A control batch (a transaction marker).
+    pub control: bool,
+    /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    pub codec: String,
+    /// `COMMIT` or `ABORT` for a transaction marker, when read `with_markers`.
+    pub marker: Option<String>,
+}
+
+/// Every record batch of `topic` in a broker's log directory `kafka_dir/data` (a checkout's
+/// `.local/kafka`, or the fault tests' private one), in (partition, offset) order, read from
+/// the segment files by Kafka's own `org.apache.kafka.tools.DumpLogSegments` from
+/// `kafka_dir/libs`, not by our client. `with_markers` also reads the records (`--print-data-log`)
+/// to name each marker: slow on big topics, which need only the batch headers.
+pub fn dump_log_segments(kafka_dir: &Path, topic: &str, with_markers: bool) -> Vec<LogBatch> {
+    let data = kafka_dir.join("data");
+    let mut partitions: Vec<(i32, PathBuf)> = std::fs::read_dir(&data)
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot list the broker's log directory {} ({e}): start the services (`make up`)",
+                data.display()
+            )
+        })
+        .filter_map(|entry| {
+            let dir = entry.unwrap().path();
+            let name = dir.file_name()?.to_string_lossy().to_string();
+            let partition = name.strip_prefix(&format!("{topic}-"))?.parse().ok()?;
+            Some((partition, dir))
+        })
+        .collect();
+    partitions.sort();
+    let mut batches = Vec::new();
+    for (partition, dir) in partitions {
+        let mut segments: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .map(|p| p.display().to_string())
+            .collect();
+        segments.sort();
+        let mut cmd = Command::new("java");
+        cmd.arg("-cp")
+            .arg(format!("{}/*", kafka_dir.join("libs").display()))
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                repo_root().join("services/kafka/log4j2.xml").display()
+            ))
+            .arg("org.apache.kafka.tools.DumpLogSegments");
+        if with_markers {
+            cmd.arg("--print-data-log");
+        }
+        let out = cmd
+            .arg("--files")
+            .arg(segments.join(","))
+            .output()
+            .expect("run java (Kafka's DumpLogSegments)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "DumpLogSegments {} failed:\n{text}\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // "key: value" pairs of one line.
+        let fields = |line: &str| -> std::collections::BTreeMap<String, String> {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            words
+                .windows(2)
+                .filter(|w| w[0].ends_with(':'))
+                .map(|w| (w[0].trim_end_matches(':').to_string(), w[1].to_string()))
+                .collect()
+        };
+        for line in text.lines() {
+            if line.starts_with("baseOffset:") {
+                let f = fields(line);
+                let num = |k: &str| -> i64 {
+                    f.get(k)
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or_else(|| panic!("DumpLogSegments line without {k}: {line}"))
+                };
+                batches.push(LogBatch {
+                    partition,
+                    base_offset: num("baseOffset"),
+                    count: num("count"),
+                    producer_id: num("producerId"),
+                    base_sequence: num("baseSequence"),
+                    last_sequence: num("lastSequence"),
+                    control: f.get("isControl").is_some_and(|v| v == "true"),
+                    codec: f.get("compresscodec").cloned().unwrap_or_default(),
+                    marker: None,
+                });
+            } else if line.starts_with('|') {
+                if let (Some(batch), Some(marker)) =
+                    (batches.last_mut(), fields(line).get("endTxnMarker"))
+                {
+                    batch.marker = Some(marker.clone());
+                }
+            }
+        }
+    }
+    batches
+}
+
 /// The Python interpreter of the independent readers: `RECLAMACOES_PYTHON` when set, else
 /// `.local/venv/bin/python` (made by `scripts/python-env.sh`, which `make test` runs).
 pub fn python() -> PathBuf {
