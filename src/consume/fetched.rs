@@ -22,7 +22,8 @@
 //! batch's offset and reason; [`CorruptBatchPolicy::Skip`] gives one refused record for the whole
 //! batch (its raw bytes, to `_dead_letter/`) and goes on after it. Where a corrupt batch ends is
 //! taken from the next batch's base offset when the response has one (its framing was sound),
-//! else from its own header when that lies below the high watermark, else one offset on: the
+//! else from its own header when that lies below the end of what the fetch could return (the
+//! last stable offset), else one offset on: the
 //! next fetch always moves forward, and never past a batch that could be read.
 
 use std::ops::Range;
@@ -82,14 +83,15 @@ enum Section {
 }
 
 impl FetchedRecords {
-    /// `high_watermark` bounds where a corrupt last batch may be taken to end (module docs).
+    /// `fetched_to` is the end of what the fetch could return (the last stable offset, read
+    /// committed): a corrupt last batch is not taken to end past it (module docs).
     pub fn new(
         mut batches: Vec<FetchedBatch>,
         from: i64,
-        high_watermark: i64,
+        fetched_to: i64,
         on_corrupt: CorruptBatchPolicy,
     ) -> Self {
-        bound_corrupt_batches(&mut batches, from, high_watermark);
+        bound_corrupt_batches(&mut batches, from, fetched_to);
         FetchedRecords {
             batches,
             from,
@@ -281,8 +283,8 @@ impl FetchedRecords {
 }
 
 /// Sets where each corrupt batch ends (its `last_offset_delta`), as the module docs say: the
-/// next batch's base offset, else its own header below the high watermark, else one offset on.
-fn bound_corrupt_batches(batches: &mut [FetchedBatch], from: i64, high_watermark: i64) {
+/// next batch's base offset, else its own header below `fetched_to`, else one offset on.
+fn bound_corrupt_batches(batches: &mut [FetchedBatch], from: i64, fetched_to: i64) {
     for i in 0..batches.len() {
         if !matches!(batches[i].content, FetchedContent::Corrupt(_)) {
             continue;
@@ -291,7 +293,7 @@ fn bound_corrupt_batches(batches: &mut [FetchedBatch], from: i64, high_watermark
         let own_end = batches[i].last_offset();
         let end = match batches.get(i + 1) {
             Some(next) if next.base_offset > base => next.base_offset - 1,
-            _ if batches[i].last_offset_delta >= 0 && own_end < high_watermark => own_end,
+            _ if batches[i].last_offset_delta >= 0 && own_end < fetched_to => own_end,
             _ => base.max(from),
         };
         let end = end.max(base.max(from));
@@ -721,10 +723,10 @@ mod tests {
 
     #[test]
     fn a_corrupt_last_batch_ends_where_it_can_be_trusted() {
-        // Its header's end lies below the high watermark: taken.
+        // Its header's end lies below the end of the fetch: taken.
         let f = FetchedRecords::new(vec![corrupt(11, 2, b"x")], 11, 20, CorruptBatchPolicy::Skip);
         assert_eq!(f.next_offset(), Some(14));
-        // An end at or past the high watermark, or a negative delta: one offset on.
+        // An end at or past the end of the fetch, or a negative delta: one offset on.
         let f = FetchedRecords::new(
             vec![corrupt(11, 900, b"x")],
             11,
