@@ -70,6 +70,7 @@ fmt:
 lint:
 	cargo fmt --all -- --check
 	scripts/check-deps.sh
+	scripts/check-links.sh
 	cargo clippy --all-targets -- -D warnings
 
 build:

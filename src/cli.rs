@@ -183,7 +183,7 @@ pub struct ProduceArgs {
     /// Field delimiter (default: detected from the header among ; , tab |). Use `tab` for a tab.
     #[arg(long, env = "PRODUCE_DELIMITER", value_parser = parse_delimiter)]
     pub delimiter: Option<u8>,
-    /// TOML schema for CSV files that are not the Banco Central format (see README).
+    /// TOML schema for CSV files that are not the Banco Central format (see docs/produce.md).
     #[arg(long, env = "PRODUCE_SCHEMA")]
     pub schema: Option<PathBuf>,
     /// Directory for the rejects file (JSON lines: file, line, reason, raw).

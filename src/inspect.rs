@@ -953,7 +953,7 @@ mod tests {
     use super::*;
     use crate::consume::core::{CoreConfig, LatePolicy, Now};
     use crate::consume::decode::{DecodeConfig, Decoder, RawRecord};
-    use crate::consume::pipeline::{recover, PartitionPipeline, PipelineConfig, Progress};
+    use crate::consume::pipeline::{prepare, PartitionPipeline, PipelineConfig, Progress};
     use crate::enrich::{OnMiss, ReferenceTable};
     use crate::output::layout::WriterId;
     use crate::output::{OutputConfig, OutputSchema};
@@ -1013,12 +1013,15 @@ mod tests {
             output: OutputConfig::default(),
             memory_budget: 1 << 30,
         };
-        let recovered = recover(store.as_ref(), "t", 0, MINUTE, &store.list("").unwrap()).unwrap();
+        let recovered = prepare(store.as_ref(), "t", MINUTE, &[0].into())
+            .unwrap()
+            .remove(&0)
+            .unwrap();
         let now = Now {
             wall_ms: T0,
             mono_ms: 0,
         };
-        let mut p = PartitionPipeline::start(
+        let mut p = PartitionPipeline::claim(
             Arc::clone(&store),
             &config,
             &output,

@@ -36,6 +36,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod output;
 pub mod produce;
+pub mod retry;
 pub mod schema;
 pub mod shutdown;
 pub mod window;

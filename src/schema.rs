@@ -28,7 +28,7 @@ pub enum SchemaError {
         path: String,
         source: std::io::Error,
     },
-    #[error("schema file {path} is not valid: {message}. See the `--schema` section of README.md")]
+    #[error("schema file {path} is not valid: {message}. See `--schema FILE` in docs/produce.md")]
     Invalid { path: String, message: String },
     #[error(
         "{file}: header does not match the schema `{schema}`: {problem}. Expected columns: {expected}. \

@@ -5,17 +5,17 @@
 //!   idle.
 //! - [`SuccessTracker`]: when a window gets its success marker. A window's files appear
 //!   partition by partition, as each partition's watermark passes the window's end; the marker
-//!   is written once every assigned partition has *committed* a `closed_before` past the end,
+//!   is written once every partition in scope has *committed* a `closed_before` past the end,
 //!   and it lists the window's files (a manifest: what a reader of an object store should read).
-//!   At startup, markers are reconciled with the checkpoints: missing ones are created, and ones
-//!   a fallback to an older checkpoint made untrue are removed.
+//!   It judges the committed checkpoints and a listing of the output (`consume::markers` sweeps
+//!   them): missing markers are created and, when reconciling, ones a fallback to an older
+//!   checkpoint made untrue are removed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::core::ClosedWindow;
-use crate::checkpoint::{FileRef, PartitionCheckpoint};
+use crate::checkpoint::PartitionCheckpoint;
 use crate::output::layout::{self, Destination, Entry, Key, SuccessScope};
 use crate::output::store::ObjectInfo;
 use crate::window::window_end;
@@ -176,23 +176,6 @@ impl SuccessTracker {
         self.committed.values().all(|c| *c >= end)
     }
 
-    /// A partition committed: its `closed_before` and the windows it closed with files.
-    pub fn committed(
-        &mut self,
-        partition: i32,
-        closed_before: i64,
-        closed: &[ClosedWindow],
-    ) -> Vec<Marker> {
-        self.committed.insert(partition, closed_before);
-        for c in closed {
-            let files = self.pending.entry(c.window).or_default();
-            for f in &c.files {
-                files.push(manifest_file(partition, f));
-            }
-        }
-        self.ready()
-    }
-
     /// Markers for every pending window that is now complete (removed from pending).
     fn ready(&mut self) -> Vec<Marker> {
         let complete: Vec<i64> = self
@@ -222,40 +205,11 @@ impl SuccessTracker {
             })
             .collect()
     }
-
-    /// Windows with files whose marker waits for other partitions.
-    pub fn waiting(&self) -> usize {
-        self.pending.len()
-    }
-}
-
-fn manifest_file(partition: i32, f: &FileRef) -> ManifestFile {
-    ManifestFile {
-        name: f.name.clone(),
-        partition,
-        first_offset: f.first,
-        last_offset: f.last,
-        rows: f.rows,
-        bytes: f.bytes,
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn closed(window: i64, name: &str, rows: u64) -> ClosedWindow {
-        ClosedWindow {
-            window,
-            files: vec![FileRef {
-                name: name.into(),
-                first: 0,
-                last: 1,
-                rows,
-                bytes: 10,
-            }],
-        }
-    }
 
     #[test]
     fn the_board_follows_active_partitions_or_the_most_advanced() {
@@ -281,24 +235,5 @@ mod tests {
         b.update(1, 300, false);
         assert_eq!(b.boundary(), Some(300), "all idle: the most advanced");
         assert_eq!(b.lowest(), Some(50));
-    }
-
-    #[test]
-    fn a_marker_waits_for_every_partition_and_lists_all_files() {
-        let parts: BTreeSet<i32> = [0, 1].into();
-        let mut t = SuccessTracker::new(SuccessScope::AllPartitions, 100, &parts);
-        assert!(t
-            .committed(0, 200, &[closed(0, "a", 5), closed(100, "b", 1)])
-            .is_empty());
-        assert_eq!(t.waiting(), 2);
-        let markers = t.committed(1, 100, &[closed(0, "c", 7)]);
-        assert_eq!(markers.len(), 1);
-        assert_eq!(markers[0].window, 0);
-        assert_eq!(markers[0].key, "window=1970-01-01T00:00:00Z/_SUCCESS");
-        assert_eq!(markers[0].manifest.rows, 12);
-        assert_eq!(markers[0].manifest.files.len(), 2);
-        let markers = t.committed(1, 200, &[]);
-        assert_eq!(markers.iter().map(|m| m.window).collect::<Vec<_>>(), [100]);
-        assert_eq!(t.waiting(), 0);
     }
 }

@@ -30,46 +30,56 @@
 //! per partition at most one fetched batch in each channel and one in each stage, and the
 //! pipeline's open row groups stay under `--max-buffer-bytes` divided among the partitions.
 
+mod config;
+pub mod coordinator;
 pub mod core;
 pub mod decode;
 pub mod fetched;
 pub mod flat_json;
 pub mod instance;
+pub mod markers;
 pub mod pipeline;
 pub mod progress;
+mod tasks;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub use self::config::{
+    ConsumeConfig, DataLossPolicy, IdleAdvance, RecordsConfig, RunConfig, SinkConfig, SourceConfig,
+    StartAt, WindowsConfig,
+};
+use self::coordinator::{
+    Action, Coordinator, CoordinatorConfig, DropReason, EndRequest, Failure, Input,
+};
+use self::core::CoreConfig;
 pub use self::core::LatePolicy;
-use self::core::{CoreConfig, Now};
-use self::decode::{DecodeConfig, DecodedBatch, Decoder};
+use self::decode::{DecodeConfig, Decoder};
 pub use self::fetched::CorruptBatchPolicy;
-use self::fetched::{FetchError, FetchedRecords};
-use self::instance::{Board, SuccessTracker};
-use self::pipeline::{PartitionPipeline, PipelineConfig, PipelineError, Progress, Recovered};
+use self::fetched::FetchError;
+use self::instance::Board;
+use self::pipeline::{prepare, PartitionPipeline, PipelineConfig, PipelineError, Recovered};
 use self::progress::{ConsumeProbe, Counters, PartitionStatus, StatusLine};
 pub use self::progress::{ConsumeSummary, HeldBack};
-use crate::checkpoint::{self, recovery, CheckpointError, PartitionCheckpoint};
-use crate::enrich::{EnrichConfig, EnrichError, EnrichmentCache, MySqlSource, OnMiss};
+use self::tasks::{Clock, Event, FetchJob, Processor};
+use crate::checkpoint::{self, CheckpointError};
+use crate::enrich::{EnrichError, EnrichmentCache, MySqlSource};
 use crate::group::{GroupConfig, GroupEvent, GroupMember, Revocation, RevokeReason};
-use crate::kafka::{
-    ControlBatchRecord, FetchedContent, IsolationLevel, Kafka, KafkaConfig, KafkaError,
-    PartitionHandle,
-};
+use crate::kafka::{Kafka, KafkaError, PartitionHandle};
 use crate::metrics::{BusyClocks, ConsumeMetrics, MetricsError, Probe};
-use crate::output::layout::{self, Destination, Entry, SuccessScope, WriterId};
-use crate::output::store::ObjectInfo;
-use crate::output::{Location, OutputConfig, OutputSchema, ParquetFormatError, Store, StoreError};
-use crate::schema::{FieldType, Schema};
+use crate::output::layout::{SuccessScope, WriterId};
+use crate::output::{OutputSchema, ParquetFormatError, Store, StoreError};
+use crate::retry::RetryPolicy;
+use crate::schema::FieldType;
 use crate::shutdown::{self, Shutdown};
-use crate::window::WindowConfig;
 
 /// Errors that stop the consumer. Committed output stays valid; a restart resumes.
 #[derive(Debug, thiserror::Error)]
@@ -107,112 +117,11 @@ pub enum ConsumeError {
     Internal(String),
 }
 
-/// Where to start a partition that has no checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartAt {
-    Earliest,
-    Latest,
-}
-
-/// What to do when the checkpoint's offset was deleted by retention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DataLossPolicy {
-    Fail,
-    Earliest,
-}
-
-/// Whether an idle partition's watermark follows the wall clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdleAdvance {
-    /// On when the event time is the Kafka timestamp (it tracks the clock), off for a field.
-    Auto,
-    On,
-    Off,
-}
-
-/// The Kafka side: what to read and how.
-#[derive(Debug, Clone)]
-pub struct SourceConfig {
-    pub kafka: KafkaConfig,
-    pub topic: String,
-    /// `None` = every partition of the topic.
-    pub partitions: Option<Vec<i32>>,
-    pub start: StartAt,
-    /// Stop once every partition is read to its end and written.
-    pub until_caught_up: bool,
-    pub on_data_loss: DataLossPolicy,
-    /// What becomes of a record batch that cannot be read (`--on-corrupt-batch`).
-    pub on_corrupt_batch: CorruptBatchPolicy,
-    /// Bytes per fetch request and partition.
-    pub fetch_max_bytes: i32,
-    pub fetch_max_wait: Duration,
-    /// `--group`: partitions come from the group's coordinator instead of `partitions`.
-    pub group: Option<GroupConfig>,
-}
-
-/// The records: their shape, event time, enrichment join and refusals.
-#[derive(Debug, Clone)]
-pub struct RecordsConfig {
-    pub schema: Arc<Schema>,
-    /// Take event time from this field instead of the Kafka timestamp.
-    pub event_time_field: Option<String>,
-    pub join_field: String,
-    pub on_miss: OnMiss,
-    /// Event times further ahead of the wall clock go to `_dead_letter` (`None`: no limit).
-    pub max_future: Option<Duration>,
-}
-
-/// The event-time windows.
-#[derive(Debug, Clone)]
-pub struct WindowsConfig {
-    pub window: WindowConfig,
-    pub late: LatePolicy,
-    pub idle_advance: IdleAdvance,
-    /// With `until_caught_up`: the end of the topic is the end of the stream, every window
-    /// closes and gets `_SUCCESS`.
-    pub close_at_end: bool,
-}
-
-/// The output.
-#[derive(Debug, Clone)]
-pub struct SinkConfig {
-    /// A local directory or object storage (`output::Location`).
-    pub location: Location,
-    pub output: OutputConfig,
-    /// Bound on the open Parquet row groups of all partitions together.
-    pub max_buffer_bytes: usize,
-    pub checkpoint_interval: Duration,
-}
-
-/// How the run behaves and reports.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    pub drain_timeout: Duration,
-    pub status_interval: Duration,
-    /// A live status line on the terminal instead of periodic progress log lines.
-    pub progress_bar: bool,
-    pub metrics_addr: Option<String>,
-}
-
-/// Everything `app consume` needs, one part per stage.
-#[derive(Debug, Clone)]
-pub struct ConsumeConfig {
-    pub source: SourceConfig,
-    pub records: RecordsConfig,
-    pub windows: WindowsConfig,
-    pub enrich: EnrichConfig,
-    pub sink: SinkConfig,
-    pub run: RunConfig,
-}
-
-/// How often idle partitions are checked (and the processor's loop turns without records).
-const TICK: Duration = Duration::from_millis(200);
 /// With `--group`: how often the success markers are checked against every partition's
 /// checkpoint (other instances' commits are seen only this way).
 const MARKER_SWEEP: Duration = Duration::from_secs(5);
-/// With `--group`: how long a claim keeps retrying while a previous owner's last commit lands.
-const CLAIM_RETRIES: u32 = 20;
-const CLAIM_BACKOFF: Duration = Duration::from_millis(500);
+/// At most one marker sweep per this much time for this instance's own commits.
+const MARKER_SPACING: Duration = Duration::from_secs(1);
 
 /// Runs the consumer until `shutdown` fires or, with `until_caught_up`, every partition is read
 /// to its end. Both paths write what is in memory and commit. With `source.group`, partitions
@@ -386,14 +295,6 @@ enum Until<'a> {
     },
 }
 
-/// How the end of a run was asked for.
-enum EndRequest {
-    /// Write what is buffered, commit, stop.
-    Drain,
-    /// The partitions may be someone else's already: stop at once, commit nothing more.
-    Drop,
-}
-
 impl Until<'_> {
     /// Resolves when the run must end; a revocation is kept in `held` until the run is over.
     async fn next(&mut self, held: &mut Option<Revocation>) -> Result<EndRequest, ConsumeError> {
@@ -435,27 +336,6 @@ impl Until<'_> {
 
     fn is_group(&self) -> bool {
         matches!(self, Until::Revoked { .. })
-    }
-
-    /// Whether the group already revoked this generation (without waiting); the revocation is
-    /// kept in `held`. Static partitions: whether shutdown was requested.
-    fn revoked_now(&mut self, held: &mut Option<Revocation>) -> Result<bool, ConsumeError> {
-        match self {
-            Until::Shutdown(s) => Ok(s.is_requested()),
-            Until::Revoked { link, .. } => match link.events.try_recv() {
-                Ok(Ok(GroupEvent::Revoked(r))) => {
-                    *held = Some(r);
-                    Ok(true)
-                }
-                Ok(Ok(GroupEvent::Assigned(a))) => Err(ConsumeError::Internal(format!(
-                    "the group assigned generation {} before revoking the current one",
-                    a.generation_id
-                ))),
-                Ok(Err(e)) => Err(e.into()),
-                Err(mpsc::error::TryRecvError::Disconnected) => Ok(true),
-                Err(mpsc::error::TryRecvError::Empty) => Ok(false),
-            },
-        }
     }
 
     fn generation(&self) -> Option<i32> {
@@ -612,17 +492,11 @@ impl GroupLink {
     }
 }
 
-/// How success markers are decided in a run.
-enum Markers {
-    /// This instance holds every partition the markers wait for.
-    Tracked(SuccessTracker),
-    /// Partitions live in several instances: read every partition's checkpoint.
-    Swept { due: bool, last: Instant },
-}
-
 /// Runs `assigned` until `until` ends it (or, with `until_caught_up`, until every partition is
-/// read to its end): recovery and claim of each partition, then the fetch, decode and process
-/// tasks, and the coordinator loop below.
+/// read to its end): the driver of the [`Coordinator`]. It prepares every partition's recovery,
+/// then carries out the coordinator's actions (claims, sweeps and takeover checks as effects
+/// that answer with an input; the fetch, decode and process tasks of each claimed partition)
+/// and feeds it what happens: the end request, the tasks' events, the effects' answers, time.
 async fn run_partitions(
     instance: &Instance,
     assigned: &BTreeSet<i32>,
@@ -637,12 +511,18 @@ async fn run_partitions(
     let group = until.is_group();
     let (stop, stop_handle) = shutdown::channel();
 
-    // The output: recovery of every assigned partition is planned before anything is fetched,
-    // and applied once the partition is claimed (below).
-    let mut recovered = recover_all(store, topic, window_ms, assigned).await?;
+    // Recovery of every assigned partition is prepared before anything is fetched, and applied
+    // when the partition is claimed (`PartitionPipeline::claim`).
+    let prepared = {
+        let (store, topic, assigned) = (Arc::clone(store), topic.clone(), assigned.clone());
+        blocking(move || Ok(prepare(store.as_ref(), &topic, window_ms, &assigned)?)).await?
+    };
+    let resumed = prepared.values().any(|r| r.checkpoint.is_some());
+    let mut prepared: BTreeMap<i32, Option<Recovered>> =
+        prepared.into_iter().map(|(p, r)| (p, Some(r))).collect();
 
     // Start offsets: the checkpoint's, else --start.
-    let mut starts = BTreeMap::new();
+    let mut sources = BTreeMap::new();
     for &p in assigned {
         let handle = PartitionHandle {
             config: config.source.kafka.clone(),
@@ -655,9 +535,18 @@ async fn run_partitions(
             StartAt::Earliest => earliest,
             StartAt::Latest => latest,
         };
-        starts.insert(p, (handle, fresh, earliest, latest));
+        sources.insert(
+            p,
+            (
+                handle,
+                Offsets {
+                    fresh,
+                    earliest,
+                    latest,
+                },
+            ),
+        );
     }
-    let resumed = recovered.values().any(|r| r.checkpoint.is_some());
     // A writer id per run: files of an earlier run of this process can never be mistaken for
     // this one's. `app inspect` shows it per window and checkpoint; this line ties it to the
     // instance (and, with --group, the generation).
@@ -677,6 +566,7 @@ async fn run_partitions(
         .iter()
         .map(|p| Arc::new(PartitionStatus::new(*p)))
         .collect();
+    let slots: BTreeMap<i32, usize> = assigned.iter().enumerate().map(|(i, p)| (*p, i)).collect();
     let board = Arc::new(Mutex::new(Board::new(assigned.iter().copied())));
     let metrics = ConsumeMetrics::new(&instance.registry, assigned.iter().copied());
     instance
@@ -701,123 +591,41 @@ async fn run_partitions(
     if let Some(endpoint) = &instance.endpoint {
         endpoint.set_probe(Arc::clone(&probe) as Arc<dyn Probe>);
     }
-
     let pipeline_config = PipelineConfig {
         topic: topic.clone(),
         core: instance.core.clone(),
         output: config.sink.output.clone(),
         memory_budget: config.sink.max_buffer_bytes / assigned.len().max(1),
     };
-    let clock = instance.clock.clone();
-    let (events_tx, mut events) = mpsc::channel::<Event>(64);
-    let mut claimed = Vec::new();
-    let mut started_from = BTreeMap::new();
-    let mut revocation: Option<Revocation> = None;
-    for (p, (handle, fresh, earliest, latest)) in starts {
-        let mut attempt = 0;
-        let pipeline = loop {
-            // Never claim for a generation that is over: a member that lost its partitions
-            // (cut off, frozen) while claiming would otherwise take a partition back from its
-            // new owner once its stalled claim is refused and retried.
-            if until.revoked_now(&mut revocation)? {
-                tracing::info!(
-                    partition = p,
-                    "Generation revoked while claiming its partitions; claiming nothing more"
-                );
-                let reason = revocation.as_ref().map_or("shutdown", revocation_label);
-                drop(revocation);
-                let run = PartitionsRun {
-                    partitions: assigned.clone(),
-                    windows_open: 0,
-                    resumed,
-                };
-                return Ok((run, reason));
-            }
-            let mut rec = recovered
-                .remove(&p)
-                .expect("recovered every assigned partition");
-            if let Some(cp) = &rec.checkpoint {
-                started_from.insert(p, cp.clone());
-            }
-            apply_data_loss_policy(config, topic, p, &mut rec, earliest, latest)?;
-            match claim(instance, &pipeline_config, p, writer, rec, fresh).await {
-                Ok(pipeline) => break pipeline,
-                // A previous owner's last commit is landing (it was lost or is still draining):
-                // read the partition again and claim the generation after it.
-                Err(ConsumeError::Pipeline(PipelineError::Checkpoint(
-                    e @ CheckpointError::Fenced { .. },
-                ))) if group && attempt < CLAIM_RETRIES => {
-                    attempt += 1;
-                    tracing::info!(partition = p, attempt, reason = %e, "Claim refused; retrying");
-                    tokio::time::sleep(CLAIM_BACKOFF).await;
-                    let one = BTreeSet::from([p]);
-                    recovered.extend(recover_all(store, topic, window_ms, &one).await?);
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        // The group shows where the claim resumes (display only).
-        until.committed(p, pipeline.core().next_offset());
-        claimed.push((p, handle, pipeline));
-    }
-    // Markers once recovery removed what no checkpoint covers.
-    let mut markers = if group {
-        Markers::Swept {
-            due: true,
-            last: Instant::now(),
-        }
-    } else {
-        // Every table file left is committed (`SuccessTracker::start`).
-        let tracker = SuccessTracker::new(scope, window_ms, assigned);
-        Markers::Tracked(reconcile_markers(store, tracker, started_from, counters).await?)
+    let scope_partitions: BTreeSet<i32> = match &scope {
+        SuccessScope::AllPartitions => (0..instance.partition_count as i32).collect(),
+        SuccessScope::Some(list) => list.iter().copied().collect(),
     };
-    let mut tasks = JoinSet::new();
-    for (slot, (p, handle, pipeline)) in claimed.into_iter().enumerate() {
-        let from = pipeline.core().next_offset();
-        let (fetch_tx, fetch_rx) = mpsc::channel(1);
-        let (decoded_tx, decoded_rx) = mpsc::channel(1);
-        tasks.spawn(fetch(FetchJob {
-            handle,
-            offset: from,
-            max_bytes: config.source.fetch_max_bytes,
-            max_wait: config.source.fetch_max_wait,
-            until_caught_up: config.source.until_caught_up,
-            on_data_loss: config.source.on_data_loss,
-            on_corrupt: config.source.on_corrupt_batch,
-            tx: fetch_tx,
-            stop: stop_handle.clone(),
-            probe: Arc::clone(&probe),
-            slot,
-        }));
-        tasks.spawn(decode_partition(
-            instance.topic.clone(),
-            p,
-            Arc::clone(&instance.decoder),
-            instance.cache.clone(),
-            fetch_rx,
-            decoded_tx,
-            clock.clone(),
-        ));
-        tasks.spawn(process(Processor {
-            partition: p,
-            pipeline: Some(pipeline),
-            rx: decoded_rx,
-            events: events_tx.clone(),
-            stop: stop_handle.clone(),
-            board: Arc::clone(&board),
-            status: Arc::clone(&statuses[slot]),
-            counters: Arc::clone(counters),
-            metrics: metrics.clone(),
-            clock: clock.clone(),
-            checkpoint_interval: config.sink.checkpoint_interval,
-            close_at_end: config.windows.close_at_end && config.source.until_caught_up,
-            dirty: false,
-            last_commit: Instant::now(),
-        }));
-    }
-    drop(events_tx);
+    let markers = MarkerSweep {
+        store: Arc::clone(store),
+        topic: topic.clone(),
+        window_ms,
+        scope,
+        partitions: scope_partitions,
+        counters: Arc::clone(counters),
+    };
+    let claimer = Claimer {
+        instance,
+        pipeline_config: pipeline_config.clone(),
+        writer,
+    };
 
-    // The coordinator.
+    let (events_tx, mut events) = mpsc::channel::<Event>(64);
+    let mut tasks = JoinSet::new();
+    let mut effects = FuturesUnordered::new();
+    // What the coordinator's inputs refer to: claimed pipelines waiting for `Start`, and the
+    // errors behind `ClaimFailed`/`ClaimRefused`/`Failed`/`GroupFailed`.
+    let mut claimed: BTreeMap<i32, Box<PartitionPipeline>> = BTreeMap::new();
+    let mut errors: BTreeMap<i32, ConsumeError> = BTreeMap::new();
+    let mut group_error: Option<ConsumeError> = None;
+    let mut revocation: Option<Revocation> = None;
+    let mut end_asked = false;
+
     let spinner = config.run.progress_bar.then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
@@ -833,84 +641,174 @@ async fn run_partitions(
         config.run.status_interval
     };
     let mut status_tick = tokio::time::interval_at(Instant::now() + status_every, status_every);
-    let mut sweep_tick = tokio::time::interval(TICK * 5);
     let mut status_line = StatusLine::default();
-    let mut done = BTreeSet::new();
-    let mut failure: Option<ConsumeError> = None;
-    let mut draining_since: Option<Instant> = None;
-    let mut dropped = false;
-    let drain_timeout = config.run.drain_timeout;
-    loop {
-        let drain_deadline = draining_since.map(|t| t + drain_timeout);
-        tokio::select! {
-            end = until.next(&mut revocation), if draining_since.is_none() => {
-                draining_since = Some(Instant::now());
-                probe.stopping.store(true, Ordering::Relaxed);
-                stop.trigger();
-                match end {
-                    Ok(EndRequest::Drain) => {
-                        if !group {
-                            tracing::info!("Shutdown requested: writing what is buffered and committing");
+
+    let base = Instant::now();
+    let (mut coordinator, first) = Coordinator::new(
+        CoordinatorConfig {
+            group,
+            drain_timeout: config.run.drain_timeout,
+            claim_retry: claim_retry_policy(),
+            sweep_every: MARKER_SWEEP,
+            sweep_spacing: MARKER_SPACING,
+        },
+        assigned,
+        Duration::ZERO,
+    );
+    let mut actions: VecDeque<Action> = first.into();
+    let finish = 'run: loop {
+        while let Some(action) = actions.pop_front() {
+            match action {
+                Action::Claim { partition, attempt } => {
+                    if attempt > 0 {
+                        tracing::info!(partition, attempt, "Claiming again on a fresh recovery");
+                    }
+                    let recovered = prepared.get_mut(&partition).and_then(Option::take);
+                    let offsets = sources[&partition].1;
+                    effects.push(claimer.claim(partition, recovered, offsets).boxed());
+                }
+                Action::Start { partition } => {
+                    let pipeline = claimed
+                        .remove(&partition)
+                        .expect("a partition starts once claimed");
+                    let (handle, _) = sources.remove(&partition).expect("a partition starts once");
+                    let slot = slots[&partition];
+                    let (fetch_tx, fetch_rx) = mpsc::channel(1);
+                    let (decoded_tx, decoded_rx) = mpsc::channel(1);
+                    tasks.spawn(tasks::fetch(FetchJob {
+                        handle,
+                        offset: pipeline.core().next_offset(),
+                        max_bytes: config.source.fetch_max_bytes,
+                        max_wait: config.source.fetch_max_wait,
+                        until_caught_up: config.source.until_caught_up,
+                        on_data_loss: config.source.on_data_loss,
+                        on_corrupt: config.source.on_corrupt_batch,
+                        tx: fetch_tx,
+                        stop: stop_handle.clone(),
+                        probe: Arc::clone(&probe),
+                        slot,
+                        retry: fetch_retry_policy(),
+                    }));
+                    tasks.spawn(tasks::decode_partition(
+                        topic.clone(),
+                        partition,
+                        Arc::clone(&instance.decoder),
+                        instance.cache.clone(),
+                        fetch_rx,
+                        decoded_tx,
+                        instance.clock.clone(),
+                    ));
+                    tasks.spawn(tasks::process(Processor {
+                        partition,
+                        pipeline: Some(*pipeline),
+                        rx: decoded_rx,
+                        events: events_tx.clone(),
+                        stop: stop_handle.clone(),
+                        board: Arc::clone(&board),
+                        status: Arc::clone(&statuses[slot]),
+                        counters: Arc::clone(counters),
+                        metrics: metrics.clone(),
+                        clock: instance.clock.clone(),
+                        checkpoint_interval: config.sink.checkpoint_interval,
+                        close_at_end: config.windows.close_at_end && config.source.until_caught_up,
+                        dirty: false,
+                        last_commit: Instant::now(),
+                    }));
+                }
+                Action::ShowOffset { partition, offset } => until.committed(partition, offset),
+                Action::Stop => {
+                    probe.stopping.store(true, Ordering::Relaxed);
+                    stop.trigger();
+                }
+                Action::ReportFailure { partition } => {
+                    let error = errors.get(&partition).map(ToString::to_string);
+                    let error = error.unwrap_or_default();
+                    tracing::error!(partition, error = %error, "A partition failed; stopping");
+                    probe.fail(format!("partition {partition} failed: {error}"));
+                }
+                Action::CheckTakeover { partition } => {
+                    effects.push(claimer.check_takeover(partition).boxed());
+                }
+                Action::Dropped { partition, why } => {
+                    let error = errors.remove(&partition).map(|e| e.to_string());
+                    match why {
+                        DropReason::Fenced => tracing::warn!(
+                            partition, reason = ?error,
+                            "Partition taken over by another instance; dropping it"
+                        ),
+                        DropReason::TakenOver => tracing::warn!(
+                            partition, error = ?error,
+                            "Partition taken over by another instance while this one wrote; \
+                             dropping it"
+                        ),
+                        DropReason::ClaimedTooLate => {
+                            claimed.remove(&partition);
+                            tracing::info!(
+                                partition,
+                                "Generation revoked while claiming its partitions; claiming \
+                                 nothing more"
+                            );
                         }
                     }
-                    Ok(EndRequest::Drop) => {
-                        dropped = true;
-                        break;
+                }
+                Action::Sweep { reconcile } => effects.push(markers.sweep(reconcile).boxed()),
+                Action::Finish(finish) => break 'run finish,
+            }
+        }
+        let input = tokio::select! {
+            end = until.next(&mut revocation), if !end_asked => {
+                end_asked = true;
+                match end {
+                    Ok(request) => {
+                        if !group && request == EndRequest::Drain {
+                            tracing::info!("Shutdown requested: writing what is buffered and committing");
+                        }
+                        Input::End(request)
                     }
                     Err(e) => {
-                        failure.get_or_insert(e);
-                        dropped = true;
-                        break;
+                        group_error = Some(e);
+                        Input::GroupFailed
                     }
                 }
             }
-            event = events.recv() => match event {
-                None => break,
-                Some(Event::Committed { partition, closed_before, closed, offset }) => {
-                    until.committed(partition, offset);
-                    match &mut markers {
-                        Markers::Tracked(tracker) => {
-                            let ready = tracker.committed(partition, closed_before, &closed);
-                            write_markers(store, ready, counters).await?;
+            Some(event) = events.recv() => match event {
+                Event::Committed { partition, next_offset, closed_windows } => Input::Committed {
+                    partition,
+                    next_offset,
+                    closed_windows,
+                },
+                Event::Done { partition } => Input::Done { partition },
+                Event::Failed { partition, error } => {
+                    let fenced = is_fenced(&error);
+                    errors.insert(partition, error);
+                    Input::Failed { partition, fenced }
+                }
+            },
+            Some(done) = effects.next() => match done {
+                Effected::Claimed { partition, result } => match result {
+                    Ok(pipeline) => {
+                        let next_offset = pipeline.core().next_offset();
+                        claimed.insert(partition, pipeline);
+                        Input::Claimed { partition, next_offset }
+                    }
+                    Err(e) => {
+                        let refused = is_fenced(&e);
+                        if refused {
+                            tracing::info!(partition, reason = %e, "Claim refused");
                         }
-                        Markers::Swept { due, .. } => *due |= !closed.is_empty(),
+                        errors.insert(partition, e);
+                        if refused {
+                            Input::ClaimRefused { partition }
+                        } else {
+                            Input::ClaimFailed { partition }
+                        }
                     }
-                }
-                Some(Event::Done { partition }) => {
-                    done.insert(partition);
-                    if done.len() == assigned.len() {
-                        break;
-                    }
-                }
-                Some(Event::Failed { partition, error: ConsumeError::Pipeline(PipelineError::Checkpoint(e @ CheckpointError::Fenced { .. })) }) if group => {
-                    // Another member owns it now (this one was too slow to hear): leave it to
-                    // them; the next rebalance sorts out the rest.
-                    tracing::warn!(partition, reason = %e, "Partition taken over by another instance; dropping it");
-                    done.insert(partition);
-                }
-                Some(Event::Failed { partition, error }) if group && taken_over(instance, partition, writer).await => {
-                    // A write failed because the new owner's recovery removed it (this member
-                    // was frozen or cut off past its session): not a storage fault, a takeover.
-                    tracing::warn!(partition, error = %error, "Partition taken over by another instance while this one wrote; dropping it");
-                    done.insert(partition);
-                    if done.len() == assigned.len() {
-                        break;
-                    }
-                }
-                Some(Event::Failed { partition, error }) => {
-                    tracing::error!(partition, error = %error, "A partition failed; stopping");
-                    probe.fail(format!("partition {partition} failed: {error}"));
-                    failure.get_or_insert(error);
-                    if draining_since.is_none() {
-                        draining_since = Some(Instant::now());
-                        probe.stopping.store(true, Ordering::Relaxed);
-                        stop.trigger();
-                    }
-                    done.insert(partition);
-                    if done.len() == assigned.len() {
-                        break;
-                    }
-                }
+                },
+                Effected::TakeoverChecked { partition, taken_over } => Input::TakeoverChecked {
+                    partition,
+                    taken_over,
+                },
+                Effected::Swept => Input::SweepDone,
             },
             _ = status_tick.tick() => {
                 let line = status_line.render(counters, &statuses);
@@ -918,22 +816,13 @@ async fn run_partitions(
                     Some(bar) => bar.set_message(line),
                     None => tracing::info!("{line}"),
                 }
+                continue;
             }
-            _ = sweep_tick.tick(), if matches!(markers, Markers::Swept { .. }) => {
-                if let Markers::Swept { due, last } = &mut markers {
-                    if *due || last.elapsed() >= MARKER_SWEEP {
-                        *due = false;
-                        *last = Instant::now();
-                        sweep_and_write(instance).await;
-                    }
-                }
-            }
-            _ = sleep_until(drain_deadline) => {
-                failure.get_or_insert(ConsumeError::DrainTimeout(drain_timeout));
-                break;
-            }
-        }
-    }
+            _ = sleep_until(coordinator.deadline().map(|d| base + d)) => Input::Tick,
+        };
+        actions.extend(coordinator.handle(input, base.elapsed()));
+    };
+    drop(effects);
     if let Some(bar) = spinner {
         bar.finish_and_clear();
     }
@@ -947,15 +836,23 @@ async fn run_partitions(
             }
         }
     }
-    if group && !dropped {
+    if finish.sweep {
         // What this run committed last may complete windows.
-        sweep_and_write(instance).await;
+        markers.sweep(false).await;
     }
-    if let Some(e) = failure {
-        return Err(e);
+    if let Some(failure) = finish.failure {
+        return Err(match failure {
+            Failure::Partition(p) | Failure::Claim(p) => errors.remove(&p).unwrap_or_else(|| {
+                ConsumeError::Internal(format!("partition {p} failed without an error"))
+            }),
+            Failure::DrainTimeout => ConsumeError::DrainTimeout(config.run.drain_timeout),
+            Failure::Group => group_error.take().unwrap_or_else(|| {
+                ConsumeError::Internal("the group failed without an error".into())
+            }),
+        });
     }
-    if group && revocation.is_none() && !dropped {
-        // Every partition of the generation was dropped (taken over): wait for the rebalance.
+    if finish.await_revocation && revocation.is_none() {
+        // Every partition of the generation was taken over: wait for the rebalance.
         let _ = until.next(&mut revocation).await;
     }
     let reason = revocation.as_ref().map_or("shutdown", revocation_label);
@@ -974,6 +871,191 @@ async fn run_partitions(
     Ok((run, reason))
 }
 
+/// Where a partition without a usable checkpoint may start.
+#[derive(Debug, Clone, Copy)]
+struct Offsets {
+    /// `--start`'s offset.
+    fresh: i64,
+    earliest: i64,
+    latest: i64,
+}
+
+/// What an effect of the driver answers.
+enum Effected {
+    Claimed {
+        partition: i32,
+        result: Result<Box<PartitionPipeline>, ConsumeError>,
+    },
+    TakeoverChecked {
+        partition: i32,
+        taken_over: bool,
+    },
+    Swept,
+}
+
+fn is_fenced(e: &ConsumeError) -> bool {
+    matches!(
+        e,
+        ConsumeError::Pipeline(PipelineError::Checkpoint(CheckpointError::Fenced { .. }))
+    )
+}
+
+/// Claims partitions for one run, and checks takeovers of them.
+struct Claimer<'a> {
+    instance: &'a Instance,
+    pipeline_config: PipelineConfig,
+    writer: WriterId,
+}
+
+impl Claimer<'_> {
+    /// Claims `partition` from its prepared recovery (a fresh one when `recovered` is `None`: a
+    /// refused claim is tried again after the previous owner's last commit), after applying
+    /// `--on-data-loss` to a checkpoint whose resume offset retention deleted.
+    async fn claim(
+        &self,
+        partition: i32,
+        recovered: Option<Recovered>,
+        offsets: Offsets,
+    ) -> Effected {
+        let instance = self.instance;
+        let store = Arc::clone(&instance.store);
+        let topic = instance.topic.clone();
+        let window_ms = instance.config.windows.window.window_ms;
+        let on_data_loss = instance.config.source.on_data_loss;
+        let pipeline_config = self.pipeline_config.clone();
+        let output_schema = instance.output_schema.clone();
+        let writer = self.writer;
+        let now = instance.clock.now();
+        let result = blocking(move || {
+            let mut rec = match recovered {
+                Some(rec) => rec,
+                None => prepare(
+                    store.as_ref(),
+                    &topic,
+                    window_ms,
+                    &BTreeSet::from([partition]),
+                )?
+                .remove(&partition)
+                .expect("prepared the partition asked for"),
+            };
+            if let Some(cp) = rec.checkpoint.as_mut() {
+                let at = on_data_loss.resume_at(
+                    &topic,
+                    partition,
+                    cp.resume_offset,
+                    offsets.earliest,
+                    offsets.latest,
+                )?;
+                cp.next_offset = cp.next_offset.max(at);
+                cp.resume_offset = at;
+            }
+            Ok(Box::new(PartitionPipeline::claim(
+                store,
+                &pipeline_config,
+                &output_schema,
+                partition,
+                writer,
+                &rec,
+                offsets.fresh,
+                now,
+            )?))
+        })
+        .await;
+        Effected::Claimed { partition, result }
+    }
+
+    /// Whether another writer committed the newest checkpoint of `partition` (so a failure of
+    /// ours on it is the consequence of a takeover, not a storage fault).
+    async fn check_takeover(&self, partition: i32) -> Effected {
+        let store = Arc::clone(&self.instance.store);
+        let topic = self.instance.topic.clone();
+        let window_ms = self.instance.config.windows.window.window_ms;
+        let newest = blocking(move || {
+            Ok(checkpoint::load(store.as_ref(), &topic, partition, window_ms)?.checkpoint)
+        })
+        .await;
+        let writer = self.writer.to_string();
+        Effected::TakeoverChecked {
+            partition,
+            taken_over: matches!(newest, Ok(Some(cp)) if cp.writer != writer),
+        }
+    }
+}
+
+/// Sweeps the success markers of one run's scope (`markers`).
+struct MarkerSweep {
+    store: Arc<dyn Store>,
+    topic: String,
+    window_ms: i64,
+    scope: SuccessScope,
+    partitions: BTreeSet<i32>,
+    counters: Arc<Counters>,
+}
+
+impl MarkerSweep {
+    /// One sweep on the blocking pool. A failure is logged and retried by the next sweep:
+    /// markers are derived state, never lost.
+    async fn sweep(&self, reconcile: bool) -> Effected {
+        let store = Arc::clone(&self.store);
+        let (topic, scope, partitions) = (
+            self.topic.clone(),
+            self.scope.clone(),
+            self.partitions.clone(),
+        );
+        let window_ms = self.window_ms;
+        let written = blocking(move || {
+            let found = markers::sweep(
+                store.as_ref(),
+                &topic,
+                window_ms,
+                &scope,
+                &partitions,
+                reconcile,
+            )?;
+            markers::apply(store.as_ref(), found)
+        })
+        .await;
+        match written {
+            Ok(n) => {
+                self.counters
+                    .markers_written
+                    .fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "Checking the success markers failed; retrying at the next sweep"
+            ),
+        }
+        Effected::Swept
+    }
+}
+
+/// How a refused claim is retried: while a previous owner's last commit lands (it was lost or
+/// is still draining), for up to 10 s.
+fn claim_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        initial: Duration::from_millis(200),
+        max_delay: Duration::from_secs(2),
+        multiplier: 2.0,
+        jitter: true,
+        deadline: Some(Duration::from_secs(10)),
+        max_attempts: None,
+    }
+}
+
+/// How a fetch's transient errors are retried: for as long as it takes (a consumer outlives a
+/// broker's outage), at most every 5 s.
+fn fetch_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        initial: Duration::from_millis(100),
+        max_delay: Duration::from_secs(5),
+        multiplier: 2.0,
+        jitter: true,
+        deadline: None,
+        max_attempts: None,
+    }
+}
+
 /// The `reason` label of [`crate::metrics::C_GROUP_REVOCATIONS`].
 fn revocation_label(r: &Revocation) -> &'static str {
     match r.reason {
@@ -981,186 +1063,6 @@ fn revocation_label(r: &Revocation) -> &'static str {
         RevokeReason::Lost { .. } => "lost",
         RevokeReason::Shutdown => "shutdown",
     }
-}
-
-/// Claims partition `p` (commits a first generation), then deletes what its checkpoint does
-/// not cover: a writer still running on it is fenced before its files are touched, so it can
-/// never commit a file deleted here.
-async fn claim(
-    instance: &Instance,
-    pipeline_config: &PipelineConfig,
-    p: i32,
-    writer: WriterId,
-    rec: Recovered,
-    fresh: i64,
-) -> Result<PartitionPipeline, ConsumeError> {
-    let store = Arc::clone(&instance.store);
-    let pipeline_config = pipeline_config.clone();
-    let output_schema = instance.output_schema.clone();
-    let now = instance.clock.now();
-    blocking(move || {
-        let pipeline = PartitionPipeline::start(
-            Arc::clone(&store),
-            &pipeline_config,
-            &output_schema,
-            p,
-            writer,
-            &rec,
-            fresh,
-            now,
-        )?;
-        apply_recovery(store.as_ref(), p, &rec)?;
-        Ok(pipeline)
-    })
-    .await
-}
-
-/// Whether another writer committed the newest checkpoint of `partition` (so a failure of ours
-/// on it is the consequence of a takeover, not a storage fault).
-async fn taken_over(instance: &Instance, partition: i32, writer: WriterId) -> bool {
-    let store = Arc::clone(&instance.store);
-    let topic = instance.topic.clone();
-    let window_ms = instance.config.windows.window.window_ms;
-    let newest = blocking(move || {
-        Ok(checkpoint::load(store.as_ref(), &topic, partition, window_ms)?.checkpoint)
-    })
-    .await;
-    matches!(newest, Ok(Some(cp)) if cp.writer != writer.to_string())
-}
-
-/// `--on-data-loss` for a checkpoint whose resume offset retention deleted.
-fn apply_data_loss_policy(
-    config: &ConsumeConfig,
-    topic: &str,
-    p: i32,
-    rec: &mut Recovered,
-    earliest: i64,
-    latest: i64,
-) -> Result<(), ConsumeError> {
-    let Some(cp) = rec.checkpoint.as_mut() else {
-        return Ok(());
-    };
-    if cp.resume_offset >= earliest {
-        return Ok(());
-    }
-    match config.source.on_data_loss {
-        DataLossPolicy::Fail => Err(KafkaError::OffsetOutOfRange {
-            topic: topic.to_string(),
-            partition: p,
-            requested: cp.resume_offset,
-            earliest,
-            latest,
-        }
-        .into()),
-        DataLossPolicy::Earliest => {
-            tracing::error!(
-                partition = p,
-                resume = cp.resume_offset,
-                earliest,
-                lost = earliest - cp.resume_offset,
-                "Data deleted by retention; continuing from earliest (--on-data-loss earliest)"
-            );
-            cp.resume_offset = earliest;
-            cp.next_offset = cp.next_offset.max(earliest);
-            Ok(())
-        }
-    }
-}
-
-/// [`sweep_markers`] on the blocking pool, then writes what it found. A failure is logged and
-/// retried at the next sweep: markers are derived state, never lost.
-async fn sweep_and_write(instance: &Instance) {
-    let store = Arc::clone(&instance.store);
-    let topic = instance.topic.clone();
-    let window_ms = instance.config.windows.window.window_ms;
-    let partitions = instance.partition_count;
-    let found = blocking(move || {
-        let (markers, superseded) = sweep_markers(store.as_ref(), &topic, window_ms, partitions)?;
-        for key in &superseded {
-            tracing::warn!(
-                file = %key,
-                "Removing a file written by a writer after it had lost the partition (its \
-                 rows are in the new owner's file)"
-            );
-            store.delete(key)?;
-        }
-        Ok(markers)
-    })
-    .await;
-    let result = match found {
-        Ok(markers) => write_markers(&instance.store, markers, &instance.counters).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "Checking the success markers failed; retrying at the next sweep");
-    }
-}
-
-/// The success markers every partition's committed checkpoint now supports and that do not
-/// exist yet (see [`run_group`]), and the files to delete because a writer wrote them after it
-/// had lost the partition (`recovery::Plan::superseded`). Files no checkpoint covers (being
-/// written, or left by a crash for the next owner's recovery) are in no manifest.
-fn sweep_markers(
-    store: &dyn Store,
-    topic: &str,
-    window_ms: i64,
-    partition_count: usize,
-) -> Result<(Vec<instance::Marker>, Vec<layout::Key>), ConsumeError> {
-    // Checkpoints before the listing: every file a loaded checkpoint covers was written before
-    // it was committed, so it is listed; files written after are judged against it (skipped).
-    let mut checkpoints = BTreeMap::new();
-    for p in 0..partition_count as i32 {
-        match checkpoint::load(store, topic, p, window_ms)?.checkpoint {
-            Some(cp) => checkpoints.insert(p, cp),
-            // A partition nobody has claimed yet: no window is complete.
-            None => return Ok((Vec::new(), Vec::new())),
-        };
-    }
-    let listing = store.list("")?;
-    let closed_everywhere = checkpoints
-        .values()
-        .map(|cp| cp.closed_before)
-        .min()
-        .unwrap_or(i64::MIN);
-    let mut skip = BTreeSet::new();
-    let mut superseded = Vec::new();
-    for (p, cp) in &checkpoints {
-        let plan = recovery::plan(store, *p, Some(cp), &listing)?;
-        skip.extend(plan.temp);
-        skip.extend(plan.uncommitted);
-        skip.extend(plan.superseded.iter().cloned());
-        superseded.extend(plan.superseded);
-    }
-    let scope = SuccessScope::AllPartitions;
-    let with_marker: BTreeSet<i64> = listing
-        .iter()
-        .filter_map(|o| match layout::classify(&o.key) {
-            Entry::Success { window, name } if name == scope.marker_name() => Some(window),
-            _ => None,
-        })
-        .collect();
-    // Only the table files of complete windows without a marker: footers are read for those.
-    let candidates: Vec<ObjectInfo> = listing
-        .into_iter()
-        .filter(|o| !skip.contains(&o.key))
-        .filter(|o| match layout::classify(&o.key) {
-            Entry::Data {
-                destination: Destination::Window(window),
-                ..
-            } => {
-                !with_marker.contains(&window)
-                    && crate::window::window_end(window, window_ms) <= closed_everywhere
-            }
-            _ => false,
-        })
-        .collect();
-    if candidates.is_empty() {
-        return Ok((Vec::new(), superseded));
-    }
-    let all: BTreeSet<i32> = checkpoints.keys().copied().collect();
-    let mut tracker = SuccessTracker::new(scope, window_ms, &all);
-    let (_, create) = tracker.start(&checkpoints, &candidates, |key| footer_rows(store, key));
-    Ok((create, superseded))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -1252,585 +1154,4 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ConsumeError::Internal(format!("a storage task failed: {e}")))?
-}
-
-async fn recover_all(
-    store: &Arc<dyn Store>,
-    topic: &str,
-    window_ms: i64,
-    assigned: &BTreeSet<i32>,
-) -> Result<BTreeMap<i32, Recovered>, ConsumeError> {
-    let store = Arc::clone(store);
-    let topic = topic.to_string();
-    let assigned = assigned.clone();
-    blocking(move || {
-        let listing = store.list("")?;
-        recovery::refuse_legacy(store.as_ref(), &listing)?;
-        // Load and plan every partition before deleting anything: a refused start changes
-        // nothing.
-        let mut loaded = BTreeMap::new();
-        for &p in &assigned {
-            loaded.insert(p, checkpoint::load(store.as_ref(), &topic, p, window_ms)?);
-        }
-        let mut plans = BTreeMap::new();
-        for (p, l) in &loaded {
-            plans.insert(
-                *p,
-                recovery::plan(store.as_ref(), *p, l.checkpoint.as_ref(), &listing)?,
-            );
-        }
-        let mut out = BTreeMap::new();
-        for (p, l) in loaded {
-            let plan = plans.remove(&p).expect("planned every partition");
-            out.insert(
-                p,
-                Recovered {
-                    checkpoint: l.checkpoint,
-                    newest_generation: l.newest_generation,
-                    plan,
-                    fell_back: l.fell_back,
-                },
-            );
-        }
-        Ok(out)
-    })
-    .await
-}
-
-/// Deletes what the partition's checkpoint does not cover (after the partition is claimed).
-fn apply_recovery(store: &dyn Store, partition: i32, rec: &Recovered) -> Result<(), ConsumeError> {
-    let plan = &rec.plan;
-    plan.apply(store)?;
-    if !plan.is_clean() {
-        tracing::warn!(
-            partition,
-            temp_removed = plan.temp.len(),
-            uncommitted_removed = plan.uncommitted.len(),
-            superseded_removed = plan.superseded.len(),
-            kept = plan.kept,
-            "Recovered the output to the last checkpoint"
-        );
-    }
-    Ok(())
-}
-
-async fn reconcile_markers(
-    store: &Arc<dyn Store>,
-    mut tracker: SuccessTracker,
-    checkpoints: BTreeMap<i32, PartitionCheckpoint>,
-    counters: &Arc<Counters>,
-) -> Result<SuccessTracker, ConsumeError> {
-    // Reading footers is storage I/O too: the tracker visits the blocking pool and comes back.
-    let store2 = Arc::clone(store);
-    let (tracker, remove, create) = blocking(move || {
-        let listing = store2.list("")?;
-        let (remove, create) = tracker.start(&checkpoints, &listing, |key| {
-            footer_rows(store2.as_ref(), key)
-        });
-        Ok((tracker, remove, create))
-    })
-    .await?;
-    let store2 = Arc::clone(store);
-    blocking(move || {
-        for key in remove {
-            tracing::info!(marker = %key, "Removing a success marker the checkpoint does not support");
-            store2.delete(&key)?;
-        }
-        Ok(())
-    })
-    .await?;
-    write_markers(store, create, counters).await?;
-    Ok(tracker)
-}
-
-/// The row count in a table file's footer, for a manifest (0 when it cannot be read: the
-/// manifest still lists the file).
-fn footer_rows(store: &dyn Store, key: &str) -> u64 {
-    store
-        .get(key)
-        .ok()
-        .flatten()
-        .and_then(|b| crate::output::parquet::row_count(&b, key).ok())
-        .unwrap_or(0)
-}
-
-async fn write_markers(
-    store: &Arc<dyn Store>,
-    markers: Vec<instance::Marker>,
-    counters: &Arc<Counters>,
-) -> Result<(), ConsumeError> {
-    if markers.is_empty() {
-        return Ok(());
-    }
-    let n = markers.len() as u64;
-    let store = Arc::clone(store);
-    blocking(move || {
-        for m in markers {
-            store.put(&m.key, &m.to_json())?;
-        }
-        Ok(())
-    })
-    .await?;
-    counters.markers_written.fetch_add(n, Ordering::Relaxed);
-    Ok(())
-}
-
-/// Wall clock and a monotonic clock from one origin (tokio's, so tests can pause it).
-#[derive(Debug, Clone)]
-struct Clock {
-    origin: Instant,
-}
-
-impl Clock {
-    fn new() -> Self {
-        Clock {
-            origin: Instant::now(),
-        }
-    }
-
-    fn now(&self) -> Now {
-        let wall_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        Now {
-            wall_ms,
-            mono_ms: self.origin.elapsed().as_millis() as i64,
-        }
-    }
-}
-
-/// What a partition's process task tells the coordinator.
-enum Event {
-    Committed {
-        partition: i32,
-        closed_before: i64,
-        closed: Vec<core::ClosedWindow>,
-        /// The next offset not yet routed, as committed (shown to the group).
-        offset: i64,
-    },
-    Done {
-        partition: i32,
-    },
-    Failed {
-        partition: i32,
-        error: ConsumeError,
-    },
-}
-
-/// One fetch result.
-enum Fetched {
-    Records {
-        records: FetchedRecords,
-        high_watermark: i64,
-        /// Where the next fetch starts: every offset below it is read or stepped over.
-        next_offset: i64,
-    },
-    /// A fetch that held nothing to decode (only transaction markers or aborted data): every
-    /// offset below this one is stepped over.
-    Skipped(i64),
-    /// Read to its end (`--until-caught-up`): nothing more comes.
-    CaughtUp,
-    Failed(KafkaError),
-}
-
-/// One decoded batch.
-enum Decoded {
-    Batch {
-        batch: Box<DecodedBatch>,
-        high_watermark: i64,
-        next_offset: i64,
-    },
-    Skipped(i64),
-    CaughtUp,
-    Failed(ConsumeError),
-}
-
-struct FetchJob {
-    handle: PartitionHandle,
-    offset: i64,
-    max_bytes: i32,
-    max_wait: Duration,
-    until_caught_up: bool,
-    on_data_loss: DataLossPolicy,
-    on_corrupt: CorruptBatchPolicy,
-    tx: mpsc::Sender<Fetched>,
-    stop: Shutdown,
-    probe: Arc<ConsumeProbe>,
-    slot: usize,
-}
-
-/// Fetches one partition in offset order until stopped (or caught up). A failed fetch is retried
-/// from the same offset with backoff; only `OffsetOutOfRange` under `--on-data-loss fail` ends it.
-/// Fetches are read committed: aborted transactions' data and markers are stepped over (the
-/// offset moves past them), and `--until-caught-up` ends at the last stable offset, saying what
-/// an open transaction holds back. A batch that cannot be read is not a fetch failure: it goes
-/// on to the decoder, whose `--on-corrupt-batch` decides (`fetched` module).
-async fn fetch(mut job: FetchJob) {
-    let partition = job.handle.partition;
-    let max_wait_ms = i32::try_from(job.max_wait.as_millis()).unwrap_or(i32::MAX);
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if job.stop.is_requested() {
-            break;
-        }
-        job.probe.fetch.begin(job.slot);
-        let result = tokio::select! {
-            r = job.handle.fetch_batches(job.offset, job.max_bytes, max_wait_ms, IsolationLevel::ReadCommitted) => r,
-            _ = job.stop.requested() => break,
-        };
-        match result {
-            Ok(fetched) => {
-                // Waiting on a full channel below is backpressure, not a stuck broker.
-                job.probe.fetch.end(job.slot);
-                backoff = Duration::from_millis(100);
-                let high_watermark = fetched.high_watermark;
-                let stable = fetched.last_stable_offset;
-                for batch in &fetched.batches {
-                    if let FetchedContent::Control(ControlBatchRecord::Other(kind)) = batch.content
-                    {
-                        tracing::debug!(
-                            partition,
-                            offset = batch.base_offset,
-                            control_type = kind,
-                            "Control record of a type this consumer does not act on; stepped over"
-                        );
-                    }
-                }
-                let records =
-                    FetchedRecords::new(fetched.batches, job.offset, stable, job.on_corrupt);
-                let (aborted, control) = records.skipped();
-                job.probe.counters.add_skipped(aborted, control);
-                let next = records.next_offset();
-                let msg = match next {
-                    // Only control batches (transaction markers) or aborted data: nothing to
-                    // decode, but the processor's offset moves past them.
-                    Some(next) if records.len_upper_bound() == 0 => Some(Fetched::Skipped(next)),
-                    Some(next_offset) => Some(Fetched::Records {
-                        records,
-                        high_watermark,
-                        next_offset,
-                    }),
-                    None => None,
-                };
-                if let Some(next) = next {
-                    job.offset = next;
-                }
-                if let Some(msg) = msg {
-                    tokio::select! {
-                        sent = job.tx.send(msg) => if sent.is_err() { break },
-                        _ = job.stop.requested() => break,
-                    }
-                }
-                if job.until_caught_up && job.offset >= stable {
-                    if stable < high_watermark {
-                        let held = held_back(&job.handle, stable, high_watermark).await;
-                        tracing::warn!(
-                            partition,
-                            last_stable_offset = stable,
-                            high_watermark,
-                            "{}",
-                            held.describe()
-                        );
-                        job.probe.counters.hold_back(held);
-                    }
-                    let _ = job.tx.send(Fetched::CaughtUp).await;
-                    break;
-                }
-            }
-            Err(KafkaError::OffsetOutOfRange {
-                earliest,
-                requested,
-                ..
-            }) if job.on_data_loss == DataLossPolicy::Earliest && requested < earliest => {
-                tracing::error!(
-                    partition,
-                    requested,
-                    earliest,
-                    lost = earliest - requested,
-                    "Data deleted by retention; continuing from earliest (--on-data-loss earliest)"
-                );
-                job.offset = earliest;
-            }
-            Err(e @ KafkaError::OffsetOutOfRange { .. }) => {
-                let _ = job.tx.send(Fetched::Failed(e)).await;
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(partition, offset = job.offset, error = %e, retry_in = ?backoff, "Fetch failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = job.stop.requested() => break,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    job.probe.fetch.end(job.slot);
-}
-
-/// What an open transaction holds back from a read committed consumer at the end of a bounded
-/// run: the offsets from the last stable offset to the high watermark, and the producer whose
-/// transaction starts there (one read uncommitted fetch at the last stable offset shows it).
-async fn held_back(handle: &PartitionHandle, stable: i64, high_watermark: i64) -> HeldBack {
-    let first = handle
-        .fetch_batches(stable, 64 << 10, 0, IsolationLevel::ReadUncommitted)
-        .await
-        .ok()
-        .and_then(|f| f.batches.into_iter().find(|b| b.last_offset() >= stable));
-    HeldBack {
-        partition: handle.partition,
-        from: stable,
-        to: high_watermark,
-        producer: first.map(|b| (b.producer_id, b.producer_epoch)),
-    }
-}
-
-/// Decodes fetched batches on the blocking pool, one at a time, in order.
-async fn decode_partition(
-    topic: String,
-    partition: i32,
-    decoder: Arc<Decoder>,
-    cache: EnrichmentCache,
-    mut rx: mpsc::Receiver<Fetched>,
-    tx: mpsc::Sender<Decoded>,
-    clock: Clock,
-) {
-    while let Some(msg) = rx.recv().await {
-        let out = match msg {
-            Fetched::CaughtUp => Decoded::CaughtUp,
-            Fetched::Skipped(next_offset) => Decoded::Skipped(next_offset),
-            Fetched::Failed(e) => Decoded::Failed(e.into()),
-            Fetched::Records {
-                records,
-                high_watermark,
-                next_offset,
-            } => {
-                let decoder = Arc::clone(&decoder);
-                let table = Arc::clone(cache.snapshot().table());
-                let now = clock.now().wall_ms;
-                let decoded = tokio::task::spawn_blocking(move || {
-                    records
-                        .with_records(|raw| decoder.decode(partition, raw.into_iter(), &table, now))
-                })
-                .await;
-                match decoded {
-                    Ok(Ok(Ok(batch))) => {
-                        cache.count_lookups(batch.enrich_hits, batch.enrich_misses);
-                        Decoded::Batch {
-                            batch: Box::new(batch),
-                            high_watermark,
-                            next_offset,
-                        }
-                    }
-                    Ok(Ok(Err(e))) => Decoded::Failed(ConsumeError::Internal(e.to_string())),
-                    Ok(Err(source)) => Decoded::Failed(ConsumeError::CorruptBatch {
-                        topic: topic.clone(),
-                        partition,
-                        source,
-                    }),
-                    Err(e) => Decoded::Failed(ConsumeError::Internal(format!(
-                        "the decoding task of partition {partition} failed: {e}"
-                    ))),
-                }
-            }
-        };
-        let last = !matches!(out, Decoded::Batch { .. } | Decoded::Skipped(_));
-        if tx.send(out).await.is_err() || last {
-            return;
-        }
-    }
-}
-
-/// What the processor does next.
-enum Step {
-    /// A decoded batch, and where its fetch ended (the offsets stepped over after its records).
-    Batch(Box<DecodedBatch>, i64),
-    /// A fetch with nothing to decode ended here.
-    Skip(i64),
-    Tick(Option<i64>),
-    Checkpoint,
-    Finish {
-        close_windows: bool,
-    },
-}
-
-/// Runs one partition's pipeline until it is done or fails, and says which to the coordinator.
-async fn process(mut processor: Processor) {
-    let partition = processor.partition;
-    let event = match processor.run().await {
-        Ok(()) => Event::Done { partition },
-        Err(error) => Event::Failed { partition, error },
-    };
-    let _ = processor.events.send(event).await;
-}
-
-/// One partition's process task: batches, ticks and checkpoints, each on the blocking pool.
-struct Processor {
-    partition: i32,
-    /// Out only while a step runs on the blocking pool.
-    pipeline: Option<PartitionPipeline>,
-    rx: mpsc::Receiver<Decoded>,
-    events: mpsc::Sender<Event>,
-    stop: Shutdown,
-    board: Arc<Mutex<Board>>,
-    status: Arc<PartitionStatus>,
-    counters: Arc<Counters>,
-    metrics: ConsumeMetrics,
-    clock: Clock,
-    checkpoint_interval: Duration,
-    close_at_end: bool,
-    /// Something changed since the last commit.
-    dirty: bool,
-    last_commit: Instant,
-}
-
-impl Processor {
-    async fn run(&mut self) -> Result<(), ConsumeError> {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            self.status.processor.beat();
-            let step = tokio::select! {
-                msg = self.rx.recv() => match msg {
-                    Some(Decoded::Batch { batch, high_watermark, next_offset }) => {
-                        self.status.high_watermark.store(high_watermark, Ordering::Relaxed);
-                        Step::Batch(batch, next_offset)
-                    }
-                    Some(Decoded::Skipped(next_offset)) => Step::Skip(next_offset),
-                    Some(Decoded::CaughtUp) => Step::Finish { close_windows: self.close_at_end },
-                    Some(Decoded::Failed(e)) => return Err(e),
-                    None => Step::Finish { close_windows: false },
-                },
-                _ = tick.tick() => {
-                    if self.dirty && self.last_commit.elapsed() >= self.checkpoint_interval {
-                        Step::Checkpoint
-                    } else {
-                        let boundary = self.board.lock().unwrap_or_else(|p| p.into_inner()).boundary();
-                        Step::Tick(boundary)
-                    }
-                }
-                _ = self.stop.requested() => Step::Finish { close_windows: false },
-            };
-            let finishing = matches!(step, Step::Finish { .. });
-            let progress = self.step(step).await?;
-            if finishing {
-                return Ok(());
-            }
-            // A close becomes final, and counts for _SUCCESS, only once committed.
-            if progress.tally.windows_closed > 0 {
-                self.step(Step::Checkpoint).await?;
-            }
-        }
-    }
-
-    /// Runs one step on the blocking pool, then counts, publishes and reports its commits.
-    async fn step(&mut self, step: Step) -> Result<Progress, ConsumeError> {
-        let now = self.clock.now();
-        let mut p = self
-            .pipeline
-            .take()
-            .expect("the pipeline is back after every step");
-        let (p, result) = tokio::task::spawn_blocking(move || {
-            let result = run_step(&mut p, step, now);
-            (p, result)
-        })
-        .await
-        .map_err(|e| ConsumeError::Internal(format!("a processing task failed: {e}")))?;
-        let outcome = result.map(|(progress, commits)| {
-            publish(&p, &self.status, &self.board, now);
-            (
-                progress,
-                commits,
-                p.core().closed_before(),
-                p.core().next_offset(),
-            )
-        });
-        self.pipeline = Some(p);
-        let (progress, commits, closed_before, offset) = outcome?;
-        for size in self.counters.add_progress(&progress) {
-            self.metrics.file_size.record(size as f64);
-        }
-        if progress.tally.records_read > 0
-            || progress.tally.offsets_skipped > 0
-            || !progress.written.is_empty()
-        {
-            self.dirty = true;
-        }
-        for (committed, duration) in commits {
-            self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-            self.metrics
-                .checkpoint_duration
-                .record(duration.as_secs_f64());
-            self.dirty = false;
-            self.last_commit = Instant::now();
-            let _ = self
-                .events
-                .send(Event::Committed {
-                    partition: self.partition,
-                    closed_before,
-                    closed: committed.closed,
-                    offset,
-                })
-                .await;
-        }
-        Ok(progress)
-    }
-}
-
-type StepResult = Result<(Progress, Vec<(core::Committed, Duration)>), PipelineError>;
-
-fn run_step(p: &mut PartitionPipeline, step: Step, now: Now) -> StepResult {
-    let mut commits = Vec::new();
-    let progress = match step {
-        Step::Batch(batch, next_offset) => {
-            let mut progress = p.process(&batch, now)?;
-            let skipped = p.skip_to(next_offset)?;
-            progress.tally.add(&skipped.tally);
-            progress.written.extend(skipped.written);
-            progress
-        }
-        Step::Skip(next_offset) => p.skip_to(next_offset)?,
-        Step::Tick(boundary) => p.tick(now, boundary)?,
-        Step::Checkpoint => {
-            let mut progress = Progress::default();
-            let started = std::time::Instant::now();
-            let committed = p.checkpoint(&mut progress)?;
-            commits.push((committed, started.elapsed()));
-            progress
-        }
-        Step::Finish { close_windows } => {
-            let mut progress = Progress::default();
-            let started = std::time::Instant::now();
-            for committed in p.finish(close_windows, &mut progress)? {
-                commits.push((committed, started.elapsed()));
-            }
-            progress
-        }
-    };
-    Ok((progress, commits))
-}
-
-/// Publishes a partition's position for the progress line, metrics and idle partitions.
-fn publish(p: &PartitionPipeline, status: &PartitionStatus, board: &Mutex<Board>, now: Now) {
-    let core = p.core();
-    status
-        .next_offset
-        .store(core.next_offset(), Ordering::Relaxed);
-    let (watermark, source) = core.effective_watermark();
-    status
-        .watermark_ms
-        .store(watermark.unwrap_or(i64::MIN), Ordering::Relaxed);
-    status.source.store(source as u64, Ordering::Relaxed);
-    status
-        .open_windows
-        .store(core.open_windows().count() as u64, Ordering::Relaxed);
-    let buffered = p.memory_by_output();
-    for (i, b) in buffered.iter().enumerate() {
-        status.buffered[i].store(*b as u64, Ordering::Relaxed);
-    }
-    board.lock().unwrap_or_else(|p| p.into_inner()).update(
-        core.partition(),
-        core.closed_before(),
-        !core.is_idle(now),
-    );
 }

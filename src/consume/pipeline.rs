@@ -7,6 +7,7 @@
 //! checkpoint store) over an in-memory store that can fail any call, i.e. crash between any two
 //! steps, and checks that every offset ends up in exactly one file.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
@@ -17,7 +18,7 @@ use super::decode::DecodedBatch;
 use crate::checkpoint::recovery::{self, Plan};
 use crate::checkpoint::{self, CheckpointError, FileRef, PartitionCheckpoint};
 use crate::output::layout::{self, Destination, Key, WriterId};
-use crate::output::store::{ObjectInfo, Store};
+use crate::output::store::Store;
 use crate::output::{OutputConfig, OutputSchema, PartitionSink, SinkError};
 
 /// Errors of a partition's processing.
@@ -34,7 +35,8 @@ pub enum PipelineError {
     },
 }
 
-/// What a partition's state was recovered to at startup.
+/// What a partition's output holds at startup, before it is claimed: its checkpoint and the
+/// plan of what to delete (see `checkpoint::recovery`). Nothing is deleted yet.
 #[derive(Debug, Clone)]
 pub struct Recovered {
     pub checkpoint: Option<PartitionCheckpoint>,
@@ -43,24 +45,36 @@ pub struct Recovered {
     pub fell_back: Vec<String>,
 }
 
-/// Loads the partition's checkpoint and deletes what it does not cover (see
-/// `checkpoint::recovery`). `listing` is every object of the output, taken once at startup.
-pub fn recover(
+/// The first half of recovery, for every partition in `partitions`: lists the output once,
+/// refuses a legacy layout, then loads and plans each partition. It deletes nothing, so a
+/// refused start changes nothing; [`PartitionPipeline::claim`] is the second half. Production
+/// (`consume`) and the exactly-once property tests run this same path.
+pub fn prepare(
     store: &dyn Store,
     topic: &str,
-    partition: i32,
     window_ms: i64,
-    listing: &[ObjectInfo],
-) -> Result<Recovered, CheckpointError> {
-    let loaded = checkpoint::load(store, topic, partition, window_ms)?;
-    let plan = recovery::plan(store, partition, loaded.checkpoint.as_ref(), listing)?;
-    plan.apply(store)?;
-    Ok(Recovered {
-        checkpoint: loaded.checkpoint,
-        newest_generation: loaded.newest_generation,
-        plan,
-        fell_back: loaded.fell_back,
-    })
+    partitions: &BTreeSet<i32>,
+) -> Result<BTreeMap<i32, Recovered>, CheckpointError> {
+    let listing = store.list("")?;
+    recovery::refuse_legacy(store, &listing)?;
+    let mut loaded = BTreeMap::new();
+    for &p in partitions {
+        loaded.insert(p, checkpoint::load(store, topic, p, window_ms)?);
+    }
+    let mut out = BTreeMap::new();
+    for (p, l) in loaded {
+        let plan = recovery::plan(store, p, l.checkpoint.as_ref(), &listing)?;
+        out.insert(
+            p,
+            Recovered {
+                checkpoint: l.checkpoint,
+                newest_generation: l.newest_generation,
+                plan,
+                fell_back: l.fell_back,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// What one call did, for the counters.
@@ -104,13 +118,16 @@ pub struct PipelineConfig {
 }
 
 impl PartitionPipeline {
-    /// Starts a partition from what [`recover`] found (`fresh_offset` is where a partition
-    /// without a checkpoint starts) and commits a first generation at once: it claims the
-    /// partition (a second writer of it is fenced from here on), and it makes every data file
-    /// written afterwards one that a checkpoint of this partition governs, so a crash before
-    /// the next commit is recovered, not mistaken for an output whose checkpoint was deleted.
+    /// Claims a partition from what [`prepare`] found (`fresh_offset` is where a partition
+    /// without a checkpoint starts), then deletes what its checkpoint does not cover.
+    ///
+    /// The claim is a first commit, a new checkpoint generation: a second writer of the
+    /// partition is fenced from here on, so it can never commit a file deleted here (hence the
+    /// order: claim, then delete). It also makes every data file written afterwards one that a
+    /// checkpoint of this partition governs, so a crash before the next commit is recovered,
+    /// not mistaken for an output whose checkpoint was deleted.
     #[allow(clippy::too_many_arguments)]
-    pub fn start(
+    pub fn claim(
         store: Arc<dyn Store>,
         config: &PipelineConfig,
         schema: &OutputSchema,
@@ -138,6 +155,18 @@ impl PartitionPipeline {
             uncommitted: Vec::new(),
         };
         pipeline.checkpoint(&mut Progress::default())?;
+        let plan = &recovered.plan;
+        plan.apply(pipeline.sink.store().as_ref())?;
+        if !plan.is_clean() {
+            tracing::warn!(
+                partition,
+                temp_removed = plan.temp.len(),
+                uncommitted_removed = plan.uncommitted.len(),
+                superseded_removed = plan.superseded.len(),
+                kept = plan.kept,
+                "Recovered the output to the last checkpoint"
+            );
+        }
         Ok(pipeline)
     }
 
@@ -372,4 +401,4 @@ fn select(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -326,7 +326,7 @@ impl ObjectOutput {
                 &location,
                 scrub(&e.to_string(), &secrets),
                 "check the URL given to --output and the AWS_*/GOOGLE_*/AZURE_* settings \
-                 (README, Output to object storage)",
+                 (docs/consume.md, Output to object storage)",
             )
         };
         let client = ClientOptions::new()

@@ -22,9 +22,9 @@ use crate::output::layout::{self, Entry};
 use crate::output::store::MemStore;
 use crate::schema::{FieldType, Schema, Value};
 
-const WIDTH: i64 = 100;
-const TOPIC: &str = "t";
-const BASE_WALL: i64 = 1_000_000;
+pub(crate) const WIDTH: i64 = 100;
+pub(crate) const TOPIC: &str = "t";
+pub(crate) const BASE_WALL: i64 = 1_000_000;
 
 /// What a record of the stream is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +109,7 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn schema() -> Arc<Schema> {
+pub(crate) fn schema() -> Arc<Schema> {
     Arc::new(
         Schema::from_toml_str(
             "[[fields]]\ncolumn = \"k\"\ntype = \"string\"\n[[fields]]\ncolumn = \"n\"\ntype = \"int\"\nrequired = true\n",
@@ -119,7 +119,7 @@ fn schema() -> Arc<Schema> {
     )
 }
 
-fn table(with_flip: bool) -> ReferenceTable {
+pub(crate) fn table(with_flip: bool) -> ReferenceTable {
     let mut rows = vec![vec![Value::Str("x".into()), Value::Str("X".into())]];
     if with_flip {
         rows.push(vec![Value::Str("flip".into()), Value::Str("F".into())]);
@@ -144,7 +144,7 @@ struct Run<'a> {
     budget: usize,
 }
 
-fn config(budget: usize, idle_advance: bool) -> PipelineConfig {
+pub(crate) fn config(budget: usize, idle_advance: bool) -> PipelineConfig {
     PipelineConfig {
         topic: TOPIC.into(),
         core: CoreConfig {
@@ -186,10 +186,13 @@ impl<'a> Run<'a> {
             &output,
             "test table",
         );
-        let listing = store.list("").unwrap();
-        let recovered = recover(store, TOPIC, 0, WIDTH, &listing).unwrap();
+        // Production's recovery path: prepare (plan, delete nothing), then claim and apply.
+        let recovered = prepare(store, TOPIC, WIDTH, &BTreeSet::from([0]))
+            .unwrap()
+            .remove(&0)
+            .unwrap();
         let budget = 1 << 30;
-        let pipeline = PartitionPipeline::start(
+        let pipeline = PartitionPipeline::claim(
             Arc::new(store.clone()),
             &config(budget, idle_advance),
             &output,
@@ -267,7 +270,7 @@ impl<'a> Run<'a> {
 }
 
 /// Every data file in the store: (destination, file name, offsets, window starts of its rows).
-fn read_output(store: &MemStore) -> Vec<(Destination, String, Vec<i64>, Vec<i64>)> {
+pub(crate) fn read_output(store: &MemStore) -> Vec<(Destination, String, Vec<i64>, Vec<i64>)> {
     let mut out = Vec::new();
     for (key, bytes) in store.snapshot() {
         match layout::classify(&key) {
@@ -406,8 +409,7 @@ proptest! {
             prop_assert!(r.windows(2).all(|w| w[0].1 < w[1].0), "{} files overlap: {:?}", destination, r);
         }
         // A restart after the clean finish has nothing to clean up and resumes at the end.
-        let listing = store.list("").unwrap();
-        let recovered = recover(&store, TOPIC, 0, WIDTH, &listing).unwrap();
+        let recovered = prepare(&store, TOPIC, WIDTH, &BTreeSet::from([0])).unwrap().remove(&0).unwrap();
         prop_assert!(recovered.plan.is_clean(), "{:?}", recovered.plan);
         let cp = recovered.checkpoint.unwrap();
         prop_assert_eq!(cp.resume_offset, stream.len() as i64);
