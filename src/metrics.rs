@@ -1,30 +1,42 @@
 //! Metrics and health for both commands: the metric names (one table, [`METRICS`], that
-//! `docs/operations.md` mirrors), the handles each command updates, and the `--metrics-addr`
-//! HTTP endpoint serving `GET /metrics` (Prometheus text format) and `GET /healthz`.
+//! `docs/operations.md` mirrors), the Prometheus text they are written in, and the
+//! `--metrics-addr` HTTP endpoint serving `GET /metrics` and `GET /healthz`.
 //!
 //! Design:
-//! - Handles ([`metrics::Counter`], [`metrics::Gauge`], [`metrics::Histogram`]) are registered
-//!   once at startup, labels included, so the hot path is one atomic operation per update and no
-//!   per-record lookup or string formatting. Without `--metrics-addr` they are no-ops.
-//! - No global recorder: a [`Registry`] owns its recorder, so several can exist in one process
-//!   (tests) and nothing else can write into it.
-//! - Counters that a command already keeps as atomics (produce) are copied into the registry by
-//!   [`Probe::refresh`] just before each scrape instead of being counted twice.
+//! - A fact is counted once, where it happens. A command keeps its counts as atomics
+//!   (`consume::progress::Counters`, `produce::ProduceStats`) and its [`Probe`] writes them as
+//!   Prometheus text at scrape time ([`Probe::render`]); the end-of-run summary reads the same
+//!   atomics. Nothing is copied on the hot path, and `/metrics` and the summary cannot disagree.
+//! - What no command counts elsewhere lives in a [`Registry`]: the histograms (file sizes,
+//!   checkpoint durations), the consumer group's gauges and revocations, the build info. Its
+//!   handles ([`Counter`], [`Gauge`], [`Histogram`]) are registered once with their labels, so
+//!   an update is one atomic operation; without `--metrics-addr` they are no-ops. No global
+//!   state: several registries can exist in one process (tests).
+//! - [`Exposition`] is the one writer of the text format: each family's `# HELP` and `# TYPE`
+//!   lines come from its [`MetricDef`], so a name, its type and its help text exist once.
 //! - Health is the command's [`Probe`]: `/healthz` answers 200 while it reports healthy and
 //!   503 with the reason otherwise (also while the command is still starting).
-//! - The HTTP server is a deliberately tiny HTTP/1.1 responder on tokio (one request per
-//!   connection, bounded request size, time and concurrency): `metrics-exporter-prometheus`'s
-//!   own listener answers every path with the metrics and so cannot serve `/healthz`.
+//! - The endpoint is hyper's HTTP/1.1 server on tokio: one request per connection, a bounded
+//!   request head (431 beyond 8 KiB; hyper answers 400 to what does not parse), bounded time
+//!   and connections.
 
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -373,7 +385,7 @@ pub const METRICS: &[MetricDef] = &[
 ];
 
 /// Buckets of [`C_FILE_SIZE`]: 64 KiB .. 1 GiB, ×4.
-const FILE_SIZE_BUCKETS: &[f64] = &[
+pub const FILE_SIZE_BUCKETS: &[f64] = &[
     65_536.0,
     262_144.0,
     1_048_576.0,
@@ -384,16 +396,221 @@ const FILE_SIZE_BUCKETS: &[f64] = &[
     1_073_741_824.0,
 ];
 /// Buckets of [`C_CHECKPOINT_DURATION`], seconds.
-const DURATION_BUCKETS: &[f64] = &[
+pub const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+// ----------------------------------------------------------------------------- text format
+
+/// A sample's value: counts are written as integers, everything else as a float.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    Int(i64),
+    Count(u64),
+    Float(f64),
+}
+
+impl From<u64> for Value {
+    fn from(v: u64) -> Self {
+        Value::Count(v)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::Float(v)
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::Count(v) => write!(f, "{v}"),
+            Value::Float(v) if v.is_nan() => f.write_str("NaN"),
+            Value::Float(v) if v.is_infinite() => {
+                f.write_str(if v > 0.0 { "+Inf" } else { "-Inf" })
+            }
+            // Whole numbers without a fraction, as Prometheus's own clients write them.
+            Value::Float(v) if v.fract() == 0.0 && v.abs() < 1e15 => write!(f, "{}", v as i64),
+            Value::Float(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// The Prometheus text exposition (format 0.0.4) of one scrape. Each family is started once
+/// with [`family`](Self::family), which writes its `# HELP` and `# TYPE` lines from the
+/// [`MetricDef`]; its samples follow.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    /// Starts the family `def`; add its samples to what this returns.
+    pub fn family<'a>(&'a mut self, def: &'a MetricDef) -> Family<'a> {
+        self.header(def);
+        Family { out: self, def }
+    }
+
+    fn header(&mut self, def: &MetricDef) {
+        let help = def.help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.text, "# HELP {} {help}", def.name);
+        let _ = writeln!(self.text, "# TYPE {} {}", def.name, def.kind.as_str());
+    }
+
+    fn sample(&mut self, def: &MetricDef, labels: &[&str], value: Value) {
+        debug_assert_eq!(def.labels.len(), labels.len(), "labels of {}", def.name);
+        self.text.push_str(def.name);
+        for (i, (label, text)) in def.labels.iter().zip(labels).enumerate() {
+            self.text.push(if i == 0 { '{' } else { ',' });
+            self.text.push_str(label);
+            self.text.push_str("=\"");
+            for c in text.chars() {
+                match c {
+                    '\\' => self.text.push_str("\\\\"),
+                    '"' => self.text.push_str("\\\""),
+                    '\n' => self.text.push_str("\\n"),
+                    c => self.text.push(c),
+                }
+            }
+            self.text.push('"');
+        }
+        if !labels.is_empty() {
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+
+    /// A histogram family (no labels): cumulative buckets, `_sum` and `_count`.
+    fn histogram(&mut self, def: &MetricDef, cells: &Buckets) {
+        debug_assert!(def.labels.is_empty(), "labels of {}", def.name);
+        let counts: Vec<u64> = cells
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        self.header(def);
+        let mut cumulative = 0;
+        for (i, count) in counts.iter().enumerate() {
+            cumulative += count;
+            let le = cells.bounds.get(i).copied().unwrap_or(f64::INFINITY);
+            let _ = writeln!(
+                self.text,
+                "{}_bucket{{le=\"{}\"}} {cumulative}",
+                def.name,
+                Value::Float(le)
+            );
+        }
+        let sum = Value::Float(f64::from_bits(cells.sum.load(Ordering::Relaxed)));
+        let _ = writeln!(self.text, "{}_sum {sum}", def.name);
+        let _ = writeln!(self.text, "{}_count {cumulative}", def.name);
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn into_string(self) -> String {
+        self.text
+    }
+}
+
+/// The samples of one family ([`Exposition::family`]).
+#[derive(Debug)]
+pub struct Family<'a> {
+    out: &'a mut Exposition,
+    def: &'a MetricDef,
+}
+
+impl Family<'_> {
+    /// One sample, with label values in the order of the family's label names.
+    pub fn sample(&mut self, labels: &[&str], value: impl Into<Value>) -> &mut Self {
+        self.out.sample(self.def, labels, value.into());
+        self
+    }
+}
+
 // ----------------------------------------------------------------------------- registry
 
-/// Where handles come from: a Prometheus recorder, or nothing (no-op handles).
+/// A counter from a [`Registry`]; a no-op when metrics are off (`Default`).
+#[derive(Debug, Clone, Default)]
+pub struct Counter(Option<Arc<AtomicU64>>);
+
+impl Counter {
+    pub fn increment(&self, n: u64) {
+        if let Some(cell) = &self.0 {
+            cell.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A gauge from a [`Registry`] (an `f64`); a no-op when metrics are off (`Default`).
+#[derive(Debug, Clone, Default)]
+pub struct Gauge(Option<Arc<AtomicU64>>);
+
+impl Gauge {
+    pub fn set(&self, value: f64) {
+        if let Some(cell) = &self.0 {
+            cell.store(value.to_bits(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A histogram from a [`Registry`], with fixed buckets; a no-op when metrics are off
+/// (`Default`).
+#[derive(Debug, Clone, Default)]
+pub struct Histogram(Option<Arc<Buckets>>);
+
+impl Histogram {
+    pub fn record(&self, value: f64) {
+        let Some(cells) = &self.0 else { return };
+        if value.is_nan() {
+            return;
+        }
+        // The first bucket whose bound is >= value (`le`), else +Inf.
+        let i = cells.bounds.partition_point(|bound| *bound < value);
+        cells.counts[i].fetch_add(1, Ordering::Relaxed);
+        let _ = cells
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + value).to_bits())
+            });
+    }
+}
+
+/// A histogram's cells: one count per bucket (not cumulative; the last is +Inf) and the sum.
+#[derive(Debug)]
+struct Buckets {
+    bounds: &'static [f64],
+    counts: Box<[AtomicU64]>,
+    /// `f64` bits.
+    sum: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+enum Cell {
+    Counter(Arc<AtomicU64>),
+    /// `f64` bits.
+    Gauge(Arc<AtomicU64>),
+    Histogram(Arc<Buckets>),
+}
+
+/// Every registered series by (name, label values): a family's series are next to each other.
+type Series = BTreeMap<(&'static str, Vec<String>), (MetricDef, Cell)>;
+
+/// Where the handles of what no command counts itself come from (see the module docs), and
+/// their text at scrape time. Asking again for the same name and labels returns the same cell,
+/// so a series outlives whoever asked for it (a group generation, say).
 #[derive(Clone, Default)]
 pub struct Registry {
-    recorder: Option<Arc<PrometheusRecorder>>,
+    series: Option<Arc<Mutex<Series>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -410,86 +627,95 @@ impl Registry {
         Self::default()
     }
 
-    /// A Prometheus registry with the histogram buckets of this module.
-    pub fn prometheus() -> Self {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(C_FILE_SIZE.name.into()), FILE_SIZE_BUCKETS)
-            .and_then(|b| {
-                b.set_buckets_for_metric(
-                    Matcher::Full(C_CHECKPOINT_DURATION.name.into()),
-                    DURATION_BUCKETS,
-                )
-            })
-            .expect("bucket lists are not empty")
-            .build_recorder();
+    /// A registry whose handles count.
+    pub fn enabled() -> Self {
         Registry {
-            recorder: Some(Arc::new(recorder)),
+            series: Some(Arc::default()),
         }
     }
 
     pub fn is_enabled(&self) -> bool {
-        self.recorder.is_some()
+        self.series.is_some()
     }
 
-    fn key(&self, def: &MetricDef, labels: &[&str]) -> Option<(Arc<PrometheusRecorder>, Key)> {
-        let recorder = self.recorder.as_ref()?;
+    /// The cell of `def` with label values `labels` (in the order of `def.labels`), made by
+    /// `make` the first time.
+    fn cell(&self, def: &MetricDef, labels: &[&str], make: impl FnOnce() -> Cell) -> Option<Cell> {
+        let series = self.series.as_ref()?;
         debug_assert_eq!(def.labels.len(), labels.len(), "labels of {}", def.name);
-        let name = KeyName::from_const_str(def.name);
-        let help = SharedString::const_str(def.help);
-        match def.kind {
-            Kind::Counter => recorder.describe_counter(name, None, help),
-            Kind::Gauge => recorder.describe_gauge(name, None, help),
-            Kind::Histogram => recorder.describe_histogram(name, None, help),
-        }
-        let labels: Vec<Label> = def
-            .labels
-            .iter()
-            .zip(labels)
-            .map(|(k, v)| Label::new(*k, v.to_string()))
-            .collect();
-        Some((Arc::clone(recorder), Key::from_parts(def.name, labels)))
+        let key = (def.name, labels.iter().map(|l| l.to_string()).collect());
+        let mut series = series.lock().unwrap_or_else(|p| p.into_inner());
+        Some(
+            series
+                .entry(key)
+                .or_insert_with(|| (*def, make()))
+                .1
+                .clone(),
+        )
     }
 
-    /// The counter `def` with label values `labels` (in the order of `def.labels`).
     pub fn counter(&self, def: &MetricDef, labels: &[&str]) -> Counter {
-        match self.key(def, labels) {
-            Some((r, key)) => r.register_counter(&key, &metadata()),
-            None => Counter::noop(),
+        debug_assert_eq!(def.kind, Kind::Counter, "{}", def.name);
+        match self.cell(def, labels, || Cell::Counter(Arc::default())) {
+            Some(Cell::Counter(cell)) => Counter(Some(cell)),
+            _ => Counter::default(),
         }
     }
 
     pub fn gauge(&self, def: &MetricDef, labels: &[&str]) -> Gauge {
-        match self.key(def, labels) {
-            Some((r, key)) => r.register_gauge(&key, &metadata()),
-            None => Gauge::noop(),
+        debug_assert_eq!(def.kind, Kind::Gauge, "{}", def.name);
+        match self.cell(def, labels, || Cell::Gauge(Arc::default())) {
+            Some(Cell::Gauge(cell)) => Gauge(Some(cell)),
+            _ => Gauge::default(),
         }
     }
 
-    pub fn histogram(&self, def: &MetricDef, labels: &[&str]) -> Histogram {
-        match self.key(def, labels) {
-            Some((r, key)) => r.register_histogram(&key, &metadata()),
-            None => Histogram::noop(),
+    /// The histogram `def` (no labels) with upper bucket bounds `bounds` (ascending; +Inf is
+    /// implied).
+    pub fn histogram(&self, def: &MetricDef, bounds: &'static [f64]) -> Histogram {
+        debug_assert_eq!(def.kind, Kind::Histogram, "{}", def.name);
+        debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{}", def.name);
+        let make = || {
+            Cell::Histogram(Arc::new(Buckets {
+                bounds,
+                counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum: AtomicU64::new(0f64.to_bits()),
+            }))
+        };
+        match self.cell(def, &[], make) {
+            Some(Cell::Histogram(cells)) => Histogram(Some(cells)),
+            _ => Histogram::default(),
         }
     }
 
-    /// The Prometheus text exposition of everything registered (empty when disabled).
-    pub fn render(&self) -> String {
-        self.recorder
-            .as_ref()
-            .map(|r| r.handle().render())
-            .unwrap_or_default()
+    /// The build info of `command` (`consume`, `produce`): always 1.
+    pub fn set_build_info(&self, command: &str) {
+        self.gauge(&BUILD_INFO, &[command, env!("CARGO_PKG_VERSION")])
+            .set(1.0);
     }
 
-    /// Drains histogram samples into their buckets (bounded memory between scrapes).
-    pub fn run_upkeep(&self) {
-        if let Some(r) = &self.recorder {
-            r.handle().run_upkeep();
+    /// Writes every registered series, family by family.
+    pub fn render(&self, out: &mut Exposition) {
+        let Some(series) = &self.series else { return };
+        let series = series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut family = "";
+        for ((name, labels), (def, cell)) in series.iter() {
+            let value = match cell {
+                Cell::Histogram(cells) => {
+                    out.histogram(def, cells);
+                    continue;
+                }
+                Cell::Counter(c) => Value::Count(c.load(Ordering::Relaxed)),
+                Cell::Gauge(g) => Value::Float(f64::from_bits(g.load(Ordering::Relaxed))),
+            };
+            if *name != family {
+                out.header(def);
+                family = name;
+            }
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            out.sample(def, &labels, value);
         }
     }
-}
-
-fn metadata() -> Metadata<'static> {
-    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()))
 }
 
 // ----------------------------------------------------------------------------- health
@@ -519,8 +745,8 @@ impl Health {
 
 /// A command's view for the endpoint.
 pub trait Probe: Send + Sync {
-    /// Called just before `/metrics` renders: copy values kept elsewhere into gauges/counters.
-    fn refresh(&self) {}
+    /// Writes the command's own metrics for `/metrics`, read now from where it counts them.
+    fn render(&self, _out: &mut Exposition) {}
     /// Whether the pipeline's tasks are alive and making progress.
     fn health(&self) -> Health;
 }
@@ -607,19 +833,19 @@ impl Heartbeat {
 
 // ----------------------------------------------------------------------------- endpoint
 
-/// Longest request head read before answering 431.
+/// Longest request head read (hyper's smallest read buffer): a longer one is answered 431.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// A connection must send its request and take the answer within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 16;
-/// How often histogram samples are drained into buckets.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// The content type of `/metrics`.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 
 struct EndpointState {
     registry: Registry,
     probe: RwLock<Option<Arc<dyn Probe>>>,
-    healthy: Gauge,
 }
 
 /// The `--metrics-addr` HTTP endpoint. Serves until dropped.
@@ -638,8 +864,8 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    /// Binds `addr` (HOST:PORT; port 0 picks a free one) and serves `/metrics` from `registry`.
-    /// `/healthz` answers 503 "starting" until [`set_probe`](Self::set_probe) is called.
+    /// Binds `addr` (HOST:PORT; port 0 picks a free one) and serves `/metrics` from `registry`
+    /// and the probe. `/healthz` answers 503 "starting" until [`set_probe`](Self::set_probe).
     pub async fn bind(addr: &str, registry: Registry) -> Result<Endpoint, MetricsError> {
         let bind_err = |source| MetricsError::Bind {
             addr: addr.to_string(),
@@ -648,7 +874,6 @@ impl Endpoint {
         let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
         let local = listener.local_addr().map_err(bind_err)?;
         let state = Arc::new(EndpointState {
-            healthy: registry.gauge(&HEALTHY, &[]),
             registry,
             probe: RwLock::new(None),
         });
@@ -691,11 +916,52 @@ pub async fn start(addr: Option<&str>) -> Result<(Registry, Option<Endpoint>), M
     match addr {
         None => Ok((Registry::disabled(), None)),
         Some(addr) => {
-            let registry = Registry::prometheus();
+            let registry = Registry::enabled();
             let endpoint = Endpoint::bind(addr, registry.clone()).await?;
             Ok((registry, Some(endpoint)))
         }
     }
+}
+
+/// Accepts connections and serves each with hyper, one request per connection.
+async fn serve(listener: TcpListener, state: Arc<EndpointState>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "Metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            continue; // too many at once: dropping the stream closes it
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                std::future::ready(Ok::<_, Infallible>(state.respond(&request)))
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_BYTES)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, connection).await;
+            drop(permit);
+        });
+    }
+}
+
+fn response(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 impl EndpointState {
@@ -706,181 +972,85 @@ impl EndpointState {
             .clone()
     }
 
-    fn health(&self) -> Health {
-        let health = match self.probe() {
+    fn health(probe: Option<&dyn Probe>) -> Health {
+        match probe {
             Some(p) => p.health(),
             None => Health::failing("starting: connecting to the services"),
-        };
-        self.healthy.set(if health.healthy { 1.0 } else { 0.0 });
-        health
-    }
-}
-
-async fn serve(listener: TcpListener, state: Arc<EndpointState>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
-    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                        continue; // too many at once: dropping closes the connection
-                    };
-                    let state = Arc::clone(&state);
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, &state)).await;
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "Metrics endpoint: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = upkeep.tick() => state.registry.run_upkeep(),
         }
     }
-}
 
-struct Response {
-    status: &'static str,
-    content_type: &'static str,
-    body: String,
-}
-
-fn text(status: &'static str, body: impl Into<String>) -> Response {
-    Response {
-        status,
-        content_type: "text/plain; charset=utf-8",
-        body: body.into(),
-    }
-}
-
-fn route(method: &str, path: &str, state: &EndpointState) -> Response {
-    if method != "GET" && method != "HEAD" {
-        return text("405 Method Not Allowed", "only GET and HEAD\n");
-    }
-    match path {
-        "/metrics" => {
-            if let Some(p) = state.probe() {
-                p.refresh();
+    /// The answer to one request (hyper leaves out the body of a HEAD answer).
+    fn respond<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            let mut r = response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                PLAIN_TEXT,
+                "only GET and HEAD\n".into(),
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+        match request.uri().path() {
+            "/metrics" => response(StatusCode::OK, PROMETHEUS_TEXT, self.metrics()),
+            "/healthz" => {
+                let health = Self::health(self.probe().as_deref());
+                let (status, verdict) = if health.healthy {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
+                };
+                let body = format!("{verdict}\n{}\n", health.detail.trim_end());
+                response(status, PLAIN_TEXT, body)
             }
-            state.health();
-            Response {
-                status: "200 OK",
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: state.registry.render(),
-            }
+            "/" => response(
+                StatusCode::OK,
+                PLAIN_TEXT,
+                "reclamacoes: GET /metrics (Prometheus), GET /healthz\n".into(),
+            ),
+            _ => response(
+                StatusCode::NOT_FOUND,
+                PLAIN_TEXT,
+                "not found; try /metrics or /healthz\n".into(),
+            ),
         }
-        "/healthz" => {
-            let health = state.health();
-            let status = if health.healthy {
-                "200 OK"
-            } else {
-                "503 Service Unavailable"
-            };
-            let verdict = if health.healthy { "ok" } else { "unhealthy" };
-            text(status, format!("{verdict}\n{}\n", health.detail.trim_end()))
+    }
+
+    /// `/metrics`: the registry, health, then what the probe counts, read now.
+    fn metrics(&self) -> String {
+        let probe = self.probe();
+        let mut out = Exposition::default();
+        self.registry.render(&mut out);
+        let healthy = Self::health(probe.as_deref()).healthy;
+        out.family(&HEALTHY).sample(&[], u64::from(healthy));
+        if let Some(probe) = &probe {
+            probe.render(&mut out);
         }
-        "/" => text(
-            "200 OK",
-            "reclamacoes: GET /metrics (Prometheus), GET /healthz\n",
-        ),
-        _ => text("404 Not Found", "not found; try /metrics or /healthz\n"),
+        out.into_string()
     }
 }
 
-async fn handle(mut stream: TcpStream, state: &EndpointState) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let response = loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(()); // closed before a complete request
-        }
-        head.extend_from_slice(&chunk[..n]);
-        if let Some(end) = find_head_end(&head) {
-            let line = String::from_utf8_lossy(&head[..end]);
-            let line = line.lines().next().unwrap_or_default();
-            let mut parts = line.split_whitespace();
-            let method = parts.next().unwrap_or_default();
-            let target = parts.next().unwrap_or_default();
-            let path = target.split('?').next().unwrap_or_default();
-            let mut r = route(method, path, state);
-            if method == "HEAD" {
-                r.body.clear();
-            }
-            break r;
-        }
-        if head.len() > MAX_REQUEST_BYTES {
-            break text("431 Request Header Fields Too Large", "request too large\n");
-        }
-    };
-    let header = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        response.status,
-        response.content_type,
-        response.body.len()
-    );
-    stream.write_all(header.as_bytes()).await?;
-    stream.write_all(response.body.as_bytes()).await?;
-    stream.flush().await?;
-    stream.shutdown().await
-}
+// ----------------------------------------------------------------------------- consume
 
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .or_else(|| buf.windows(2).position(|w| w == b"\n\n"))
-}
-
-// ----------------------------------------------------------------------------- handles
-
-/// Counters and gauges of `app consume`, registered once and set at scrape time from the
-/// consumer's own counters (`consume::progress`), so nothing is counted twice.
-#[derive(Debug, Clone)]
+/// The distributions `app consume` records: handles into the [`Registry`], registered once per
+/// process (they outlive a group generation). Its counts are not here: they live in
+/// `consume::progress::Counters`, and its positions in each partition's status, both written
+/// out at scrape time by the consumer's probe.
+#[derive(Debug, Clone, Default)]
 pub struct ConsumeMetrics {
-    pub records_read: Counter,
-    pub rows_written_window: Counter,
-    pub rows_written_late: Counter,
-    pub late_side_output: Counter,
-    pub late_dropped: Counter,
-    pub dead_letters: Counter,
-    pub aborted_batches: Counter,
-    pub control_batches: Counter,
-    pub replay_skipped: Counter,
-    pub miss_dropped: Counter,
-    /// Indexed by [`Output`].
-    pub bytes_written: [Counter; 3],
-    pub files_written: [Counter; 3],
     pub file_size: Histogram,
     pub checkpoint_duration: Histogram,
-    pub windows_closed: Counter,
-    pub row_groups_staged: Counter,
-    pub watermark: Gauge,
-    pub open_windows: Gauge,
-    /// Indexed by [`Output`] (windows, late, dead letters).
-    pub buffered_bytes: [Gauge; 3],
-    pub enrichment_keys: Gauge,
-    pub enrichment_age: Gauge,
-    pub enrichment_refreshes: Counter,
-    pub enrichment_failures: Counter,
-    pub enrichment_hits: Counter,
-    pub enrichment_misses: Counter,
-    /// Per assigned partition: (partition, gauges).
-    pub partitions: Vec<(i32, PartitionGauges)>,
 }
 
-/// Per-partition gauges.
-#[derive(Debug, Clone)]
-pub struct PartitionGauges {
-    pub next_offset: Gauge,
-    pub high_watermark: Gauge,
-    pub lag: Gauge,
-    pub watermark: Gauge,
-    /// Indexed like [`WATERMARK_SOURCES`].
-    pub source: [Gauge; 4],
+impl ConsumeMetrics {
+    /// Registers the histograms and the build info.
+    pub fn new(registry: &Registry) -> Self {
+        registry.set_build_info("consume");
+        ConsumeMetrics {
+            file_size: registry.histogram(&C_FILE_SIZE, FILE_SIZE_BUCKETS),
+            checkpoint_duration: registry.histogram(&C_CHECKPOINT_DURATION, DURATION_BUCKETS),
+        }
+    }
 }
 
 /// Label values of [`C_WATERMARK_SOURCE`].
@@ -894,105 +1064,65 @@ pub enum Output {
     DeadLetter = 2,
 }
 
-const OUTPUT_LABELS: [&str; 3] = ["window", "late", "dead_letter"];
-const BUFFER_LABELS: [&str; 3] = ["windows", "late", "dead_letter"];
+/// The `output` label values, indexed by [`Output`].
+pub const OUTPUT_LABELS: [&str; 3] = ["window", "late", "dead_letter"];
+/// The `buffer` label values of [`C_BUFFERED_BYTES`], indexed by [`Output`].
+pub const BUFFER_LABELS: [&str; 3] = ["windows", "late", "dead_letter"];
 
-impl ConsumeMetrics {
-    pub fn new(registry: &Registry, partitions: impl IntoIterator<Item = i32>) -> Self {
-        registry
-            .gauge(&BUILD_INFO, &["consume", env!("CARGO_PKG_VERSION")])
-            .set(1.0);
-        let by_output = |def: &MetricDef| OUTPUT_LABELS.map(|o| registry.counter(def, &[o]));
-        ConsumeMetrics {
-            records_read: registry.counter(&C_RECORDS_READ, &[]),
-            rows_written_window: registry.counter(&C_ROWS_WRITTEN, &["window"]),
-            rows_written_late: registry.counter(&C_ROWS_WRITTEN, &["late"]),
-            late_side_output: registry.counter(&C_LATE, &["side_output"]),
-            late_dropped: registry.counter(&C_LATE, &["dropped"]),
-            dead_letters: registry.counter(&C_DEAD_LETTERS, &[]),
-            aborted_batches: registry.counter(&C_SKIPPED_BATCHES, &["aborted"]),
-            control_batches: registry.counter(&C_SKIPPED_BATCHES, &["control"]),
-            replay_skipped: registry.counter(&C_REPLAY_SKIPPED, &[]),
-            miss_dropped: registry.counter(&C_MISS_DROPPED, &[]),
-            bytes_written: by_output(&C_BYTES_WRITTEN),
-            files_written: by_output(&C_FILES_WRITTEN),
-            file_size: registry.histogram(&C_FILE_SIZE, &[]),
-            checkpoint_duration: registry.histogram(&C_CHECKPOINT_DURATION, &[]),
-            windows_closed: registry.counter(&C_WINDOWS_CLOSED, &[]),
-            row_groups_staged: registry.counter(&C_ROW_GROUPS_STAGED, &[]),
-            watermark: registry.gauge(&C_WATERMARK, &[]),
-            open_windows: registry.gauge(&C_OPEN_WINDOWS, &[]),
-            buffered_bytes: BUFFER_LABELS.map(|b| registry.gauge(&C_BUFFERED_BYTES, &[b])),
-            enrichment_keys: registry.gauge(&C_ENRICH_KEYS, &[]),
-            enrichment_age: registry.gauge(&C_ENRICH_AGE, &[]),
-            enrichment_refreshes: registry.counter(&C_ENRICH_REFRESHES, &[]),
-            enrichment_failures: registry.counter(&C_ENRICH_FAILURES, &[]),
-            enrichment_hits: registry.counter(&C_ENRICH_HITS, &[]),
-            enrichment_misses: registry.counter(&C_ENRICH_MISSES, &[]),
-            partitions: partitions
-                .into_iter()
-                .map(|p| {
-                    let label = p.to_string();
-                    let gauges = PartitionGauges {
-                        next_offset: registry.gauge(&C_NEXT_OFFSET, &[&label]),
-                        high_watermark: registry.gauge(&C_HIGH_WATERMARK, &[&label]),
-                        lag: registry.gauge(&C_LAG, &[&label]),
-                        watermark: registry.gauge(&C_PARTITION_WATERMARK, &[&label]),
-                        source: WATERMARK_SOURCES
-                            .map(|s| registry.gauge(&C_WATERMARK_SOURCE, &[&label, s])),
-                    };
-                    (p, gauges)
-                })
-                .collect(),
-        }
+/// A raw HTTP/1.1 client for the tests here and in `consume::progress`.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Sends `request` as is and reads the answer to the end: (status line and headers, body).
+    pub async fn send(addr: SocketAddr, request: &str) -> (String, String) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        (head.to_string(), body.to_string())
     }
-}
 
-/// Counters of `app produce`, copied from its atomics at scrape time.
-#[derive(Debug, Clone)]
-pub struct ProduceMetrics {
-    pub rows_read: Counter,
-    pub rows_sent: Counter,
-    pub rows_rejected: Counter,
-    pub rows_pending: Gauge,
-    pub batches: Counter,
-    pub retries: Counter,
-    pub bytes_sent: Counter,
-    pub input_bytes: Counter,
-}
+    /// `GET path` as a browser or Prometheus sends it (no `Connection: close`).
+    pub fn get(path: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n")
+    }
 
-impl ProduceMetrics {
-    pub fn new(registry: &Registry) -> Self {
-        registry
-            .gauge(&BUILD_INFO, &["produce", env!("CARGO_PKG_VERSION")])
-            .set(1.0);
-        ProduceMetrics {
-            rows_read: registry.counter(&P_ROWS_READ, &[]),
-            rows_sent: registry.counter(&P_ROWS_SENT, &[]),
-            rows_rejected: registry.counter(&P_ROWS_REJECTED, &[]),
-            rows_pending: registry.gauge(&P_ROWS_PENDING, &[]),
-            batches: registry.counter(&P_BATCHES, &[]),
-            retries: registry.counter(&P_RETRIES, &[]),
-            bytes_sent: registry.counter(&P_BYTES_SENT, &[]),
-            input_bytes: registry.counter(&P_INPUT_BYTES, &[]),
+    /// Fails if a family is written twice (`# TYPE` once per name).
+    pub fn assert_families_once(text: &str) {
+        let mut seen = std::collections::BTreeSet::new();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            assert!(
+                seen.insert(line.to_string()),
+                "written twice: {line}\n{text}"
+            );
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{assert_families_once, get, send};
     use super::*;
 
     struct FakeProbe {
         healthy: bool,
-        refreshed: AtomicU64,
-        gauge: Gauge,
+        rendered: AtomicU64,
     }
 
     impl Probe for FakeProbe {
-        fn refresh(&self) {
-            let n = self.refreshed.fetch_add(1, Ordering::Relaxed) + 1;
-            self.gauge.set(n as f64);
+        fn render(&self, out: &mut Exposition) {
+            let n = self.rendered.fetch_add(1, Ordering::Relaxed) + 1;
+            out.family(&C_RECORDS_READ).sample(&[], 83u64);
+            out.family(&C_ROWS_WRITTEN)
+                .sample(&["window"], 80u64)
+                .sample(&["late"], 0u64);
+            out.family(&C_LAG).sample(&["0"], 0i64).sample(&["2"], 7i64);
+            out.family(&C_ENRICH_KEYS).sample(&[], n);
         }
         fn health(&self) -> Health {
             if self.healthy {
@@ -1003,113 +1133,143 @@ mod tests {
         }
     }
 
-    async fn get(addr: SocketAddr, request: &str) -> (String, String) {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(request.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").unwrap();
-        (head.to_string(), body.to_string())
-    }
-
-    fn req(path: &str) -> String {
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n")
+    fn probe(healthy: bool) -> Arc<FakeProbe> {
+        Arc::new(FakeProbe {
+            healthy,
+            rendered: AtomicU64::new(0),
+        })
     }
 
     #[tokio::test]
-    async fn endpoint_serves_metrics_health_and_404() {
-        let registry = Registry::prometheus();
-        let m = ConsumeMetrics::new(&registry, [0, 2]);
-        m.records_read.increment(83);
-        m.rows_written_window.increment(80);
-        m.files_written[Output::Window as usize].increment(1);
-        m.bytes_written[Output::Window as usize].increment(4096);
-        m.files_written[Output::DeadLetter as usize].increment(1);
-        m.bytes_written[Output::DeadLetter as usize].increment(1000);
-        m.partitions[1].1.lag.set(7.0);
+    async fn endpoint_serves_metrics_health_and_errors() {
+        let registry = Registry::enabled();
+        let m = ConsumeMetrics::new(&registry);
         m.file_size.record(4096.0);
-        m.file_size.record(1000.0);
+        m.file_size.record(65_536.0); // on a bound: in that bucket (`le`)
         m.checkpoint_duration.record(0.02);
+        registry.gauge(&C_GROUP_GENERATION, &[]).set(-1.0);
+        registry
+            .counter(&C_GROUP_REVOCATIONS, &["lost"])
+            .increment(2);
         let endpoint = Endpoint::bind("127.0.0.1:0", registry.clone())
             .await
             .unwrap();
         let addr = endpoint.local_addr();
 
         // Before a probe is set: starting.
-        let (head, body) = get(addr, &req("/healthz")).await;
+        let (head, body) = send(addr, &get("/healthz")).await;
         assert!(head.starts_with("HTTP/1.1 503"), "{head}");
-        assert!(body.contains("starting"), "{body}");
+        assert!(body.starts_with("unhealthy\nstarting"), "{body}");
+        let (_, body) = send(addr, &get("/metrics")).await;
+        assert!(body.contains("reclamacoes_healthy 0\n"), "{body}");
 
-        let probe = Arc::new(FakeProbe {
-            healthy: true,
-            refreshed: AtomicU64::new(0),
-            gauge: registry.gauge(&C_ENRICH_KEYS, &[]),
-        });
-        endpoint.set_probe(probe.clone());
-        let (head, body) = get(addr, &req("/healthz")).await;
+        endpoint.set_probe(probe(true));
+        let (head, body) = send(addr, &get("/healthz")).await;
         assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-        assert!(body.starts_with("ok\nall good"), "{body}");
+        assert_eq!(body, "ok\nall good\n");
 
-        let (head, body) = get(addr, &req("/metrics?x=1")).await;
+        let (head, body) = send(addr, &get("/metrics?x=1")).await;
         assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
         assert!(head.contains("text/plain; version=0.0.4"), "{head}");
-        assert!(
-            body.contains("# TYPE reclamacoes_consume_records_read_total counter"),
-            "{body}"
-        );
-        assert!(body.contains("# HELP reclamacoes_consume_records_read_total Kafka records"));
-        assert!(
-            body.contains("reclamacoes_consume_records_read_total 83\n"),
-            "{body}"
-        );
-        assert!(body.contains("reclamacoes_consume_rows_written_total{output=\"window\"} 80\n"));
-        assert!(
-            body.contains("reclamacoes_consume_files_written_total{output=\"dead_letter\"} 1\n")
-        );
-        assert!(body.contains("reclamacoes_consume_partition_lag_records{partition=\"2\"} 7\n"));
-        assert!(
-            body.contains("reclamacoes_consume_file_size_bytes_count 2\n"),
-            "{body}"
-        );
-        assert!(body.contains("reclamacoes_consume_file_size_bytes_bucket{le=\"65536\"} 2\n"));
-        assert!(body.contains("# TYPE reclamacoes_consume_checkpoint_duration_seconds histogram"));
-        assert!(
-            body.contains("reclamacoes_consume_enrichment_keys 1\n"),
-            "refresh ran: {body}"
-        );
-        assert!(body.contains("reclamacoes_healthy 1\n"), "{body}");
-        assert!(body.contains("reclamacoes_build_info{command=\"consume\",version="));
+        assert!(head.contains("no-store"), "{head}");
+        assert_families_once(&body);
+        for line in [
+            "# HELP reclamacoes_consume_records_read_total Kafka records read and routed (each offset once per run).\n",
+            "# TYPE reclamacoes_consume_records_read_total counter\n",
+            "reclamacoes_consume_records_read_total 83\n",
+            "reclamacoes_consume_rows_written_total{output=\"window\"} 80\n",
+            "reclamacoes_consume_partition_lag_records{partition=\"2\"} 7\n",
+            "# TYPE reclamacoes_consume_file_size_bytes histogram\n",
+            "reclamacoes_consume_file_size_bytes_bucket{le=\"65536\"} 2\n",
+            "reclamacoes_consume_file_size_bytes_bucket{le=\"+Inf\"} 2\n",
+            "reclamacoes_consume_file_size_bytes_sum 69632\n",
+            "reclamacoes_consume_file_size_bytes_count 2\n",
+            "reclamacoes_consume_checkpoint_duration_seconds_bucket{le=\"0.01\"} 0\n",
+            "reclamacoes_consume_checkpoint_duration_seconds_bucket{le=\"0.025\"} 1\n",
+            "reclamacoes_consume_checkpoint_duration_seconds_sum 0.02\n",
+            "reclamacoes_consume_group_generation -1\n",
+            "reclamacoes_consume_group_revocations_total{reason=\"lost\"} 2\n",
+            "reclamacoes_consume_enrichment_keys 1\n", // rendered at scrape time
+            "reclamacoes_healthy 1\n",
+            "# TYPE reclamacoes_build_info gauge\n",
+        ] {
+            assert!(body.contains(line), "missing {line:?} in\n{body}");
+        }
+        assert!(body.contains(&format!(
+            "reclamacoes_build_info{{command=\"consume\",version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+        let (_, body) = send(addr, &get("/metrics")).await;
+        assert!(body.contains("reclamacoes_consume_enrichment_keys 2\n"));
 
-        let (head, body) = get(addr, "HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        // HEAD: the length of the GET answer, no body.
+        let (head, body) = send(addr, "HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(body.is_empty());
-        let (head, _) = get(addr, &req("/nope")).await;
+        assert!(head.contains("content-length: 12"), "{head}");
+        assert!(body.is_empty(), "{body}");
+        let (head, body) = send(addr, &get("/")).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(body.contains("GET /metrics"), "{body}");
+        let (head, _) = send(addr, &get("/nope")).await;
         assert!(head.starts_with("HTTP/1.1 404"), "{head}");
-        let (head, _) = get(addr, "POST /metrics HTTP/1.1\r\n\r\n").await;
+        let (head, _) = send(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+        assert!(head.contains("allow: GET, HEAD"), "{head}");
+        // What is not HTTP, and a request head past the bound.
+        let (head, _) = send(addr, "hello there\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+        let huge = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(MAX_REQUEST_BYTES)
+        );
+        let (head, _) = send(addr, &huge).await;
+        assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+        // HTTP/1.0 works too.
+        let (head, _) = send(addr, "GET /healthz HTTP/1.0\r\n\r\n").await;
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
 
-        endpoint.set_probe(Arc::new(FakeProbe {
-            healthy: false,
-            refreshed: AtomicU64::new(0),
-            gauge: Gauge::noop(),
-        }));
-        let (head, body) = get(addr, &req("/healthz")).await;
+        endpoint.set_probe(probe(false));
+        let (head, body) = send(addr, &get("/healthz")).await;
         assert!(head.starts_with("HTTP/1.1 503"), "{head}");
-        assert!(body.starts_with("unhealthy\npartition 0"), "{body}");
-        let (_, body) = get(addr, &req("/metrics")).await;
+        assert_eq!(body, "unhealthy\npartition 0: no successful fetch for 9s\n");
+        let (_, body) = send(addr, &get("/metrics")).await;
         assert!(body.contains("reclamacoes_healthy 0\n"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_closed() {
+        use tokio::io::AsyncReadExt;
+        tokio::time::pause();
+        let endpoint = Endpoint::bind("127.0.0.1:0", Registry::enabled())
+            .await
+            .unwrap();
+        let mut idle = tokio::net::TcpStream::connect(endpoint.local_addr())
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let mut out = Vec::new();
+        let bound = REQUEST_TIMEOUT + Duration::from_secs(1);
+        let read = tokio::time::timeout(bound, idle.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "still open {bound:?} after connecting");
+        assert!(
+            started.elapsed() >= REQUEST_TIMEOUT,
+            "closed before the timeout"
+        );
     }
 
     #[tokio::test]
     async fn bind_failure_names_the_address() {
         let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = taken.local_addr().unwrap().to_string();
-        let err = Endpoint::bind(&addr, Registry::prometheus())
+        let err = Endpoint::bind(&addr, Registry::enabled())
             .await
             .unwrap_err()
             .to_string();
         assert!(err.contains(&format!("--metrics-addr {addr}")), "{err}");
-        let err = Endpoint::bind("not-an-address", Registry::prometheus())
+        let err = Endpoint::bind("not-an-address", Registry::enabled())
             .await
             .unwrap_err()
             .to_string();
@@ -1119,10 +1279,64 @@ mod tests {
     #[test]
     fn disabled_registry_hands_out_noops() {
         let registry = Registry::disabled();
-        let m = ConsumeMetrics::new(&registry, [0]);
-        m.records_read.increment(1);
-        m.files_written[Output::Late as usize].increment(1);
-        assert_eq!(registry.render(), "");
+        let m = ConsumeMetrics::new(&registry);
+        m.file_size.record(1.0);
+        registry
+            .counter(&C_GROUP_REVOCATIONS, &["lost"])
+            .increment(1);
+        let mut out = Exposition::default();
+        registry.render(&mut out);
+        assert_eq!(out.as_str(), "");
+    }
+
+    #[test]
+    fn a_series_is_registered_once() {
+        let registry = Registry::enabled();
+        registry
+            .counter(&C_GROUP_REVOCATIONS, &["lost"])
+            .increment(1);
+        registry
+            .counter(&C_GROUP_REVOCATIONS, &["rebalance"])
+            .increment(1);
+        registry
+            .counter(&C_GROUP_REVOCATIONS, &["lost"])
+            .increment(2);
+        ConsumeMetrics::new(&registry).file_size.record(1.0);
+        ConsumeMetrics::new(&registry).file_size.record(2.0);
+        let mut out = Exposition::default();
+        registry.render(&mut out);
+        let text = out.into_string();
+        assert_families_once(&text);
+        assert!(text.contains("reclamacoes_consume_group_revocations_total{reason=\"lost\"} 3\n"));
+        assert!(
+            text.contains("reclamacoes_consume_group_revocations_total{reason=\"rebalance\"} 1\n")
+        );
+        assert!(
+            text.contains("reclamacoes_consume_file_size_bytes_count 2\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn values_and_labels_are_written_as_prometheus_reads_them() {
+        let shown = |v: Value| v.to_string();
+        assert_eq!(shown(Value::Count(u64::MAX)), "18446744073709551615");
+        assert_eq!(shown(Value::Int(-1)), "-1");
+        assert_eq!(shown(Value::Float(7.0)), "7");
+        assert_eq!(shown(Value::Float(-0.0)), "0");
+        assert_eq!(shown(Value::Float(0.0025)), "0.0025");
+        assert_eq!(shown(Value::Float(1.7e9 + 0.5)), "1700000000.5");
+        assert_eq!(shown(Value::Float(f64::INFINITY)), "+Inf");
+        assert_eq!(shown(Value::Float(f64::NAN)), "NaN");
+        let mut out = Exposition::default();
+        out.family(&C_WATERMARK_SOURCE)
+            .sample(&["0", "a\"b\\c\nd"], 1u64);
+        assert!(
+            out.as_str()
+                .ends_with("reclamacoes_consume_partition_watermark_source{partition=\"0\",source=\"a\\\"b\\\\c\\nd\"} 1\n"),
+            "{}",
+            out.as_str()
+        );
     }
 
     #[test]
@@ -1163,6 +1377,7 @@ mod tests {
                 "{}: counters and only counters end in _total",
                 m.name
             );
+            assert!(!m.help.contains('\n'), "{}: one-line help", m.name);
         }
     }
 }

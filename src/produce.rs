@@ -74,7 +74,10 @@ use crate::kafka::{
     Compression, Kafka, KafkaConfig, KafkaError, PartitionHandle, ProducerSequence, RawRecords,
     SequenceError,
 };
-use crate::metrics::{BusyClocks, Health, MetricsError, Probe, ProduceMetrics};
+use crate::metrics::{
+    BusyClocks, Exposition, Health, MetricsError, Probe, P_BATCHES, P_BYTES_SENT, P_INPUT_BYTES,
+    P_RETRIES, P_ROWS_PENDING, P_ROWS_READ, P_ROWS_REJECTED, P_ROWS_SENT,
+};
 use crate::schema::{json_source_prefix, Schema};
 use crate::shutdown::Shutdown;
 
@@ -379,8 +382,8 @@ pub async fn run(
     }
 
     let stats = Arc::new(ProduceStats::default());
+    registry.set_build_info("produce");
     let probe = Arc::new(ProduceProbe {
-        metrics: ProduceMetrics::new(&registry),
         stats: Arc::clone(&stats),
         senders: BusyClocks::new(lanes.total()),
         lanes,
@@ -1007,10 +1010,9 @@ fn give_up(job: &SendJob, batch: &Batch, reason: String) {
 
 /// What `/healthz` and the scrape-time metrics of `app produce` look at: unhealthy (503) when a
 /// partition's batch has waited for Kafka's acknowledgement (retries included) for longer than
-/// `bound` (3 × `--timeout`). Counters are copied from [`ProduceStats`] at scrape time, so
-/// the hot path does not count twice.
+/// `bound` (3 × `--timeout`). `/metrics` reads the counters of [`ProduceStats`] at scrape time,
+/// the same ones the summary reads, so nothing is counted twice.
 struct ProduceProbe {
-    metrics: ProduceMetrics,
     stats: Arc<ProduceStats>,
     /// One clock per lane.
     senders: BusyClocks,
@@ -1020,20 +1022,21 @@ struct ProduceProbe {
 }
 
 impl Probe for ProduceProbe {
-    fn refresh(&self) {
-        let (s, m) = (&self.stats, &self.metrics);
-        let read = s.rows_read.load(Ordering::Relaxed);
-        let sent = s.rows_sent.load(Ordering::Relaxed);
-        m.rows_read.absolute(read);
-        m.rows_sent.absolute(sent);
-        m.rows_pending.set(read.saturating_sub(sent) as f64);
-        m.rows_rejected
-            .absolute(s.rows_rejected.load(Ordering::Relaxed));
-        m.batches.absolute(s.batches.load(Ordering::Relaxed));
-        m.retries.absolute(s.retries.load(Ordering::Relaxed));
-        m.bytes_sent.absolute(s.bytes_sent.load(Ordering::Relaxed));
-        m.input_bytes
-            .absolute(s.input_bytes_read.load(Ordering::Relaxed));
+    fn render(&self, out: &mut Exposition) {
+        let s = &self.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (read, sent) = (get(&s.rows_read), get(&s.rows_sent));
+        out.family(&P_ROWS_READ).sample(&[], read);
+        out.family(&P_ROWS_SENT).sample(&[], sent);
+        out.family(&P_ROWS_REJECTED)
+            .sample(&[], get(&s.rows_rejected));
+        out.family(&P_ROWS_PENDING)
+            .sample(&[], read.saturating_sub(sent));
+        out.family(&P_BATCHES).sample(&[], get(&s.batches));
+        out.family(&P_RETRIES).sample(&[], get(&s.retries));
+        out.family(&P_BYTES_SENT).sample(&[], get(&s.bytes_sent));
+        out.family(&P_INPUT_BYTES)
+            .sample(&[], get(&s.input_bytes_read));
     }
 
     fn health(&self) -> Health {

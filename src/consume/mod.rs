@@ -1,34 +1,39 @@
 //! `app consume`: Kafka -> decode -> enrich -> event-time windows -> Parquet, exactly once.
 //!
 //! ```text
-//!  per partition (independent):
+//!  per partition (independent, `tasks`):
 //!   fetch task ──(1 batch)──▶ decode task ──(1 batch)──▶ process task ──▶ output store
-//!   rskafka, retries,         JSON -> Arrow columns,       PartitionPipeline: core routes,
-//!   OffsetOutOfRange policy   enrichment (columnar),       sink writes Parquet row groups,
+//!   rskafka, read committed,  JSON -> Arrow columns,       PartitionPipeline: core routes,
+//!   retry policy, data loss   enrichment (columnar),       sink writes Parquet row groups,
 //!                             dead letters                 checkpoint commits (blocking pool)
-//!  instance:
-//!   coordinator: shutdown, end of input, _SUCCESS markers (instance::SuccessTracker),
-//!   progress line; Board: the boundary idle partitions follow; counters and /metrics
+//!  per run (a set of partitions):
+//!   Coordinator (pure): claims, stop/drain/drop, takeovers, marker sweeps, the end
+//!   driver (this file): carries out its actions, feeds it events, effects and time
 //! ```
 //!
 //! Layout:
+//! - [`config`]: one config struct per stage, and `--on-data-loss`.
+//! - [`coordinator`]: the pure coordinator of one run over a set of partitions.
 //! - [`core`]: the pure per-partition decisions (routing, windows, watermark, what to commit).
 //! - [`fetched`]: a fetch's record batches as the records decode reads, without an allocation
 //!   per record; where the next fetch starts.
 //! - [`decode`]: records into Arrow columns, enrichment, dead letters (pure).
 //! - [`flat_json`]: decode's fast path for flat JSON objects (serde_json decides the rest).
-//! - [`pipeline`]: core + sink for one partition, synchronously; recovery at startup.
-//! - [`instance`]: cross-partition decisions: the idle boundary and the success markers (pure).
+//! - [`pipeline`]: core + sink for one partition, synchronously; recovery (prepare, then claim).
+//! - [`instance`]: cross-partition decisions: the idle boundary and the marker rule (pure).
+//! - [`markers`]: the success-marker sweep over the output.
+//! - [`tasks`]: the fetch, decode and process task of each partition.
 //! - [`progress`]: counters (once), partition status, summary, progress line, metrics, health.
-//! - this file: configuration of each stage, the async tasks and the coordinator; the instance
-//!   (what lives as long as the process) and the runs over a set of partitions: one run for
-//!   static `--partitions`, one per group generation with `--group` ([`run_group`] says why
-//!   that stays exactly once across rebalances and how windows get markers across instances).
+//! - this file: the instance (what lives as long as the process), the group link, and the
+//!   driver of each run: one run for static `--partitions`, one per group generation with
+//!   `--group` ([`run_group`] says why that stays exactly once across rebalances).
 //!
-//! Exactly once is argued in [`core`]'s module docs; the tasks here only move batches in order
-//! and never commit anything the pipeline did not write. Memory is bounded by configuration:
-//! per partition at most one fetched batch in each channel and one in each stage, and the
-//! pipeline's open row groups stay under `--max-buffer-bytes` divided among the partitions.
+//! Exactly once is argued in [`core`]'s module docs (what a commit covers) and
+//! [`coordinator`]'s (when a run claims, ends, drops a partition); the tasks only move batches
+//! in order and never commit anything the pipeline did not write. Memory is bounded by
+//! configuration: per partition at most one fetched batch in each channel and one in each
+//! stage, and the pipeline's open row groups stay under `--max-buffer-bytes` divided among the
+//! partitions.
 
 mod config;
 pub mod coordinator;
@@ -377,8 +382,8 @@ struct PartitionsRun {
 /// Success markers cover all partitions, which live in different instances: after its own
 /// commits and every [`MARKER_SWEEP`], an instance reads every partition's checkpoint from the
 /// shared output and writes the marker of each window that all of them have closed, listing
-/// the committed files ([`sweep_markers`]). Two instances may write the same marker; its
-/// content depends only on the committed state, so the second write changes nothing.
+/// the committed files ([`markers`]). Two instances may write the same marker; its content
+/// depends only on the committed state, so the second write changes nothing.
 async fn run_group(
     instance: &Instance,
     mut group: GroupConfig,
@@ -568,7 +573,7 @@ async fn run_partitions(
         .collect();
     let slots: BTreeMap<i32, usize> = assigned.iter().enumerate().map(|(i, p)| (*p, i)).collect();
     let board = Arc::new(Mutex::new(Board::new(assigned.iter().copied())));
-    let metrics = ConsumeMetrics::new(&instance.registry, assigned.iter().copied());
+    let metrics = ConsumeMetrics::new(&instance.registry);
     instance
         .registry
         .gauge(&crate::metrics::C_ASSIGNED_PARTITIONS, &[])
@@ -584,7 +589,6 @@ async fn run_partitions(
         stopping: Default::default(),
         failed: Default::default(),
         cache: instance.cache.clone(),
-        metrics: metrics.clone(),
         counters: Arc::clone(counters),
         statuses: statuses.clone(),
     });
@@ -1017,9 +1021,7 @@ impl MarkerSweep {
         .await;
         match written {
             Ok(n) => {
-                self.counters
-                    .markers_written
-                    .fetch_add(n, Ordering::Relaxed);
+                self.counters.markers_written.add(n);
             }
             Err(e) => tracing::warn!(
                 error = %e,

@@ -1,7 +1,15 @@
 //! What the consumer counts and reports, kept once: [`Counters`] (atomics every task adds to),
 //! [`PartitionStatus`] (what each partition publishes after each step), and everything read from
-//! them: the end-of-run [`ConsumeSummary`], the progress line, and the `/metrics` and `/healthz`
-//! answers ([`ConsumeProbe`]).
+//! them: the end-of-run [`ConsumeSummary`] (the counters as they stood at the end), the progress
+//! line, and the `/metrics` and `/healthz` answers ([`ConsumeProbe`], which writes the counters,
+//! the statuses and the enrichment cache's own counts as Prometheus text at scrape time).
+//!
+//! ```text
+//!  written by                    kept in             read by
+//!  fetch and process tasks  ──▶  Counters        ──▶ ConsumeSummary, StatusLine, ConsumeProbe
+//!  process tasks (publish)  ──▶  PartitionStatus ──▶ StatusLine, ConsumeProbe (+ /healthz)
+//!  decode tasks             ──▶  EnrichmentCache ──▶ ConsumeSummary, ConsumeProbe
+//! ```
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -11,32 +19,64 @@ use std::time::Duration;
 use super::core::Tally;
 use super::pipeline::{FileKindWritten, Progress};
 use crate::enrich::EnrichmentCache;
-use crate::metrics::{BusyClocks, ConsumeMetrics, Health, Heartbeat, Output, Probe};
+use crate::metrics::{
+    BusyClocks, Exposition, Health, Heartbeat, Output, Probe, BUFFER_LABELS, C_BUFFERED_BYTES,
+    C_BYTES_WRITTEN, C_DEAD_LETTERS, C_ENRICH_AGE, C_ENRICH_FAILURES, C_ENRICH_HITS, C_ENRICH_KEYS,
+    C_ENRICH_MISSES, C_ENRICH_REFRESHES, C_FILES_WRITTEN, C_HIGH_WATERMARK, C_LAG, C_LATE,
+    C_MISS_DROPPED, C_NEXT_OFFSET, C_OPEN_WINDOWS, C_PARTITION_WATERMARK, C_RECORDS_READ,
+    C_REPLAY_SKIPPED, C_ROWS_WRITTEN, C_ROW_GROUPS_STAGED, C_SKIPPED_BATCHES, C_WATERMARK,
+    C_WATERMARK_SOURCE, C_WINDOWS_CLOSED, OUTPUT_LABELS, WATERMARK_SOURCES,
+};
 
-/// Totals of one run. Every counter lives here and only here.
+/// One count: an atomic that tasks add to. Cloning reads it (a snapshot), so a copy of the
+/// [`Counters`] is one `clone()`, not a list of fields.
 #[derive(Debug, Default)]
+pub struct Count(AtomicU64);
+
+impl Count {
+    pub fn add(&self, n: u64) {
+        if n > 0 {
+            self.0.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Clone for Count {
+    fn clone(&self) -> Self {
+        Count(AtomicU64::new(self.get()))
+    }
+}
+
+/// Totals of one run. Every count of the consumer lives here and only here: the summary, the
+/// progress line and `/metrics` ([`Counters::render`]) read these. (The enrichment cache
+/// counts its own lookups and refreshes; the registry holds the histograms.)
+#[derive(Debug, Default, Clone)]
 pub struct Counters {
-    pub records_read: AtomicU64,
-    pub rows_on_time: AtomicU64,
-    pub rows_late: AtomicU64,
-    pub late_dropped: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub miss_dropped: AtomicU64,
-    pub replay_skipped: AtomicU64,
-    pub windows_closed: AtomicU64,
+    pub records_read: Count,
+    pub rows_on_time: Count,
+    pub rows_late: Count,
+    pub late_dropped: Count,
+    pub dead_letters: Count,
+    pub miss_dropped: Count,
+    pub replay_skipped: Count,
+    pub windows_closed: Count,
     /// Rows, files and bytes written, indexed by [`Output`].
-    pub rows_written: [AtomicU64; 3],
-    pub files_written: [AtomicU64; 3],
-    pub bytes_written: [AtomicU64; 3],
-    pub row_groups_staged: AtomicU64,
-    pub checkpoints: AtomicU64,
-    pub markers_written: AtomicU64,
+    pub rows_written: [Count; 3],
+    pub files_written: [Count; 3],
+    pub bytes_written: [Count; 3],
+    pub row_groups_staged: Count,
+    pub checkpoints: Count,
+    pub markers_written: Count,
     /// Read committed: data batches of aborted transactions stepped over, and control batches
     /// (transaction markers).
-    pub aborted_batches: AtomicU64,
-    pub control_batches: AtomicU64,
+    pub aborted_batches: Count,
+    pub control_batches: Count,
     /// `--until-caught-up`: what open transactions held back at the end, per partition.
-    pub held_back: std::sync::Mutex<Vec<HeldBack>>,
+    pub held_back: HeldBackList,
 }
 
 /// What an open transaction held back from a bounded (`--until-caught-up`) run on a partition:
@@ -67,9 +107,19 @@ impl HeldBack {
     }
 }
 
-fn add(a: &AtomicU64, n: u64) {
-    if n > 0 {
-        a.fetch_add(n, Ordering::Relaxed);
+/// The [`HeldBack`] of each partition that has one, in partition order. Cloning reads it.
+#[derive(Debug, Default)]
+pub struct HeldBackList(std::sync::Mutex<Vec<HeldBack>>);
+
+impl HeldBackList {
+    pub fn list(&self) -> Vec<HeldBack> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Clone for HeldBackList {
+    fn clone(&self) -> Self {
+        HeldBackList(std::sync::Mutex::new(self.list()))
     }
 }
 
@@ -79,26 +129,26 @@ fn get(a: &AtomicU64) -> u64 {
 
 impl Counters {
     pub fn add_skipped(&self, aborted_batches: u64, control_batches: u64) {
-        add(&self.aborted_batches, aborted_batches);
-        add(&self.control_batches, control_batches);
+        self.aborted_batches.add(aborted_batches);
+        self.control_batches.add(control_batches);
     }
 
     pub fn hold_back(&self, held: HeldBack) {
-        let mut all = self.held_back.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self.held_back.0.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|h| h.partition != held.partition);
         all.push(held);
         all.sort_by_key(|h| h.partition);
     }
 
     pub fn add_tally(&self, t: &Tally) {
-        add(&self.records_read, t.records_read);
-        add(&self.rows_on_time, t.rows_on_time);
-        add(&self.rows_late, t.rows_late);
-        add(&self.late_dropped, t.late_dropped);
-        add(&self.dead_letters, t.dead_letters);
-        add(&self.miss_dropped, t.miss_dropped);
-        add(&self.replay_skipped, t.replay_skipped);
-        add(&self.windows_closed, t.windows_closed);
+        self.records_read.add(t.records_read);
+        self.rows_on_time.add(t.rows_on_time);
+        self.rows_late.add(t.rows_late);
+        self.late_dropped.add(t.late_dropped);
+        self.dead_letters.add(t.dead_letters);
+        self.miss_dropped.add(t.miss_dropped);
+        self.replay_skipped.add(t.replay_skipped);
+        self.windows_closed.add(t.windows_closed);
     }
 
     /// Adds what one pipeline call did; returns the sizes of the files it wrote (for the
@@ -112,17 +162,60 @@ impl Counters {
                 FileKindWritten::Late => Output::Late,
                 FileKindWritten::DeadLetter => Output::DeadLetter,
                 FileKindWritten::Staged => {
-                    add(&self.row_groups_staged, 1);
+                    self.row_groups_staged.add(1);
                     continue;
                 }
             };
             let i = output as usize;
-            add(&self.rows_written[i], file.rows);
-            add(&self.files_written[i], 1);
-            add(&self.bytes_written[i], file.bytes);
+            self.rows_written[i].add(file.rows);
+            self.files_written[i].add(1);
+            self.bytes_written[i].add(file.bytes);
             sizes.push(file.bytes);
         }
         sizes
+    }
+
+    /// Rows durably written to the table and to `_late` (dead letters are counted apart).
+    pub fn rows_written_total(&self) -> u64 {
+        self.rows_written[Output::Window as usize].get()
+            + self.rows_written[Output::Late as usize].get()
+    }
+
+    /// Writes every count that `/metrics` shows.
+    pub fn render(&self, out: &mut Exposition) {
+        out.family(&C_RECORDS_READ)
+            .sample(&[], self.records_read.get());
+        out.family(&C_ROWS_WRITTEN)
+            .sample(
+                &["window"],
+                self.rows_written[Output::Window as usize].get(),
+            )
+            .sample(&["late"], self.rows_written[Output::Late as usize].get());
+        out.family(&C_LATE)
+            .sample(&["side_output"], self.rows_late.get())
+            .sample(&["dropped"], self.late_dropped.get());
+        out.family(&C_DEAD_LETTERS)
+            .sample(&[], self.dead_letters.get());
+        out.family(&C_SKIPPED_BATCHES)
+            .sample(&["aborted"], self.aborted_batches.get())
+            .sample(&["control"], self.control_batches.get());
+        out.family(&C_REPLAY_SKIPPED)
+            .sample(&[], self.replay_skipped.get());
+        out.family(&C_MISS_DROPPED)
+            .sample(&[], self.miss_dropped.get());
+        for (def, counts) in [
+            (&C_BYTES_WRITTEN, &self.bytes_written),
+            (&C_FILES_WRITTEN, &self.files_written),
+        ] {
+            let mut family = out.family(def);
+            for (label, count) in OUTPUT_LABELS.iter().zip(counts) {
+                family.sample(&[label], count.get());
+            }
+        }
+        out.family(&C_WINDOWS_CLOSED)
+            .sample(&[], self.windows_closed.get());
+        out.family(&C_ROW_GROUPS_STAGED)
+            .sample(&[], self.row_groups_staged.get());
     }
 }
 
@@ -179,38 +272,30 @@ impl PartitionStatus {
         (w != i64::MIN).then_some(w)
     }
 
-    pub fn lag(&self) -> i64 {
+    /// The partition's end as of the last fetch that returned records (`None` before one).
+    pub fn high_watermark(&self) -> Option<i64> {
         let high = self.high_watermark.load(Ordering::Relaxed);
-        if high < 0 {
-            return 0;
-        }
-        (high - self.next_offset.load(Ordering::Relaxed)).max(0)
+        (high >= 0).then_some(high)
+    }
+
+    /// Records behind the end of the partition (0 before its end is known).
+    pub fn lag(&self) -> i64 {
+        self.high_watermark().map_or(0, |high| {
+            (high - self.next_offset.load(Ordering::Relaxed)).max(0)
+        })
     }
 }
 
-/// What a consume run did.
+/// What a consume run did: the [`Counters`] as they stood at the end, and the run around them.
 #[derive(Debug, Clone, Default)]
 pub struct ConsumeSummary {
-    pub records_read: u64,
-    pub rows_written: u64,
-    pub files_written: u64,
-    pub bytes_written: u64,
-    pub windows_closed: u64,
-    pub windows_complete: u64,
-    pub windows_open: u64,
-    pub row_groups_staged: u64,
-    pub late_rows: u64,
-    pub late_dropped: u64,
-    pub dead_letters: u64,
+    /// Read from the same counters as `/metrics` and the progress line.
+    pub counts: Counters,
+    /// From the enrichment cache's own counts.
     pub enrich_hits: u64,
     pub enrich_misses: u64,
-    pub miss_dropped: u64,
-    pub replay_skipped: u64,
-    pub checkpoints: u64,
     pub refresh_failures: u64,
-    pub aborted_batches: u64,
-    pub control_batches: u64,
-    pub held_back: Vec<HeldBack>,
+    pub windows_open: u64,
     pub elapsed: Duration,
     pub output: String,
     pub partitions: Vec<i32>,
@@ -218,34 +303,16 @@ pub struct ConsumeSummary {
 }
 
 impl ConsumeSummary {
-    pub fn from_counters(c: &Counters) -> Self {
+    /// A summary of what `counters` counted so far; the caller fills in the rest.
+    pub fn from_counters(counters: &Counters) -> Self {
         ConsumeSummary {
-            records_read: get(&c.records_read),
-            rows_written: get(&c.rows_written[Output::Window as usize])
-                + get(&c.rows_written[Output::Late as usize]),
-            files_written: c.files_written.iter().map(get).sum(),
-            bytes_written: c.bytes_written.iter().map(get).sum(),
-            windows_closed: get(&c.windows_closed),
-            windows_complete: get(&c.markers_written),
-            row_groups_staged: get(&c.row_groups_staged),
-            late_rows: get(&c.rows_late),
-            late_dropped: get(&c.late_dropped),
-            dead_letters: get(&c.dead_letters),
-            miss_dropped: get(&c.miss_dropped),
-            replay_skipped: get(&c.replay_skipped),
-            checkpoints: get(&c.checkpoints),
-            aborted_batches: get(&c.aborted_batches),
-            control_batches: get(&c.control_batches),
-            held_back: c
-                .held_back
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            counts: counters.clone(),
             ..ConsumeSummary::default()
         }
     }
 
     pub fn render(&self) -> String {
+        let c = &self.counts;
         let secs = self.elapsed.as_secs_f64();
         let optional = |n: u64, what: &str| {
             if n > 0 {
@@ -254,39 +321,41 @@ impl ConsumeSummary {
                 String::new()
             }
         };
+        let held_back = c.held_back.list();
+        let (aborted, control) = (c.aborted_batches.get(), c.control_batches.get());
         let mut transactions = String::new();
-        if self.aborted_batches + self.control_batches > 0 || !self.held_back.is_empty() {
+        if aborted + control > 0 || !held_back.is_empty() {
             transactions = format!(
-                "  transactions: {} aborted batches skipped, {} markers stepped over\n",
-                self.aborted_batches, self.control_batches
+                "  transactions: {aborted} aborted batches skipped, {control} markers stepped over\n"
             );
         }
-        for held in &self.held_back {
+        for held in &held_back {
             transactions.push_str(&format!("  held back: {}\n", held.describe()));
         }
+        let late_dropped = c.late_dropped.get();
         format!(
             "consume summary: partitions {:?}{}\n  records read: {}\n{transactions}  rows written: {} in {} files ({:.1} MB)\n  windows closed: {} (partition closes), with _SUCCESS: {}, still open: {}{}\n  enrichment: {} hits, {} misses{}, {} refresh failures\n  late rows: {} to _late{}\n  dead letters: {} to _dead_letter\n  replayed and skipped (already written): {}\n  checkpoints committed: {}\n  time: {:.2} s, {:.0} records/s\n  output: {}\n",
             self.partitions,
             if self.resumed_from_checkpoint { " (resumed from checkpoint)" } else { "" },
-            self.records_read,
-            self.rows_written,
-            self.files_written,
-            self.bytes_written as f64 / 1e6,
-            self.windows_closed,
-            self.windows_complete,
+            c.records_read.get(),
+            c.rows_written_total(),
+            c.files_written.iter().map(Count::get).sum::<u64>(),
+            c.bytes_written.iter().map(Count::get).sum::<u64>() as f64 / 1e6,
+            c.windows_closed.get(),
+            c.markers_written.get(),
             self.windows_open,
-            optional(self.row_groups_staged, "row groups staged"),
+            optional(c.row_groups_staged.get(), "row groups staged"),
             self.enrich_hits,
             self.enrich_misses,
-            optional(self.miss_dropped, "dropped"),
+            optional(c.miss_dropped.get(), "dropped"),
             self.refresh_failures,
-            self.late_rows,
-            if self.late_dropped > 0 { format!(", {} dropped", self.late_dropped) } else { String::new() },
-            self.dead_letters,
-            self.replay_skipped,
-            self.checkpoints,
+            c.rows_late.get(),
+            if late_dropped > 0 { format!(", {late_dropped} dropped") } else { String::new() },
+            c.dead_letters.get(),
+            c.replay_skipped.get(),
+            c.checkpoints.get(),
             secs,
-            self.records_read as f64 / secs.max(1e-9),
+            c.records_read.get() as f64 / secs.max(1e-9),
             self.output
         )
     }
@@ -328,7 +397,7 @@ impl Default for StatusLine {
 impl StatusLine {
     /// Renders the line, and takes the rate since the previous call.
     pub fn render(&mut self, counters: &Counters, statuses: &[Arc<PartitionStatus>]) -> String {
-        let records = get(&counters.records_read);
+        let records = counters.records_read.get();
         let secs = self.last_at.elapsed().as_secs_f64();
         let rate = ((records - self.last_records) as f64 / secs.max(1e-9)) as u64;
         self.last_records = records;
@@ -351,9 +420,9 @@ impl StatusLine {
             "{rate} records/s | lag {lag} | watermark {watermark} ({}) | {open} windows open ({:.1} MB) | {} rows written | {} late | {} dead letters",
             source_label(source),
             buffered as f64 / 1e6,
-            get(&counters.rows_written[0]) + get(&counters.rows_written[1]),
-            get(&counters.rows_late),
-            get(&counters.dead_letters)
+            counters.rows_written_total(),
+            counters.rows_late.get(),
+            counters.dead_letters.get()
         )
     }
 }
@@ -378,7 +447,6 @@ pub struct ConsumeProbe {
     /// Why a partition failed (the run is stopping because of it): what `/healthz` says first.
     pub failed: std::sync::Mutex<Option<String>>,
     pub cache: EnrichmentCache,
-    pub metrics: ConsumeMetrics,
     pub counters: Arc<Counters>,
     pub statuses: Vec<Arc<PartitionStatus>>,
 }
@@ -394,68 +462,65 @@ impl ConsumeProbe {
 }
 
 impl Probe for ConsumeProbe {
-    fn refresh(&self) {
-        let m = &self.metrics;
-        let c = &self.counters;
-        m.records_read.absolute(get(&c.records_read));
-        m.rows_written_window
-            .absolute(get(&c.rows_written[Output::Window as usize]));
-        m.rows_written_late
-            .absolute(get(&c.rows_written[Output::Late as usize]));
-        m.late_side_output.absolute(get(&c.rows_late));
-        m.late_dropped.absolute(get(&c.late_dropped));
-        m.dead_letters.absolute(get(&c.dead_letters));
-        m.aborted_batches.absolute(get(&c.aborted_batches));
-        m.control_batches.absolute(get(&c.control_batches));
-        m.replay_skipped.absolute(get(&c.replay_skipped));
-        m.miss_dropped.absolute(get(&c.miss_dropped));
-        for i in 0..3 {
-            m.bytes_written[i].absolute(get(&c.bytes_written[i]));
-            m.files_written[i].absolute(get(&c.files_written[i]));
+    fn render(&self, out: &mut Exposition) {
+        self.counters.render(out);
+        let partitions: Vec<(String, &PartitionStatus)> = self
+            .statuses
+            .iter()
+            .map(|s| (s.partition.to_string(), s.as_ref()))
+            .collect();
+        let mut family = out.family(&C_NEXT_OFFSET);
+        for (p, s) in &partitions {
+            family.sample(&[p], s.next_offset.load(Ordering::Relaxed));
         }
-        m.windows_closed.absolute(get(&c.windows_closed));
-        m.row_groups_staged.absolute(get(&c.row_groups_staged));
-        let (watermark, _) = instance_watermark(&self.statuses);
-        if let Some(w) = watermark {
-            m.watermark.set(w as f64 / 1000.0);
+        let mut family = out.family(&C_HIGH_WATERMARK);
+        for (p, s) in &partitions {
+            if let Some(high) = s.high_watermark() {
+                family.sample(&[p], high);
+            }
         }
-        let mut open = 0u64;
-        let mut buffered = [0u64; 3];
-        for s in &self.statuses {
-            open += s.open_windows.load(Ordering::Relaxed);
-            for (i, b) in buffered.iter_mut().enumerate() {
-                *b += get(&s.buffered[i]);
-            }
-            let Some((_, g)) = m.partitions.iter().find(|(p, _)| *p == s.partition) else {
-                continue;
-            };
-            g.next_offset
-                .set(s.next_offset.load(Ordering::Relaxed) as f64);
-            let high = s.high_watermark.load(Ordering::Relaxed);
-            if high >= 0 {
-                g.high_watermark.set(high as f64);
-            }
-            g.lag.set(s.lag() as f64);
+        let mut family = out.family(&C_LAG);
+        for (p, s) in &partitions {
+            family.sample(&[p], s.lag());
+        }
+        let mut family = out.family(&C_WATERMARK);
+        if let (Some(w), _) = instance_watermark(&self.statuses) {
+            family.sample(&[], w as f64 / 1000.0);
+        }
+        let mut family = out.family(&C_PARTITION_WATERMARK);
+        for (p, s) in &partitions {
             if let Some(w) = s.watermark() {
-                g.watermark.set(w as f64 / 1000.0);
-            }
-            let source = s.source() as usize;
-            for (i, gauge) in g.source.iter().enumerate() {
-                gauge.set(if i == source { 1.0 } else { 0.0 });
+                family.sample(&[p], w as f64 / 1000.0);
             }
         }
-        m.open_windows.set(open as f64);
-        for (i, b) in buffered.iter().enumerate() {
-            m.buffered_bytes[i].set(*b as f64);
+        let mut family = out.family(&C_WATERMARK_SOURCE);
+        for (p, s) in &partitions {
+            let now = s.source() as usize;
+            for (i, source) in WATERMARK_SOURCES.iter().enumerate() {
+                family.sample(&[p, source], u64::from(i == now));
+            }
+        }
+        let open: u64 = self
+            .statuses
+            .iter()
+            .map(|s| s.open_windows.load(Ordering::Relaxed))
+            .sum();
+        out.family(&C_OPEN_WINDOWS).sample(&[], open);
+        let mut family = out.family(&C_BUFFERED_BYTES);
+        for (i, buffer) in BUFFER_LABELS.iter().enumerate() {
+            let bytes: u64 = self.statuses.iter().map(|s| get(&s.buffered[i])).sum();
+            family.sample(&[buffer], bytes);
         }
         let stats = self.cache.stats();
-        m.enrichment_keys.set(stats.rows as f64);
         let age = stats.last_refresh.elapsed().unwrap_or_default();
-        m.enrichment_age.set(age.as_secs_f64());
-        m.enrichment_refreshes.absolute(stats.refresh_ok);
-        m.enrichment_failures.absolute(stats.refresh_failures);
-        m.enrichment_hits.absolute(stats.hits);
-        m.enrichment_misses.absolute(stats.misses);
+        out.family(&C_ENRICH_KEYS).sample(&[], stats.rows as u64);
+        out.family(&C_ENRICH_AGE).sample(&[], age.as_secs_f64());
+        out.family(&C_ENRICH_REFRESHES)
+            .sample(&[], stats.refresh_ok);
+        out.family(&C_ENRICH_FAILURES)
+            .sample(&[], stats.refresh_failures);
+        out.family(&C_ENRICH_HITS).sample(&[], stats.hits);
+        out.family(&C_ENRICH_MISSES).sample(&[], stats.misses);
     }
 
     fn health(&self) -> Health {
@@ -513,4 +578,295 @@ impl Probe for ConsumeProbe {
 /// Where the summary says the output is.
 pub fn describe_output(path: &std::path::Path) -> String {
     PathBuf::from(path).display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::checkpoint::FileRef;
+    use crate::enrich::{EnrichConfig, EnrichError, ReferenceSource, ReferenceTable};
+    use crate::metrics::testing::{assert_families_once, get as request, send};
+    use crate::metrics::{ConsumeMetrics, Endpoint, Registry};
+    use crate::output::MemStore;
+
+    struct OneBank;
+
+    impl ReferenceSource for OneBank {
+        #[allow(clippy::manual_async_fn)]
+        fn load(
+            &self,
+        ) -> impl std::future::Future<Output = Result<ReferenceTable, EnrichError>> + Send {
+            async { Ok(ReferenceTable::one_bank()) }
+        }
+        fn describe(&self) -> String {
+            "one bank".into()
+        }
+    }
+
+    async fn probe(counters: Arc<Counters>, partitions: &[i32]) -> ConsumeProbe {
+        let (cache, _refresh) = EnrichmentCache::start(
+            OneBank,
+            EnrichConfig::default(),
+            crate::shutdown::Shutdown::never(),
+        )
+        .await
+        .unwrap();
+        cache.count_lookups(5, 2);
+        ConsumeProbe {
+            brokers: "127.0.0.1:9".into(),
+            output: "memory".into(),
+            store: Arc::new(MemStore::new()),
+            fetch: BusyClocks::new(partitions.len()),
+            fetch_bound: Duration::from_secs(30),
+            processor_bound: Duration::from_secs(60),
+            stopping: AtomicBool::new(false),
+            failed: Default::default(),
+            cache,
+            counters,
+            statuses: partitions
+                .iter()
+                .map(|p| Arc::new(PartitionStatus::new(*p)))
+                .collect(),
+        }
+    }
+
+    fn file(rows: u64, bytes: u64) -> FileRef {
+        FileRef {
+            name: "part".into(),
+            first: 0,
+            last: 0,
+            rows,
+            bytes,
+        }
+    }
+
+    /// A run's worth of counting: two steps, skipped batches and a held-back transaction.
+    fn counted() -> Arc<Counters> {
+        let counters = Arc::new(Counters::default());
+        let step = Progress {
+            tally: Tally {
+                records_read: 12,
+                rows_on_time: 7,
+                rows_late: 2,
+                late_dropped: 1,
+                dead_letters: 1,
+                miss_dropped: 1,
+                windows_closed: 1,
+                ..Tally::default()
+            },
+            written: vec![
+                (FileKindWritten::Window, file(7, 4000)),
+                (FileKindWritten::Late, file(2, 900)),
+                (FileKindWritten::DeadLetter, file(1, 300)),
+                (FileKindWritten::Staged, file(3, 700)),
+            ],
+        };
+        assert_eq!(counters.add_progress(&step), vec![4000, 900, 300]);
+        let replay = Progress {
+            tally: Tally {
+                records_read: 3,
+                replay_skipped: 3,
+                ..Tally::default()
+            },
+            written: vec![],
+        };
+        assert!(counters.add_progress(&replay).is_empty());
+        counters.add_skipped(2, 4);
+        counters.checkpoints.add(2);
+        counters.markers_written.add(1);
+        counters.hold_back(HeldBack {
+            partition: 1,
+            from: 140,
+            to: 148,
+            producer: Some((208, 4)),
+        });
+        counters
+    }
+
+    fn parse(text: &str) -> BTreeMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (key, value) = l.rsplit_once(' ').unwrap();
+                (key.to_string(), value.parse().unwrap())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_summary_and_metrics_read_the_same_counters() {
+        let counters = counted();
+        let probe = probe(Arc::clone(&counters), &[0, 1]).await;
+        probe.statuses[1].next_offset.store(15, Ordering::Relaxed);
+        probe.statuses[1]
+            .high_watermark
+            .store(20, Ordering::Relaxed);
+        probe.statuses[1]
+            .watermark_ms
+            .store(1_700_000_000_500, Ordering::Relaxed);
+        probe.statuses[1]
+            .source
+            .store(WatermarkSource::IdleClock as u64, Ordering::Relaxed);
+
+        let mut out = Exposition::default();
+        probe.render(&mut out);
+        let text = out.into_string();
+        assert_families_once(&text);
+        let m = parse(&text);
+        let mut summary = ConsumeSummary::from_counters(&counters);
+        summary.enrich_hits = 5;
+        summary.enrich_misses = 2;
+        let shown = summary.render();
+
+        let both = |metric: &str, line: &str| {
+            let value = *m
+                .get(metric)
+                .unwrap_or_else(|| panic!("{metric} missing:\n{text}"));
+            let line = line.replace("{}", &value.to_string());
+            assert!(shown.contains(&line), "summary lacks {line:?}:\n{shown}");
+        };
+        both(
+            "reclamacoes_consume_records_read_total",
+            "records read: {}\n",
+        );
+        both(
+            "reclamacoes_consume_late_records_total{action=\"side_output\"}",
+            "late rows: {} to _late",
+        );
+        both(
+            "reclamacoes_consume_late_records_total{action=\"dropped\"}",
+            ", {} dropped",
+        );
+        both(
+            "reclamacoes_consume_dead_letters_total",
+            "dead letters: {} to _dead_letter",
+        );
+        both(
+            "reclamacoes_consume_replay_skipped_total",
+            "(already written): {}\n",
+        );
+        both(
+            "reclamacoes_consume_enrichment_dropped_total",
+            "misses ({} dropped)",
+        );
+        both(
+            "reclamacoes_consume_windows_closed_total",
+            "windows closed: {} (partition closes)",
+        );
+        both(
+            "reclamacoes_consume_row_groups_staged_total",
+            "({} row groups staged)",
+        );
+        both(
+            "reclamacoes_consume_skipped_batches_total{reason=\"aborted\"}",
+            "transactions: {} aborted",
+        );
+        both(
+            "reclamacoes_consume_skipped_batches_total{reason=\"control\"}",
+            ", {} markers stepped over",
+        );
+        both(
+            "reclamacoes_consume_enrichment_hits_total",
+            "enrichment: {} hits",
+        );
+        both("reclamacoes_consume_enrichment_misses_total", ", {} misses");
+        let rows = m["reclamacoes_consume_rows_written_total{output=\"window\"}"]
+            + m["reclamacoes_consume_rows_written_total{output=\"late\"}"];
+        let files: f64 = OUTPUT_LABELS
+            .iter()
+            .map(|o| m[&format!("reclamacoes_consume_files_written_total{{output=\"{o}\"}}")])
+            .sum();
+        assert!(
+            shown.contains(&format!("rows written: {rows} in {files} files (0.0 MB)")),
+            "{shown}"
+        );
+        assert_eq!((rows, files), (9.0, 3.0));
+        assert_eq!(
+            m["reclamacoes_consume_bytes_written_total{output=\"dead_letter\"}"],
+            300.0
+        );
+        assert!(shown.contains("with _SUCCESS: 1"), "{shown}");
+        assert!(shown.contains("checkpoints committed: 2"), "{shown}");
+        assert!(
+            shown.contains("held back: partition 1: 8 offsets held back (140..148)"),
+            "{shown}"
+        );
+
+        // Positions: only what is known is shown.
+        assert_eq!(
+            m["reclamacoes_consume_partition_next_offset{partition=\"1\"}"],
+            15.0
+        );
+        assert_eq!(
+            m["reclamacoes_consume_partition_lag_records{partition=\"1\"}"],
+            5.0
+        );
+        assert_eq!(
+            m["reclamacoes_consume_partition_lag_records{partition=\"0\"}"],
+            0.0
+        );
+        assert_eq!(
+            m["reclamacoes_consume_partition_high_watermark{partition=\"1\"}"],
+            20.0
+        );
+        assert!(!m.contains_key("reclamacoes_consume_partition_high_watermark{partition=\"0\"}"));
+        assert_eq!(
+            m["reclamacoes_consume_partition_watermark_timestamp_seconds{partition=\"1\"}"],
+            1_700_000_000.5
+        );
+        assert!(
+            !m.contains_key("reclamacoes_consume_watermark_timestamp_seconds"),
+            "partition 0 has none"
+        );
+        assert_eq!(
+            m["reclamacoes_consume_partition_watermark_source{partition=\"1\",source=\"idle_clock\"}"],
+            1.0
+        );
+        assert_eq!(
+            m["reclamacoes_consume_partition_watermark_source{partition=\"0\",source=\"none\"}"],
+            1.0
+        );
+        assert_eq!(m["reclamacoes_consume_enrichment_keys"], 1.0);
+
+        // A copy taken at the end does not move with the counters.
+        counters.records_read.add(1);
+        assert!(summary.render().contains("records read: 15\n"));
+        assert_eq!(counters.records_read.get(), 16);
+    }
+
+    #[tokio::test]
+    async fn healthz_says_why_a_partition_failed() {
+        let registry = Registry::enabled();
+        ConsumeMetrics::new(&registry);
+        let endpoint = Endpoint::bind("127.0.0.1:0", registry).await.unwrap();
+        let addr = endpoint.local_addr();
+        let probe = Arc::new(probe(counted(), &[0, 1]).await);
+        endpoint.set_probe(Arc::clone(&probe) as Arc<dyn Probe>);
+
+        let (head, body) = send(addr, &request("/healthz")).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            body.starts_with("ok\n2 partition(s) fetching; output memory; enrichment map: 1 keys"),
+            "{body}"
+        );
+
+        let reason = "partition 1 failed: topic `t` partition 1: cannot read the record batch at \
+                      offset 50: corrupt record batch";
+        probe.fail(reason.to_string());
+        probe.fail("partition 0 failed: later".to_string()); // the first reason stays
+        probe.stopping.store(true, Ordering::Relaxed); // and comes before "shutting down"
+        let (head, body) = send(addr, &request("/healthz")).await;
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        assert_eq!(body, format!("unhealthy\n{reason}\n"));
+
+        let (head, text) = send(addr, &request("/metrics")).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_families_once(&text);
+        let m = parse(&text);
+        assert_eq!(m["reclamacoes_healthy"], 0.0);
+        assert_eq!(m["reclamacoes_consume_records_read_total"], 15.0);
+        assert_eq!(m["reclamacoes_consume_file_size_bytes_count"], 0.0);
+    }
 }

@@ -436,7 +436,7 @@ impl Processor {
             self.dirty = true;
         }
         for (committed, duration) in commits {
-            self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+            self.counters.checkpoints.add(1);
             self.metrics
                 .checkpoint_duration
                 .record(duration.as_secs_f64());
