@@ -4,20 +4,30 @@
 //! This module owns:
 //! - [`EnrichConfig`]: where the table comes from (URL, query) and how often it is reloaded;
 //! - [`ReferenceTable`]: one immutable load — output column names and types (from the MySQL
-//!   column types) and the rows by key (the first column of the query, as text);
+//!   column types), the rows as Arrow columns, and each key's row (the key is the first column
+//!   of the query, as text);
 //! - [`ReferenceSource`]: the boundary to the database, implemented by [`MySqlSource`] (and by
 //!   fakes in tests);
 //! - [`EnrichmentCache`]: the current table behind an `Arc` that is swapped atomically by a
-//!   background refresh task; lookups go through a per-batch [`EnrichSnapshot`] and never wait
+//!   background refresh task; the consumer takes a per-batch [`EnrichSnapshot`] and never waits
 //!   for a refresh. A failed refresh keeps serving the previous table;
-//! - [`OnMiss`]: what the consumer does with a record whose key is not in the table;
+//! - the join, one lookup and one miss policy: [`ReferenceTable::join`] looks a record's key up
+//!   and applies [`OnMiss`] to a miss, answering a [`Join`] (the row, or null columns, drop, or
+//!   dead letter with its reason). The consumer's decoder calls it per record and then takes
+//!   each enrichment column for the whole batch at once from [`ReferenceTable::arrow`];
 //! - [`redact_url`]: hides passwords in URLs before they reach logs or error messages.
 //!
 //! ```text
 //!   MySQL ──load (timeout)──▶ ReferenceTable ──Arc swap──▶ EnrichmentCache
 //!                                                             │ snapshot() per batch
-//!                                    consumer ◀── EnrichSnapshot::enrich(key, values, OnMiss)
+//!        consumer's decoder ◀── ReferenceTable::join(key, OnMiss) per record, one `take` per column
 //! ```
+//!
+//! Retries ([`crate::retry`]): the first load retries with jittered backoff (200 ms doubling to
+//! 5 s) until `--mysql-timeout`, unless [`first_load_verdict`] calls the error permanent (a
+//! query MySQL refuses, a wrong password or database, a value that cannot be converted): that
+//! fails at once. A failed refresh is retried (500 ms doubling, capped at the refresh interval)
+//! until it succeeds; it is never fatal, since the previous table keeps being served.
 //!
 //! Shutdown is a [`Shutdown`] handle: the refresh task (and a first load still retrying) stops
 //! as soon as it fires (or its trigger is dropped).
@@ -30,6 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use crate::retry::{self, RetryError, RetryPolicy, Verdict};
 use crate::shutdown::Shutdown;
 use arrow::array::ArrayRef;
 use chrono::{NaiveDate, NaiveDateTime};
@@ -47,10 +58,12 @@ pub const DEFAULT_QUERY: &str = "SELECT cnpj, segmento, nome FROM bancos";
 /// The default prefix of the enrichment output columns (`segmento` -> `banco_segmento`).
 pub const DEFAULT_COLUMN_PREFIX: &str = "banco_";
 
-/// First delay between first-load attempts; doubles up to [`FIRST_LOAD_MAX_BACKOFF`].
-const FIRST_LOAD_INITIAL_BACKOFF: Duration = Duration::from_millis(200);
-const FIRST_LOAD_MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// First delay before retrying a failed refresh; doubles up to the refresh interval.
+/// How the first load is retried: 200 ms doubling to 5 s, with jitter; the deadline is
+/// `--mysql-timeout` ([`EnrichConfig::first_load_timeout`]).
+const FIRST_LOAD_RETRY: RetryPolicy =
+    RetryPolicy::exponential(Duration::from_millis(200), Duration::from_secs(5));
+/// First delay before retrying a failed refresh; doubles (with jitter) up to the refresh
+/// interval.
 const REFRESH_INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 /// How long a `disconnect` after a successful load may take before we give up on it.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -66,7 +79,12 @@ pub enum EnrichError {
     )]
     BadUrl { url: String, reason: String },
     #[error("cannot connect to MySQL at {target}: {message}; {WHAT_TO_DO}")]
-    Connect { target: String, message: String },
+    Connect {
+        target: String,
+        message: String,
+        /// The server's error code, when the server refused (e.g. 1045: access denied).
+        code: Option<u16>,
+    },
     #[error(
         "enrichment query `{query}` failed on {target}: {message}; check the query \
          (--enrich-query) and that its tables exist (`make up` creates `bancos`)"
@@ -75,6 +93,8 @@ pub enum EnrichError {
         target: String,
         query: String,
         message: String,
+        /// The server's error code, when the server refused (e.g. 1146: no such table).
+        code: Option<u16>,
     },
     #[error(
         "{what} on {target} did not finish within {after:?}; {WHAT_TO_DO}, or raise the timeout"
@@ -124,6 +144,44 @@ pub enum EnrichError {
     Cancelled { target: String },
 }
 
+/// The server's error code of a MySQL error, when the server refused.
+fn server_code(e: &mysql_async::Error) -> Option<u16> {
+    match e {
+        mysql_async::Error::Server(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+/// MySQL server errors that no retry fixes: access denied (1044, 1045, 1142, 1143, 1227), an
+/// unknown database (1049), a query the server refuses (1052 ambiguous column, 1054 unknown
+/// column, 1064 syntax, 1109 unknown table, 1146 no such table, 1305 no such function).
+fn refused_for_good(code: u16) -> bool {
+    matches!(
+        code,
+        1044 | 1045 | 1049 | 1052 | 1054 | 1064 | 1109 | 1142 | 1143 | 1146 | 1227 | 1305
+    )
+}
+
+/// The first load's classifier ([`crate::retry`]): permanent when MySQL refused for good
+/// ([`EnrichError::Connect`] or [`EnrichError::Query`] with such a code: a wrong password or
+/// database, a query it cannot run), or the table cannot be used (a value that does not
+/// convert, no columns, a bad URL); transient when the database could not be reached, did not
+/// answer in time, or failed otherwise (it may be starting, or busy).
+pub fn first_load_verdict(e: &EnrichError) -> Verdict {
+    match e {
+        EnrichError::Connect { code, .. } | EnrichError::Query { code, .. } => {
+            Verdict::transient_if(!code.is_some_and(refused_for_good))
+        }
+        EnrichError::Timeout { .. } | EnrichError::Source { .. } => Verdict::Transient,
+        EnrichError::BadUrl { .. }
+        | EnrichError::Convert { .. }
+        | EnrichError::NoColumns { .. }
+        | EnrichError::ColumnsChanged { .. }
+        | EnrichError::FirstLoad { .. }
+        | EnrichError::Cancelled { .. } => Verdict::Permanent,
+    }
+}
+
 /// Where the enrichment table comes from and how it is refreshed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnrichConfig {
@@ -159,19 +217,31 @@ impl Default for EnrichConfig {
 pub struct ReferenceTable {
     /// Output columns (prefix + column name) and types, in query order, **without** the key.
     pub columns: Vec<(String, FieldType)>,
-    /// Row values (aligned with `columns`) by key (the first query column, as text).
-    pub rows: HashMap<String, Vec<Value>>,
     /// When this table was loaded.
     pub loaded_at: SystemTime,
     /// Rows skipped because their key was NULL.
     pub null_keys: u64,
     /// Rows whose key was already seen (the last one wins).
     pub duplicate_keys: u64,
-    /// Row number of each key in [`arrow`](Self::arrow).
-    pub index: HashMap<String, u32>,
+    /// Row number of each key (the first query column, as text) in [`arrow`](Self::arrow):
+    /// read only through [`join`](Self::join).
+    index: HashMap<String, u32>,
     /// The table as Arrow columns aligned with [`columns`](Self::columns): the consumer enriches
-    /// a whole batch with one `take` per column.
+    /// a whole batch with one `take` per column, at the rows [`join`](Self::join) found.
     pub arrow: Vec<ArrayRef>,
+}
+
+/// What the join does with one record ([`ReferenceTable::join`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Join {
+    /// The key's row in [`ReferenceTable::arrow`].
+    Hit(u32),
+    /// A miss under [`OnMiss::Null`]: keep the record, its enrichment columns null.
+    Null,
+    /// A miss under [`OnMiss::Drop`]: skip the record (it is still committed).
+    Drop,
+    /// A miss under [`OnMiss::DeadLetter`]: send the record to the dead letters with this reason.
+    DeadLetter(String),
 }
 
 impl ReferenceTable {
@@ -231,7 +301,6 @@ impl ReferenceTable {
             .collect();
         ReferenceTable {
             columns,
-            rows: map,
             loaded_at: SystemTime::now(),
             null_keys,
             duplicate_keys,
@@ -240,17 +309,42 @@ impl ReferenceTable {
         }
     }
 
-    /// The values of the row with this key, aligned with [`ReferenceTable::columns`].
-    pub fn get(&self, key: &str) -> Option<&[Value]> {
-        self.rows.get(key).map(Vec::as_slice)
+    /// The join of one record with the table, the one lookup and miss policy: looks `key` up
+    /// (a `None` key, a null join field, is a miss) and applies `on_miss` to a miss. `source`
+    /// names the table in a dead letter's reason (no secret). A hit allocates nothing.
+    pub fn join(&self, key: Option<&str>, on_miss: OnMiss, source: &str) -> Join {
+        if let Some(&row) = key.and_then(|k| self.index.get(k)) {
+            return Join::Hit(row);
+        }
+        match on_miss {
+            OnMiss::Null => Join::Null,
+            OnMiss::Drop => Join::Drop,
+            OnMiss::DeadLetter => Join::DeadLetter(match key {
+                Some(k) => {
+                    format!("enrichment: key `{k}` not found in the reference table from {source}")
+                }
+                None => "enrichment: the record has no key to look up".to_string(),
+            }),
+        }
     }
 
+    /// The values of row `row` (of a [`Join::Hit`]), aligned with [`columns`](Self::columns):
+    /// for reports and tests; the consumer takes whole columns.
+    pub fn row(&self, row: u32) -> Vec<Value> {
+        self.columns
+            .iter()
+            .zip(&self.arrow)
+            .map(|((_, ty), array)| crate::schema::array_value(ty, array.as_ref(), row as usize))
+            .collect()
+    }
+
+    /// Rows (keys) in the table.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.index.is_empty()
     }
 
     fn column_list(&self) -> String {
@@ -309,6 +403,7 @@ impl MySqlSource {
             .map_err(|e| EnrichError::Connect {
                 target: self.target.clone(),
                 message: redact_url(&e.to_string()),
+                code: server_code(&e),
             })?;
         let fetched = tokio::time::timeout(timeout, async {
             let mut result = conn.query_iter(self.query.as_str()).await?;
@@ -325,6 +420,7 @@ impl MySqlSource {
                     target: self.target.clone(),
                     query: self.query.clone(),
                     message: redact_url(&e.to_string()),
+                    code: server_code(&e),
                 })
             }
             Ok(Ok(fetched)) => fetched,
@@ -578,19 +674,6 @@ impl fmt::Display for OnMiss {
     }
 }
 
-/// The result of [`EnrichSnapshot::enrich`] for one record.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EnrichOutcome {
-    /// The key was found; its values were appended.
-    Hit,
-    /// Not found, policy [`OnMiss::Null`]: nulls were appended.
-    MissNull,
-    /// Not found, policy [`OnMiss::Drop`]: nothing appended; skip the record.
-    MissDrop,
-    /// Not found, policy [`OnMiss::DeadLetter`]: nothing appended; dead-letter it with this reason.
-    MissDeadLetter(String),
-}
-
 /// Counters of an [`EnrichmentCache`], for logs and `--stats`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheStats {
@@ -630,7 +713,6 @@ pub struct EnrichmentCache {
 #[derive(Debug, Clone)]
 pub struct EnrichSnapshot {
     table: Arc<ReferenceTable>,
-    shared: Arc<Shared>,
 }
 
 impl EnrichSnapshot {
@@ -638,72 +720,25 @@ impl EnrichSnapshot {
     pub fn table(&self) -> &Arc<ReferenceTable> {
         &self.table
     }
-
-    /// Looks a key up, counting the hit or miss.
-    pub fn lookup(&self, key: &str) -> Option<&[Value]> {
-        let found = self.table.get(key);
-        let counter = if found.is_some() {
-            &self.shared.hits
-        } else {
-            &self.shared.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        found
-    }
-
-    /// Looks `key` up and appends the enrichment values to `values` according to `on_miss`
-    /// (a `None` key is a miss). Only [`EnrichOutcome::Hit`] and [`EnrichOutcome::MissNull`]
-    /// append (exactly `table().columns.len()` values).
-    pub fn enrich(
-        &self,
-        key: Option<&str>,
-        values: &mut Vec<Value>,
-        on_miss: OnMiss,
-    ) -> EnrichOutcome {
-        let found = match key {
-            Some(k) => self.lookup(k),
-            None => {
-                self.shared.misses.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        };
-        match (found, on_miss) {
-            (Some(row), _) => {
-                values.extend_from_slice(row);
-                EnrichOutcome::Hit
-            }
-            (None, OnMiss::Null) => {
-                values.extend(std::iter::repeat_n(Value::Null, self.table.columns.len()));
-                EnrichOutcome::MissNull
-            }
-            (None, OnMiss::Drop) => EnrichOutcome::MissDrop,
-            (None, OnMiss::DeadLetter) => EnrichOutcome::MissDeadLetter(match key {
-                Some(k) => format!(
-                    "enrichment: key `{k}` not found in the reference table from {}",
-                    self.shared.target
-                ),
-                None => "enrichment: the record has no key to look up".to_string(),
-            }),
-        }
-    }
 }
 
 impl EnrichmentCache {
-    /// Loads the table once (retrying with backoff, 200 ms doubling to 5 s, for at most
-    /// `config.first_load_timeout`), then spawns the refresh task, which reloads every
-    /// `config.refresh_interval`. A failed refresh keeps the previous table, is logged and
-    /// counted, and is retried with backoff (500 ms doubling, capped at the interval). A refresh
-    /// whose columns differ from the first load is rejected the same way.
+    /// Loads the table once (retrying transient errors with backoff, 200 ms doubling to 5 s,
+    /// for at most `config.first_load_timeout`; a permanent one, [`first_load_verdict`], fails
+    /// at once), then spawns the refresh task, which reloads every `config.refresh_interval`. A
+    /// failed refresh keeps the previous table, is logged and counted, and is retried with
+    /// backoff (500 ms doubling, capped at the interval). A refresh whose columns differ from
+    /// the first load is rejected the same way.
     ///
     /// The task stops when `shutdown` becomes `true` or its sender is dropped; await the
     /// returned handle to wait for it.
     pub async fn start<S: ReferenceSource + 'static>(
         source: S,
         config: EnrichConfig,
-        mut shutdown: Shutdown,
+        shutdown: Shutdown,
     ) -> Result<(EnrichmentCache, JoinHandle<()>), EnrichError> {
         let target = source.describe();
-        let table = first_load(&source, config.first_load_timeout, &mut shutdown).await?;
+        let table = first_load(&source, config.first_load_timeout, &shutdown).await?;
         tracing::info!(
             source = %target,
             rows = table.len(),
@@ -732,7 +767,6 @@ impl EnrichmentCache {
     pub fn snapshot(&self) -> EnrichSnapshot {
         EnrichSnapshot {
             table: self.current(),
-            shared: Arc::clone(&self.shared),
         }
     }
 
@@ -778,80 +812,46 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Exponential backoff: `initial`, doubling, capped at `max`.
-#[derive(Debug)]
-struct Backoff {
-    initial: Duration,
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        let initial = initial.min(max);
-        Backoff {
-            initial,
-            next: initial,
-            max,
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
-
 async fn first_load<S: ReferenceSource>(
     source: &S,
     timeout: Duration,
-    shutdown: &mut Shutdown,
+    shutdown: &Shutdown,
 ) -> Result<ReferenceTable, EnrichError> {
     let target = source.describe();
-    let started = Instant::now();
-    let deadline = started + timeout;
-    let mut backoff = Backoff::new(FIRST_LOAD_INITIAL_BACKOFF, FIRST_LOAD_MAX_BACKOFF);
-    let mut attempts = 0u32;
-    let cancelled = || EnrichError::Cancelled {
-        target: target.clone(),
-    };
-    loop {
-        attempts += 1;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let attempt = tokio::select! {
-            _ = shutdown.requested() => return Err(cancelled()),
-            r = tokio::time::timeout(remaining, source.load()) => r,
-        };
-        let error = match attempt {
-            Ok(Ok(table)) => return Ok(table),
-            Ok(Err(e)) => e,
-            Err(_) => EnrichError::Timeout {
-                target: target.clone(),
-                what: "the first enrichment load",
-                after: remaining,
-            },
-        };
-        let delay = backoff.next_delay();
-        if Instant::now() + delay >= deadline {
-            return Err(EnrichError::FirstLoad {
-                target,
-                after: timeout,
-                attempts,
-                last: Box::new(error),
-            });
-        }
-        tracing::warn!(source = %target, attempt = attempts, retry_in = ?delay, error = %error,
-            "enrichment table not loaded yet; retrying");
-        tokio::select! {
-            _ = shutdown.requested() => return Err(cancelled()),
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+    let deadline = Instant::now() + timeout;
+    let policy = FIRST_LOAD_RETRY.with_deadline(timeout);
+    let target_ref = &target;
+    let loaded = retry::retry(
+        &policy,
+        "Loading the enrichment table",
+        Some(shutdown),
+        first_load_verdict,
+        || async move {
+            // Each attempt gets the time left, so the load ends by the deadline.
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, source.load()).await {
+                Ok(loaded) => loaded,
+                Err(_) => Err(EnrichError::Timeout {
+                    target: target_ref.clone(),
+                    what: "the first enrichment load",
+                    after: remaining,
+                }),
+            }
+        },
+    )
+    .await;
+    loaded.map_err(|e| match e {
+        RetryError::Permanent(e) => e,
+        RetryError::GaveUp { last, attempts, .. } => EnrichError::FirstLoad {
+            target: target.clone(),
+            after: timeout,
+            attempts,
+            last: Box::new(last),
+        },
+        RetryError::Stopped { .. } => EnrichError::Cancelled {
+            target: target.clone(),
+        },
+    })
 }
 
 async fn refresh_loop<S: ReferenceSource>(
@@ -860,52 +860,52 @@ async fn refresh_loop<S: ReferenceSource>(
     interval: Duration,
     mut shutdown: Shutdown,
 ) {
-    let mut backoff = Backoff::new(REFRESH_INITIAL_BACKOFF, interval);
-    let mut delay = interval;
+    // No deadline and nothing permanent: a refresh is retried until it succeeds (or the stop),
+    // the previous table served meanwhile.
+    let policy = RetryPolicy::exponential(REFRESH_INITIAL_BACKOFF, interval);
     loop {
         tokio::select! {
             _ = shutdown.requested() => break,
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(interval) => {}
         }
-        let loaded = tokio::select! {
-            _ = shutdown.requested() => break,
-            r = source.load() => r,
-        };
-        let checked = loaded.and_then(|table| {
-            let current = read_current(&shared);
-            if table.columns == current.columns {
-                Ok(table)
-            } else {
-                Err(EnrichError::ColumnsChanged {
-                    target: shared.target.clone(),
-                    before: current.column_list(),
-                    after: table.column_list(),
-                })
-            }
-        });
-        match checked {
-            Ok(table) => {
-                let rows = table.len();
-                let new = Arc::new(table);
-                match shared.current.write() {
-                    Ok(mut guard) => *guard = new,
-                    Err(poisoned) => *poisoned.into_inner() = new,
-                }
-                shared.refresh_ok.fetch_add(1, Ordering::Relaxed);
-                *lock(&shared.last_error) = None;
-                backoff.reset();
-                delay = interval;
-                tracing::debug!(source = %shared.target, rows, "enrichment table refreshed");
-            }
-            Err(error) => {
+        let refreshed = retry::retry_notify(
+            &policy,
+            "Refreshing the enrichment table",
+            Some(&shutdown),
+            |_: &EnrichError| Verdict::Transient,
+            |r| {
                 shared.refresh_failures.fetch_add(1, Ordering::Relaxed);
-                let message = redact_url(&error.to_string());
-                delay = backoff.next_delay();
-                tracing::warn!(source = %shared.target, retry_in = ?delay, error = %message,
-                    "enrichment refresh failed; still serving the previous table");
+                let message = redact_url(&r.error.to_string());
+                tracing::warn!(source = %shared.target, attempt = r.attempt, retry_in = ?r.delay,
+                    error = %message, "enrichment refresh failed; still serving the previous table");
                 *lock(&shared.last_error) = Some(message);
-            }
+            },
+            || async {
+                let table = source.load().await?;
+                let current = read_current(&shared);
+                if table.columns == current.columns {
+                    Ok(table)
+                } else {
+                    Err(EnrichError::ColumnsChanged {
+                        target: shared.target.clone(),
+                        before: current.column_list(),
+                        after: table.column_list(),
+                    })
+                }
+            },
+        )
+        .await;
+        // Only a stop ends the retries.
+        let Ok(table) = refreshed else { break };
+        let rows = table.len();
+        let new = Arc::new(table);
+        match shared.current.write() {
+            Ok(mut guard) => *guard = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
         }
+        shared.refresh_ok.fetch_add(1, Ordering::Relaxed);
+        *lock(&shared.last_error) = None;
+        tracing::debug!(source = %shared.target, rows, "enrichment table refreshed");
     }
     tracing::debug!(source = %shared.target, "enrichment refresh task stopped");
 }
@@ -984,6 +984,8 @@ mod tests {
     #[derive(Default)]
     struct FakeState {
         next: Option<Result<ReferenceTable, String>>,
+        /// Returned instead of `next` when set.
+        error: Option<EnrichError>,
         loads: u32,
     }
 
@@ -996,6 +998,9 @@ mod tests {
         fn set(&self, next: Result<ReferenceTable, String>) {
             lock(&self.state).next = Some(next);
         }
+        fn fail_with(&self, error: EnrichError) {
+            lock(&self.state).error = Some(error);
+        }
         fn loads(&self) -> u32 {
             lock(&self.state).loads
         }
@@ -1006,6 +1011,7 @@ mod tests {
             let mut state = lock(&self.state);
             state.loads += 1;
             let result = match &state.next {
+                _ if state.error.is_some() => Err(state.error.clone().expect("set")),
                 Some(Ok(table)) => Ok(ReferenceTable {
                     loaded_at: SystemTime::now(),
                     ..table.clone()
@@ -1034,8 +1040,16 @@ mod tests {
         }
     }
 
+    /// The values of `key`'s row, through the one join.
+    fn values(table: &ReferenceTable, key: &str) -> Option<Vec<Value>> {
+        match table.join(Some(key), OnMiss::Null, "test") {
+            Join::Hit(row) => Some(table.row(row)),
+            _ => None,
+        }
+    }
+
     fn nome(cache: &EnrichmentCache, key: &str) -> Option<Value> {
-        cache.snapshot().lookup(key).map(|v| v[1].clone())
+        values(cache.snapshot().table(), key).map(|v| v[1].clone())
     }
 
     #[tokio::test(start_paused = true)]
@@ -1062,13 +1076,14 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert_eq!(fake.loads(), 2);
         // The old snapshot is untouched; new snapshots see the whole new table.
-        assert_eq!(before.lookup("60746948"), None);
+        assert_eq!(values(before.table(), "60746948"), None);
         assert_eq!(before.table().len(), 1);
         assert_eq!(nome(&cache, "00360305"), Some(Value::Str("CAIXA".into())));
         assert_eq!(
             nome(&cache, "60746948"),
             Some(Value::Str("BRADESCO".into()))
         );
+        cache.count_lookups(2, 1);
         let stats = cache.stats();
         assert_eq!(
             (stats.refresh_ok, stats.refresh_failures, stats.rows),
@@ -1094,20 +1109,23 @@ mod tests {
             Some(Value::Str("A".into())),
             "stale table still served"
         );
-        // Retries with backoff (500 ms, 1 s, ...) rather than waiting a whole interval.
+        // Retries with backoff (250-500 ms, then 500 ms-1 s: equal jitter) rather than waiting
+        // a whole interval.
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(cache.stats().refresh_failures, 2);
         tokio::time::sleep(Duration::from_millis(1000)).await;
         assert_eq!(cache.stats().refresh_failures, 3);
+        // The next attempt, 1-2 s after the third failure (at most 11.5 s), succeeds.
         fake.set(Ok(banco(&[("1", "S1", "B")])));
         tokio::time::sleep(Duration::from_millis(2000)).await;
         let stats = cache.stats();
         assert_eq!((stats.refresh_ok, stats.refresh_failures), (2, 3));
         assert_eq!(stats.last_error, None);
         assert_eq!(nome(&cache, "1"), Some(Value::Str("B".into())));
-        // Back to the normal interval after recovering.
+        // Back to the normal interval after recovering (the success came at 11.75 s at the
+        // earliest, so the next load is not before 21.75 s).
         let loads = fake.loads();
-        tokio::time::sleep(Duration::from_millis(9_000)).await;
+        tokio::time::sleep(Duration::from_millis(8_000)).await;
         assert_eq!(fake.loads(), loads);
     }
 
@@ -1119,9 +1137,11 @@ mod tests {
             .await
             .unwrap();
         fake.set(Err("down".into()));
-        // Failures at 1000, 1500, 2500, 3500, 4500 (500 ms, then capped at the 1 s interval).
-        tokio::time::sleep(Duration::from_millis(4_501)).await;
-        assert_eq!(cache.stats().refresh_failures, 5);
+        // The first failure at 1 s; then a retry every 250-500 ms, then every 500 ms-1 s (the
+        // 1 s interval caps the doubling): 10 s hold at least 10 more, at most 20.
+        tokio::time::sleep(Duration::from_millis(11_001)).await;
+        let failures = cache.stats().refresh_failures;
+        assert!((11..=21).contains(&failures), "{failures}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1156,16 +1176,20 @@ mod tests {
         let err = EnrichmentCache::start(fake.clone(), config(1000, 3000), rx)
             .await
             .unwrap_err();
-        assert!(started.elapsed() <= Duration::from_millis(3000));
-        // Attempts at 0, 0.2, 0.6, 1.4 s; the next (3.0 s) would reach the deadline.
-        assert_eq!(fake.loads(), 4);
+        assert!(started.elapsed() < Duration::from_millis(3000));
+        // Delays of 100-200, 200-400, 400-800, 800-1600 ms (equal jitter): the fourth attempt
+        // starts by 1.4 s, the fifth by 3 s unless every delay was its longest, the sixth
+        // never (at least 1.5 + 1.6 s).
+        let loads = fake.loads();
+        assert!((4..=5).contains(&loads), "{loads}");
         let msg = err.to_string();
         assert!(!msg.contains("s3cr3t"), "{msg}");
+        let attempts = format!("{loads} attempts");
         for needle in [
             "app:***@db.example:3306/refdb",
             "make up",
             "MYSQL_URL",
-            "4 attempts",
+            &attempts,
             "os error 111",
         ] {
             assert!(msg.contains(needle), "missing {needle:?} in {msg}");
@@ -1184,7 +1208,8 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(500)).await;
         fake.set(Ok(banco(&[("1", "S1", "A")])));
         let (cache, _task) = starting.await.unwrap().unwrap();
-        assert_eq!(fake.loads(), 3);
+        // Attempts at 0, 0.1-0.2 s, 0.3-0.6 s, then 0.7-1.4 s: the first after 0.5 s loads.
+        assert!((3..=4).contains(&fake.loads()), "{}", fake.loads());
         assert_eq!(cache.snapshot().table().len(), 1);
     }
 
@@ -1210,41 +1235,102 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn enrich_applies_the_miss_policy() {
-        let fake = Fake::serving(banco(&[("00360305", "S1", "CAIXA")]));
+    async fn a_permanent_first_load_error_fails_at_once() {
+        let fake = Fake::default();
+        fake.fail_with(EnrichError::Query {
+            target: fake.describe(),
+            query: "SELECT cnpj FROM nao_existe".into(),
+            message: "Table 'db.nao_existe' doesn't exist".into(),
+            code: Some(1146),
+        });
         let (_tx, rx) = crate::shutdown::channel();
-        let (cache, _task) = EnrichmentCache::start(fake, config(1000, 5000), rx)
+        let started = Instant::now();
+        let err = EnrichmentCache::start(fake.clone(), config(1000, 30_000), rx)
             .await
-            .unwrap();
-        let snap = cache.snapshot();
-        let mut values = vec![Value::Int(1)];
-        assert_eq!(
-            snap.enrich(Some("00360305"), &mut values, OnMiss::Drop),
-            EnrichOutcome::Hit
-        );
-        assert_eq!(values.len(), 3);
-        let mut values = vec![Value::Int(1)];
-        assert_eq!(
-            snap.enrich(None, &mut values, OnMiss::Null),
-            EnrichOutcome::MissNull
-        );
-        assert_eq!(values, vec![Value::Int(1), Value::Null, Value::Null]);
-        let mut values = vec![];
-        assert_eq!(
-            snap.enrich(Some("x"), &mut values, OnMiss::Drop),
-            EnrichOutcome::MissDrop
-        );
-        match snap.enrich(Some("x"), &mut values, OnMiss::DeadLetter) {
-            EnrichOutcome::MissDeadLetter(reason) => {
-                assert!(
-                    reason.contains("`x`") && !reason.contains("s3cr3t"),
-                    "{reason}"
-                )
-            }
-            other => panic!("{other:?}"),
+            .unwrap_err();
+        assert_eq!(fake.loads(), 1, "not retried");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(matches!(err, EnrichError::Query { .. }), "{err}");
+        assert!(err.to_string().contains("nao_existe"), "{err}");
+    }
+
+    #[test]
+    fn first_load_verdicts() {
+        let target = || "mysql://u:***@h/d".to_string();
+        let connect = |code| EnrichError::Connect {
+            target: target(),
+            message: "x".into(),
+            code,
+        };
+        let query = |code| EnrichError::Query {
+            target: target(),
+            query: "q".into(),
+            message: "x".into(),
+            code,
+        };
+        assert_eq!(first_load_verdict(&connect(None)), Verdict::Transient);
+        assert_eq!(first_load_verdict(&connect(Some(1045))), Verdict::Permanent);
+        assert_eq!(first_load_verdict(&connect(Some(1040))), Verdict::Transient);
+        assert_eq!(first_load_verdict(&query(Some(1064))), Verdict::Permanent);
+        assert_eq!(first_load_verdict(&query(Some(1146))), Verdict::Permanent);
+        assert_eq!(first_load_verdict(&query(Some(1205))), Verdict::Transient);
+        assert_eq!(first_load_verdict(&query(None)), Verdict::Transient);
+        let timeout = EnrichError::Timeout {
+            target: target(),
+            what: "connecting",
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(first_load_verdict(&timeout), Verdict::Transient);
+        let empty = EnrichError::NoColumns {
+            target: target(),
+            query: "q".into(),
+        };
+        assert_eq!(first_load_verdict(&empty), Verdict::Permanent);
+    }
+
+    #[test]
+    fn join_applies_the_miss_policy() {
+        let table = banco(&[("00360305", "S1", "CAIXA")]);
+        let source = "mysql://app:***@db.example:3306/refdb";
+        for policy in [OnMiss::Null, OnMiss::Drop, OnMiss::DeadLetter] {
+            let Join::Hit(row) = table.join(Some("00360305"), policy, source) else {
+                panic!("a hit under {policy}");
+            };
+            assert_eq!(
+                table.row(row),
+                vec![Value::Str("S1".into()), Value::Str("CAIXA".into())]
+            );
         }
-        assert!(values.is_empty());
-        assert_eq!((cache.stats().hits, cache.stats().misses), (1, 3));
+        assert_eq!(table.join(Some("x"), OnMiss::Null, source), Join::Null);
+        assert_eq!(table.join(None, OnMiss::Null, source), Join::Null);
+        assert_eq!(table.join(Some("x"), OnMiss::Drop, source), Join::Drop);
+        assert_eq!(table.join(None, OnMiss::Drop, source), Join::Drop);
+        // The dead-letter reasons, word for word (the consumer's dead letters carry them).
+        assert_eq!(
+            table.join(Some("x"), OnMiss::DeadLetter, source),
+            Join::DeadLetter(
+                "enrichment: key `x` not found in the reference table from \
+                 mysql://app:***@db.example:3306/refdb"
+                    .into()
+            )
+        );
+        assert_eq!(
+            table.join(None, OnMiss::DeadLetter, source),
+            Join::DeadLetter("enrichment: the record has no key to look up".into())
+        );
+        // Keys are text, compared exactly: no trimming, no padding.
+        assert_eq!(table.join(Some("360305"), OnMiss::Null, source), Join::Null);
+        assert_eq!(
+            table.join(Some("00360305 "), OnMiss::Null, source),
+            Join::Null
+        );
+        // An empty table misses every key.
+        let empty = banco(&[]);
+        assert!(empty.is_empty());
+        assert_eq!(
+            empty.join(Some("00360305"), OnMiss::Drop, source),
+            Join::Drop
+        );
     }
 
     #[test]
@@ -1277,7 +1363,7 @@ mod tests {
             ],
         );
         assert_eq!(t.columns, vec![("p_v".to_string(), FieldType::String)]);
-        assert_eq!(t.get("7"), Some(&[Value::Str("c".into())][..]));
+        assert_eq!(values(&t, "7"), Some(vec![Value::Str("c".into())]));
         assert_eq!((t.null_keys, t.duplicate_keys, t.len()), (1, 1, 1));
     }
 

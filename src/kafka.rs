@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rskafka::client::error::{Error as RsError, ProtocolError};
+use rskafka::client::error::{Error as RsError, ProtocolError, RequestError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 pub use rskafka::client::read_committed::{
     drop_aborted, AbortedTransaction, ControlBatchRecord, CorruptBatch, FetchedBatch,
@@ -27,7 +27,9 @@ pub use rskafka::client::read_committed::{
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 pub use rskafka::record::RawRecords;
 use rskafka::record::{Record, RecordAndOffset, RecordBatchCompression};
-use rskafka::BackoffConfig;
+use rskafka::{BackoffConfig, BackoffError, ConnectionError, SaslError};
+
+use crate::retry::Verdict;
 
 pub use rskafka::client::partition::Compression as RsCompression;
 pub use rskafka::client::partition::{ProducerId, ProducerSequence};
@@ -45,13 +47,15 @@ pub enum KafkaError {
         reason: String,
     },
     #[error(
-        "Kafka call `{what}` on {brokers} failed: {reason}. The broker may be down or overloaded; \
-         see its log (`make logs`) and retry"
+        "Kafka call `{what}` on {brokers} failed: {reason}. {}",
+        call_hint(kind)
     )]
     Call {
         what: String,
         brokers: String,
         reason: String,
+        /// What kind of failure `reason` describes, for the retry classifiers.
+        kind: CallKind,
     },
     #[error(
         "Kafka call `{what}` on {brokers} did not answer within {timeout:?}. The broker may be down \
@@ -92,6 +96,186 @@ pub enum KafkaError {
 }
 
 pub type Result<T, E = KafkaError> = std::result::Result<T, E>;
+
+/// What kind of failure a broker call had ([`KafkaError::Call`]), kept beside the text for the
+/// retry classifiers [`fetch_verdict`] and [`produce_verdict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// The broker answered with this Kafka error code (also one that rskafka retried until its
+    /// own deadline: a leader moving, a topic unknown to the broker asked).
+    Server(ProtocolError),
+    /// The broker speaks no version of the request this client needs.
+    Unsupported,
+    /// SASL authentication, or the check of the broker's TLS certificate, failed.
+    Security,
+    /// The connection or the request failed on the wire (refused, reset, closed), or the answer
+    /// could not be read.
+    Transport,
+}
+
+impl CallKind {
+    /// The kind of rskafka's `error`, looking through rskafka's own retries to the last error.
+    pub fn of(error: &RsError) -> CallKind {
+        match error {
+            RsError::ServerError { protocol_error, .. } => CallKind::Server(*protocol_error),
+            RsError::Request(RequestError::NoVersionMatch { .. }) => CallKind::Unsupported,
+            RsError::Connection(e) => CallKind::of_connection(e),
+            RsError::RetryFailed(BackoffError::DeadlineExceded { source, .. }) => {
+                CallKind::of_source(source.as_ref())
+            }
+            _ => CallKind::Transport,
+        }
+    }
+
+    fn of_connection(error: &ConnectionError) -> CallKind {
+        match error {
+            // A SASL exchange cut short on the wire is the wire's failure, not a refusal.
+            ConnectionError::SaslFailed(SaslError::RequestError(_)) => CallKind::Transport,
+            ConnectionError::SaslFailed(_) => CallKind::Security,
+            ConnectionError::RetryFailed(BackoffError::DeadlineExceded { source, .. }) => {
+                CallKind::of_source(source.as_ref())
+            }
+            other => {
+                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(other);
+                while let Some(e) = source {
+                    if let Some(rustls::Error::InvalidCertificate(_)) = e.downcast_ref() {
+                        return CallKind::Security;
+                    }
+                    source = e.source();
+                }
+                CallKind::Transport
+            }
+        }
+    }
+
+    fn of_source(source: &(dyn std::error::Error + Send + Sync + 'static)) -> CallKind {
+        if let Some(e) = source.downcast_ref::<RsError>() {
+            CallKind::of(e)
+        } else if let Some(e) = source.downcast_ref::<ConnectionError>() {
+            CallKind::of_connection(e)
+        } else {
+            CallKind::Transport
+        }
+    }
+}
+
+/// Kafka error codes that no retry of a fetch or a produce can fix: a refusal of rights, a
+/// request the broker does not take, a topic that does not exist. An unknown topic or partition
+/// only reaches us after rskafka retried it for its own deadline (our partition clients use
+/// `UnknownTopicHandling::Retry`, which refreshes the metadata each time), so a broker that is
+/// still loading its metadata after a restart is ridden out before this calls it permanent.
+fn permanent_for_any_call(code: ProtocolError) -> bool {
+    use ProtocolError as P;
+    matches!(
+        code,
+        P::TopicAuthorizationFailed
+            | P::GroupAuthorizationFailed
+            | P::ClusterAuthorizationFailed
+            | P::TransactionalIdAuthorizationFailed
+            | P::SaslAuthenticationFailed
+            | P::UnsupportedSaslMechanism
+            | P::IllegalSaslState
+            | P::SecurityDisabled
+            | P::UnsupportedVersion
+            | P::InvalidRequest
+            | P::InvalidTopicException
+            | P::UnknownTopicOrPartition
+            | P::UnknownTopicId
+    )
+}
+
+/// Whether an error of a fetch (or of the offset lookups around it) is worth another attempt
+/// ([`crate::retry`]). Permanent: offset out of range (the caller applies `--on-data-loss`
+/// first), a topic that does not exist (deleted: after rskafka's own retries), authorization
+/// and authentication refused, a request or size the broker does not take, security settings
+/// that cannot work. Everything else, connections, timeouts, leaders moving, a broker storage
+/// error, is transient: the fetch is retried from the same offset.
+pub fn fetch_verdict(error: &KafkaError) -> Verdict {
+    use ProtocolError as P;
+    match error {
+        KafkaError::OffsetOutOfRange { .. }
+        | KafkaError::NoSuchTopic { .. }
+        | KafkaError::Security(_) => Verdict::Permanent,
+        KafkaError::Connect { reason, .. } => connect_verdict(reason),
+        KafkaError::Timeout { .. } | KafkaError::Sequence { .. } => Verdict::Transient,
+        KafkaError::Call { kind, .. } => match *kind {
+            CallKind::Server(code) => Verdict::transient_if(
+                !permanent_for_any_call(code)
+                    && !matches!(
+                        code,
+                        P::OffsetOutOfRange | P::InvalidFetchSize | P::UnsupportedCompressionType
+                    ),
+            ),
+            CallKind::Unsupported | CallKind::Security => Verdict::Permanent,
+            CallKind::Transport => Verdict::Transient,
+        },
+    }
+}
+
+/// Whether an error of a produce or of `InitProducerId` is worth another attempt
+/// ([`crate::retry`]). Permanent: a batch or record the broker will never take (too large,
+/// invalid, a timestamp out of its bounds, a format or compression it refuses, a topic policy),
+/// a topic that does not exist, authorization and authentication refused (`InitProducerId`
+/// needs `IDEMPOTENT_WRITE` on the cluster), a request the broker does not speak. The
+/// idempotence refusals ([`KafkaError::Sequence`]) are transient: the lane takes a new producer
+/// id (`src/produce.rs`). Everything else, connections, timeouts, leaders moving, too few
+/// in-sync replicas, is transient.
+pub fn produce_verdict(error: &KafkaError) -> Verdict {
+    use ProtocolError as P;
+    match error {
+        KafkaError::NoSuchTopic { .. }
+        | KafkaError::Security(_)
+        | KafkaError::OffsetOutOfRange { .. } => Verdict::Permanent,
+        KafkaError::Connect { reason, .. } => connect_verdict(reason),
+        KafkaError::Timeout { .. } | KafkaError::Sequence { .. } => Verdict::Transient,
+        KafkaError::Call { kind, .. } => match *kind {
+            CallKind::Server(code) => Verdict::transient_if(
+                !permanent_for_any_call(code)
+                    && !matches!(
+                        code,
+                        P::MessageTooLarge
+                            | P::RecordListTooLarge
+                            | P::InvalidRecord
+                            | P::InvalidTimestamp
+                            | P::InvalidRequiredAcks
+                            | P::PolicyViolation
+                            | P::UnsupportedForMessageFormat
+                            | P::UnsupportedCompressionType
+                            | P::InvalidProducerIdMapping
+                            | P::InvalidTransactionTimeout
+                            | P::InvalidTxnState
+                    ),
+            ),
+            CallKind::Unsupported | CallKind::Security => Verdict::Permanent,
+            CallKind::Transport => Verdict::Transient,
+        },
+    }
+}
+
+/// A failed connect is permanent when the handshake was refused (SASL, TLS), not when the
+/// broker could not be reached.
+fn connect_verdict(reason: &str) -> Verdict {
+    Verdict::transient_if(connect_cause(reason) == ConnectCause::Unreachable)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectCause {
+    Authentication,
+    Tls,
+    Unreachable,
+}
+
+/// Why a connection failed, from the reason rskafka gave.
+fn connect_cause(reason: &str) -> ConnectCause {
+    let lower = reason.to_ascii_lowercase();
+    if lower.contains("sasl") || lower.contains("authenticat") {
+        ConnectCause::Authentication
+    } else if lower.contains("certificate") || lower.contains("tls") {
+        ConnectCause::Tls
+    } else {
+        ConnectCause::Unreachable
+    }
+}
 
 /// Why a broker refused a batch of an idempotent producer (a batch with a producer id and a
 /// sequence number, [`PartitionHandle::produce_raw`]): the five Kafka errors of idempotence,
@@ -153,18 +337,56 @@ impl fmt::Display for SequenceError {
     }
 }
 
+/// What to do about a failed broker call, from its kind.
+fn call_hint(kind: &CallKind) -> &'static str {
+    use ProtocolError as P;
+    match kind {
+        CallKind::Server(
+            P::TopicAuthorizationFailed
+            | P::ClusterAuthorizationFailed
+            | P::GroupAuthorizationFailed
+            | P::TransactionalIdAuthorizationFailed,
+        ) => {
+            "The broker refused this client's rights: grant its principal the ACLs it needs (to \
+             produce: WRITE on the topic and IDEMPOTENT_WRITE on the cluster; to consume: READ \
+             and DESCRIBE on the topic)"
+        }
+        CallKind::Server(P::MessageTooLarge | P::RecordListTooLarge) => {
+            "The batch is larger than the broker or the topic accepts (message.max.bytes, \
+             max.message.bytes): lower --batch-bytes or raise the topic's limit"
+        }
+        CallKind::Server(P::UnknownTopicOrPartition | P::UnknownTopicId) => {
+            "The broker does not know the topic or partition: was it deleted? Check --topic"
+        }
+        CallKind::Security => {
+            "Check --kafka-sasl-mechanism, --kafka-sasl-username and KAFKA_SASL_PASSWORD, or \
+             --kafka-ca-file for the broker's TLS certificate"
+        }
+        CallKind::Unsupported => {
+            "The broker does not speak a version of this request that this client needs; \
+             upgrade the broker"
+        }
+        CallKind::Server(_) | CallKind::Transport => {
+            "The broker may be down or overloaded; see its log (`make logs`) and retry"
+        }
+    }
+}
+
 /// What to do about a failed connection, from the reason rskafka gave.
 fn connect_hint(reason: &str) -> &'static str {
-    let lower = reason.to_ascii_lowercase();
-    if lower.contains("sasl") || lower.contains("authenticat") {
-        "SASL authentication failed: check --kafka-sasl-mechanism, --kafka-sasl-username and the \
-         password in KAFKA_SASL_PASSWORD"
-    } else if lower.contains("certificate") || lower.contains("tls") {
-        "The TLS handshake failed: check --kafka-ca-file (the CA that signed the broker's \
-         certificate) and that the broker's certificate names the host given in --brokers"
-    } else {
-        "Is it running (`make up`)? Check --brokers / KAFKA_BROKERS, and --kafka-tls / \
-         --kafka-sasl-* if the listener needs TLS or SASL"
+    match connect_cause(reason) {
+        ConnectCause::Authentication => {
+            "SASL authentication failed: check --kafka-sasl-mechanism, --kafka-sasl-username and \
+             the password in KAFKA_SASL_PASSWORD"
+        }
+        ConnectCause::Tls => {
+            "The TLS handshake failed: check --kafka-ca-file (the CA that signed the broker's \
+             certificate) and that the broker's certificate names the host given in --brokers"
+        }
+        ConnectCause::Unreachable => {
+            "Is it running (`make up`)? Check --brokers / KAFKA_BROKERS, and --kafka-tls / \
+             --kafka-sasl-* if the listener needs TLS or SASL"
+        }
     }
 }
 
@@ -411,6 +633,7 @@ pub async fn bounded<T>(
             what: what.to_string(),
             brokers: config.brokers.clone(),
             reason: e.to_string(),
+            kind: CallKind::of(&e),
         }),
         Err(_) => Err(KafkaError::Timeout {
             what: what.to_string(),
@@ -507,6 +730,7 @@ impl Kafka {
                 what: "controller_client".into(),
                 brokers: self.config.brokers.clone(),
                 reason: e.to_string(),
+                kind: CallKind::of(&e),
             })?;
         let timeout_ms = i32::try_from(self.config.timeout.as_millis()).unwrap_or(i32::MAX);
         let created = tokio::time::timeout(
@@ -526,6 +750,7 @@ impl Kafka {
                     what: format!("create_topic {topic}"),
                     brokers: self.config.brokers.clone(),
                     reason: e.to_string(),
+                    kind: CallKind::of(&e),
                 })
             }
             Err(_) => {
@@ -652,6 +877,7 @@ impl PartitionHandle {
                 what,
                 brokers: self.config.brokers.clone(),
                 reason: e.to_string(),
+                kind: CallKind::of(&e),
             }),
             Err(_) => Err(KafkaError::Timeout {
                 what,
@@ -694,6 +920,7 @@ impl PartitionHandle {
                     what,
                     brokers: self.config.brokers.clone(),
                     reason: e.to_string(),
+                    kind: CallKind::of(&e),
                 },
             }),
             Err(_) => Err(KafkaError::Timeout {
@@ -767,16 +994,6 @@ pub fn partition_for_key(key: &[u8], partitions: usize) -> i32 {
     (positive % partitions as u32) as i32
 }
 
-// TEMPORARY (lead): replaced by the retry helper's classifier at merge.
-pub fn fetch_verdict(e: &KafkaError) -> crate::retry::Verdict {
-    match e {
-        KafkaError::OffsetOutOfRange { .. } | KafkaError::NoSuchTopic { .. } => {
-            crate::retry::Verdict::Permanent
-        }
-        _ => crate::retry::Verdict::Transient,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -798,6 +1015,147 @@ mod tests {
             assert_eq!(murmur2(input.as_bytes()), *expected, "murmur2({input})");
         }
         assert_eq!(murmur2(b"abc"), 479_470_107);
+    }
+
+    fn server(code: ProtocolError) -> RsError {
+        RsError::ServerError {
+            protocol_error: code,
+            error_message: None,
+            request: rskafka::client::error::RequestContext::Topic("t".into()),
+            response: None,
+            is_virtual: false,
+        }
+    }
+
+    fn call(error: RsError) -> KafkaError {
+        KafkaError::Call {
+            what: "test".into(),
+            brokers: "b:9092".into(),
+            reason: error.to_string(),
+            kind: CallKind::of(&error),
+        }
+    }
+
+    #[test]
+    fn call_kinds_look_through_rskafka_retries() {
+        use ProtocolError as P;
+        assert_eq!(
+            CallKind::of(&server(P::NotLeaderOrFollower)),
+            CallKind::Server(P::NotLeaderOrFollower)
+        );
+        let retried = RsError::RetryFailed(BackoffError::DeadlineExceded {
+            deadline: Duration::from_secs(1),
+            source: Box::new(server(P::UnknownTopicOrPartition)),
+        });
+        assert_eq!(
+            CallKind::of(&retried),
+            CallKind::Server(P::UnknownTopicOrPartition)
+        );
+        let io = RsError::Request(RequestError::IO(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(CallKind::of(&io), CallKind::Transport);
+        let sasl = RsError::Connection(ConnectionError::SaslFailed(
+            SaslError::UnsupportedSaslMechanism,
+        ));
+        assert_eq!(CallKind::of(&sasl), CallKind::Security);
+        let cut = RsError::Connection(ConnectionError::SaslFailed(SaslError::RequestError(
+            RequestError::IO(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+        )));
+        assert_eq!(CallKind::of(&cut), CallKind::Transport);
+        assert_eq!(CallKind::of(&RsError::Timeout), CallKind::Transport);
+    }
+
+    #[test]
+    fn fetch_verdicts() {
+        use ProtocolError as P;
+        let permanent = [
+            KafkaError::OffsetOutOfRange {
+                topic: "t".into(),
+                partition: 0,
+                requested: 5,
+                earliest: 10,
+                latest: 20,
+            },
+            KafkaError::NoSuchTopic {
+                topic: "t".into(),
+                brokers: "b".into(),
+            },
+            call(server(P::TopicAuthorizationFailed)),
+            call(server(P::SaslAuthenticationFailed)),
+            call(RsError::RetryFailed(BackoffError::DeadlineExceded {
+                deadline: Duration::from_secs(1),
+                source: Box::new(server(P::UnknownTopicOrPartition)),
+            })),
+            KafkaError::Connect {
+                brokers: "b".into(),
+                timeout: Duration::from_secs(1),
+                reason: "Sasl handshake failed: authentication failed".into(),
+            },
+        ];
+        for e in &permanent {
+            assert_eq!(fetch_verdict(e), Verdict::Permanent, "{e}");
+        }
+        let transient = [
+            call(server(P::NotLeaderOrFollower)),
+            call(server(P::LeaderNotAvailable)),
+            call(server(P::KafkaStorageError)),
+            call(server(P::RequestTimedOut)),
+            call(RsError::Timeout),
+            KafkaError::Timeout {
+                what: "fetch".into(),
+                brokers: "b".into(),
+                timeout: Duration::from_secs(1),
+            },
+            KafkaError::Connect {
+                brokers: "b".into(),
+                timeout: Duration::from_secs(1),
+                reason: "Connection refused (os error 111)".into(),
+            },
+        ];
+        for e in &transient {
+            assert_eq!(fetch_verdict(e), Verdict::Transient, "{e}");
+        }
+    }
+
+    #[test]
+    fn produce_verdicts() {
+        use ProtocolError as P;
+        for code in [
+            P::MessageTooLarge,
+            P::RecordListTooLarge,
+            P::InvalidRecord,
+            P::TopicAuthorizationFailed,
+            // InitProducerId without IDEMPOTENT_WRITE on the cluster.
+            P::ClusterAuthorizationFailed,
+            P::UnsupportedVersion,
+        ] {
+            assert_eq!(
+                produce_verdict(&call(server(code))),
+                Verdict::Permanent,
+                "{code:?}"
+            );
+        }
+        for code in [
+            P::NotLeaderOrFollower,
+            P::NotEnoughReplicas,
+            P::NotEnoughReplicasAfterAppend,
+            P::CoordinatorLoadInProgress,
+            P::ConcurrentTransactions,
+            P::CorruptMessage,
+        ] {
+            assert_eq!(
+                produce_verdict(&call(server(code))),
+                Verdict::Transient,
+                "{code:?}"
+            );
+        }
+        let refused = KafkaError::Sequence {
+            what: "produce".into(),
+            brokers: "b".into(),
+            error: SequenceError::OutOfOrder,
+        };
+        assert_eq!(produce_verdict(&refused), Verdict::Transient);
     }
 
     #[test]

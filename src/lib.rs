@@ -18,6 +18,8 @@
 //!   instance reads which partitions, heartbeats, rebalances, display-only offset commits.
 //! - [`metrics`]: Prometheus metrics, `/metrics` and `/healthz` (`--metrics-addr`).
 //! - [`shutdown`]: the stop signal every command and task takes.
+//! - [`retry`]: the one retry policy (exponential backoff with jitter, deadline, stop signal) and
+//!   the per-caller classifiers' verdict; its module docs list every caller and its classifier.
 //! - [`allocator`]: glibc `malloc` settings per command (produce reuses, consume returns).
 //! - [`cli`]: clap definitions, logging, flags -> each stage's config; `main.rs` calls
 //!   [`cli::main`].

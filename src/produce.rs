@@ -50,6 +50,12 @@
 //! Idempotence holds within a run. A resumed run has new producer ids: rows the failed run had
 //! sent after its resume point are sent again (at least once; `_source` identifies them).
 //!
+//! Retries ([`crate::retry`]): a failed attempt is retried with jittered exponential backoff
+//! (100 ms doubling to 5 s) until `--retry-timeout` after the batch's first attempt, unless
+//! [`produce_verdict`] calls the error permanent (authorization refused, a batch or record the
+//! broker will never take, `InitProducerId` refused for good, e.g. without `IDEMPOTENT_WRITE`):
+//! then the run stops at once, keeping the resume point, instead of retrying for nothing.
+//!
 //! A row counts as sent only once Kafka acknowledged its batch. The [`ResumeTracker`] knows the
 //! first row not yet acknowledged, which is what a failed or interrupted run prints as
 //! `--resume-from FILE:LINE`. Memory is bounded: chunks queued per worker, one open and one
@@ -57,6 +63,7 @@
 //! full batch waits for its lane.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -71,13 +78,14 @@ use tokio::task::JoinSet;
 use crate::csv_source::{self, CsvFile, FileLayout, FileStats, Reject, SourceConfig, SourceError};
 use crate::encode::{ChunkEncoder, ChunkJob, EncodedChunk, Lanes, Position, Segment};
 use crate::kafka::{
-    Compression, Kafka, KafkaConfig, KafkaError, PartitionHandle, ProducerSequence, RawRecords,
-    SequenceError,
+    produce_verdict, Compression, Kafka, KafkaConfig, KafkaError, PartitionHandle,
+    ProducerSequence, RawRecords, SequenceError,
 };
 use crate::metrics::{
     BusyClocks, Exposition, Health, MetricsError, Probe, P_BATCHES, P_BYTES_SENT, P_INPUT_BYTES,
     P_RETRIES, P_ROWS_PENDING, P_ROWS_READ, P_ROWS_REJECTED, P_ROWS_SENT,
 };
+use crate::retry::{self, RetryError, RetryPolicy, Verdict};
 use crate::schema::{json_source_prefix, Schema};
 use crate::shutdown::Shutdown;
 
@@ -874,14 +882,58 @@ struct SendJob {
     failure: Arc<Mutex<Option<String>>>,
 }
 
+/// How a lane retries a batch: 100 ms doubling to 5 s, with jitter; the deadline is
+/// `--retry-timeout`, counted from the batch's first attempt.
+const SEND_RETRY: RetryPolicy =
+    RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(5));
+
+/// Why one attempt at a lane's batch failed.
+#[derive(Debug)]
+enum SendFailure {
+    /// The broker call failed; [`produce_verdict`] says whether to try again.
+    Kafka(KafkaError),
+    /// The batch could not be encoded: no retry can help.
+    Encode(String),
+}
+
+impl fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendFailure::Kafka(e) => e.fmt(f),
+            SendFailure::Encode(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl SendFailure {
+    /// The produce classifier: the broker's errors as [`produce_verdict`] says; an idempotence
+    /// refusal is transient (the next attempt takes a new producer id).
+    fn verdict(&self) -> Verdict {
+        match self {
+            SendFailure::Kafka(e) => produce_verdict(e),
+            SendFailure::Encode(_) => Verdict::Permanent,
+        }
+    }
+}
+
+/// A lane's producer id and the sequence of its next batch (module docs, Idempotence).
+#[derive(Debug, Default)]
+struct LaneIds {
+    /// `None` before the first batch and after a refusal that needs a new id.
+    sequence: Option<ProducerSequence>,
+    /// The id the broker refused and why, for the warning once the lane has a new one.
+    refused: Option<(ProducerSequence, SequenceError)>,
+}
+
 /// One lane's sender: each batch is produced (acks=all, idempotent: see the module docs) and
-/// retried until acknowledged or the retry timeout, before the next batch of the lane is taken.
+/// retried ([`crate::retry`], [`SEND_RETRY`]) until acknowledged, refused for good or the retry
+/// timeout, before the next batch of the lane is taken.
 async fn send_batches(mut job: SendJob) {
     let lane = job.lane;
-    // The lane's producer id and its next batch's sequence; `None` before the first batch and
-    // after a refusal that needs a new id (`refused` then says which id and why, for the log).
-    let mut sequence: Option<ProducerSequence> = None;
-    let mut refused: Option<(ProducerSequence, SequenceError)> = None;
+    let partition = job.handle.partition;
+    let policy = SEND_RETRY.with_deadline(job.retry_timeout);
+    // Only ever locked between awaits (by `send_once`).
+    let ids = Mutex::new(LaneIds::default());
     while let Some(batch) = job.rx.recv().await {
         if job.failure.lock().expect("failure lock").is_some() {
             // A batch of another lane failed for good: stop sending, keep the resume point.
@@ -889,110 +941,129 @@ async fn send_batches(mut job: SendJob) {
             let _ = job.done.send(lane).await;
             continue;
         }
-        let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        let partition = job.handle.partition;
-        loop {
-            job.probe.senders.begin(lane);
-            let current = match sequence {
-                Some(current) => Ok(current),
-                None => job
-                    .handle
-                    .init_producer_id()
-                    .await
-                    .map(ProducerSequence::first),
-            };
-            let result = match current {
-                Ok(current) => {
-                    if let Some((old, why)) = refused.take() {
-                        tracing::warn!(
-                            partition,
-                            lane,
-                            old_producer_id = old.producer.id,
-                            old_epoch = old.producer.epoch,
-                            sequence = old.base_sequence,
-                            new_producer_id = current.producer.id,
-                            new_epoch = current.producer.epoch,
-                            reason = %why,
-                            first_row = ?batch.segments.first().and_then(Segment::first_position),
-                            "The broker refused this lane's producer id; resending the batch \
-                             with a new one. If an earlier attempt of this batch was written, \
-                             its rows are in the topic twice (same _source)"
-                        );
-                    }
-                    sequence = Some(current);
-                    // The records are encoded for each attempt: rskafka takes them by value (a
-                    // retry is rare, and keeping a copy for it would cost every batch).
-                    let (records, first, max) = match batch.encode(job.compression) {
-                        Ok(encoded) => encoded,
-                        Err(reason) => {
-                            give_up(&job, &batch, reason);
-                            break;
-                        }
-                    };
-                    let count = records.len() as i32;
-                    job.handle
-                        .produce_raw(records, first, max, Some(current))
-                        .await
-                        .map(|_| current.next(count))
-                        .or_else(|e| match e {
-                            // Written already by an attempt whose answer was lost.
-                            KafkaError::Sequence {
-                                error: SequenceError::Duplicate,
-                                ..
-                            } => {
-                                tracing::info!(
-                                    partition,
-                                    lane,
-                                    producer_id = current.producer.id,
-                                    sequence = current.base_sequence,
-                                    "The broker already holds this batch \
-                                     (DUPLICATE_SEQUENCE_NUMBER): acknowledged"
-                                );
-                                Ok(current.next(count))
-                            }
-                            e => Err(e),
-                        })
+        // No stop signal: a batch read before a shutdown is still sent (module docs).
+        let sent = retry::retry_notify(
+            &policy,
+            "Produce",
+            None,
+            SendFailure::verdict,
+            |r| {
+                job.stats.retries.fetch_add(1, Ordering::Relaxed);
+                // A refused producer id is reported once the lane has its new one.
+                if !matches!(r.error, SendFailure::Kafka(KafkaError::Sequence { .. })) {
+                    tracing::warn!(partition, lane, attempt = r.attempt, error = %r.error,
+                        retry_in = ?r.delay, "Produce failed; retrying");
                 }
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(next) => {
-                    sequence = Some(next);
-                    job.probe.senders.end(lane);
-                    job.stats.rows_sent.fetch_add(batch.rows, Ordering::Relaxed);
-                    job.stats
-                        .bytes_sent
-                        .fetch_add(batch.bytes as u64, Ordering::Relaxed);
-                    job.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    job.tracker.lock().expect("tracker lock").batch_acked(lane);
-                    break;
-                }
-                // The broker cannot place the batch in this id's sequence any more: the next
-                // attempt asks for a new id (module docs) and warns once it has it.
-                Err(KafkaError::Sequence { error, .. })
-                    if started.elapsed() < job.retry_timeout =>
-                {
-                    job.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    refused = sequence.take().map(|old| (old, error));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) if started.elapsed() < job.retry_timeout => {
-                    job.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(partition, lane, error = %e, retry_in = ?backoff, "Produce failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    let reason = format!("gave up after {:?} of retries: {e}", job.retry_timeout);
-                    give_up(&job, &batch, reason);
-                    break;
-                }
+            },
+            || send_once(&job, &batch, &ids),
+        )
+        .await;
+        match sent {
+            Ok(()) => {
+                job.probe.senders.end(lane);
+                job.stats.rows_sent.fetch_add(batch.rows, Ordering::Relaxed);
+                job.stats
+                    .bytes_sent
+                    .fetch_add(batch.bytes as u64, Ordering::Relaxed);
+                job.stats.batches.fetch_add(1, Ordering::Relaxed);
+                job.tracker.lock().expect("tracker lock").batch_acked(lane);
+            }
+            Err(RetryError::Permanent(SendFailure::Encode(reason))) => {
+                give_up(&job, &batch, reason)
+            }
+            Err(RetryError::Permanent(SendFailure::Kafka(e))) => give_up(
+                &job,
+                &batch,
+                format!("refused for good (retrying cannot help, so it was not retried): {e}"),
+            ),
+            Err(RetryError::GaveUp { last, attempts, .. }) => give_up(
+                &job,
+                &batch,
+                format!(
+                    "gave up after {:?} of retries ({attempts} attempts): {last}",
+                    job.retry_timeout
+                ),
+            ),
+            Err(RetryError::Stopped { .. }) => {
+                give_up(&job, &batch, "stopped while retrying".to_string())
             }
         }
-        let _ = job.done.send(job.lane).await;
+        let _ = job.done.send(lane).await;
     }
+}
+
+/// One attempt at a lane's batch: a producer id when the lane has none (warning that the batch
+/// may now be in the topic twice when an earlier id was refused), then the batch with the
+/// lane's next sequence. `DUPLICATE_SEQUENCE_NUMBER` counts as acknowledged; any other
+/// idempotence refusal drops the lane's id, so the next attempt asks for a new one.
+async fn send_once(job: &SendJob, batch: &Batch, ids: &Mutex<LaneIds>) -> Result<(), SendFailure> {
+    let (lane, partition) = (job.lane, job.handle.partition);
+    job.probe.senders.begin(lane);
+    let known = ids.lock().expect("lane ids lock").sequence;
+    let current = match known {
+        Some(current) => current,
+        None => {
+            let current = job
+                .handle
+                .init_producer_id()
+                .await
+                .map(ProducerSequence::first)
+                .map_err(SendFailure::Kafka)?;
+            let mut ids = ids.lock().expect("lane ids lock");
+            ids.sequence = Some(current);
+            if let Some((old, why)) = ids.refused.take() {
+                tracing::warn!(
+                    partition,
+                    lane,
+                    old_producer_id = old.producer.id,
+                    old_epoch = old.producer.epoch,
+                    sequence = old.base_sequence,
+                    new_producer_id = current.producer.id,
+                    new_epoch = current.producer.epoch,
+                    reason = %why,
+                    first_row = ?batch.segments.first().and_then(Segment::first_position),
+                    "The broker refused this lane's producer id; resending the batch \
+                     with a new one. If an earlier attempt of this batch was written, \
+                     its rows are in the topic twice (same _source)"
+                );
+            }
+            current
+        }
+    };
+    // The records are encoded for each attempt: rskafka takes them by value (a retry is rare,
+    // and keeping a copy for it would cost every batch).
+    let (records, first, max) = batch.encode(job.compression).map_err(SendFailure::Encode)?;
+    let count = records.len() as i32;
+    let written = job
+        .handle
+        .produce_raw(records, first, max, Some(current))
+        .await;
+    let mut ids = ids.lock().expect("lane ids lock");
+    match written {
+        Ok(_) => {}
+        // Written already by an attempt whose answer was lost.
+        Err(KafkaError::Sequence {
+            error: SequenceError::Duplicate,
+            ..
+        }) => {
+            tracing::info!(
+                partition,
+                lane,
+                producer_id = current.producer.id,
+                sequence = current.base_sequence,
+                "The broker already holds this batch (DUPLICATE_SEQUENCE_NUMBER): acknowledged"
+            );
+        }
+        // The broker cannot place the batch in this id's sequence any more: the next attempt
+        // asks for a new id (module docs).
+        Err(e @ KafkaError::Sequence { error, .. }) => {
+            ids.refused = ids.sequence.take().map(|old| (old, error));
+            return Err(SendFailure::Kafka(e));
+        }
+        Err(e) => return Err(SendFailure::Kafka(e)),
+    }
+    ids.sequence = Some(current.next(count));
+    Ok(())
 }
 
 /// A batch of the lane cannot be sent: every lane stops, and the run fails with `reason` (the

@@ -1012,6 +1012,35 @@ pub fn values_to_array<'a>(
     }
 }
 
+/// Row `row` of an Arrow array of `ty` as a [`Value`]: the inverse of [`values_to_array`] (a
+/// null, or an array of another type, is [`Value::Null`]).
+pub fn array_value(ty: &FieldType, array: &dyn arrow::array::Array, row: usize) -> Value {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Date32Type, Float64Type, Int64Type, TimestampMicrosecondType};
+    if row >= array.len() || array.is_null(row) {
+        return Value::Null;
+    }
+    let value = match ty {
+        FieldType::String | FieldType::Digits { .. } => array
+            .as_string_opt::<i32>()
+            .map(|a| Value::Str(a.value(row).to_string())),
+        FieldType::Int { .. } => array
+            .as_primitive_opt::<Int64Type>()
+            .map(|a| Value::Int(a.value(row))),
+        FieldType::Float | FieldType::DecimalComma => array
+            .as_primitive_opt::<Float64Type>()
+            .map(|a| Value::Float(a.value(row))),
+        FieldType::Bool => array.as_boolean_opt().map(|a| Value::Bool(a.value(row))),
+        FieldType::Date { .. } => array
+            .as_primitive_opt::<Date32Type>()
+            .map(|a| Value::Date(a.value(row))),
+        FieldType::Timestamp { .. } => array
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .map(|a| Value::Timestamp(a.value(row))),
+    };
+    value.unwrap_or(Value::Null)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

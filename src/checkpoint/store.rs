@@ -126,19 +126,20 @@ pub fn load(
     partition: i32,
     window_ms: i64,
 ) -> Result<Loaded, CheckpointError> {
-    let mut attempt = 0;
+    // A generation pruned between the listing and the read: list again, briefly backed off
+    // (the one retry policy, `crate::retry`), then judge the listing as it stands.
+    const RELIST: crate::retry::RetryPolicy = crate::retry::RetryPolicy::exponential(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_millis(400),
+    );
+    let mut backoff = RELIST.backoff();
     loop {
-        match load_listed(
-            store,
-            topic,
-            partition,
-            window_ms,
-            attempt < VANISHED_RETRIES,
-        )? {
+        let relist = backoff.attempts() < VANISHED_RETRIES;
+        match load_listed(store, topic, partition, window_ms, relist)? {
             Some(loaded) => return Ok(loaded),
             None => {
-                attempt += 1;
-                std::thread::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)));
+                let delay = backoff.next_delay(std::time::Duration::ZERO);
+                std::thread::sleep(delay.unwrap_or(RELIST.max_delay));
             }
         }
     }

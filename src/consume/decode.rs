@@ -32,7 +32,7 @@ use serde::Deserializer as _;
 
 use super::core::{RecordKind, RecordMeta};
 use super::flat_json::{self, FieldKey, FlatValue, KeyOrder};
-use crate::enrich::{OnMiss, ReferenceTable};
+use crate::enrich::{Join, OnMiss, ReferenceTable};
 use crate::output::parquet::{dead_letter_schema, OutputSchema};
 use crate::schema::{self, FieldType, Schema};
 use crate::window::{window_end, window_start};
@@ -205,34 +205,30 @@ impl Decoder {
                     continue;
                 }
             }
+            // The one lookup and miss policy (`enrich`): a string key is borrowed, so a hit
+            // allocates nothing.
             let key = typed[self.config.join_field].as_key();
-            let found = key.as_deref().and_then(|k| table.index.get(k).copied());
-            if found.is_some() {
+            let joined = table.join(key.as_deref(), self.config.on_miss, &self.enrich_source);
+            if matches!(joined, Join::Hit(_)) {
                 hits += 1;
             } else {
                 misses += 1;
-                match self.config.on_miss {
-                    OnMiss::Null => {}
-                    OnMiss::Drop => {
-                        metas.push(RecordMeta {
-                            offset: rec.offset,
-                            kind: RecordKind::Dropped { event_ms },
-                        });
-                        continue;
-                    }
-                    OnMiss::DeadLetter => {
-                        let error = match &key {
-                            Some(k) => format!(
-                                "enrichment: key `{k}` not found in the reference table from {}",
-                                self.enrich_source
-                            ),
-                            None => "enrichment: the record has no key to look up".to_string(),
-                        };
-                        refuse(error, Some(event_ms));
-                        continue;
-                    }
-                }
             }
+            let found = match joined {
+                Join::Hit(row) => Some(row),
+                Join::Null => None,
+                Join::Drop => {
+                    metas.push(RecordMeta {
+                        offset: rec.offset,
+                        kind: RecordKind::Dropped { event_ms },
+                    });
+                    continue;
+                }
+                Join::DeadLetter(error) => {
+                    refuse(error, Some(event_ms));
+                    continue;
+                }
+            };
             let row = offsets.len() as u32;
             for (builder, value) in columns.iter_mut().zip(typed.iter()) {
                 builder.append(value);
@@ -372,7 +368,7 @@ impl Decoder {
         let indices = UInt32Array::from(lookups.to_vec());
         for (c, (_, ty)) in table.columns.iter().enumerate() {
             let array = match table.arrow.get(c) {
-                Some(values) if !table.index.is_empty() => {
+                Some(values) if !table.is_empty() => {
                     arrow::compute::take(values.as_ref(), &indices, None)
                         .map_err(|e| fail(e.to_string()))?
                 }
@@ -403,33 +399,11 @@ impl Decoder {
 /// The schema fields of row `row` of a decoded batch, back as typed values (for tests and the
 /// fuzz targets, which compare the decoder with `Schema::decode_json`, the reference).
 pub fn row_values(schema: &Schema, rows: &RecordBatch, row: usize) -> Vec<schema::Value> {
-    use arrow::array::AsArray;
-    use arrow::datatypes::{Date32Type, Float64Type, Int64Type, TimestampMicrosecondType};
-    use schema::Value;
     schema
         .fields
         .iter()
         .enumerate()
-        .map(|(i, f)| {
-            let c = rows.column(i);
-            if c.is_null(row) {
-                return Value::Null;
-            }
-            match f.ty {
-                FieldType::String | FieldType::Digits { .. } => {
-                    Value::Str(c.as_string::<i32>().value(row).to_string())
-                }
-                FieldType::Int { .. } => Value::Int(c.as_primitive::<Int64Type>().value(row)),
-                FieldType::Float | FieldType::DecimalComma => {
-                    Value::Float(c.as_primitive::<Float64Type>().value(row))
-                }
-                FieldType::Bool => Value::Bool(c.as_boolean().value(row)),
-                FieldType::Date { .. } => Value::Date(c.as_primitive::<Date32Type>().value(row)),
-                FieldType::Timestamp { .. } => {
-                    Value::Timestamp(c.as_primitive::<TimestampMicrosecondType>().value(row))
-                }
-            }
-        })
+        .map(|(i, f)| schema::array_value(&f.ty, rows.column(i).as_ref(), row))
         .collect()
 }
 

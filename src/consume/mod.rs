@@ -652,7 +652,7 @@ async fn run_partitions(
         CoordinatorConfig {
             group,
             drain_timeout: config.run.drain_timeout,
-            claim_retry: claim_retry_policy(),
+            claim_retry: CLAIM_RETRY,
             sweep_every: MARKER_SWEEP,
             sweep_spacing: MARKER_SPACING,
         },
@@ -691,7 +691,7 @@ async fn run_partitions(
                         stop: stop_handle.clone(),
                         probe: Arc::clone(&probe),
                         slot,
-                        retry: fetch_retry_policy(),
+                        retry: FETCH_RETRY,
                     }));
                     tasks.spawn(tasks::decode_partition(
                         topic.clone(),
@@ -1034,29 +1034,14 @@ impl MarkerSweep {
 
 /// How a refused claim is retried: while a previous owner's last commit lands (it was lost or
 /// is still draining), for up to 10 s.
-fn claim_retry_policy() -> RetryPolicy {
-    RetryPolicy {
-        initial: Duration::from_millis(200),
-        max_delay: Duration::from_secs(2),
-        multiplier: 2.0,
-        jitter: true,
-        deadline: Some(Duration::from_secs(10)),
-        max_attempts: None,
-    }
-}
+const CLAIM_RETRY: RetryPolicy =
+    RetryPolicy::exponential(Duration::from_millis(200), Duration::from_secs(2))
+        .with_deadline(Duration::from_secs(10));
 
 /// How a fetch's transient errors are retried: for as long as it takes (a consumer outlives a
 /// broker's outage), at most every 5 s.
-fn fetch_retry_policy() -> RetryPolicy {
-    RetryPolicy {
-        initial: Duration::from_millis(100),
-        max_delay: Duration::from_secs(5),
-        multiplier: 2.0,
-        jitter: true,
-        deadline: None,
-        max_attempts: None,
-    }
-}
+const FETCH_RETRY: RetryPolicy =
+    RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(5));
 
 /// The `reason` label of [`crate::metrics::C_GROUP_REVOCATIONS`].
 fn revocation_label(r: &Revocation) -> &'static str {

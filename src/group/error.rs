@@ -159,6 +159,13 @@ impl GroupError {
                 | GroupError::Unavailable { .. }
         )
     }
+
+    /// The group client's classifier ([`crate::retry`]): [`is_transient`](Self::is_transient)
+    /// errors are worth another attempt; every other error (a refusal, bad settings, SASL) is
+    /// permanent.
+    pub fn verdict(&self) -> crate::retry::Verdict {
+        crate::retry::Verdict::transient_if(self.is_transient())
+    }
 }
 
 /// The broker's optional error message as `": message"`, for [`GroupError::Refused`].

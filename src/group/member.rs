@@ -43,9 +43,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::assignor::range_assign;
 use super::connection::{Connection, ConnectionSettings, GroupRequest, VersionChoice};
 use super::error::{broker_message, GroupError, Result};
-use super::membership::{Backoff, Identity, Lease};
+use super::membership::{Identity, Lease};
 use super::protocol::{self, Reaction, Refusal, TopicState};
 use crate::kafka::KafkaConfig;
+use crate::retry::{Backoff, RetryPolicy, Verdict};
 
 /// Default `--session-timeout`: the Java client's default since Kafka 3.0 (KIP-735).
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(45);
@@ -64,6 +65,11 @@ pub const DEFAULT_METADATA_REFRESH: Duration = Duration::from_secs(30);
 const EVENT_CAPACITY: usize = 4;
 /// Commands (commits) waiting for the task; a caller past this waits (backpressure).
 const COMMAND_CAPACITY: usize = 8;
+/// The first delay of the group client's retries ([`crate::retry`]); they double, with jitter,
+/// up to the heartbeat interval (at least 500 ms). Joining retries without a deadline (the
+/// lease makes that safe, module docs); finding the coordinator before the start, for
+/// `--timeout`.
+const RETRY_INITIAL: Duration = Duration::from_millis(100);
 
 /// How to join which group.
 #[derive(Debug, Clone)]
@@ -428,6 +434,14 @@ enum JoinStep {
 
 type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// The group client's retry policy (see [`RETRY_INITIAL`]).
+fn retry_policy(config: &GroupConfig) -> RetryPolicy {
+    RetryPolicy::exponential(
+        RETRY_INITIAL,
+        config.heartbeat_interval.max(Duration::from_millis(500)),
+    )
+}
+
 struct Task {
     config: Arc<GroupConfig>,
     settings: Arc<ConnectionSettings>,
@@ -467,7 +481,7 @@ impl Task {
             .map(|b| b.trim().to_string())
             .filter(|b| !b.is_empty())
             .collect();
-        let backoff = Backoff::new(config.heartbeat_interval.max(Duration::from_millis(500)));
+        let backoff = retry_policy(&config).backoff();
         Task {
             topics: vec![config.topic.clone()],
             config: Arc::new(config),
@@ -653,13 +667,23 @@ impl Task {
                 brokers: self.config.kafka.brokers.clone(),
             });
         }
-        let deadline = Instant::now() + self.config.kafka.timeout;
+        let started = Instant::now();
+        let mut backoff = retry_policy(&self.config)
+            .with_deadline(self.config.kafka.timeout)
+            .backoff();
         loop {
             match self.coordinator().await {
                 Ok(_) => return Ok(()),
-                Err(e @ GroupError::Unavailable { .. }) if Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "Waiting for the group coordinator");
-                    tokio::time::sleep(self.backoff.next_delay()).await;
+                // Only a coordinator still being elected is waited for: a broker that cannot
+                // be reached fails the start at once.
+                Err(e @ GroupError::Unavailable { .. }) => {
+                    match backoff.next_delay(started.elapsed()) {
+                        Some(delay) => {
+                            tracing::debug!(error = %e, "Waiting for the group coordinator");
+                            tokio::time::sleep(delay).await;
+                        }
+                        None => return Err(e),
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -721,10 +745,15 @@ impl Task {
                 }
                 Ok(JoinStep::Again) => {}
                 Ok(JoinStep::Interrupted) => return Ok(None),
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(group = %self.group(), error = %e, "Joining the group failed; retrying");
+                Err(e) if e.verdict() == Verdict::Transient => {
+                    // No deadline: the policy never gives up.
+                    let delay = self
+                        .backoff
+                        .next_delay(Duration::ZERO)
+                        .unwrap_or(self.backoff.policy().max_delay);
+                    tracing::warn!(group = %self.group(), attempt = self.backoff.attempts(),
+                        retry_in = ?delay, error = %e, "Joining the group failed; retrying");
                     self.coordinator = None;
-                    let delay = self.backoff.next_delay();
                     self.pause(delay).await;
                 }
                 Err(e) => return Err(e),

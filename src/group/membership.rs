@@ -1,6 +1,6 @@
-//! Pure membership bookkeeping, with time passed in: the lease on an assignment, the backoff
-//! between retries, and the member's identity (member id and generation) as error reactions
-//! change it. `super::member` does the I/O and asks these what to do.
+//! Pure membership bookkeeping, with time passed in: the lease on an assignment and the member's
+//! identity (member id and generation) as error reactions change it. `super::member` does the
+//! I/O and asks these what to do; the backoff between its retries is [`crate::retry::Backoff`].
 
 use std::time::Duration;
 
@@ -57,36 +57,6 @@ impl Lease {
     }
 }
 
-/// Exponential backoff between retries: 100 ms doubling up to `max`, reset on success.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(max: Duration) -> Backoff {
-        let initial = Duration::from_millis(100).min(max);
-        Backoff {
-            initial,
-            max,
-            next: initial,
-        }
-    }
-
-    /// The wait before the next retry (and doubles the one after).
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
-
 /// Who this member is to the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Identity {
@@ -139,15 +109,6 @@ mod tests {
         let t0 = Instant::now();
         let lease = Lease::new(Duration::from_secs(1), Duration::from_secs(5), t0);
         assert!(lease.has_ended(t0));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500));
-        let delays: Vec<u64> = (0..5).map(|_| b.next_delay().as_millis() as u64).collect();
-        assert_eq!(delays, vec![100, 200, 400, 500, 500]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //! - `protocol`: pure request builders and answer parsers, the ConsumerProtocol
 //!   subscription/assignment bytes, and the one table of reactions to error codes.
 //! - [`assignor`]: the range assignor, pure and deterministic.
-//! - `membership`: pure bookkeeping with time passed in: the lease, the backoff, the identity.
+//! - `membership`: pure bookkeeping with time passed in: the lease and the identity (the backoff
+//!   is [`crate::retry::Backoff`]).
 //! - [`member`]: [`GroupMember`], the async API, and the background task doing the I/O.
 //! - [`error`]: every error of the module, as one [`GroupError`] enum.
 //!

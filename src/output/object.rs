@@ -19,10 +19,11 @@
 //!   same view as [`super::LocalStore`], so recovery deletes exactly what no checkpoint covers.
 //!
 //! Availability: every request has a timeout and `object_store`'s own bounded retries; on top,
-//! each call retries transient failures (no connection, timeouts, 5xx, throttling) with backoff
-//! for up to `retry_timeout`, reporting the outage through [`Store::failing`] (which `/healthz`
-//! shows), then fails. Permanent failures (credentials, a missing bucket, a refused request)
-//! fail at once. Errors name the endpoint, bucket and key and say what to do; secrets never
+//! each call retries transient failures (no connection, timeouts, 5xx, throttling) with the
+//! crate's retry policy ([`crate::retry`]: jittered backoff, 200 ms doubling to 5 s) for up to
+//! `retry_timeout`, reporting the outage through [`Store::failing`] (which `/healthz` shows),
+//! then fails. Permanent failures (credentials, a missing bucket, a refused request: the
+//! classifier `object_verdict`) fail at once. Errors name the endpoint, bucket and key and say what to do; secrets never
 //! appear: they are read from the environment by `object_store` and kept out of every message
 //! (S3 error bodies are reduced to their `Code` and `Message`, known secrets are scrubbed).
 //!
@@ -47,6 +48,7 @@ use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
 
 use super::layout::Key;
 use super::store::{ObjectInfo, ObjectWriter, Result, Store, StoreError};
+use crate::retry::{self, RetryError, RetryPolicy, Verdict};
 
 /// Size of one multipart upload part, and the most a writer holds in memory. S3 wants at least
 /// 5 MiB per part (but the last); 8 MiB is what the AWS SDKs use.
@@ -259,12 +261,37 @@ impl fmt::Debug for ObjectOutput {
     }
 }
 
-/// What went wrong with one request.
-enum Failure {
-    /// Worth retrying: the server may answer later.
-    Transient(String),
-    /// Retrying cannot help.
-    Permanent(StoreError),
+/// How one store call rides out an outage: 200 ms doubling to 5 s, with jitter; the deadline
+/// is `--output-retry-timeout` ([`ObjectOptions::retry_timeout`]).
+const STORE_RETRY: RetryPolicy =
+    RetryPolicy::exponential(Duration::from_millis(200), Duration::from_secs(5));
+
+/// How [`Store::put_new`] waits for a concurrent conditional write of its key to go: 100 ms
+/// doubling to 1 s, with jitter, for at most `--output-retry-timeout`.
+const CREATE_RACE_RETRY: RetryPolicy =
+    RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(1));
+
+/// The object-storage classifier ([`crate::retry`]): an answer about the object or the request
+/// (`NotFound`, `Precondition`, `AlreadyExists`, `NotModified`, `PermissionDenied`,
+/// `Unauthenticated`, `InvalidPath`, `NotSupported`, `NotImplemented`, a configuration key) is
+/// permanent; any other error is transient when it is a transport failure (connect, request,
+/// timeout, interrupted) or the server's 5xx, 408, 429 or S3's `SlowDown`, `InternalError`,
+/// `ServiceUnavailable`, `RequestTimeout`, and permanent otherwise (a 4xx, missing credentials).
+fn object_verdict(e: &object_store::Error, secrets: &[String]) -> Verdict {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. }
+        | E::Precondition { .. }
+        | E::AlreadyExists { .. }
+        | E::NotModified { .. }
+        | E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented { .. }
+        | E::UnknownConfigurationKey { .. } => Verdict::Permanent,
+        _ => Verdict::transient_if(Summary::of(e, secrets).transient()),
+    }
 }
 
 /// A [`StoreError::Remote`] about `key` (empty: the location itself).
@@ -438,52 +465,59 @@ impl ObjectOutput {
         })
     }
 
-    /// Runs one store operation, retrying transient failures for up to `retry_timeout` (see
-    /// the module docs). `attempt` makes a fresh future per try.
-    fn retry<T, F, Fut>(&self, action: &'static str, key: &str, mut attempt: F) -> Result<T>
+    /// Runs one store operation, retrying transient failures ([`object_verdict`]) for up to
+    /// `retry_timeout` with [`STORE_RETRY`] (see the module docs). `attempt` makes a fresh
+    /// future per try.
+    fn retry<T, F, Fut>(&self, action: &'static str, key: &str, attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = object_store::Result<T>>,
     {
         let s = &self.shared;
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(200);
-        let mut tries = 0u32;
-        loop {
-            tries += 1;
-            let result = s.io.handle.block_on(attempt());
-            match result {
-                Ok(v) => {
-                    self.recovered();
-                    return Ok(v);
-                }
-                Err(e) => match self.classify(action, key, e) {
-                    Failure::Permanent(e) => return Err(e),
-                    Failure::Transient(detail) => {
-                        let waited = started.elapsed();
-                        if waited >= s.retry_timeout {
-                            return Err(remote(
-                                action,
-                                key,
-                                &s.location,
-                                format!(
-                                    "{detail} (still failing after {tries} tries over {:.0} s)",
-                                    waited.as_secs_f64()
-                                ),
-                                format!(
-                                    "is the object storage up and reachable? This run stops after \
-                                     --output-retry-timeout {:?}; committed output is intact and a \
-                                     restart resumes",
-                                    s.retry_timeout
-                                ),
-                            ));
-                        }
-                        self.failing_now(action, key, &detail, tries, backoff);
-                        std::thread::sleep(backoff.min(s.retry_timeout.saturating_sub(waited)));
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                },
+        let secrets = s.secrets.as_slice();
+        let policy = STORE_RETRY.with_deadline(s.retry_timeout);
+        let outcome = s.io.handle.block_on(retry::retry_notify(
+            &policy,
+            action,
+            None,
+            |e| object_verdict(e, secrets),
+            |r| {
+                let detail = Summary::of(r.error, secrets).text;
+                self.failing_now(action, key, &detail, r.attempt, r.delay);
+            },
+            attempt,
+        ));
+        match outcome {
+            Ok(v) => {
+                self.recovered();
+                Ok(v)
             }
+            Err(RetryError::Permanent(e)) => Err(self.permanent(action, key, &e)),
+            Err(RetryError::GaveUp {
+                last,
+                attempts,
+                elapsed,
+            }) => Err(remote(
+                action,
+                key,
+                &s.location,
+                format!(
+                    "{} (still failing after {attempts} tries over {:.0} s)",
+                    Summary::of(&last, secrets).text,
+                    elapsed.as_secs_f64()
+                ),
+                format!(
+                    "is the object storage up and reachable? This run stops after \
+                     --output-retry-timeout {:?}; committed output is intact and a \
+                     restart resumes",
+                    s.retry_timeout
+                ),
+            )),
+            // No stop signal is given.
+            Err(RetryError::Stopped { .. }) => Err(StoreError::Other(format!(
+                "{action} {key} in {}: stopped while retrying",
+                s.location
+            ))),
         }
     }
 
@@ -518,12 +552,10 @@ impl ObjectOutput {
         }
     }
 
-    fn classify(&self, action: &'static str, key: &str, e: object_store::Error) -> Failure {
+    /// The error for a failure that retrying cannot fix, with what to do about it.
+    fn permanent(&self, action: &'static str, key: &str, e: &object_store::Error) -> StoreError {
         let s = &self.shared;
-        let summary = Summary::of(&e, &s.secrets);
-        if summary.transient() {
-            return Failure::Transient(summary.text);
-        }
+        let summary = Summary::of(e, &s.secrets);
         let bucket = &s.url.bucket;
         let advice = match summary.code.as_deref() {
             Some("NoSuchBucket") => format!(
@@ -552,7 +584,7 @@ impl ObjectOutput {
                   a restart resumes"
                 .to_string(),
         };
-        Failure::Permanent(remote(action, key, &s.location, summary.text, advice))
+        remote(action, key, &s.location, summary.text, advice)
     }
 
     fn put_payload(&self, key: &str, payload: PutPayload, mode: PutMode) -> Result<PutOutcome> {
@@ -735,6 +767,9 @@ impl Store for ObjectOutput {
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool> {
         let payload = PutPayload::from(Bytes::copy_from_slice(bytes));
         let started = Instant::now();
+        let mut backoff = CREATE_RACE_RETRY
+            .with_deadline(self.shared.retry_timeout)
+            .backoff();
         loop {
             match self.put_payload(key, payload.clone(), PutMode::Create)? {
                 PutOutcome::Written => return Ok(true),
@@ -743,10 +778,10 @@ impl Store for ObjectOutput {
                     Some(found) => return Ok(found.as_ref() == bytes),
                     // S3 answers 409 while a concurrent conditional write of the key is in
                     // flight; once it is gone, try again.
-                    None if started.elapsed() < self.shared.retry_timeout => {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    None => return Ok(false),
+                    None => match backoff.next_delay(started.elapsed()) {
+                        Some(delay) => std::thread::sleep(delay),
+                        None => return Ok(false),
+                    },
                 },
             }
         }
@@ -1039,5 +1074,52 @@ mod tests {
                     .into(),
         };
         assert!(Summary::of(&e, &[]).transient());
+    }
+
+    #[test]
+    fn answers_about_the_object_are_permanent_transport_failures_transient() {
+        let path = || "b/k".to_string();
+        let source = || -> Box<dyn std::error::Error + Send + Sync> { "x".into() };
+        for e in [
+            object_store::Error::NotFound {
+                path: path(),
+                source: source(),
+            },
+            object_store::Error::Precondition {
+                path: path(),
+                source: source(),
+            },
+            object_store::Error::AlreadyExists {
+                path: path(),
+                source: source(),
+            },
+            object_store::Error::PermissionDenied {
+                path: path(),
+                source: source(),
+            },
+            object_store::Error::Unauthenticated {
+                path: path(),
+                source: source(),
+            },
+            object_store::Error::Generic {
+                store: "S3",
+                source: "Server returned non-2xx status code: 403 Forbidden: ".into(),
+            },
+        ] {
+            assert_eq!(object_verdict(&e, &[]), Verdict::Permanent, "{e}");
+        }
+        for text in [
+            "Error performing PUT in 3ms - Server returned non-2xx status code: 503 Service \
+             Unavailable: ",
+            "Server returned non-2xx status code: 429 Too Many Requests: ",
+            "Server returned non-2xx status code: 400 Bad Request: <Error><Code>SlowDown</Code>\
+             </Error>",
+        ] {
+            let e = object_store::Error::Generic {
+                store: "S3",
+                source: text.into(),
+            };
+            assert_eq!(object_verdict(&e, &[]), Verdict::Transient, "{e}");
+        }
     }
 }
