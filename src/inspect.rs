@@ -578,7 +578,7 @@ fn rfc3339(ms: i64) -> String {
 }
 
 fn dead_letter_errors(
-    r: &Reader,
+    r: &Reader<'_>,
     key: &str,
     limit: usize,
 ) -> Result<Vec<DeadLetterError>, InspectError> {
@@ -622,7 +622,7 @@ fn dead_letter_errors(
 /// The first `limit` rows of `files` (in order), as text; files whose schema differs from
 /// `schema` (another enrichment query) are skipped.
 fn read_sample(
-    r: &Reader,
+    r: &Reader<'_>,
     files: &[String],
     schema: &SchemaRef,
     limit: usize,
@@ -1034,7 +1034,7 @@ mod tests {
         .unwrap();
         let values: Vec<Vec<u8>> = (0..6).map(json).collect();
         let times = [T0, T0 + 1, T0 + 2, T0 + MINUTE, T0 + 5, T0 + MINUTE + 1];
-        let mut records: Vec<RawRecord> = (0..6)
+        let mut records: Vec<RawRecord<'_>> = (0..6)
             .map(|i| RawRecord {
                 offset: i as i64,
                 timestamp_ms: times[i],

@@ -23,7 +23,14 @@
 //! - [`allocator`]: glibc `malloc` settings per command (produce reuses, consume returns).
 //! - [`cli`]: clap definitions, logging, flags -> each stage's config; `main.rs` calls
 //!   [`cli::main`].
+// The lints this crate holds to (`make lint` runs clippy with `-D warnings`; clippy.toml lets
+// tests unwrap). `unsafe` only where a module allows it and says why (allocator, csv_source).
 #![deny(unsafe_code)]
+#![deny(unused_must_use, rust_2018_idioms)]
+// Library code returns errors that say what failed and what to do; it does not panic on them.
+#![deny(clippy::unwrap_used)]
+// Nothing half-done or left from debugging lands.
+#![deny(clippy::dbg_macro, clippy::todo, clippy::unimplemented)]
 
 pub mod allocator;
 pub mod checkpoint;

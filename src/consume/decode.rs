@@ -157,8 +157,8 @@ impl Decoder {
         let mut dead = DeadLetters::default();
         let mut metas = Vec::with_capacity(n);
         let (mut hits, mut misses) = (0u64, 0u64);
-        let mut slots: Vec<Slot> = Vec::with_capacity(fields.len());
-        let mut typed: Vec<Typed> = Vec::with_capacity(fields.len());
+        let mut slots: Vec<Slot<'_>> = Vec::with_capacity(fields.len());
+        let mut typed: Vec<Typed<'_>> = Vec::with_capacity(fields.len());
         for rec in records {
             let outcome = match (&rec.refused, rec.value) {
                 (Some(reason), _) => Err(reason.clone()),
@@ -450,7 +450,7 @@ impl Typed<'_> {
 
 /// Types a present, non-null slot; `Err` carries how the value looked (for the message).
 fn type_slot<'a>(ty: &FieldType, slot: Slot<'a>) -> Result<Typed<'a>, String> {
-    let shown = |slot: &Slot| -> String {
+    let shown = |slot: &Slot<'_>| -> String {
         match slot {
             Slot::Str(s) => schema::shorten(&serde_json::to_string(s.as_ref()).unwrap_or_default()),
             Slot::I64(v) => v.to_string(),
@@ -510,7 +510,7 @@ struct TopVisitor<'s, 'b> {
 impl<'de, 's> Visitor<'de> for TopVisitor<'s, 'de> {
     type Value = Top;
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
@@ -576,7 +576,7 @@ struct KeyVisitor;
 impl<'de> Visitor<'de> for KeyVisitor {
     type Value = Cow<'de, str>;
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a string key")
     }
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
@@ -606,7 +606,7 @@ struct SlotVisitor;
 impl<'de> Visitor<'de> for SlotVisitor {
     type Value = Slot<'de>;
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
@@ -675,7 +675,7 @@ impl ColumnBuilder {
     }
 
     /// Appends a value typed for this column (`type_slot` guarantees the match).
-    fn append(&mut self, value: &Typed) {
+    fn append(&mut self, value: &Typed<'_>) {
         match (self, value) {
             (ColumnBuilder::Utf8(b), Typed::Str(s)) => b.append_value(s),
             (ColumnBuilder::Int(b), Typed::Int(v)) => b.append_value(*v),
@@ -716,7 +716,7 @@ struct DeadLetters {
 }
 
 impl DeadLetters {
-    fn push(&mut self, partition: i32, rec: &RawRecord, error: String) -> u32 {
+    fn push(&mut self, partition: i32, rec: &RawRecord<'_>, error: String) -> u32 {
         let i = self.offsets.len() as u32;
         self.partitions.push(partition);
         self.offsets.push(rec.offset);
@@ -827,7 +827,7 @@ mod tests {
     }
 
     fn decode(d: &Decoder, values: &[Option<Vec<u8>>], now: i64) -> DecodedBatch {
-        let records: Vec<RawRecord> = values
+        let records: Vec<RawRecord<'_>> = values
             .iter()
             .enumerate()
             .map(|(i, v)| RawRecord {

@@ -316,7 +316,7 @@ mod tests {
     }
 
     /// What serde_json says the same field is (the reference).
-    fn same(flat: &FlatValue, value: &Value) -> bool {
+    fn same(flat: &FlatValue<'_>, value: &Value) -> bool {
         match (flat, value) {
             (FlatValue::Null, Value::Null) => true,
             (FlatValue::Bool(a), Value::Bool(b)) => a == b,

@@ -221,7 +221,7 @@ impl<'a> Run<'a> {
         }
         // As the consumer's fetch does: the records to decode, then every offset of the fetch
         // stepped over (markers and aborted data are never decoded).
-        let records: Vec<RawRecord> = (from..to)
+        let records: Vec<RawRecord<'_>> = (from..to)
             .filter(|i| self.stream[*i].kind != Kind::Skipped)
             .map(|i| RawRecord {
                 offset: i as i64,
