@@ -31,7 +31,7 @@ help:
 	@echo "make static                        static musl binary (target/static/app, stripped)"
 	@echo "make test                          Python readers (.local/venv), start missing services, run TEST_CMD, stop what it started"
 	@echo "make python-env                    create/update .local/venv (duckdb, pyarrow, pandas, polars; pinned)"
-	@echo "make fmt | lint | build            cargo fmt / fmt --check + clippy / build --release"
+	@echo "make fmt | lint | build            cargo fmt / fmt --check + deps + links + clippy / build --release"
 	@echo "make chaos                         long fault runs (CHAOS=1 tests/faults.rs and tests/consume_group.rs, release; FUZZ_SECONDS=N fuzzes too)"
 	@echo "make bench | bench-quick           benchmarks vs kcat, Kafka perf tools, the seed's Python/PySpark (BENCHMARKS.md)"
 	@echo "make bench-produce | bench-consume | bench-profile   one step (1M rows) / perf profile"

@@ -874,7 +874,7 @@ def render(results, info, args, started, finished):
                 f"{fmt(c.get('peak_rss_tree_mb'))} |")
         add("")
         add("Peak RSS goal for `app consume`: ≤ 128 MB with the default flags, whatever the "
-            "backlog (README: Memory).")
+            "backlog (docs/consume.md: Memory).")
         add("")
     return "\n".join(lines)
 

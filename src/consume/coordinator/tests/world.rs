@@ -2,8 +2,9 @@
 //! real claim (`prepare`, then `PartitionPipeline::claim`), pipelines, checkpoints and marker
 //! sweep on one `MemStore`, with a fake group: generations that drain and hand partitions over,
 //! members cut off from the group that go on writing (their commits are fenced), claims still in
-//! flight when a generation is revoked, takeover checks, and sweeps from every instance. Time
-//! is a clock the test advances. At the end every offset is in exactly one file and every
+//! flight when a generation is revoked, takeover checks, sweeps from every instance, and
+//! partitions whose drain hangs until the drain deadline fails the run. Time is a clock the
+//! test advances. At the end every offset is in exactly one file and every
 //! window's marker lists exactly its files; after every sweep, every marker is supported by
 //! every partition's committed checkpoint.
 
@@ -80,6 +81,8 @@ struct World {
     members: Vec<Option<Member>>,
     /// Cut off from the group: they hear nothing, but their tasks go on.
     cut_off: BTreeSet<usize>,
+    /// Their partitions never finish draining (a write hangs): the drain deadline ends them.
+    stalled: BTreeSet<usize>,
     writers: u32,
     sweeps: usize,
 }
@@ -124,6 +127,7 @@ impl World {
             now: Duration::ZERO,
             members: (0..members).map(|_| None).collect(),
             cut_off: BTreeSet::new(),
+            stalled: BTreeSet::new(),
             writers: 0,
             sweeps: 0,
         }
@@ -324,9 +328,10 @@ impl World {
             if m.finish.is_some() {
                 break;
             }
+            let stalled = self.stalled.contains(&slot);
             if m.claim.is_some() {
                 self.land_claim(slot);
-            } else if let Some(&p) = m.running.keys().next() {
+            } else if let Some(&p) = m.running.keys().next().filter(|_| !stalled) {
                 let mut pipeline = m.running.remove(&p).unwrap();
                 let input = match pipeline.finish(close_windows, &mut Progress::default()) {
                     Ok(_) => Input::Done { partition: p },
@@ -355,6 +360,12 @@ impl World {
         let m = self.members[slot].as_mut().unwrap();
         let finish = m.finish.clone().expect("the run ended");
         assert!(!finish.dropped);
+        if !m.running.is_empty() {
+            // A hung partition: the run fails at the drain deadline; the process exits and
+            // what it did not commit is the next owner's to recover.
+            assert_eq!(finish.failure, Some(super::super::Failure::DrainTimeout));
+            self.stalled.remove(&slot);
+        }
         if finish.sweep {
             m.sweep = Some(false);
             // The driver's final sweep, after the tasks.
@@ -429,6 +440,7 @@ enum Op {
     Rebalance(usize),
     CutOff(usize),
     Heal(usize),
+    Stall(usize),
 }
 
 fn op(members: usize) -> impl Strategy<Value = Op> {
@@ -442,6 +454,7 @@ fn op(members: usize) -> impl Strategy<Value = Op> {
         1 => (0..members).prop_map(Op::Rebalance),
         1 => (0..members).prop_map(Op::CutOff),
         1 => (0..members).prop_map(Op::Heal),
+        1 => (0..members).prop_map(Op::Stall),
     ]
 }
 
@@ -469,6 +482,9 @@ proptest! {
                     }
                 }
                 Op::Heal(s) => w.heal(s),
+                Op::Stall(s) => {
+                    w.stalled.insert(s);
+                }
             }
         }
         // The end: cut-off members hear they lost their partitions, then one member reads
@@ -482,6 +498,8 @@ proptest! {
                 w.drain(s, false);
             }
         }
+        // The last reader is healthy.
+        w.stalled.clear();
         w.generation(BTreeMap::from([(0, all())]));
         for _ in 0..PARTITIONS {
             w.land_claim(0);
