@@ -7,11 +7,11 @@
 mod faultkit;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use faultkit::common;
 use reclamacoes::csv_source::{
     for_each_row_in_bytes, CsvFile, Reject, Row, SourceConfig, SourceError,
 };
@@ -773,15 +773,7 @@ fn msg_cases() -> Vec<MsgCase> {
 }
 
 fn create_topic_with_big_messages(brokers: &str, topic: &str) {
-    let libs = faultkit::repo_root().join(".local/kafka/libs");
-    assert!(
-        libs.is_dir(),
-        "Kafka jars not found at {}; run `make up`",
-        libs.display()
-    );
-    let out = Command::new("java")
-        .arg("-cp")
-        .arg(format!("{}/*", libs.display()))
+    let out = common::kafka_java(&common::kafka_libs())
         .arg("-Dlog4j2.level=warn")
         .args([
             "org.apache.kafka.tools.TopicCommand",
@@ -808,9 +800,9 @@ fn create_topic_with_big_messages(brokers: &str, topic: &str) {
 
 #[tokio::test]
 async fn malformed_kafka_messages_are_dead_lettered_or_accepted_as_documented() {
-    let brokers = faultkit::common::brokers();
-    let mysql = faultkit::common::mysql_url();
-    let topic = format!("test-bad-messages-{:016x}", rand::random::<u64>());
+    let brokers = common::brokers();
+    let mysql = common::mysql_url();
+    let topic = common::random_topic("bad-messages");
     faultkit::connect(&brokers).await;
     create_topic_with_big_messages(&brokers, &topic);
     let cases = msg_cases();
@@ -838,15 +830,7 @@ async fn malformed_kafka_messages_are_dead_lettered_or_accepted_as_documented() 
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("output");
     let done = faultkit::run_bounded(
-        faultkit::app(&brokers, &mysql).args([
-            "consume",
-            "--topic",
-            &topic,
-            "--output",
-            out.to_str().unwrap(),
-            "--until-caught-up",
-            "--close-windows",
-        ]),
+        faultkit::app(&brokers, &mysql).args(common::consume_args(&topic, &out, &common::BOUNDED)),
         Duration::from_secs(300),
     );
     assert!(

@@ -4,50 +4,28 @@
 
 mod common;
 
-use common::duckdb;
+use common::{duckdb, scalar};
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::{TimeZone, Utc};
-use common::{random_topic, run_app};
+use common::{handle, output, random_topic, run_app};
 use mysql_async::prelude::Queryable;
-use reclamacoes::kafka::{Compression, PartitionHandle};
+use reclamacoes::kafka::Compression;
 use reclamacoes::schema::Schema;
-use rskafka::record::Record;
 use serde_json::Value as Json;
-
-fn scalar(out: &Path, sql: &str) -> i64 {
-    duckdb(out, sql)[0][0].as_i64().unwrap()
-}
 
 fn windows_glob() -> &'static str {
     common::output::TABLE
 }
 
+/// A bounded run (`--until-caught-up --close-windows`) with `extra` flags; returns its summary.
 fn consume(topic: &str, out: &Path, extra: &[&str]) -> String {
-    let mut args = vec![
-        "consume",
-        "--topic",
-        topic,
-        "--output",
-        out.to_str().unwrap(),
-        "--until-caught-up",
-        "--close-windows",
-    ];
+    let mut args = common::consume_args(topic, out, &common::BOUNDED);
     args.extend_from_slice(extra);
     let o = run_app(&args, out.parent().unwrap(), true);
     String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-async fn handle(topic: &str, partition: i32) -> PartitionHandle {
-    let kafka = common::require_kafka().await;
-    PartitionHandle {
-        config: common::kafka_config(),
-        topic: topic.to_string(),
-        partition,
-        client: kafka.partition(topic, partition).await.unwrap(),
-    }
 }
 
 #[tokio::test]
@@ -56,34 +34,10 @@ async fn fixtures_end_to_end_with_enrichment_windows_and_dead_letters() {
     common::require_mysql().await;
     let topic = random_topic("consume-fixtures");
     let work = tempfile::tempdir().unwrap();
-    run_app(
-        &[
-            "produce",
-            "--topic",
-            &topic,
-            "--partitions",
-            "3",
-            common::fixtures().to_str().unwrap(),
-        ],
-        work.path(),
-        true,
-    );
+    common::produce_input(&topic, "3", &common::fixtures(), work.path());
     // Three undecodable messages on partition 1 (not JSON, wrong type, empty value).
     kafka.ensure_topic(&topic, 3, 1).await.unwrap();
-    let bad: Vec<Record> = [&b"not json"[..], br#"{"ano":"x"}"#, b""]
-        .iter()
-        .map(|v| Record {
-            key: None,
-            value: Some(v.to_vec()),
-            headers: Default::default(),
-            timestamp: Utc::now(),
-        })
-        .collect();
-    handle(&topic, 1)
-        .await
-        .produce(bad, Compression::None)
-        .await
-        .unwrap();
+    common::produce_undecodable(&kafka, &topic, 1).await;
 
     let out = work.path().join("output");
     let summary = consume(&topic, &out, &["--window", "1m"]);
@@ -206,17 +160,11 @@ async fn real_data_918_rows_enriched_from_the_real_bancos_file() {
 
     let topic = random_topic("consume-real");
     let work = tempfile::tempdir().unwrap();
-    run_app(
-        &[
-            "produce",
-            "--topic",
-            &topic,
-            "--partitions",
-            "3",
-            data.join("bcb-ranking-reclamacoes").to_str().unwrap(),
-        ],
+    common::produce_input(
+        &topic,
+        "3",
+        &data.join("bcb-ranking-reclamacoes"),
         work.path(),
-        true,
     );
     let out = work.path().join("output");
     let query = format!("SELECT cnpj, segmento, nome FROM {table}");
@@ -285,28 +233,16 @@ async fn exactly_once_across_repeated_sigkill() {
 
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("output");
-    let args = [
-        "consume",
-        "--topic",
+    let args = common::consume_args(
         &topic,
-        "--output",
-        out.to_str().unwrap(),
-        "--until-caught-up",
-        "--close-windows",
-        "--checkpoint-interval",
-        "200ms",
-        "--max-buffer-bytes",
-        "4000000",
-        "--fetch-max-bytes",
-        "65536",
-        "--allowed-lateness",
-        "30s",
-    ];
+        &out,
+        &[&common::BOUNDED[..], &common::KILL_TEST_FLAGS].concat(),
+    );
     // Killed at committed-progress targets, so the kills land mid-stream on any machine.
     let (kills, attempts) = common::kill_mid_stream(
         || {
             let mut cmd = common::app();
-            cmd.args(args).current_dir(work.path());
+            cmd.args(&args).current_dir(work.path());
             cmd
         },
         || common::output::committed_offsets(&out),
@@ -319,20 +255,14 @@ async fn exactly_once_across_repeated_sigkill() {
         kills >= 5,
         "only {kills} kills hit a run mid-stream in {attempts} attempts"
     );
-    let summary = consume(&topic, &out, &args[7..]);
+    let summary = consume(&topic, &out, &common::KILL_TEST_FLAGS);
     assert!(summary.contains("(resumed from checkpoint)"), "{summary}");
     eprintln!("final run after {kills} kills:\n{summary}");
 
     common::output::assert_exactly_once(&out, total, &format!("{kills} kills"));
-    let dead = scalar(
-        &out,
-        &format!("SELECT count(*) FROM {}", common::output::DEAD),
-    );
+    let dead = output::count(&out, output::DEAD);
     assert_eq!(dead as u64, expected_dead);
-    let late = scalar(
-        &out,
-        &format!("SELECT count(*) FROM {}", common::output::LATE),
-    );
+    let late = output::count(&out, output::LATE);
     assert!(late > 0, "some records were late");
     let windows = scalar(
         &out,
@@ -344,23 +274,10 @@ async fn exactly_once_across_repeated_sigkill() {
     assert!(windows >= 20, "{windows} windows");
     // Closed windows carry _SUCCESS; no temporary file is left.
     let mut success = 0;
-    for entry in walk(&out) {
+    for entry in common::walk(&out) {
         let name = entry.file_name().unwrap().to_string_lossy().to_string();
         assert!(!name.ends_with(".tmp"), "leftover {name}");
         success += usize::from(name == "_SUCCESS");
     }
     assert!(success >= 20, "{success} _SUCCESS markers");
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }

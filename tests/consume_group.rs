@@ -22,8 +22,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use common::random_topic;
-use reclamacoes::kafka::{Compression, PartitionHandle};
+use common::{random_topic, scalar};
+use reclamacoes::kafka::Compression;
 use reclamacoes::schema::Schema;
 
 const PARTITIONS: i32 = 6;
@@ -140,39 +140,38 @@ impl Member {
             None => common::app(),
             Some(ns) => {
                 let mut cmd = std::process::Command::new("ip");
-                cmd.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_app")])
-                    .env("KAFKA_BROKERS", common::brokers())
-                    .env("MYSQL_URL", common::mysql_url());
+                cmd.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_app")]);
+                common::app_env(&mut cmd);
                 cmd
             }
         };
         if matches!(out, Output::S3 { .. }) {
             common::s3::env(&mut cmd);
         }
+        let output = out.arg();
         let child = cmd
-            .args([
-                "consume",
-                "--topic",
+            .args(common::consume_args(
                 topic,
-                "--output",
-                &out.arg(),
-                "--group",
-                group,
-                "--session-timeout",
-                "6s",
-                "--heartbeat-interval",
-                "1s",
-                "--checkpoint-interval",
-                "300ms",
-                "--idle-timeout",
-                "2s",
-                "--allowed-lateness",
-                "10s",
-                "--max-buffer-bytes",
-                "8000000",
-                "--fetch-max-bytes",
-                "131072",
-            ])
+                &output,
+                &[
+                    "--group",
+                    group,
+                    "--session-timeout",
+                    "6s",
+                    "--heartbeat-interval",
+                    "1s",
+                    "--checkpoint-interval",
+                    "300ms",
+                    "--idle-timeout",
+                    "2s",
+                    "--allowed-lateness",
+                    "10s",
+                    "--max-buffer-bytes",
+                    "8000000",
+                    "--fetch-max-bytes",
+                    "131072",
+                ],
+            ))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .current_dir(work)
@@ -245,18 +244,15 @@ impl Drop for Member {
     }
 }
 
-/// Polls `cond` every 100 ms for at most `within`; panics with `what` and the members' logs.
-fn wait_for(what: &str, within: Duration, members: &[&Member], mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        if Instant::now() > deadline {
-            let logs: Vec<String> = members
-                .iter()
-                .map(|m| format!("--- {} ---\n{}", m.name, tail(&m.log(), 4000)))
-                .collect();
-            panic!("{what}: not within {within:?}\n{}", logs.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
+/// Polls `cond` every 100 ms (`common::wait_for`) for at most `within`; panics with `what` and
+/// the members' logs.
+fn wait_with_logs(what: &str, within: Duration, members: &[&Member], cond: impl FnMut() -> bool) {
+    if !common::wait_for(within, cond) {
+        let logs: Vec<String> = members
+            .iter()
+            .map(|m| format!("--- {} ---\n{}", m.name, tail(&m.log(), 4000)))
+            .collect();
+        panic!("{what}: not within {within:?}\n{}", logs.join("\n"));
     }
 }
 
@@ -266,10 +262,6 @@ fn tail(text: &str, n: usize) -> &str {
         start += 1;
     }
     &text[start..]
-}
-
-fn scalar(out: &Path, sql: &str) -> i64 {
-    common::duckdb(out, sql)[0][0].as_i64().unwrap()
 }
 
 /// Fills a fresh 6-partition topic; returns the record count and the number of distinct
@@ -286,12 +278,7 @@ async fn fill(topic: &str) -> (u64, usize) {
         .unwrap()
         .timestamp_millis();
     for p in 0..PARTITIONS {
-        let handle = PartitionHandle {
-            config: common::kafka_config(),
-            topic: topic.to_string(),
-            partition: p,
-            client: kafka.partition(topic, p).await.unwrap(),
-        };
+        let handle = common::partition(&kafka, topic, p).await;
         let mut batch = Vec::new();
         for i in 0..per_partition {
             // Forward through the windows with a few seconds of disorder.
@@ -361,7 +348,7 @@ fn stop_and_check(
 
 /// Waits until everything is committed and every window has its marker.
 fn wait_finished(out: &Output, (total, windows): (u64, usize), members: &[&Member]) {
-    wait_for(
+    wait_with_logs(
         "every record committed",
         Duration::from_secs(300),
         members,
@@ -369,7 +356,7 @@ fn wait_finished(out: &Output, (total, windows): (u64, usize), members: &[&Membe
     );
     // Idle partitions follow the clock (Kafka-timestamp event time), so every window closes;
     // a marker needs every partition's checkpoint past the window, in whichever member.
-    wait_for(
+    wait_with_logs(
         "a success marker for every window",
         Duration::from_secs(90),
         members,
@@ -422,7 +409,7 @@ impl Scenario {
             self.member_in(netns, "b"),
             self.member("c"),
         );
-        wait_for(
+        wait_with_logs(
             "every member gets partitions",
             Duration::from_secs(60),
             &[&a, &b, &c],
@@ -434,7 +421,7 @@ impl Scenario {
     /// Waits until `share` percent of the records are committed.
     fn wait_committed(&self, share: u64, members: &[&Member]) {
         let target = self.total() * share / 100;
-        wait_for(
+        wait_with_logs(
             &format!("{share}% of the records committed"),
             Duration::from_secs(240),
             members,
@@ -462,7 +449,7 @@ impl Scenario {
 /// Waits until both survivors were assigned again since `before` (their assignment counts);
 /// returns the time since `since`.
 fn wait_takeover(a: &Member, c: &Member, before: (usize, usize), since: Instant) -> Duration {
-    wait_for(
+    wait_with_logs(
         "the survivors are assigned the lost member's partitions",
         Duration::from_secs(60),
         &[a, c],
@@ -498,7 +485,7 @@ async fn three_members_share_six_partitions_through_a_sigkill_and_a_new_member_e
 
     // A fourth member joins: the group rebalances again and it gets partitions.
     let d = run.member("d");
-    wait_for(
+    wait_with_logs(
         "the new member gets partitions",
         Duration::from_secs(60),
         &[&a, &c, &d],
@@ -524,7 +511,7 @@ async fn three_members_share_six_partitions_through_a_sigkill_and_a_new_member_e
         3,
         "three members own the partitions:\n{describe}"
     );
-    wait_for(
+    wait_with_logs(
         "the group's committed offsets reach the end",
         Duration::from_secs(30),
         &[&a, &c, &d],
@@ -612,7 +599,7 @@ async fn a_paused_member_loses_its_partitions_and_writes_nothing_twice() {
     // Frozen while it held them, it learns from its expired lease (revoked: Lost); frozen while
     // it was draining a rebalance, from the checkpoint that fences its commits. Either way it
     // stays up and writes nothing the new owners did not.
-    wait_for(
+    wait_with_logs(
         "the woken member lets go of its partitions",
         Duration::from_secs(30),
         &[&b],
@@ -694,7 +681,7 @@ async fn a_member_cut_off_from_the_network_is_fenced_and_writes_nothing_twice() 
     let run = Scenario::new("group-netns", |_| Output::s3("group-netns")).await;
     let (a, b, c) = run.three(Some(&ns));
     run.wait_committed(25, &[&a, &b, &c]);
-    wait_for("b is consuming", Duration::from_secs(30), &[&b], || {
+    wait_with_logs("b is consuming", Duration::from_secs(30), &[&b], || {
         b.log().contains("Consuming")
     });
     // b's writer in the generation it holds now.
@@ -717,7 +704,7 @@ async fn a_member_cut_off_from_the_network_is_fenced_and_writes_nothing_twice() 
         "takeover after the cut (session timeout 6 s): {:.1} s",
         takeover.as_secs_f64()
     );
-    wait_for(
+    wait_with_logs(
         "the cut-off member reports its partitions lost",
         Duration::from_secs(30),
         &[&b],

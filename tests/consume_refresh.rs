@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use mysql_async::prelude::Queryable;
-use reclamacoes::kafka::{Compression, PartitionHandle};
+use reclamacoes::kafka::Compression;
 use reclamacoes::schema::{Schema, Value};
 use rskafka::record::Record;
 
@@ -32,24 +32,18 @@ fn record(schema: &Schema, cnpj: &str, label: &str, event_ms: i64) -> Record {
 
 fn wait_for_window(out: &std::path::Path, start_ms: i64) {
     let dir = out.join(reclamacoes::output::layout::window_dir(start_ms));
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let has_file = std::fs::read_dir(&dir)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
-            })
-            .unwrap_or(false);
-        if has_file {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "window {} was not written within 60 s",
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_until(
+        Duration::from_secs(60),
+        &format!("window {} to be written", dir.display()),
+        || {
+            std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .any(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+                })
+                .unwrap_or(false)
+        },
+    );
 }
 
 #[tokio::test]
@@ -70,31 +64,25 @@ async fn a_row_changed_in_mysql_reaches_records_after_the_next_refresh() {
 
     let topic = common::random_topic("refresh");
     kafka.ensure_topic(&topic, 1, 1).await.unwrap();
-    let handle = PartitionHandle {
-        config: common::kafka_config(),
-        topic: topic.clone(),
-        partition: 0,
-        client: kafka.partition(&topic, 0).await.unwrap(),
-    };
+    let handle = common::partition(&kafka, &topic, 0).await;
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("output");
     let query = format!("SELECT cnpj, segmento, nome FROM {table}");
     let mut consumer = common::app()
-        .args([
-            "consume",
-            "--topic",
+        .args(common::consume_args(
             &topic,
-            "--output",
-            out.to_str().unwrap(),
-            "--enrich-query",
-            &query,
-            "--refresh-interval",
-            "300ms",
-            "--window",
-            "1m",
-            "--allowed-lateness",
-            "0s",
-        ])
+            &out,
+            &[
+                "--enrich-query",
+                &query,
+                "--refresh-interval",
+                "300ms",
+                "--window",
+                "1m",
+                "--allowed-lateness",
+                "0s",
+            ],
+        ))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

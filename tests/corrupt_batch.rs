@@ -13,6 +13,7 @@ mod faultkit;
 use std::path::Path;
 use std::time::Duration;
 
+use faultkit::common::{consume_args, BOUNDED};
 use faultkit::{app, private_brokers, private_dir, run_bounded, scalar, Private};
 use reclamacoes::kafka::Compression;
 use reclamacoes::schema::Schema;
@@ -37,16 +38,7 @@ fn batches_in_segment(segment: &[u8]) -> Vec<(i64, usize, usize)> {
 
 fn consume(brokers: &str, topic: &str, out: &Path, extra: &[&str]) -> faultkit::Finished {
     let mut cmd = app(brokers, &faultkit::common::mysql_url());
-    cmd.args([
-        "consume",
-        "--topic",
-        topic,
-        "--output",
-        out.to_str().unwrap(),
-        "--until-caught-up",
-        "--close-windows",
-    ])
-    .args(extra);
+    cmd.args(consume_args(topic, out, &BOUNDED)).args(extra);
     run_bounded(&mut cmd, Duration::from_secs(120))
 }
 

@@ -5,22 +5,21 @@
 //! The only row they write is a test-owned `bancos` row with a random CNPJ starting with `9`,
 //! deleted at the end (also when an assertion fails).
 
+mod common;
+
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
+use common::mysql_url;
 use futures::FutureExt;
 use mysql_async::prelude::Queryable;
 use rand::Rng;
 use reclamacoes::enrich::{
     redact_url, EnrichConfig, EnrichError, EnrichmentCache, Join, MySqlSource, OnMiss,
-    ReferenceTable, DEFAULT_MYSQL_URL,
+    ReferenceTable,
 };
 use reclamacoes::schema::{FieldType, Value};
 use reclamacoes::shutdown::{self, ShutdownTrigger};
-
-fn mysql_url() -> String {
-    std::env::var("MYSQL_URL").unwrap_or_else(|_| DEFAULT_MYSQL_URL.to_string())
-}
 
 /// A direct connection for setup and checks; fails the test clearly when MariaDB is down.
 async fn connect() -> mysql_async::Conn {

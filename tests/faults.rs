@@ -27,9 +27,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
+use faultkit::common::{
+    self, brokers as shared_brokers, consume_args, mysql_url as shared_mysql_url, BOUNDED,
+    KILL_TEST_FLAGS,
+};
 use faultkit::{
     app, duckdb, interrupt, private_brokers, private_mysql_url, read_topic, run_bounded, scalar,
-    source_of, wait_bounded, wait_until, walk, Private,
+    source_of, wait_bounded, wait_until, walk, Finished, Private,
 };
 use reclamacoes::kafka::Compression;
 use reclamacoes::schema::{Schema, Source, Value};
@@ -41,16 +45,8 @@ fn chaos() -> bool {
     std::env::var("CHAOS").is_ok_and(|v| v == "1")
 }
 
-fn shared_brokers() -> String {
-    faultkit::common::brokers()
-}
-
-fn shared_mysql_url() -> String {
-    faultkit::common::mysql_url()
-}
-
 fn random_topic(prefix: &str) -> String {
-    format!("test-faults-{prefix}-{:016x}", rand::random::<u64>())
+    common::random_topic(&format!("faults-{prefix}"))
 }
 
 /// A JSON complaint record of the built-in schema; `label` goes into the institution name.
@@ -155,7 +151,7 @@ impl StreamDesign {
             .map(|i| {
                 let event = self.event_ms(p, i);
                 match self.kind(i) {
-                    Kind::Dead => faultkit::common::garbage_record(i, event),
+                    Kind::Dead => common::garbage_record(i, event),
                     _ => record(
                         schema,
                         i,
@@ -261,37 +257,14 @@ async fn sigkilled_consumer_writes_exactly_once_and_late_only_what_is_late() {
     let expected_dead = design.expected(3, Kind::Dead);
 
     let work = tempfile::tempdir().unwrap();
-    let consume_args = |out: &Path| -> Vec<String> {
-        [
-            "consume",
-            "--topic",
-            &topic,
-            "--output",
-            out.to_str().unwrap(),
-            "--until-caught-up",
-            "--close-windows",
-            "--checkpoint-interval",
-            "200ms",
-            "--max-buffer-bytes",
-            "4000000",
-            "--fetch-max-bytes",
-            "65536",
-            "--window",
-            "1m",
-            "--allowed-lateness",
-            "30s",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let flags = [&BOUNDED[..], &KILL_TEST_FLAGS, &["--window", "1m"]].concat();
 
     // Reference: the same topic, no kills.
     let reference = work.path().join("reference");
     let started = Instant::now();
     let done = run_bounded(
         app(&brokers, &mysql)
-            .args(consume_args(&reference))
+            .args(consume_args(&topic, &reference, &flags))
             .current_dir(work.path()),
         HANG_GUARD,
     );
@@ -305,10 +278,11 @@ async fn sigkilled_consumer_writes_exactly_once_and_late_only_what_is_late() {
     // Killed: SIGKILL at random moments until `wanted_kills` kills hit a run mid-stream, paced
     // by the committed progress (common::kill_mid_stream says how).
     let killed = work.path().join("killed");
-    let (kills, attempts) = faultkit::common::kill_mid_stream(
+    let killed_args = consume_args(&topic, &killed, &flags);
+    let (kills, attempts) = common::kill_mid_stream(
         || {
             let mut cmd = app(&brokers, &mysql);
-            cmd.args(consume_args(&killed)).current_dir(work.path());
+            cmd.args(&killed_args).current_dir(work.path());
             cmd
         },
         || faultkit::committed_offsets(&killed),
@@ -323,7 +297,7 @@ async fn sigkilled_consumer_writes_exactly_once_and_late_only_what_is_late() {
     );
     let last = run_bounded(
         app(&brokers, &mysql)
-            .args(consume_args(&killed))
+            .args(&killed_args)
             .current_dir(work.path()),
         HANG_GUARD,
     );
@@ -408,6 +382,34 @@ fn two_csv_files(dir: &Path, rows: usize) -> Vec<PathBuf> {
     vec![a, b]
 }
 
+/// `app produce` of the input of [`two_csv_files`] (`work/input`) into `topic`, run in `work`,
+/// with `flags`.
+fn produce_input(brokers: &str, mysql: &str, topic: &str, work: &Path, flags: &[&str]) -> Command {
+    let mut cmd = app(brokers, mysql);
+    cmd.args(["produce", "--topic", topic])
+        .args(flags)
+        .arg(work.join("input"))
+        .current_dir(work);
+    cmd
+}
+
+/// [`produce_input`] to the shared services, creating `topic` with 3 partitions: the producer
+/// that the SIGKILL and SIGINT tests stop and resume.
+fn produce_to_shared(topic: &str, work: &Path, flags: &[&str]) -> Command {
+    let flags = [&["--partitions", "3"], flags].concat();
+    produce_input(&shared_brokers(), &shared_mysql_url(), topic, work, &flags)
+}
+
+/// The resume point (`--resume-from '<file>:<line>'`) a stopped producer printed.
+fn resume_point(stopped: &Finished) -> Option<String> {
+    stopped
+        .stdout
+        .split("--resume-from '")
+        .nth(1)
+        .and_then(|s| s.split('\'').next())
+        .map(str::to_string)
+}
+
 /// How many times each (file, line) is in the topic, and the value of each.
 async fn sources_in_topic(
     brokers: &str,
@@ -451,15 +453,7 @@ async fn sigkilled_producer_resumes_from_the_topic_and_loses_nothing() {
     let work = tempfile::tempdir().unwrap();
     let rows = 40_000;
     let files = two_csv_files(work.path(), rows);
-    let produce = |extra: &[&str]| {
-        let mut cmd = app(&brokers, &shared_mysql_url());
-        cmd.args(["produce", "--topic", &topic, "--partitions", "3"])
-            .args(extra)
-            .arg(work.path().join("input"))
-            .current_dir(work.path());
-        cmd
-    };
-    let mut child = produce(&["--rate", "20000"])
+    let mut child = produce_to_shared(&topic, work.path(), &["--rate", "20000"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -497,7 +491,11 @@ async fn sigkilled_producer_resumes_from_the_topic_and_loses_nothing() {
         .filter(|s| in_order.iter().position(|x| x == *s).unwrap() > resume)
         .count();
     let finished = run_bounded(
-        &mut produce(&["--resume-from", &format!("{resume_file}:{resume_line}")]),
+        &mut produce_to_shared(
+            &topic,
+            work.path(),
+            &["--resume-from", &format!("{resume_file}:{resume_line}")],
+        ),
         HANG_GUARD,
     );
     assert!(finished.status.success(), "{}", finished.both());
@@ -547,15 +545,11 @@ async fn interrupted_producer_prints_a_resume_point_that_loses_and_repeats_nothi
     let work = tempfile::tempdir().unwrap();
     let rows = 40_000;
     let files = two_csv_files(work.path(), rows);
-    let produce = |extra: &[&str]| {
-        let mut cmd = app(&brokers, &shared_mysql_url());
-        cmd.args(["produce", "--topic", &topic, "--partitions", "3"])
-            .args(extra)
-            .arg(work.path().join("input"))
-            .current_dir(work.path());
-        cmd
-    };
-    let child = faultkit::spawn(&mut produce(&["--rate", "20000"]));
+    let child = faultkit::spawn(&mut produce_to_shared(
+        &topic,
+        work.path(),
+        &["--rate", "20000"],
+    ));
     let target = 2000 + (rand::random::<u64>() % rows as u64) as i64;
     let deadline = Instant::now() + Duration::from_secs(120);
     while topic_size(&brokers, &topic).await < target {
@@ -565,14 +559,12 @@ async fn interrupted_producer_prints_a_resume_point_that_loses_and_repeats_nothi
     interrupt(&child);
     let first = wait_bounded(child, HANG_GUARD);
     assert_eq!(first.status.code(), Some(130), "{}", first.both());
-    let resume = first
-        .stdout
-        .split("--resume-from '")
-        .nth(1)
-        .and_then(|s| s.split('\'').next())
-        .unwrap_or_else(|| panic!("no --resume-from in the summary\n{}", first.both()))
-        .to_string();
-    let second = run_bounded(&mut produce(&["--resume-from", &resume]), HANG_GUARD);
+    let resume = resume_point(&first)
+        .unwrap_or_else(|| panic!("no --resume-from in the summary\n{}", first.both()));
+    let second = run_bounded(
+        &mut produce_to_shared(&topic, work.path(), &["--resume-from", &resume]),
+        HANG_GUARD,
+    );
     assert!(second.status.success(), "{}", second.both());
     let (counts, _) = sources_in_topic(&brokers, &topic).await;
     let mut missing = 0;
@@ -608,14 +600,8 @@ async fn broker_crash_during_produce_and_consume_loses_nothing() {
     let out = work.path().join("output");
 
     // `app produce` of the test's input into `topic`, with `extra` flags.
-    let produce = |topic: &str, extra: &[&str]| {
-        let mut cmd = app(&brokers, &mysql);
-        cmd.args(["produce", "--topic", topic])
-            .args(extra)
-            .arg(work.path().join("input"))
-            .current_dir(work.path());
-        cmd
-    };
+    let produce =
+        |topic: &str, extra: &[&str]| produce_input(&brokers, &mysql, topic, work.path(), extra);
     // A paced producer (~40 s of input) and a live consumer, both on the private broker.
     let producer = faultkit::spawn(&mut produce(&topic, &["--rate", "1500"]));
     // A second producer, to another topic, that gives up after 5 s of failures: it must stop
@@ -628,17 +614,11 @@ async fn broker_crash_during_produce_and_consume_loses_nothing() {
     ));
     let consumer = faultkit::spawn(
         app(&brokers, &mysql)
-            .args([
-                "consume",
-                "--topic",
+            .args(consume_args(
                 &topic,
-                "--output",
-                out.to_str().unwrap(),
-                "--checkpoint-interval",
-                "500ms",
-                "--idle-timeout",
-                "2s",
-            ])
+                &out,
+                &["--checkpoint-interval", "500ms", "--idle-timeout", "2s"],
+            ))
             .current_dir(work.path()),
     );
     wait_until(Duration::from_secs(120), "the consumer to commit", || {
@@ -654,13 +634,8 @@ async fn broker_crash_during_produce_and_consume_loses_nothing() {
     let rode_out = produced.status.success();
     // Either the producer rode out the outage, or it stopped with a resumable error.
     if !rode_out {
-        let resume = produced
-            .stdout
-            .split("--resume-from '")
-            .nth(1)
-            .and_then(|s| s.split('\'').next())
-            .unwrap_or_else(|| panic!("failed without a resume point\n{}", produced.both()))
-            .to_string();
+        let resume = resume_point(&produced)
+            .unwrap_or_else(|| panic!("failed without a resume point\n{}", produced.both()));
         eprintln!("producer stopped with a resumable error; resuming from {resume}");
         let again = run_bounded(
             &mut produce(&topic, &["--resume-from", &resume]),
@@ -688,13 +663,8 @@ async fn broker_crash_during_produce_and_consume_loses_nothing() {
         "--retry-timeout 5s gives up\n{}",
         gave_up.both()
     );
-    let resume_b = gave_up
-        .stdout
-        .split("--resume-from '")
-        .nth(1)
-        .and_then(|s| s.split('\'').next())
-        .unwrap_or_else(|| panic!("no resume point\n{}", gave_up.both()))
-        .to_string();
+    let resume_b =
+        resume_point(&gave_up).unwrap_or_else(|| panic!("no resume point\n{}", gave_up.both()));
     eprintln!(
         "impatient producer: {}",
         gave_up
@@ -743,7 +713,7 @@ async fn broker_crash_during_produce_and_consume_loses_nothing() {
     }
 
     // The consumer catches up by itself, then drains on SIGINT.
-    let caught_up = faultkit::wait_for(Duration::from_secs(300), || {
+    let caught_up = common::wait_for(Duration::from_secs(300), || {
         faultkit::committed_offsets(&out) as i64 >= in_topic
     });
     interrupt(&consumer);
@@ -785,20 +755,13 @@ async fn broker_pause_and_crash_during_produce_writes_every_row_once() {
     // ~13 s of input. `--timeout 2s`: while the broker is frozen, every lane's request in flight
     // times out and is sent again on the same connection; when the broker runs again it reads
     // both, so without idempotence the batch would be written twice.
-    let producer = faultkit::spawn(
-        app(&brokers, &mysql)
-            .args([
-                "produce",
-                "--topic",
-                &topic,
-                "--rate",
-                "3000",
-                "--timeout",
-                "2s",
-            ])
-            .arg(work.path().join("input"))
-            .current_dir(work.path()),
-    );
+    let producer = faultkit::spawn(&mut produce_input(
+        &brokers,
+        &mysql,
+        &topic,
+        work.path(),
+        &["--rate", "3000", "--timeout", "2s"],
+    ));
     let progress = |at_least: i64| {
         let brokers = brokers.clone();
         let topic = topic.clone();
@@ -869,8 +832,7 @@ async fn broker_pause_and_crash_during_produce_writes_every_row_once() {
 
     // Kafka's own reading of the log: every batch has a producer id, and per (partition,
     // producer id) the batches' sequences run 0, 1, 2, ... without a gap or an overlap.
-    let batches =
-        faultkit::common::dump_log_segments(&faultkit::private_dir().join("kafka"), &topic, false);
+    let batches = common::dump_log_segments(&faultkit::private_dir().join("kafka"), &topic, false);
     let records: i64 = batches.iter().map(|b| b.count).sum();
     assert_eq!(
         records,
@@ -944,19 +906,18 @@ async fn mariadb_outage_keeps_the_stale_map_and_refresh_recovers() {
     let consumer = faultkit::spawn(
         app(&brokers, &mysql)
             .env("RUST_LOG", "warn,reclamacoes::enrich=debug")
-            .args([
-                "consume",
-                "--topic",
+            .args(consume_args(
                 &topic,
-                "--output",
-                out.to_str().unwrap(),
-                "--enrich-query",
-                &query,
-                "--refresh-interval",
-                "1s",
-                "--checkpoint-interval",
-                "300ms",
-            ])
+                &out,
+                &[
+                    "--enrich-query",
+                    &query,
+                    "--refresh-interval",
+                    "1s",
+                    "--checkpoint-interval",
+                    "300ms",
+                ],
+            ))
             .current_dir(work.path()),
     );
     let log_text = || consumer.stderr_so_far();
@@ -977,17 +938,13 @@ async fn mariadb_outage_keeps_the_stale_map_and_refresh_recovers() {
         faultkit::committed_offsets(&out) >= 100
     });
     // A consumer started now gives up after --mysql-timeout with a clear error.
+    let fresh_out = work.path().join("fresh");
     let fresh = run_bounded(
-        app(&brokers, &mysql).args([
-            "consume",
-            "--topic",
+        app(&brokers, &mysql).args(consume_args(
             &topic,
-            "--output",
-            work.path().join("fresh").to_str().unwrap(),
-            "--until-caught-up",
-            "--mysql-timeout",
-            "3s",
-        ]),
+            &fresh_out,
+            &["--until-caught-up", "--mysql-timeout", "3s"],
+        )),
         Duration::from_secs(120),
     );
     assert!(!fresh.status.success(), "{}", fresh.both());
@@ -1140,20 +1097,19 @@ async fn disk_full_is_a_clear_error_and_a_restart_after_freeing_space_completes(
     let work = tempfile::tempdir().unwrap();
     let disk = SmallDisk::new(work.path(), "1m");
     let out = disk.mount.join("output");
-    let args = [
-        "consume",
-        "--topic",
+    let args = consume_args(
         &topic,
-        "--output",
-        out.to_str().unwrap(),
-        "--until-caught-up",
-        "--checkpoint-interval",
-        "200ms",
-        "--compression",
-        "none",
-    ];
+        &out,
+        &[
+            "--until-caught-up",
+            "--checkpoint-interval",
+            "200ms",
+            "--compression",
+            "none",
+        ],
+    );
     let full = if disk.mounted {
-        run_bounded(app(&brokers, &mysql).args(args), HANG_GUARD)
+        run_bounded(app(&brokers, &mysql).args(&args), HANG_GUARD)
     } else {
         // Not allowed to mount: every file may grow to 256 KiB, and SIGXFSZ is ignored so the
         // write fails with EFBIG instead of killing the process.
@@ -1162,10 +1118,8 @@ async fn disk_full_is_a_clear_error_and_a_restart_after_freeing_space_completes(
             .arg("trap '' XFSZ; exec prlimit --fsize=262144 -- \"$@\"")
             .arg("bash")
             .arg(env!("CARGO_BIN_EXE_app"))
-            .args(args)
-            .env("KAFKA_BROKERS", &brokers)
-            .env("MYSQL_URL", &mysql)
-            .env("RUST_LOG", "warn");
+            .args(&args);
+        common::app_env_for(&mut cmd, &brokers, &mysql);
         run_bounded(&mut cmd, HANG_GUARD)
     };
     eprintln!(
@@ -1212,7 +1166,7 @@ async fn disk_full_is_a_clear_error_and_a_restart_after_freeing_space_completes(
     eprintln!("{checked} finished Parquet files read back intact after the failure");
 
     disk.grow("512m");
-    let again = run_bounded(app(&brokers, &mysql).args(args), HANG_GUARD);
+    let again = run_bounded(app(&brokers, &mysql).args(&args), HANG_GUARD);
     assert!(again.status.success(), "{}", again.both());
     let (rows, distinct) = exactly_once_counts(&out);
     assert_eq!(
@@ -1268,14 +1222,7 @@ async fn damaged_checkpoint_falls_back_to_the_previous_generation_or_refuses() {
     let out = work.path().join("output");
     let consume = || {
         run_bounded(
-            app(&brokers, &mysql).args([
-                "consume",
-                "--topic",
-                &topic,
-                "--output",
-                out.to_str().unwrap(),
-                "--until-caught-up",
-            ]),
+            app(&brokers, &mysql).args(consume_args(&topic, &out, &["--until-caught-up"])),
             HANG_GUARD,
         )
     };
@@ -1407,16 +1354,11 @@ async fn retention_below_the_checkpoint_follows_on_data_loss() {
     let out = work.path().join("output");
     let consume = |policy: &str| {
         run_bounded(
-            app(&brokers, &mysql).args([
-                "consume",
-                "--topic",
+            app(&brokers, &mysql).args(consume_args(
                 &topic,
-                "--output",
-                out.to_str().unwrap(),
-                "--until-caught-up",
-                "--on-data-loss",
-                policy,
-            ]),
+                &out,
+                &["--until-caught-up", "--on-data-loss", policy],
+            )),
             HANG_GUARD,
         )
     };

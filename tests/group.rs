@@ -19,8 +19,7 @@ use reclamacoes::group::{
     VersionChoice,
 };
 use reclamacoes::kafka::{
-    Compression, KafkaConfig, KafkaSecurity, PartitionHandle, SaslMechanism, SaslOptions,
-    TlsOptions,
+    Compression, KafkaConfig, KafkaSecurity, SaslMechanism, SaslOptions, TlsOptions,
 };
 
 /// Bound on waiting for one event (a rebalance here takes seconds; this only catches hangs).
@@ -85,6 +84,18 @@ fn all(n: i32) -> BTreeSet<i32> {
     (0..n).collect()
 }
 
+/// A commit under `generation` is refused: that generation is fenced.
+async fn assert_commit_fenced(member: &mut GroupMember, generation: i32) {
+    let fenced = member
+        .commit_offsets(generation, &[(0, 1)].into())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(fenced, GroupError::CommitFenced { .. }),
+        "{fenced}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,14 +141,7 @@ async fn members_split_the_topic_and_rebalance_when_one_comes_or_goes() {
     assert_eq!(high.partitions, [3, 4, 5].into());
 
     // The old generation is fenced.
-    let fenced = a
-        .commit_offsets(first.generation_id, &[(0, 1)].into())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(fenced, GroupError::CommitFenced { .. }),
-        "{fenced}"
-    );
+    assert_commit_fenced(&mut a, first.generation_id).await;
 
     // b leaves: a gets everything back without waiting for a session timeout.
     let left_at = Instant::now();
@@ -226,14 +230,7 @@ public class RemoveMembers {
     };
     assert!(reason.contains("fenced"), "{reason}");
     // A lost generation may not commit any more.
-    let fenced = a
-        .commit_offsets(first.generation_id, &[(0, 1)].into())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(fenced, GroupError::CommitFenced { .. }),
-        "{fenced}"
-    );
+    assert_commit_fenced(&mut a, first.generation_id).await;
     revocation.release();
     let again = assigned(&mut a, "a").await;
     assert_eq!(again.partitions, all(3));
@@ -247,19 +244,9 @@ async fn kafka_consumer_groups_shows_members_partitions_committed_offsets_and_la
     let (kafka, topic) = topic_with_partitions("group-describe", 6).await;
     // 10 records in every partition: log end offset 10.
     for p in 0..6 {
-        let handle = PartitionHandle {
-            config: kafka.config.clone(),
-            topic: topic.clone(),
-            partition: p,
-            client: kafka.partition(&topic, p).await.unwrap(),
-        };
+        let handle = common::partition(&kafka, &topic, p).await;
         let records = (0..10)
-            .map(|i| rskafka::record::Record {
-                key: None,
-                value: Some(format!("record {i}").into_bytes()),
-                headers: Default::default(),
-                timestamp: chrono::Utc::now(),
-            })
+            .map(|i| common::raw_record(format!("record {i}").as_bytes(), chrono::Utc::now()))
             .collect();
         handle.produce(records, Compression::None).await.unwrap();
     }

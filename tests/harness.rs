@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{TimeZone, Utc};
 use mysql_async::prelude::Queryable;
-use reclamacoes::kafka::{Compression, PartitionHandle};
+use reclamacoes::kafka::Compression;
 use rskafka::record::Record;
 
 #[tokio::test]
@@ -15,12 +15,7 @@ async fn rskafka_round_trips_1000_records_and_kcat_reads_them() {
     let topic = common::random_topic("harness");
     let (partitions, created) = kafka.ensure_topic(&topic, 1, 1).await.unwrap();
     assert_eq!((partitions, created), (1, true));
-    let handle = PartitionHandle {
-        config: common::kafka_config(),
-        topic: topic.clone(),
-        partition: 0,
-        client: kafka.partition(&topic, 0).await.unwrap(),
-    };
+    let handle = common::partition(&kafka, &topic, 0).await;
     let records: Vec<Record> = (0..1000)
         .map(|i| Record {
             key: Some(format!("key-{i}").into_bytes()),

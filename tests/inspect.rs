@@ -4,54 +4,21 @@
 
 mod common;
 
-use common::duckdb;
+use common::{duckdb, scalar_u64 as scalar};
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::{Duration as ChronoDuration, Utc};
-use common::{random_topic, run_app};
-use reclamacoes::kafka::{Compression, PartitionHandle};
-use rskafka::record::Record;
+use common::{handle, random_topic, raw_record as record, run_app};
+use reclamacoes::kafka::Compression;
 use serde_json::Value as Json;
 
 const PARTITIONS: i32 = 3;
 
-fn scalar(out: &Path, sql: &str) -> u64 {
-    duckdb(out, sql)[0][0].as_u64().unwrap()
-}
-
-async fn handle(topic: &str, partition: i32) -> PartitionHandle {
-    let kafka = common::require_kafka().await;
-    PartitionHandle {
-        config: common::kafka_config(),
-        topic: topic.to_string(),
-        partition,
-        client: kafka.partition(topic, partition).await.unwrap(),
-    }
-}
-
-fn record(value: &[u8], timestamp: chrono::DateTime<Utc>) -> Record {
-    Record {
-        key: None,
-        value: Some(value.to_vec()),
-        headers: Default::default(),
-        timestamp,
-    }
-}
-
 fn consume(topic: &str, out: &Path) -> String {
     let o = run_app(
-        &[
-            "consume",
-            "--topic",
-            topic,
-            "--output",
-            out.to_str().unwrap(),
-            "--window",
-            "1m",
-            "--until-caught-up",
-        ],
+        &common::consume_args(topic, out, &["--window", "1m", "--until-caught-up"]),
         out.parent().unwrap(),
         true,
     );
@@ -75,17 +42,11 @@ async fn inspect_json_agrees_with_duckdb() {
     let topic = random_topic("inspect");
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("output");
-    run_app(
-        &[
-            "produce",
-            "--topic",
-            &topic,
-            "--partitions",
-            &PARTITIONS.to_string(),
-            common::fixtures().to_str().unwrap(),
-        ],
+    common::produce_input(
+        &topic,
+        &PARTITIONS.to_string(),
+        &common::fixtures(),
         work.path(),
-        true,
     );
     // A valid record to copy, and on every partition one record 3 minutes in the future (under
     // --max-future 5m): every partition's watermark passes the fixtures' window, which closes

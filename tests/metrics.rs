@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::duckdb;
+use common::scalar_f64 as scalar;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -13,17 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use common::{random_topic, run_app};
-use reclamacoes::kafka::{Compression, Kafka, KafkaConfig, PartitionHandle};
-use rskafka::record::Record;
+use common::{free_port, random_topic, run_app};
+use reclamacoes::kafka::Kafka;
 
 // ----------------------------------------------------------------------------- helpers
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    common::free_ports::<1>()[0]
-}
 
 /// `/metrics` parsed into `name{labels}` -> value (comments skipped).
 fn scrape(port: u16) -> Option<BTreeMap<String, f64>> {
@@ -90,22 +83,28 @@ impl App {
         }
     }
 
-    /// SIGTERM, then wait (bounded) for the exit; returns (success, stdout).
-    fn terminate(&mut self) -> (bool, String) {
+    /// SIGTERM, then wait (bounded) for the exit, which must be clean (`consume` drains and
+    /// commits); returns stdout.
+    fn terminate_cleanly(&mut self) -> String {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
+        let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let stdout = std::fs::read_to_string(&self.stdout).unwrap_or_default();
-                return (status.success(), stdout);
+                break status;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 panic!("app did not exit within 90 s of SIGTERM\n{}", self.output());
             }
             std::thread::sleep(Duration::from_millis(100));
-        }
+        };
+        assert!(
+            status.success(),
+            "consume did not exit cleanly on SIGTERM\n{}",
+            self.output()
+        );
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 }
 
@@ -118,32 +117,28 @@ impl Drop for App {
     }
 }
 
-/// Polls `check` every 200 ms until it returns `Some`, failing after `bound` with `what` and the
-/// app's output. Bounds are generous: they catch hangs, they do not measure speed.
-fn wait_for<T>(
+/// Polls `check` every 200 ms (`common::poll`) until it returns `Some`, failing when the app
+/// exits first, or after `bound` with `what` and the app's output. Bounds are generous: they
+/// catch hangs, they do not measure speed.
+fn wait_while_running<T>(
     app: &mut App,
     bound: Duration,
     what: &str,
     mut check: impl FnMut() -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + bound;
-    loop {
-        if let Some(v) = check() {
-            return v;
+    let found = common::poll(bound, Duration::from_millis(200), || {
+        let found = check();
+        if found.is_none() {
+            app.assert_running();
         }
-        app.assert_running();
-        if Instant::now() > deadline {
-            panic!(
-                "timed out after {bound:?} waiting for {what}\n{}",
-                app.output()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn scalar(out: &Path, sql: &str) -> f64 {
-    duckdb(out, sql)[0][0].as_f64().unwrap()
+        found
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "timed out after {bound:?} waiting for {what}\n{}",
+            app.output()
+        )
+    })
 }
 
 /// (files, bytes) of the data files of one part of the output: the table (`window=*/*.parquet`,
@@ -167,16 +162,8 @@ fn parquet_files(out: &Path, sub: Option<&str>) -> (u64, u64) {
 }
 
 fn produce_fixtures(brokers: &str, topic: &str, dir: &Path) {
-    let out = common::app()
-        .env("KAFKA_BROKERS", brokers)
-        .args([
-            "produce",
-            "--topic",
-            topic,
-            "--partitions",
-            "3",
-            common::fixtures().to_str().unwrap(),
-        ])
+    let out = common::app_with(brokers, &common::mysql_url())
+        .args(common::produce_args(topic, "3", &common::fixtures()))
         .current_dir(dir)
         .output()
         .expect("run app produce");
@@ -189,11 +176,9 @@ fn produce_fixtures(brokers: &str, topic: &str, dir: &Path) {
 }
 
 fn consume_cmd(brokers: &str, topic: &str, out: &Path, port: u16, extra: &[&str]) -> Command {
-    let mut cmd = common::app();
-    cmd.env("KAFKA_BROKERS", brokers)
-        .args(["consume", "--topic", topic, "--output"])
-        .arg(out)
-        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+    let mut cmd = common::app_with(brokers, &common::mysql_url());
+    let addr = format!("127.0.0.1:{port}");
+    cmd.args(common::consume_args(topic, out, &["--metrics-addr", &addr]))
         .args(extra)
         .current_dir(out.parent().unwrap());
     cmd
@@ -213,7 +198,7 @@ impl PrivateServices {
     fn start() -> PrivateServices {
         let root = common::repo_root();
         let local = root.join(".local/metrics-test");
-        let shared_libs = root.join(".local/kafka/libs");
+        let shared_libs = common::kafka_dir().join("libs");
         assert!(
             shared_libs.join(".pom.sha256").is_file(),
             "Kafka jars not found at {} — run `make up` first",
@@ -331,24 +316,7 @@ async fn consume_metrics_agree_with_the_parquet_output() {
     produce_fixtures(&common::brokers(), &topic, work.path());
     // Three undecodable messages on partition 1 become dead letters.
     kafka.ensure_topic(&topic, 3, 1).await.unwrap();
-    let bad: Vec<Record> = [&b"not json"[..], br#"{"ano":"x"}"#, b""]
-        .iter()
-        .map(|v| Record {
-            key: None,
-            value: Some(v.to_vec()),
-            headers: Default::default(),
-            timestamp: Utc::now(),
-        })
-        .collect();
-    PartitionHandle {
-        config: common::kafka_config(),
-        topic: topic.clone(),
-        partition: 1,
-        client: kafka.partition(&topic, 1).await.unwrap(),
-    }
-    .produce(bad, Compression::None)
-    .await
-    .unwrap();
+    common::produce_undecodable(&kafka, &topic, 1).await;
 
     let out = work.path().join("output");
     let port = free_port();
@@ -381,9 +349,10 @@ async fn consume_metrics_agree_with_the_parquet_output() {
     );
 
     // During: healthy, and the counters move to where the input says they end.
-    let (_, health) = wait_for(&mut app, Duration::from_secs(120), "/healthz 200", || {
-        common::http_get(port, "/healthz").filter(|(s, _)| *s == 200)
-    });
+    let (_, health) =
+        wait_while_running(&mut app, Duration::from_secs(120), "/healthz 200", || {
+            common::http_get(port, "/healthz").filter(|(s, _)| *s == 200)
+        });
     assert!(health.starts_with("ok\n"), "{health}");
     let (_, text) = common::http_get(port, "/metrics").unwrap();
     assert!(
@@ -392,7 +361,7 @@ async fn consume_metrics_agree_with_the_parquet_output() {
     );
     assert!(text.contains("# HELP reclamacoes_consume_partition_lag_records "));
     assert!(text.contains("# TYPE reclamacoes_consume_checkpoint_duration_seconds histogram"));
-    let m = wait_for(
+    let m = wait_while_running(
         &mut app,
         Duration::from_secs(120),
         "every record read and written",
@@ -544,12 +513,10 @@ async fn consume_metrics_agree_with_the_parquet_output() {
 
     // The partitions are idle by now: their watermarks follow the wall clock (Kafka timestamps,
     // --idle-advance auto, no lateness), past every event time seen and not past now.
-    let hi = duckdb(
+    let hi = scalar(
         &out,
         &format!("SELECT epoch(max(kafka_timestamp)) FROM {windows}"),
-    )[0][0]
-        .as_f64()
-        .unwrap();
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -583,12 +550,7 @@ async fn consume_metrics_agree_with_the_parquet_output() {
         1.0
     );
 
-    let (ok, stdout) = app.terminate();
-    assert!(
-        ok,
-        "consume did not exit cleanly on SIGTERM\n{}",
-        app.output()
-    );
+    let stdout = app.terminate_cleanly();
     assert!(stdout.contains("rows written: 80"), "{stdout}");
     assert!(stdout.contains("dead letters: 3"), "{stdout}");
 }
@@ -598,13 +560,9 @@ async fn healthz_turns_503_when_the_broker_stops() {
     common::require_mysql().await;
     let services = PrivateServices::start();
     let brokers = services.brokers();
-    let private = Kafka::connect(KafkaConfig {
-        brokers: brokers.clone(),
-        timeout: Duration::from_secs(10),
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("the private Kafka at {brokers} does not answer: {e}"));
+    let private = Kafka::connect(common::kafka_config_for(&brokers))
+        .await
+        .unwrap_or_else(|e| panic!("the private Kafka at {brokers} does not answer: {e}"));
     drop(private);
 
     let topic = random_topic("metrics-health");
@@ -617,7 +575,7 @@ async fn healthz_turns_503_when_the_broker_stops() {
         work.path(),
         "consume-private",
     );
-    wait_for(
+    wait_while_running(
         &mut app,
         Duration::from_secs(120),
         "/healthz 200 and 80 records read",
@@ -630,7 +588,7 @@ async fn healthz_turns_503_when_the_broker_stops() {
     );
 
     services.stop_kafka();
-    let body = wait_for(
+    let body = wait_while_running(
         &mut app,
         Duration::from_secs(180),
         "/healthz 503 after the broker stopped",
@@ -647,12 +605,7 @@ async fn healthz_turns_503_when_the_broker_stops() {
     assert_eq!(get(&m, "reclamacoes_healthy"), 0.0);
 
     // It still shuts down cleanly: draining needs no broker.
-    let (ok, stdout) = app.terminate();
-    assert!(
-        ok,
-        "consume did not exit cleanly on SIGTERM\n{}",
-        app.output()
-    );
+    let stdout = app.terminate_cleanly();
     assert!(stdout.contains("records read: 80"), "{stdout}");
     drop(services);
 }
@@ -676,7 +629,7 @@ async fn produce_exposes_its_counters_while_it_runs() {
     ])
     .current_dir(work.path());
     let mut app = App::spawn(cmd, work.path(), "produce");
-    let m = wait_for(
+    let m = wait_while_running(
         &mut app,
         Duration::from_secs(60),
         "rows acknowledged while paced",

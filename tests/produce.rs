@@ -188,12 +188,7 @@ async fn real_data_gives_918_records_partitioned_like_the_java_client() {
     let kafka = common::require_kafka().await;
     let mut per_partition: BTreeMap<i32, usize> = BTreeMap::new();
     for p in 0..3 {
-        let handle = reclamacoes::kafka::PartitionHandle {
-            config: common::kafka_config(),
-            topic: topic.clone(),
-            partition: p,
-            client: kafka.partition(&topic, p).await.unwrap(),
-        };
+        let handle = common::partition(&kafka, &topic, p).await;
         let (_, high) = handle.offsets().await.unwrap();
         let mut offset = 0;
         let mut n = 0;

@@ -11,9 +11,8 @@ mod common;
 use std::process::Command;
 
 use chrono::Utc;
-use common::{output, random_topic, run_app};
-use reclamacoes::kafka::{Compression, PartitionHandle};
-use rskafka::record::Record;
+use common::{output, random_topic, raw_record as record, run_app};
+use reclamacoes::kafka::Compression;
 
 const READERS: &str = r#"
 import sys, json
@@ -38,34 +37,12 @@ async fn pandas_pyarrow_polars_and_duckdb_read_the_output_as_one_table() {
     common::require_mysql().await;
     let topic = random_topic("readers");
     let work = tempfile::tempdir().unwrap();
-    run_app(
-        &[
-            "produce",
-            "--topic",
-            &topic,
-            "--partitions",
-            "2",
-            common::fixtures().to_str().unwrap(),
-        ],
-        work.path(),
-        true,
-    );
+    common::produce_input(&topic, "2", &common::fixtures(), work.path());
     let payload = common::kcat_read_all(&topic)
         .into_iter()
         .find_map(|r| r.payload)
         .unwrap();
-    let h = PartitionHandle {
-        config: common::kafka_config(),
-        topic: topic.clone(),
-        partition: 0,
-        client: kafka.partition(&topic, 0).await.unwrap(),
-    };
-    let record = |value: &[u8], at| Record {
-        key: None,
-        value: Some(value.to_vec()),
-        headers: Default::default(),
-        timestamp: at,
-    };
+    let h = common::partition(&kafka, &topic, 0).await;
     // Partition 0: two dead letters, then a record three minutes ahead (the fixtures' window
     // closes; this one's window stays open: staged, not in the table), then one record of the
     // fixtures' (closed) window: late.
@@ -87,30 +64,20 @@ async fn pandas_pyarrow_polars_and_duckdb_read_the_output_as_one_table() {
     .await
     .unwrap();
     // Partition 1 passes the fixtures' window too, so it is complete.
-    PartitionHandle {
-        partition: 1,
-        client: kafka.partition(&topic, 1).await.unwrap(),
-        ..h.clone()
-    }
-    .produce(
-        vec![record(
-            payload.as_bytes(),
-            Utc::now() + chrono::Duration::minutes(3),
-        )],
-        Compression::None,
-    )
-    .await
-    .unwrap();
+    common::partition(&kafka, &topic, 1)
+        .await
+        .produce(
+            vec![record(
+                payload.as_bytes(),
+                Utc::now() + chrono::Duration::minutes(3),
+            )],
+            Compression::None,
+        )
+        .await
+        .unwrap();
     let out = work.path().join("output");
     let summary = run_app(
-        &[
-            "consume",
-            "--topic",
-            &topic,
-            "--output",
-            out.to_str().unwrap(),
-            "--until-caught-up",
-        ],
+        &common::consume_args(&topic, &out, &["--until-caught-up"]),
         work.path(),
         true,
     );
@@ -121,9 +88,7 @@ async fn pandas_pyarrow_polars_and_duckdb_read_the_output_as_one_table() {
         output::has(&out, "_staging/*/*.staged"),
         "an open window is staged"
     );
-    let table_rows = common::duckdb(&out, &format!("SELECT count(*) FROM {}", output::TABLE))[0][0]
-        .as_i64()
-        .unwrap();
+    let table_rows = output::count(&out, output::TABLE);
     assert_eq!(table_rows, 80, "the fixtures' window: {summary}");
 
     let python = common::python();

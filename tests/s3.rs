@@ -9,14 +9,13 @@
 mod faultkit;
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use faultkit::common::{self, s3};
-use faultkit::{run_bounded, scalar, wait_bounded, wait_until};
+use faultkit::common::{self, consume_args, free_port, output, s3, BOUNDED, KILL_TEST_FLAGS};
+use faultkit::{run_bounded, wait_bounded, wait_until};
 use reclamacoes::kafka::Compression;
 use reclamacoes::schema::Schema;
 
@@ -28,14 +27,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Produces `count` records per partition (numbered from `from`), event times walking through
@@ -81,7 +72,7 @@ fn produce(topic: &str, partitions: i32, from: u64, count: u64, minutes: i64) ->
 
 /// `app` against the shared Kafka and MariaDB, with exactly the S3 settings of `endpoint`.
 fn app_s3(endpoint: &str) -> Command {
-    let mut cmd = faultkit::app(&common::brokers(), &common::mysql_url());
+    let mut cmd = common::app();
     s3::env_for(&mut cmd, endpoint, s3::SECRET_KEY);
     cmd
 }
@@ -90,11 +81,8 @@ fn app_s3(endpoint: &str) -> Command {
 /// exactly once across the table, staged row groups, late rows and dead letters.
 fn assert_exactly_once(endpoint: &str, prefix: &str, total: u64, dead: u64, local: &Path) {
     s3::download(endpoint, prefix, local);
-    common::output::assert_exactly_once(local, total, "S3 output");
-    let dead_rows = scalar(
-        local,
-        &format!("SELECT count(*) FROM {}", common::output::DEAD),
-    );
+    output::assert_exactly_once(local, total, "S3 output");
+    let dead_rows = output::count(local, output::DEAD);
     assert_eq!(dead_rows as u64, dead, "dead letters");
 }
 
@@ -110,28 +98,12 @@ fn exactly_once_across_repeated_sigkill_on_s3() {
     let endpoint = s3::endpoint();
     let store = s3::store(&endpoint, &prefix);
     let work = tempfile::tempdir().unwrap();
-    let args = [
-        "consume",
-        "--topic",
-        &topic,
-        "--output",
-        &url,
-        "--until-caught-up",
-        "--close-windows",
-        "--checkpoint-interval",
-        "200ms",
-        "--max-buffer-bytes",
-        "4000000",
-        "--fetch-max-bytes",
-        "65536",
-        "--allowed-lateness",
-        "30s",
-    ];
+    let args = consume_args(&topic, &url, &[&BOUNDED[..], &KILL_TEST_FLAGS].concat());
     // Killed at committed-progress targets, so the kills land mid-stream on any machine.
     let (kills, attempts) = common::kill_mid_stream(
         || {
             let mut cmd = app_s3(&endpoint);
-            cmd.args(args).current_dir(work.path());
+            cmd.args(&args).current_dir(work.path());
             cmd
         },
         || s3::committed_offsets(&store),
@@ -144,7 +116,7 @@ fn exactly_once_across_repeated_sigkill_on_s3() {
         kills >= 5,
         "only {kills} kills hit a run mid-stream in {attempts} attempts"
     );
-    let done = run_bounded(app_s3(&endpoint).args(args), HANG_GUARD);
+    let done = run_bounded(app_s3(&endpoint).args(&args), HANG_GUARD);
     assert!(done.status.success(), "final run failed:\n{}", done.both());
     assert!(
         done.stdout.contains("(resumed from checkpoint)"),
@@ -155,16 +127,10 @@ fn exactly_once_across_repeated_sigkill_on_s3() {
     assert_eq!(s3::committed_offsets(&store), total);
     let local = work.path().join("copy");
     assert_exactly_once(&endpoint, &prefix, total, dead, &local);
-    let late = scalar(
+    let late = output::count(&local, output::LATE);
+    let windows = common::scalar(
         &local,
-        &format!("SELECT count(*) FROM {}", common::output::LATE),
-    );
-    let windows = scalar(
-        &local,
-        &format!(
-            "SELECT count(DISTINCT window_start) FROM {}",
-            common::output::TABLE
-        ),
+        &format!("SELECT count(DISTINCT window_start) FROM {}", output::TABLE),
     );
     assert!(windows >= 15, "{windows} windows ({late} late rows)");
     // Closed windows carry _SUCCESS, no staged row group is left, and `inspect` reads it too.
@@ -264,25 +230,25 @@ fn an_s3_outage_is_waited_out_and_reported_by_healthz() {
     let url = s3::url(&prefix);
     let store = s3::store(&endpoint, &prefix);
     let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let consumer = faultkit::spawn(
         app_s3(&endpoint)
-            .args([
-                "consume",
-                "--topic",
+            .args(consume_args(
                 &topic,
-                "--output",
                 &url,
-                "--checkpoint-interval",
-                "300ms",
-                "--output-timeout",
-                "3s",
-                "--output-retry-timeout",
-                "3m",
-                "--idle-advance",
-                "off",
-                "--metrics-addr",
-                &format!("127.0.0.1:{metrics_port}"),
-            ])
+                &[
+                    "--checkpoint-interval",
+                    "300ms",
+                    "--output-timeout",
+                    "3s",
+                    "--output-retry-timeout",
+                    "3m",
+                    "--idle-advance",
+                    "off",
+                    "--metrics-addr",
+                    &metrics_addr,
+                ],
+            ))
             .env("RUST_LOG", "info")
             .current_dir(work.path()),
     );
@@ -361,17 +327,11 @@ fn wrong_credentials_and_a_missing_bucket_fail_clearly_without_the_secret() {
     let work = tempfile::tempdir().unwrap();
     let wrong = "Wr0ng-S3cret-Value-123";
     let prefix = s3::random_prefix("errors");
-    let mut cmd = faultkit::app(&common::brokers(), &common::mysql_url());
+    let url = s3::url(&prefix);
+    let mut cmd = common::app();
     s3::env_for(&mut cmd, &endpoint, wrong)
         .env("RUST_LOG", "debug")
-        .args([
-            "consume",
-            "--topic",
-            &topic,
-            "--output",
-            &s3::url(&prefix),
-            "--until-caught-up",
-        ])
+        .args(consume_args(&topic, &url, &["--until-caught-up"]))
         .current_dir(work.path());
     let out = run_bounded(&mut cmd, HANG_GUARD);
     assert!(!out.status.success(), "{}", out.both());
@@ -391,8 +351,8 @@ fn wrong_credentials_and_a_missing_bucket_fail_clearly_without_the_secret() {
     );
 
     // inspect says the same.
-    let mut cmd = faultkit::app(&common::brokers(), &common::mysql_url());
-    s3::env_for(&mut cmd, &endpoint, wrong).args(["inspect", &s3::url(&prefix)]);
+    let mut cmd = common::app();
+    s3::env_for(&mut cmd, &endpoint, wrong).args(["inspect", &url]);
     let out = run_bounded(&mut cmd, HANG_GUARD);
     assert!(!out.status.success());
     assert!(out.stderr.contains("credentials"), "{}", out.both());
@@ -400,16 +360,10 @@ fn wrong_credentials_and_a_missing_bucket_fail_clearly_without_the_secret() {
 
     // A missing bucket.
     let bucket = format!("no-such-bucket-{:08x}", rand::random::<u32>());
+    let missing = format!("s3://{bucket}/x/");
     let mut cmd = app_s3(&endpoint);
     cmd.env("RUST_LOG", "debug")
-        .args([
-            "consume",
-            "--topic",
-            &topic,
-            "--output",
-            &format!("s3://{bucket}/x/"),
-            "--until-caught-up",
-        ])
+        .args(consume_args(&topic, &missing, &["--until-caught-up"]))
         .current_dir(work.path());
     let out = run_bounded(&mut cmd, HANG_GUARD);
     assert!(!out.status.success(), "{}", out.both());
@@ -430,15 +384,7 @@ fn wrong_credentials_and_a_missing_bucket_fail_clearly_without_the_secret() {
     assert!(!help.both().contains(s3::SECRET_KEY));
     let mut cmd = app_s3(&endpoint);
     cmd.env("RUST_LOG", "debug")
-        .args([
-            "consume",
-            "--topic",
-            &topic,
-            "--output",
-            &s3::url(&prefix),
-            "--until-caught-up",
-            "--close-windows",
-        ])
+        .args(consume_args(&topic, &url, &BOUNDED))
         .current_dir(work.path());
     let out = run_bounded(&mut cmd, HANG_GUARD);
     assert!(out.status.success(), "{}", out.both());
@@ -455,19 +401,13 @@ fn two_consumers_on_one_prefix_are_fenced_and_the_output_stays_exactly_once() {
     let url = s3::url(&prefix);
     let store = s3::store(&endpoint, &prefix);
     let work = tempfile::tempdir().unwrap();
-    let base = [
-        "consume",
-        "--topic",
+    let base = consume_args(
         &topic,
-        "--output",
         &url,
-        "--checkpoint-interval",
-        "200ms",
-        "--idle-advance",
-        "off",
-    ];
+        &["--checkpoint-interval", "200ms", "--idle-advance", "off"],
+    );
     // A: runs on (no --until-caught-up), holding open windows once it has read everything.
-    let first = faultkit::spawn(app_s3(&endpoint).args(base).current_dir(work.path()));
+    let first = faultkit::spawn(app_s3(&endpoint).args(&base).current_dir(work.path()));
     wait_until(Duration::from_secs(60), "A committed everything", || {
         s3::committed_offsets(&store) >= 20_000
     });
@@ -475,7 +415,7 @@ fn two_consumers_on_one_prefix_are_fenced_and_the_output_stays_exactly_once() {
     // it commits nothing meanwhile) and reads to the end.
     let second = run_bounded(
         app_s3(&endpoint)
-            .args(base)
+            .args(&base)
             .args(["--until-caught-up"])
             .current_dir(work.path()),
         HANG_GUARD,
@@ -499,8 +439,8 @@ fn two_consumers_on_one_prefix_are_fenced_and_the_output_stays_exactly_once() {
         .map(|_| {
             faultkit::spawn(
                 app_s3(&endpoint)
-                    .args(base)
-                    .args(["--until-caught-up", "--close-windows"])
+                    .args(&base)
+                    .args(BOUNDED)
                     .current_dir(work.path()),
             )
         })
@@ -519,8 +459,8 @@ fn two_consumers_on_one_prefix_are_fenced_and_the_output_stays_exactly_once() {
     // Whatever the race left, a last run completes the output, exactly once.
     let done = run_bounded(
         app_s3(&endpoint)
-            .args(base)
-            .args(["--until-caught-up", "--close-windows"])
+            .args(&base)
+            .args(BOUNDED)
             .current_dir(work.path()),
         HANG_GUARD,
     );
@@ -536,19 +476,11 @@ fn pyarrow_and_duckdb_read_the_output_straight_from_s3() {
     let dead = produce(&topic, 3, 0, 2_000, 5);
     let prefix = s3::random_prefix("readers");
     let work = tempfile::tempdir().unwrap();
+    let url = s3::url(&prefix);
     let out = run_bounded(
         app_s3(&endpoint)
-            .args([
-                "consume",
-                "--topic",
-                &topic,
-                "--output",
-                &s3::url(&prefix),
-                "--until-caught-up",
-                "--close-windows",
-                "--allowed-lateness",
-                "2m",
-            ])
+            .args(consume_args(&topic, &url, &BOUNDED))
+            .args(["--allowed-lateness", "2m"])
             .current_dir(work.path()),
         HANG_GUARD,
     );

@@ -13,6 +13,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use faultkit::common::{
+    self, brokers as shared_brokers, consume_args, mysql_url as shared_mysql_url,
+};
 use faultkit::secure_broker::{start_secure_broker, PLAIN_PASSWORD, SCRAM_PASSWORD};
 use faultkit::{app, run_bounded, walk, Finished};
 use reclamacoes::kafka::Compression;
@@ -21,16 +24,8 @@ use rskafka::record::Record;
 
 const HANG_GUARD: Duration = Duration::from_secs(300);
 
-fn shared_brokers() -> String {
-    faultkit::common::brokers()
-}
-
-fn shared_mysql_url() -> String {
-    faultkit::common::mysql_url()
-}
-
 fn random_topic(prefix: &str) -> String {
-    format!("test-security-{prefix}-{:016x}", rand::random::<u64>())
+    common::random_topic(&format!("security-{prefix}"))
 }
 
 fn assert_absent(output: &Finished, secret: &str, what: &str) {
@@ -57,16 +52,11 @@ async fn passwords_never_appear_in_logs_errors_or_help() {
         run_bounded(
             app(&brokers, url)
                 .env("RUST_LOG", log)
-                .args([
-                    "consume",
-                    "--topic",
+                .args(consume_args(
                     &topic,
-                    "--output",
-                    out.to_str().unwrap(),
-                    "--until-caught-up",
-                    "--mysql-timeout",
-                    "2s",
-                ])
+                    &out,
+                    &["--until-caught-up", "--mysql-timeout", "2s"],
+                ))
                 .current_dir(work.path()),
             HANG_GUARD,
         )
@@ -142,7 +132,7 @@ async fn passwords_never_appear_in_logs_errors_or_help() {
                 "--kafka-sasl-username",
                 "alice",
             ])
-            .arg(faultkit::repo_root().join("fixtures"))
+            .arg(common::fixtures())
             .current_dir(work.path()),
         HANG_GUARD,
     );
@@ -201,7 +191,7 @@ fn produce_fixtures(port: u16, topic: &str, flags: &[&str], password: Option<&st
                 "5s",
             ])
             .args(flags)
-            .arg(faultkit::repo_root().join("fixtures"))
+            .arg(common::fixtures())
             .current_dir(work.path()),
         HANG_GUARD,
     )
@@ -216,17 +206,8 @@ fn consume_all(
 ) -> Finished {
     run_bounded(
         secure_app(port, flags, password)
-            .args([
-                "consume",
-                "--topic",
-                topic,
-                "--output",
-                out.to_str().unwrap(),
-                "--until-caught-up",
-                "--close-windows",
-                "--timeout",
-                "5s",
-            ])
+            .args(consume_args(topic, out, &common::BOUNDED))
+            .args(["--timeout", "5s"])
             .args(flags),
         HANG_GUARD,
     )
@@ -378,17 +359,13 @@ async fn mysql_require_ssl_is_enforced_not_silently_dropped() {
     kafka.ensure_topic(&topic, 1, 1).await.unwrap();
     let url = format!("{}?require_ssl=true", shared_mysql_url());
     let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
     let done = run_bounded(
-        app(&brokers, &url).args([
-            "consume",
-            "--topic",
+        app(&brokers, &url).args(consume_args(
             &topic,
-            "--output",
-            work.path().join("out").to_str().unwrap(),
-            "--until-caught-up",
-            "--mysql-timeout",
-            "3s",
-        ]),
+            &out,
+            &["--until-caught-up", "--mysql-timeout", "3s"],
+        )),
         HANG_GUARD,
     );
     assert!(!done.status.success(), "{}", done.both());
@@ -411,7 +388,7 @@ async fn record_values_never_become_file_paths() {
     let kafka = faultkit::connect(&brokers).await;
     let topic = random_topic("paths");
     kafka.ensure_topic(&topic, 1, 1).await.unwrap();
-    let h = faultkit::partition(&kafka, &topic, 0).await;
+    let h = common::partition(&kafka, &topic, 0).await;
     let schema = Schema::banco_central();
     let evil = [
         "../../../../tmp/evil",
@@ -460,15 +437,7 @@ async fn record_values_never_become_file_paths() {
     let out = work.path().join("output");
     let done = run_bounded(
         app(&brokers, &shared_mysql_url())
-            .args([
-                "consume",
-                "--topic",
-                &topic,
-                "--output",
-                out.to_str().unwrap(),
-                "--until-caught-up",
-                "--close-windows",
-            ])
+            .args(consume_args(&topic, &out, &common::BOUNDED))
             .current_dir(work.path()),
         HANG_GUARD,
     );

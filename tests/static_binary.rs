@@ -92,13 +92,9 @@ fn tail(bytes: &[u8], n: usize) -> String {
     text[start..].to_string()
 }
 
+/// Runs the static binary `bin` as `common::app` runs the test build (the shared services).
 fn run(bin: &Path, args: &[&str], cwd: &Path) -> Output {
-    let out = Command::new(bin)
-        .args(args)
-        .current_dir(cwd)
-        .env("KAFKA_BROKERS", common::brokers())
-        .env("MYSQL_URL", common::mysql_url())
-        .env("RUST_LOG", "warn")
+    let out = common::app_env(Command::new(bin).args(args).current_dir(cwd))
         .output()
         .expect("run the static binary");
     assert!(
@@ -144,16 +140,10 @@ async fn static_binary_is_static_and_runs_the_pipeline() {
 
     let topic = random_topic("static");
     let work = tempfile::tempdir().unwrap();
+    let fixtures = common::fixtures();
     let produced = run(
         &bin,
-        &[
-            "produce",
-            "--topic",
-            &topic,
-            "--partitions",
-            "2",
-            common::fixtures().to_str().unwrap(),
-        ],
+        &common::produce_args(&topic, "2", &fixtures),
         work.path(),
     );
     let produced = String::from_utf8_lossy(&produced.stdout);
@@ -167,15 +157,7 @@ async fn static_binary_is_static_and_runs_the_pipeline() {
     let out = work.path().join("output");
     let consumed = run(
         &bin,
-        &[
-            "consume",
-            "--topic",
-            &topic,
-            "--output",
-            out.to_str().unwrap(),
-            "--until-caught-up",
-            "--close-windows",
-        ],
+        &common::consume_args(&topic, &out, &common::BOUNDED),
         work.path(),
     );
     let consumed = String::from_utf8_lossy(&consumed.stdout);

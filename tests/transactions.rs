@@ -24,7 +24,7 @@ mod faultkit;
 use faultkit::common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -384,22 +384,6 @@ fn interleaved(shape: &Shape) -> Plan {
 // The Java program
 // ---------------------------------------------------------------------------------------------
 
-/// The shared broker's directory (`.local/kafka`: its jars and its log directory).
-fn kafka_dir() -> PathBuf {
-    kafka_libs().parent().unwrap().to_path_buf()
-}
-
-fn kafka_libs() -> PathBuf {
-    let libs = common::repo_root().join(".local/kafka/libs");
-    assert!(
-        libs.is_dir(),
-        "Kafka jars not found at {} — run `make up` first (in a worktree: ln -s the main \
-         checkout's .local/kafka/libs)",
-        libs.display()
-    );
-    libs
-}
-
 /// Compiles `tests/java/TxnProducer.java` once per source version (javac, the broker's jars on
 /// the classpath) into Cargo's test scratch directory; returns the class directory.
 fn txn_producer_classes() -> &'static Path {
@@ -421,7 +405,7 @@ fn txn_producer_classes() -> &'static Path {
             .arg("-d")
             .arg(building.path())
             .arg("-cp")
-            .arg(format!("{}/*", kafka_libs().display()))
+            .arg(format!("{}/*", common::kafka_libs().display()))
             .arg(&source)
             .output()
             .expect("javac is installed (Java 17 JDK; `make test` / `make up` install it)");
@@ -552,7 +536,7 @@ impl TxnWriter {
             .arg(format!(
                 "{}:{}/*",
                 classes.display(),
-                kafka_libs().display()
+                common::kafka_libs().display()
             ))
             .arg("TxnProducer")
             .arg(common::brokers())
@@ -575,17 +559,7 @@ impl TxnWriter {
             }
         });
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut from = child.stderr.take().unwrap();
-        let to = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 8192];
-            while let Ok(n) = from.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                to.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        });
+        common::read_into(child.stderr.take().unwrap(), Arc::clone(&stderr));
         TxnWriter {
             stdin: child.stdin.take(),
             child,
@@ -678,7 +652,7 @@ fn check_log(topic: &str, plan: &Plan, report: &Report) -> i64 {
     let mut multi: BTreeSet<String> = BTreeSet::new();
     let mut open_producer = BTreeSet::new();
     for p in 0..PARTITIONS {
-        let batches: Vec<_> = common::dump_log_segments(&kafka_dir(), topic, true)
+        let batches: Vec<_> = common::dump_log_segments(&common::kafka_dir(), topic, true)
             .into_iter()
             .filter(|b| b.partition == p)
             .collect();
@@ -745,33 +719,22 @@ fn check_log(topic: &str, plan: &Plan, report: &Report) -> i64 {
 // The consumer and its output
 // ---------------------------------------------------------------------------------------------
 
-fn consume_args(topic: &str, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "consume",
-        "--topic",
-        topic,
-        "--output",
-        out.to_str().unwrap(),
-        "--until-caught-up",
-        "--close-windows",
-        "--window",
-        "1m",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
+/// A bounded run of one-minute windows into `out`, with `extra` flags.
+fn consume_args<'a>(topic: &'a str, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = common::consume_args(topic, out, &common::BOUNDED);
+    args.extend_from_slice(&["--window", "1m"]);
+    args.extend_from_slice(extra);
     args
 }
 
-fn consume_command(args: &[String], work: &Path) -> Command {
-    let mut cmd = faultkit::app(&common::brokers(), &common::mysql_url());
+fn consume_command(args: &[&str], work: &Path) -> Command {
+    let mut cmd = common::app();
     cmd.args(args).current_dir(work);
     cmd
 }
 
 /// Runs `app consume` to its end (bounded) and requires success; returns its summary.
-fn consume_to_the_end(args: &[String], work: &Path, what: &str) -> String {
+fn consume_to_the_end(args: &[&str], work: &Path, what: &str) -> String {
     let done = faultkit::run_bounded(&mut consume_command(args, work), HANG_GUARD);
     assert!(
         done.status.success(),
@@ -851,10 +814,7 @@ fn check_rows(out: &Path, plan: &Plan, readable: &[Class], what: &str) -> Vec<(i
     assert!(twice.is_empty() && missing.is_empty(), "{summary}");
     assert_eq!(got.len(), expected.len(), "{summary}");
     if common::output::has(out, "_dead_letter/*.pq") {
-        let dead = faultkit::scalar(
-            out,
-            &format!("SELECT count(*) FROM {}", common::output::DEAD),
-        );
+        let dead = common::output::count(out, common::output::DEAD);
         assert_eq!(
             dead, 0,
             "{what}: no dead letter (no control record, no aborted record)"

@@ -14,7 +14,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
-use common::{duckdb, output, random_topic, run_app};
+use common::output::{self, count};
+use common::{duckdb, random_topic, run_app};
 use reclamacoes::kafka::{Compression, PartitionHandle};
 use reclamacoes::output::layout;
 use reclamacoes::schema::{Schema, Value};
@@ -23,12 +24,7 @@ use rskafka::record::Record;
 fn json_record(schema: &Schema, values: &[Value], timestamp: DateTime<Utc>) -> Record {
     let mut json = String::new();
     schema.write_json(values, None, &mut json);
-    Record {
-        key: None,
-        value: Some(json.into_bytes()),
-        headers: Default::default(),
-        timestamp,
-    }
+    common::raw_record(json.as_bytes(), timestamp)
 }
 
 fn complaint(schema: &Schema, i: i64, timestamp: DateTime<Utc>) -> Record {
@@ -41,21 +37,11 @@ fn complaint(schema: &Schema, i: i64, timestamp: DateTime<Utc>) -> Record {
     json_record(schema, &values, timestamp)
 }
 
+/// Partition 0 of `topic`, a new one-partition topic on the shared broker.
 async fn handle(topic: &str) -> PartitionHandle {
     let kafka = common::require_kafka().await;
     kafka.ensure_topic(topic, 1, 1).await.unwrap();
-    PartitionHandle {
-        config: common::kafka_config(),
-        topic: topic.to_string(),
-        partition: 0,
-        client: kafka.partition(topic, 0).await.unwrap(),
-    }
-}
-
-fn count(out: &Path, source: &str) -> i64 {
-    duckdb(out, &format!("SELECT count(*) FROM {source}"))[0][0]
-        .as_i64()
-        .unwrap()
+    common::partition(&kafka, topic, 0).await
 }
 
 /// A child process killed when the test ends, also when it fails.
@@ -98,19 +84,18 @@ async fn a_quiet_live_stream_closes_its_last_window_on_time() {
     );
     let mut consumer = KillOnDrop(
         common::app()
-            .args([
-                "consume",
-                "--topic",
+            .args(common::consume_args(
                 &topic,
-                "--output",
-                out.to_str().unwrap(),
-                "--window",
-                "10s",
-                "--allowed-lateness",
-                "2s",
-                "--idle-timeout",
-                "3s",
-            ])
+                &out,
+                &[
+                    "--window",
+                    "10s",
+                    "--allowed-lateness",
+                    "2s",
+                    "--idle-timeout",
+                    "3s",
+                ],
+            ))
             .current_dir(work.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -184,15 +169,7 @@ async fn far_future_run(
     }
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("output");
-    let mut args = vec![
-        "consume",
-        "--topic",
-        topic,
-        "--output",
-        out.to_str().unwrap(),
-        "--until-caught-up",
-        "--close-windows",
-    ];
+    let mut args = common::consume_args(topic, &out, &common::BOUNDED);
     args.extend_from_slice(extra);
     run_app(&args, work.path(), true);
     let late = if output::has(&out, "_late/*/*.pq") {
@@ -310,23 +287,21 @@ async fn a_bounded_run_with_close_windows_completes_every_window() {
     h.produce(records, Compression::Lz4).await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("output");
-    let args = [
-        "consume",
-        "--topic",
-        &topic,
-        "--output",
-        out.to_str().unwrap(),
-        "--until-caught-up",
-    ];
     // Without --close-windows the last window stays open (staged, not in the table yet).
-    let open = run_app(&args, work.path(), true);
+    let open = run_app(
+        &common::consume_args(&topic, &out, &["--until-caught-up"]),
+        work.path(),
+        true,
+    );
     let open = String::from_utf8_lossy(&open.stdout).to_string();
     assert_eq!(success_markers(&out).len(), 4, "{open}");
     assert_eq!(count(&out, output::TABLE), 240);
     // With it, the end of the topic is the end of the stream: every window closes.
-    let mut closing = args.to_vec();
-    closing.push("--close-windows");
-    let closed = run_app(&closing, work.path(), true);
+    let closed = run_app(
+        &common::consume_args(&topic, &out, &common::BOUNDED),
+        work.path(),
+        true,
+    );
     let closed = String::from_utf8_lossy(&closed.stdout).to_string();
     assert_eq!(
         success_markers(&out),

@@ -1,56 +1,45 @@
-//! Shared helpers for the integration tests: where the real services are, random names, the
-//! `app` binary, and independent readers (kcat; DuckDB from the Python environment that
-//! `scripts/python-env.sh` makes, which `make test` and `make chaos` run first). A service or
-//! reader that cannot be reached fails the test with a message saying what to run; nothing is
-//! skipped. `tests/faultkit` re-exports the DuckDB reader from here.
+//! Shared helpers for the integration tests: the services' settings and the environment of the
+//! `app` binary (`services`), random names, records, `app produce` / `app consume` arguments,
+//! polling, free ports, and independent readers (kcat; DuckDB from the Python environment that
+//! `scripts/python-env.sh` makes, which `make test` and `make chaos` run first; Kafka's own
+//! tools from its jars). A service or reader that cannot be reached fails the test with a
+//! message saying what to run; nothing is skipped. Every test crate includes this module
+//! (`mod common;`, or through `tests/faultkit`, which re-exports what its tests use), so a
+//! helper some crates do not use is not dead code (`allow(dead_code)`).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use chrono::{TimeZone, Utc};
-use reclamacoes::kafka::{Kafka, KafkaConfig};
+use chrono::{DateTime, TimeZone, Utc};
+use reclamacoes::kafka::{Compression, Kafka, PartitionHandle};
 use reclamacoes::schema::{Schema, Source, Value};
 use rskafka::record::Record;
 
-/// The shared broker (`KAFKA_BROKERS`, as `make test` sets it, else the default).
-pub fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| reclamacoes::cli::DEFAULT_BROKERS.into())
-}
+mod services;
+// Re-exported for the crates that use them (each crate uses some).
+#[allow(unused_imports)]
+pub use services::{
+    app, app_env, app_env_for, app_with, brokers, kafka_config, kafka_config_for, kafka_dir,
+    kafka_java, kafka_libs, mysql_url, mysql_url_on_port, python,
+};
 
-pub fn mysql_url() -> String {
-    std::env::var("MYSQL_URL").unwrap_or_else(|_| reclamacoes::enrich::DEFAULT_MYSQL_URL.into())
-}
-
-pub fn kafka_config() -> KafkaConfig {
-    kafka_config_for(&brokers())
-}
-
-/// How the tests reach `brokers`: a 10 s bound on every call.
-pub fn kafka_config_for(brokers: &str) -> KafkaConfig {
-    KafkaConfig {
-        brokers: brokers.to_string(),
-        timeout: Duration::from_secs(10),
-        ..Default::default()
-    }
-}
-
-/// The same MySQL URL with another port (the private instance of the fault tests).
-pub fn mysql_url_on_port(port: u16) -> String {
-    reclamacoes::enrich::DEFAULT_MYSQL_URL.replace(":3306/", &format!(":{port}/"))
-}
-
-/// Connects to the real broker or fails with what to do.
+/// Connects to the shared broker or fails with what to do.
 pub async fn require_kafka() -> Kafka {
-    match Kafka::connect(kafka_config()).await {
+    connect(&brokers()).await
+}
+
+/// Connects to `brokers` ([`kafka_config_for`]) or fails with what to do.
+pub async fn connect(brokers: &str) -> Kafka {
+    match Kafka::connect(kafka_config_for(brokers)).await {
         Ok(k) => k,
         Err(e) => panic!(
-            "Kafka is not reachable at {} ({e}). Start the local services with `make up` \
-             (or run the tests through `make test`, which starts them)",
-            brokers()
+            "Kafka is not reachable at {brokers} ({e}). Start the local services with `make up` \
+             (or run the tests through `make test`, which starts them)"
         ),
     }
 }
@@ -66,6 +55,21 @@ pub async fn require_mysql() -> mysql_async::Conn {
         ),
         Err(_) => panic!("MariaDB/MySQL did not answer within 10s; run `make up`"),
     }
+}
+
+/// A producer and fetcher of partition `p` of `topic` on the broker `kafka` is connected to.
+pub async fn partition(kafka: &Kafka, topic: &str, p: i32) -> PartitionHandle {
+    PartitionHandle {
+        config: kafka.config.clone(),
+        topic: topic.to_string(),
+        partition: p,
+        client: kafka.partition(topic, p).await.unwrap(),
+    }
+}
+
+/// [`partition`] `p` of `topic` on the shared broker.
+pub async fn handle(topic: &str, p: i32) -> PartitionHandle {
+    partition(&require_kafka().await, topic, p).await
 }
 
 /// A topic name no other test uses.
@@ -101,14 +105,36 @@ pub fn synthetic_record(schema: &Schema, i: u64, event_ms: i64) -> Record {
     }
 }
 
-/// A record whose value is not JSON (`garbage <i>`): a dead letter for the consumer.
-pub fn garbage_record(i: u64, event_ms: i64) -> Record {
+/// A record without a key whose value is `value`, as given.
+pub fn raw_record(value: &[u8], timestamp: DateTime<Utc>) -> Record {
     Record {
         key: None,
-        value: Some(format!("garbage {i}").into_bytes()),
+        value: Some(value.to_vec()),
         headers: Default::default(),
-        timestamp: Utc.timestamp_millis_opt(event_ms).unwrap(),
+        timestamp,
     }
+}
+
+/// A record whose value is not JSON (`garbage <i>`): a dead letter for the consumer.
+pub fn garbage_record(i: u64, event_ms: i64) -> Record {
+    raw_record(
+        format!("garbage {i}").as_bytes(),
+        Utc.timestamp_millis_opt(event_ms).unwrap(),
+    )
+}
+
+/// Three messages the consumer cannot decode (not JSON, a wrong type, an empty value),
+/// produced now to `partition` `p` of `topic`: three dead letters.
+pub async fn produce_undecodable(kafka: &Kafka, topic: &str, p: i32) {
+    let bad: Vec<Record> = [&b"not json"[..], br#"{"ano":"x"}"#, b""]
+        .iter()
+        .map(|v| raw_record(v, Utc::now()))
+        .collect();
+    partition(kafka, topic, p)
+        .await
+        .produce(bad, Compression::None)
+        .await
+        .unwrap();
 }
 
 /// One HTTP GET: (status code, body); `None` when nothing answers yet.
@@ -136,6 +162,44 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    free_ports::<1>()[0]
+}
+
+/// Polls `check` every `every` until it gives `Some` (returned), or `bound` has passed
+/// (`None`).
+pub fn poll<T>(
+    bound: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Polls `cond` every 100 ms until it holds (true) or `bound` has passed (false), for a caller
+/// that gathers its own diagnosis before failing.
+pub fn wait_for(bound: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    poll(bound, Duration::from_millis(100), || cond().then_some(())).is_some()
+}
+
+/// Polls `cond` every 100 ms until it holds, failing after `bound` with `what`.
+pub fn wait_until(bound: Duration, what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        wait_for(bound, cond),
+        "timed out after {bound:?} waiting for {what}"
+    );
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -158,12 +222,87 @@ pub fn real_data_dir() -> PathBuf {
     dir
 }
 
-pub fn app() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_app"));
-    cmd.env("KAFKA_BROKERS", brokers())
-        .env("MYSQL_URL", mysql_url())
-        .env("RUST_LOG", "warn");
-    cmd
+/// Every file under `dir`, recursively (none when `dir` cannot be read).
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Copies `from` into `to` until end of stream, on a thread of its own (a child's output read
+/// while it runs, so that it never blocks on a full pipe).
+pub fn read_into(
+    mut from: impl Read + Send + 'static,
+    to: Arc<Mutex<Vec<u8>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = from.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            to.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    })
+}
+
+/// The arguments of `app consume` reading `topic` into `output` (a directory or an `s3://` URL),
+/// then `flags`.
+pub fn consume_args<'a, O: AsRef<std::ffi::OsStr> + ?Sized>(
+    topic: &'a str,
+    output: &'a O,
+    flags: &[&'a str],
+) -> Vec<&'a str> {
+    let output = output.as_ref().to_str().expect("a UTF-8 output");
+    let mut args = vec!["consume", "--topic", topic, "--output", output];
+    args.extend_from_slice(flags);
+    args
+}
+
+/// A bounded run that completes its windows: read to the end of the topic, then close every
+/// window.
+pub const BOUNDED: [&str; 2] = ["--until-caught-up", "--close-windows"];
+
+/// The consumer settings of the SIGKILL tests: frequent checkpoints, small buffers and fetches
+/// (many flushes and commits for a kill to land in), and 30 s of allowed lateness.
+pub const KILL_TEST_FLAGS: [&str; 8] = [
+    "--checkpoint-interval",
+    "200ms",
+    "--max-buffer-bytes",
+    "4000000",
+    "--fetch-max-bytes",
+    "65536",
+    "--allowed-lateness",
+    "30s",
+];
+
+/// The arguments of `app produce` sending `input` (a file or a directory) to `topic`, created
+/// with `partitions` partitions.
+pub fn produce_args<'a>(topic: &'a str, partitions: &'a str, input: &'a Path) -> [&'a str; 6] {
+    let input = input.to_str().expect("a UTF-8 input path");
+    [
+        "produce",
+        "--topic",
+        topic,
+        "--partitions",
+        partitions,
+        input,
+    ]
+}
+
+/// `app produce` of `input` to `topic` (`partitions` partitions), run in `cwd`; it must succeed.
+pub fn produce_input(topic: &str, partitions: &str, input: &Path, cwd: &Path) -> Output {
+    run_app(&produce_args(topic, partitions, input), cwd, true)
 }
 
 /// Runs `app` with `args`, returning the output; panics with both streams if `expect_success`
@@ -223,18 +362,11 @@ pub fn kcat_read_all(topic: &str) -> Vec<KcatRecord> {
 
 /// Runs a small Java program (single-file source) with the Kafka jars on the classpath.
 pub fn run_java(source: &str, class: &str, args: &[&str]) -> String {
-    let libs = repo_root().join(".local/kafka/libs");
-    assert!(
-        libs.is_dir(),
-        "Kafka jars not found at {} — run `make up` first",
-        libs.display()
-    );
+    let libs = kafka_libs();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(format!("{class}.java"));
     std::fs::write(&file, source).unwrap();
-    let out = Command::new("java")
-        .arg("-cp")
-        .arg(format!("{}/*", libs.display()))
+    let out = kafka_java(&libs)
         .arg(&file)
         .args(args)
         .output()
@@ -296,14 +428,12 @@ pub fn dump_log_segments(kafka_dir: &Path, topic: &str, with_markers: bool) -> V
             .map(|p| p.display().to_string())
             .collect();
         segments.sort();
-        let mut cmd = Command::new("java");
-        cmd.arg("-cp")
-            .arg(format!("{}/*", kafka_dir.join("libs").display()))
-            .arg(format!(
-                "-Dlog4j2.configurationFile={}",
-                repo_root().join("services/kafka/log4j2.xml").display()
-            ))
-            .arg("org.apache.kafka.tools.DumpLogSegments");
+        let mut cmd = kafka_java(&kafka_dir.join("libs"));
+        cmd.arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            repo_root().join("services/kafka/log4j2.xml").display()
+        ))
+        .arg("org.apache.kafka.tools.DumpLogSegments");
         if with_markers {
             cmd.arg("--print-data-log");
         }
@@ -359,14 +489,6 @@ pub fn dump_log_segments(kafka_dir: &Path, topic: &str, with_markers: bool) -> V
     batches
 }
 
-/// The Python interpreter of the independent readers: `RECLAMACOES_PYTHON` when set, else
-/// `.local/venv/bin/python` (made by `scripts/python-env.sh`, which `make test` runs).
-pub fn python() -> PathBuf {
-    std::env::var_os("RECLAMACOES_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".local/venv/bin/python"))
-}
-
 /// Runs SQL in DuckDB (an independent Parquet reader; `{out}` is replaced by the output
 /// directory) and returns the rows as JSON arrays.
 pub fn duckdb(out: &Path, sql: &str) -> Vec<Vec<serde_json::Value>> {
@@ -398,6 +520,21 @@ print(json.dumps([[v if isinstance(v, (int, float, str, type(None), bool)) else 
         String::from_utf8_lossy(&result.stderr)
     );
     serde_json::from_slice(&result.stdout).unwrap()
+}
+
+/// The one value of a DuckDB query over `out` (its first row's first column), as i64.
+pub fn scalar(out: &Path, sql: &str) -> i64 {
+    duckdb(out, sql)[0][0].as_i64().unwrap()
+}
+
+/// [`scalar`] as u64.
+pub fn scalar_u64(out: &Path, sql: &str) -> u64 {
+    duckdb(out, sql)[0][0].as_u64().unwrap()
+}
+
+/// [`scalar`] as f64.
+pub fn scalar_f64(out: &Path, sql: &str) -> f64 {
+    duckdb(out, sql)[0][0].as_f64().unwrap()
 }
 
 /// The parts of a consumer output as DuckDB sources (`{out}` is the output directory). The names
@@ -436,6 +573,11 @@ pub mod output {
         .collect();
         assert!(!parts.is_empty(), "{} holds no rows", out.display());
         format!("({})", parts.join(" UNION ALL BY NAME "))
+    }
+
+    /// `count(*)` of a DuckDB source over `out` (one of the parts above, or [`rows`]).
+    pub fn count(out: &Path, source: &str) -> i64 {
+        super::scalar(out, &format!("SELECT count(*) FROM {source}"))
     }
 
     /// Whether the part behind `glob_pattern` (relative to `out`) holds any file.
@@ -513,7 +655,7 @@ pub mod output {
     }
 
     fn assert_sources_exactly_once(out: &Path, all: &str, total: u64, what: &str) {
-        let count = |sql: String| super::duckdb(out, &sql)[0][0].as_i64().unwrap() as u64;
+        let count = |sql: String| super::scalar(out, &sql) as u64;
         let rows = count(format!("SELECT count(*) FROM {all}"));
         let distinct = count(format!(
             "SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM {all}"
@@ -532,29 +674,17 @@ pub mod output {
 }
 
 /// The local S3 server (versitygw, `scripts/s3.sh`, started by `make test` and `make up S3=1`):
-/// addresses, local-development credentials, random prefixes, and independent readers of what
-/// the consumer wrote there (pyarrow's S3 filesystem). The environment of a test's `app` is set
-/// explicitly ([`env`]): a developer's own AWS settings never leak into a test.
+/// its settings (from `services`: addresses, local-development credentials, the environment of
+/// a test's `app`, set explicitly so that a developer's own AWS settings never leak into a
+/// test), random prefixes, and independent readers of what the consumer wrote there (pyarrow's
+/// S3 filesystem).
 pub mod s3 {
     use std::path::Path;
     use std::process::Command;
     use std::time::Duration;
 
-    pub const BUCKET: &str = "reclamacoes";
-    pub const ACCESS_KEY: &str = "reclamacoes";
-    /// Local development only (scripts/s3.sh).
-    pub const SECRET_KEY: &str = "reclamacoes-secret";
-    pub const REGION: &str = "us-east-1";
-
-    /// `RECLAMACOES_S3_ENDPOINT`, else `http://127.0.0.1:$S3_PORT` (7070).
-    pub fn endpoint() -> String {
-        std::env::var("RECLAMACOES_S3_ENDPOINT").unwrap_or_else(|_| {
-            format!(
-                "http://127.0.0.1:{}",
-                std::env::var("S3_PORT").unwrap_or_else(|_| "7070".into())
-            )
-        })
-    }
+    #[allow(unused_imports)]
+    pub use super::services::s3::{endpoint, env, env_for, ACCESS_KEY, BUCKET, REGION, SECRET_KEY};
 
     /// The versitygw binary `scripts/s3.sh build` made (for tests that run a private server).
     pub fn server_binary() -> std::path::PathBuf {
@@ -597,25 +727,6 @@ pub mod s3 {
     /// `s3://reclamacoes/<prefix>/`.
     pub fn url(prefix: &str) -> String {
         format!("s3://{BUCKET}/{prefix}/")
-    }
-
-    /// Sets exactly the S3 settings of `endpoint` on `cmd` (and removes any other AWS_*).
-    pub fn env_for<'a>(cmd: &'a mut Command, endpoint: &str, secret: &str) -> &'a mut Command {
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("AWS_") {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.env("AWS_ENDPOINT_URL", endpoint)
-            .env("AWS_ALLOW_HTTP", "true")
-            .env("AWS_REGION", REGION)
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", secret)
-    }
-
-    /// [`env_for`] the shared server with the right secret.
-    pub fn env(cmd: &mut Command) -> &mut Command {
-        env_for(cmd, &endpoint(), SECRET_KEY)
     }
 
     /// Runs a Python snippet with pyarrow's S3 filesystem `s3` (an independent client) bound to
@@ -769,20 +880,10 @@ pub fn kill_mid_stream(
 /// tables.
 pub mod groups {
     use std::collections::BTreeMap;
-    use std::process::Command;
 
     /// Kafka's own consumer-groups tool, with `args` after `--bootstrap-server ... --group ...`.
     pub fn consumer_groups(group: &str, args: &[&str]) -> String {
-        let libs = super::repo_root().join(".local/kafka/libs");
-        assert!(
-            libs.is_dir(),
-            "Kafka jars not found at {} — run `make up` (in a worktree: ln -s the main checkout's \
-             .local/kafka/libs)",
-            libs.display()
-        );
-        let out = Command::new("java")
-            .arg("-cp")
-            .arg(format!("{}/*", libs.display()))
+        let out = super::kafka_java(&super::kafka_libs())
             .arg("org.apache.kafka.tools.consumer.group.ConsumerGroupCommand")
             .args(["--bootstrap-server", &super::brokers(), "--group", group])
             .args(args)

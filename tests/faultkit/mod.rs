@@ -7,15 +7,21 @@
 //!   checkouts can run the fault suite at once) that tests may stop and start; the shared
 //!   instance (9092/3306) is never stopped. Tests that use it hold a process-wide lock, so they
 //!   run one at a time; whatever `acquire` started is stopped again when the guard drops.
-//! - the independent Parquet reader of `tests/common` ([`duckdb`], re-exported), a topic reader
-//!   (rskafka), a Banco Central CSV generator, and child-process helpers ([`spawn`] reads a
-//!   child's output while it runs, so a chatty child never blocks on a full pipe; waits with a
+//! - the helpers of `tests/common` its tests use (the `app` binary against given services, the
+//!   independent Parquet reader [`duckdb`], [`scalar`], [`walk`], polling; re-exported), a topic
+//!   reader (rskafka), a Banco Central CSV generator, and child-process helpers ([`spawn`] reads
+//!   a child's output while it runs, so a chatty child never blocks on a full pipe; waits with a
 //!   bound).
 #![allow(dead_code)]
 
 #[path = "../common/mod.rs"]
 pub mod common;
-pub use common::{duckdb, output};
+// Re-exported for the crates that use them (each crate uses some).
+#[allow(unused_imports)]
+pub use common::{
+    app_with as app, connect, duckdb, kafka_config_for as kafka_config, output, partition,
+    repo_root, scalar, wait_for, wait_until, walk,
+};
 pub mod secure_broker;
 
 use std::collections::BTreeMap;
@@ -25,7 +31,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use reclamacoes::kafka::{Kafka, PartitionHandle};
 use serde_json::Value as Json;
 
 /// A port of the private instance: `var` when set, else `default`.
@@ -52,8 +57,6 @@ pub fn private_kafka_controller_port() -> u16 {
 pub fn private_mysql_port() -> u16 {
     private_port("RECLAMACOES_FAULTS_MYSQL_PORT", 13306)
 }
-
-pub use common::{kafka_config_for as kafka_config, repo_root};
 
 pub fn private_dir() -> PathBuf {
     repo_root().join(".local/faults")
@@ -83,7 +86,7 @@ impl Private {
         std::fs::create_dir_all(private_dir()).unwrap();
         // Reuse the shared instance's Kafka jars instead of resolving them with maven again.
         let libs = private_dir().join("kafka/libs");
-        let shared_libs = repo_root().join(".local/kafka/libs");
+        let shared_libs = common::kafka_dir().join("libs");
         if !libs.join(".pom.sha256").exists() && shared_libs.join(".pom.sha256").exists() {
             std::fs::create_dir_all(private_dir().join("kafka")).unwrap();
             let status = Command::new("cp")
@@ -256,23 +259,6 @@ impl Drop for Private {
     }
 }
 
-pub async fn connect(brokers: &str) -> Kafka {
-    Kafka::connect(kafka_config(brokers))
-        .await
-        .unwrap_or_else(|e| {
-            panic!("Kafka is not reachable at {brokers} ({e}); start the services with `make up`")
-        })
-}
-
-pub async fn partition(kafka: &Kafka, topic: &str, p: i32) -> PartitionHandle {
-    PartitionHandle {
-        config: kafka.config.clone(),
-        topic: topic.to_string(),
-        partition: p,
-        client: kafka.partition(topic, p).await.unwrap(),
-    }
-}
-
 /// Deletes a topic this test created (big topics should not pile up on the shared broker).
 pub async fn delete_topic(brokers: &str, topic: &str) {
     let kafka = connect(brokers).await;
@@ -331,10 +317,6 @@ pub fn source_of(value: &[u8]) -> (String, u64) {
     )
 }
 
-pub fn scalar(out: &Path, sql: &str) -> i64 {
-    duckdb(out, sql)[0][0].as_i64().unwrap()
-}
-
 /// Every (partition, offset) written under `out`, per place: `window`, `late` or `dead`.
 pub fn written_offsets(out: &Path) -> BTreeMap<&'static str, Vec<(i64, i64)>> {
     let mut result = BTreeMap::new();
@@ -361,37 +343,10 @@ pub fn written_offsets(out: &Path) -> BTreeMap<&'static str, Vec<(i64, i64)>> {
     result
 }
 
-/// Every file under `dir`, recursively.
-pub fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
 /// Sum over partitions of the committed checkpoints' `next_offset` (0 without any), as the
 /// consumer itself would resume.
 pub fn committed_offsets(out: &Path) -> u64 {
     output::committed_offsets(out)
-}
-
-/// The `app` binary with the given services and quiet logs.
-pub fn app(brokers: &str, mysql_url: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_app"));
-    cmd.env("KAFKA_BROKERS", brokers)
-        .env("MYSQL_URL", mysql_url)
-        .env("RUST_LOG", "warn")
-        .env_remove("KAFKA_TOPIC");
-    cmd
 }
 
 /// Output of a finished child, both streams as text.
@@ -445,11 +400,11 @@ pub fn spawn(cmd: &mut Command) -> Running {
     let stdout = Arc::new(Mutex::new(Vec::new()));
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let readers = vec![
-        read_into(
+        common::read_into(
             child.stdout.take().expect("piped stdout"),
             Arc::clone(&stdout),
         ),
-        read_into(
+        common::read_into(
             child.stderr.take().expect("piped stderr"),
             Arc::clone(&stderr),
         ),
@@ -460,22 +415,6 @@ pub fn spawn(cmd: &mut Command) -> Running {
         stderr,
         readers,
     }
-}
-
-/// Copies `from` into `to` until end of stream, on a thread of its own.
-fn read_into(
-    mut from: impl std::io::Read + Send + 'static,
-    to: Arc<Mutex<Vec<u8>>>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 8192];
-        while let Ok(n) = from.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            to.lock().unwrap().extend_from_slice(&chunk[..n]);
-        }
-    })
 }
 
 impl Running {
@@ -554,25 +493,4 @@ pub fn write_bcb_csv(path: &Path, rows: usize, tag: &str) {
         .unwrap()
         .write_all(&bytes)
         .unwrap();
-}
-
-/// Polls `cond` every 100 ms until it holds, failing after `bound` with `what`.
-pub fn wait_until(bound: Duration, what: &str, cond: impl FnMut() -> bool) {
-    assert!(
-        wait_for(bound, cond),
-        "timed out after {bound:?} waiting for {what}"
-    );
-}
-
-/// Polls `cond` every 100 ms until it holds (true) or `bound` has passed (false), for a caller
-/// that gathers its own diagnosis before failing.
-pub fn wait_for(bound: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + bound;
-    while !cond() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    true
 }

@@ -125,12 +125,7 @@ fn make_certificates(dir: &Path) {
 }
 
 pub fn start_secure_broker() -> SecureBroker {
-    let libs = super::repo_root().join(".local/kafka/libs");
-    assert!(
-        libs.is_dir(),
-        "Kafka jars not found at {}; run `make up` first",
-        libs.display()
-    );
+    let libs = super::common::kafka_libs();
     let dir = tempfile::tempdir().unwrap();
     make_certificates(dir.path());
     let [plaintext, controller, sasl_plaintext, ssl, sasl_ssl] = super::common::free_ports::<5>();
@@ -175,7 +170,7 @@ pub fn start_secure_broker() -> SecureBroker {
     std::fs::write(&conf, config).unwrap();
     let log4j = super::repo_root().join("services/kafka/log4j2.xml");
     let java = |logs: &Path| {
-        let mut cmd = Command::new("java");
+        let mut cmd = super::common::kafka_java(&libs);
         cmd.args([
             "-Xms128m",
             "-Xmx512m",
@@ -184,9 +179,7 @@ pub fn start_secure_broker() -> SecureBroker {
         ])
         .arg("-Djava.net.preferIPv4Stack=true")
         .arg(format!("-Dkafka.logs.dir={}", logs.display()))
-        .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
-        .arg("-cp")
-        .arg(format!("{}/*", libs.display()));
+        .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()));
         cmd
     };
     let logs = dir.path().join("logs");
