@@ -1,31 +1,36 @@
 //! Metrics and health for both commands: the metric names (one table, [`METRICS`], that
-//! `docs/operations.md` mirrors), the Prometheus text they are written in, and the
-//! `--metrics-addr` HTTP endpoint serving `GET /metrics` and `GET /healthz`.
+//! `docs/operations.md` mirrors), where their values come from, and the `--metrics-addr` HTTP
+//! endpoint serving `GET /metrics` and `GET /healthz`.
 //!
 //! Design:
+//! - The text is prometheus-client's: its registry, its Prometheus text encoder (format 0.0.4)
+//!   and its label escaping and number formatting. What is ours is the table of names and help
+//!   texts; the crate appends a counter's `_total` and a registered help text's full stop
+//!   itself, so they are handed over without them and the exposed text is the table's.
 //! - A fact is counted once, where it happens. A command keeps its counts as atomics
-//!   (`consume::progress::Counters`, `produce::ProduceStats`) and its [`Probe`] writes them as
-//!   Prometheus text at scrape time ([`Probe::render`]); the end-of-run summary reads the same
-//!   atomics. Nothing is copied on the hot path, and `/metrics` and the summary cannot disagree.
-//! - What no command counts elsewhere lives in a [`Registry`]: the histograms (file sizes,
-//!   checkpoint durations), the consumer group's gauges and revocations, the build info. Its
-//!   handles ([`Counter`], [`Gauge`], [`Histogram`]) are registered once with their labels, so
-//!   an update is one atomic operation; without `--metrics-addr` they are no-ops. No global
-//!   state: several registries can exist in one process (tests).
-//! - [`Exposition`] is the one writer of the text format: each family's `# HELP` and `# TYPE`
-//!   lines come from its [`MetricDef`], so a name, its type and its help text exist once.
+//!   (`consume::progress::Counters`, `produce::ProduceStats`) and its [`Probe`] writes them at
+//!   scrape time ([`Probe::render`], through a prometheus-client `Collector`: each value a
+//!   `ConstCounter` or `ConstGauge`); the end-of-run summary reads the same atomics. Nothing is
+//!   copied on the hot path, and `/metrics` and the summary cannot disagree.
+//! - What no command counts elsewhere lives in a [`Registry`] (prometheus-client's, shared): the
+//!   histograms (file sizes, checkpoint durations), the consumer group's gauges and
+//!   revocations, the build info. Its handles ([`Counter`], [`Gauge`], [`Histogram`]) are
+//!   registered once with their labels, so an update is one atomic operation (a short lock for
+//!   a histogram); without `--metrics-addr` they count nowhere. No global state: several
+//!   registries can exist in one process (tests).
 //! - Health is the command's [`Probe`]: `/healthz` answers 200 while it reports healthy and
 //!   503 with the reason otherwise (also while the command is still starting).
 //! - The endpoint is hyper's HTTP/1.1 server on tokio: one request per connection, a bounded
 //!   request head (431 beyond 8 KiB; hyper answers 400 to what does not parse), bounded time
 //!   and connections.
 
-use std::collections::BTreeMap;
+use std::any::Any;
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::fmt::Write as _;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,6 +41,14 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeGaugeValue, EncodeMetric, MetricEncoder,
+};
+use prometheus_client::metrics::counter::{self, ConstCounter};
+use prometheus_client::metrics::gauge::{self, ConstGauge};
+use prometheus_client::metrics::{family, histogram};
+use prometheus_client::registry::{self, Metric};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -53,23 +66,9 @@ pub enum MetricsError {
     },
 }
 
-/// Prometheus metric type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        }
-    }
-}
+/// Prometheus metric type (prometheus-client's; the table uses `Counter`, `Gauge` and
+/// `Histogram`).
+pub use prometheus_client::metrics::MetricType as Kind;
 
 /// One metric: name, type, label names and meaning (the `# HELP` line).
 #[derive(Debug, Clone, Copy)]
@@ -385,241 +384,185 @@ pub const METRICS: &[MetricDef] = &[
 ];
 
 /// Buckets of [`C_FILE_SIZE`]: 64 KiB .. 1 GiB, ×4.
-pub const FILE_SIZE_BUCKETS: &[f64] = &[
-    65_536.0,
-    262_144.0,
-    1_048_576.0,
-    4_194_304.0,
-    16_777_216.0,
-    67_108_864.0,
-    268_435_456.0,
-    1_073_741_824.0,
-];
+pub fn file_size_buckets() -> impl Iterator<Item = f64> {
+    histogram::exponential_buckets(65_536.0, 4.0, 8)
+}
 /// Buckets of [`C_CHECKPOINT_DURATION`], seconds.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-// ----------------------------------------------------------------------------- text format
+// ----------------------------------------------------------------------------- scrape time
 
-/// A sample's value: counts are written as integers, everything else as a float.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Value {
-    Int(i64),
-    Count(u64),
-    Float(f64),
-}
-
-impl From<u64> for Value {
-    fn from(v: u64) -> Self {
-        Value::Count(v)
+/// A sample's value, encoded as prometheus-client's `ConstGauge`, or `ConstCounter` for a
+/// counter's count (`u64`).
+pub trait SampleValue: EncodeGaugeValue + Sized {
+    fn encode(self, _kind: Kind, sample: MetricEncoder<'_>) -> fmt::Result {
+        ConstGauge::new(self).encode(sample)
     }
 }
 
-impl From<i64> for Value {
-    fn from(v: i64) -> Self {
-        Value::Int(v)
-    }
-}
-
-impl From<f64> for Value {
-    fn from(v: f64) -> Self {
-        Value::Float(v)
-    }
-}
-
-impl std::fmt::Display for Value {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match *self {
-            Value::Int(v) => write!(f, "{v}"),
-            Value::Count(v) => write!(f, "{v}"),
-            Value::Float(v) if v.is_nan() => f.write_str("NaN"),
-            Value::Float(v) if v.is_infinite() => {
-                f.write_str(if v > 0.0 { "+Inf" } else { "-Inf" })
-            }
-            // Whole numbers without a fraction, as Prometheus's own clients write them.
-            Value::Float(v) if v.fract() == 0.0 && v.abs() < 1e15 => write!(f, "{}", v as i64),
-            Value::Float(v) => write!(f, "{v}"),
+impl SampleValue for i64 {}
+impl SampleValue for f64 {}
+impl SampleValue for u64 {
+    fn encode(self, kind: Kind, sample: MetricEncoder<'_>) -> fmt::Result {
+        match kind {
+            Kind::Counter => ConstCounter::new(self).encode(sample),
+            _ => ConstGauge::new(self).encode(sample),
         }
     }
 }
 
-/// The Prometheus text exposition (format 0.0.4) of one scrape. Each family is started once
-/// with [`family`](Self::family), which writes its `# HELP` and `# TYPE` lines from the
-/// [`MetricDef`]; its samples follow.
-#[derive(Debug, Default)]
-pub struct Exposition {
-    text: String,
+/// The name prometheus-client is given for `def`: without the `_total` it appends to a
+/// counter's name itself, so that the text shows `def.name`.
+fn base_name(def: &MetricDef) -> &'static str {
+    match def.kind {
+        Kind::Counter => def.name.strip_suffix("_total").unwrap_or(def.name),
+        _ => def.name,
+    }
 }
 
-impl Exposition {
+/// What a [`Probe`] writes its families to at scrape time: prometheus-client's encoder, inside
+/// the collector the endpoint registers. Each family is started once with
+/// [`family`](Self::family), which writes its `# HELP` and `# TYPE` lines from the
+/// [`MetricDef`]; its samples follow. The first encoding error ends the scrape.
+pub struct Exposition<'a> {
+    encoder: DescriptorEncoder<'a>,
+    result: fmt::Result,
+}
+
+impl Exposition<'_> {
     /// Starts the family `def`; add its samples to what this returns.
-    pub fn family<'a>(&'a mut self, def: &'a MetricDef) -> Family<'a> {
-        self.header(def);
-        Family { out: self, def }
-    }
-
-    fn header(&mut self, def: &MetricDef) {
-        let help = def.help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.text, "# HELP {} {help}", def.name);
-        let _ = writeln!(self.text, "# TYPE {} {}", def.name, def.kind.as_str());
-    }
-
-    fn sample(&mut self, def: &MetricDef, labels: &[&str], value: Value) {
-        debug_assert_eq!(def.labels.len(), labels.len(), "labels of {}", def.name);
-        self.text.push_str(def.name);
-        for (i, (label, text)) in def.labels.iter().zip(labels).enumerate() {
-            self.text.push(if i == 0 { '{' } else { ',' });
-            self.text.push_str(label);
-            self.text.push_str("=\"");
-            for c in text.chars() {
-                match c {
-                    '\\' => self.text.push_str("\\\\"),
-                    '"' => self.text.push_str("\\\""),
-                    '\n' => self.text.push_str("\\n"),
-                    c => self.text.push(c),
-                }
-            }
-            self.text.push('"');
+    pub fn family<'s>(&'s mut self, def: &'s MetricDef) -> Family<'s> {
+        let encoder = self.result.and_then(|()| {
+            self.encoder
+                .encode_descriptor(base_name(def), def.help, None, def.kind)
+        });
+        if let Err(e) = &encoder {
+            self.result = Err(*e);
         }
-        if !labels.is_empty() {
-            self.text.push('}');
+        Family {
+            def,
+            encoder: encoder.ok(),
+            result: &mut self.result,
         }
-        let _ = writeln!(self.text, " {value}");
-    }
-
-    /// A histogram family (no labels): cumulative buckets, `_sum` and `_count`.
-    fn histogram(&mut self, def: &MetricDef, cells: &Buckets) {
-        debug_assert!(def.labels.is_empty(), "labels of {}", def.name);
-        let counts: Vec<u64> = cells
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        self.header(def);
-        let mut cumulative = 0;
-        for (i, count) in counts.iter().enumerate() {
-            cumulative += count;
-            let le = cells.bounds.get(i).copied().unwrap_or(f64::INFINITY);
-            let _ = writeln!(
-                self.text,
-                "{}_bucket{{le=\"{}\"}} {cumulative}",
-                def.name,
-                Value::Float(le)
-            );
-        }
-        let sum = Value::Float(f64::from_bits(cells.sum.load(Ordering::Relaxed)));
-        let _ = writeln!(self.text, "{}_sum {sum}", def.name);
-        let _ = writeln!(self.text, "{}_count {cumulative}", def.name);
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    pub fn into_string(self) -> String {
-        self.text
     }
 }
 
 /// The samples of one family ([`Exposition::family`]).
-#[derive(Debug)]
 pub struct Family<'a> {
-    out: &'a mut Exposition,
     def: &'a MetricDef,
+    encoder: Option<MetricEncoder<'a>>,
+    result: &'a mut fmt::Result,
 }
 
 impl Family<'_> {
     /// One sample, with label values in the order of the family's label names.
-    pub fn sample(&mut self, labels: &[&str], value: impl Into<Value>) -> &mut Self {
-        self.out.sample(self.def, labels, value.into());
+    pub fn sample(&mut self, labels: &[&str], value: impl SampleValue) -> &mut Self {
+        let def = self.def;
+        debug_assert_eq!(def.labels.len(), labels.len(), "labels of {}", def.name);
+        if let Some(encoder) = &mut self.encoder {
+            let labels: Vec<(&str, &str)> = def
+                .labels
+                .iter()
+                .copied()
+                .zip(labels.iter().copied())
+                .collect();
+            let written = encoder
+                .encode_family(&labels)
+                .and_then(|sample| value.encode(def.kind, sample));
+            if let Err(e) = written {
+                *self.result = Err(e);
+                self.encoder = None;
+            }
+        }
         self
+    }
+}
+
+/// Where the endpoint finds the command's probe (none while it starts).
+type ProbeSlot = Arc<RwLock<Option<Arc<dyn Probe>>>>;
+
+/// The families read at scrape time: `reclamacoes_healthy`, then the probe's.
+struct Scrape(ProbeSlot);
+
+impl fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let probe = self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut out = Exposition {
+            encoder,
+            result: Ok(()),
+        };
+        let healthy = health(probe.as_deref()).healthy;
+        out.family(&HEALTHY).sample(&[], u64::from(healthy));
+        if let Some(probe) = &probe {
+            probe.render(&mut out);
+        }
+        out.result
     }
 }
 
 // ----------------------------------------------------------------------------- registry
 
-/// A counter from a [`Registry`]; a no-op when metrics are off (`Default`).
+/// A counter from a [`Registry`] (counting nowhere when metrics are off).
 #[derive(Debug, Clone, Default)]
-pub struct Counter(Option<Arc<AtomicU64>>);
+pub struct Counter(counter::Counter);
 
 impl Counter {
     pub fn increment(&self, n: u64) {
-        if let Some(cell) = &self.0 {
-            cell.fetch_add(n, Ordering::Relaxed);
-        }
+        self.0.inc_by(n);
     }
 }
 
-/// A gauge from a [`Registry`] (an `f64`); a no-op when metrics are off (`Default`).
+/// A gauge from a [`Registry`], an `f64` (kept nowhere when metrics are off).
 #[derive(Debug, Clone, Default)]
-pub struct Gauge(Option<Arc<AtomicU64>>);
+pub struct Gauge(gauge::Gauge<f64, AtomicU64>);
 
 impl Gauge {
     pub fn set(&self, value: f64) {
-        if let Some(cell) = &self.0 {
-            cell.store(value.to_bits(), Ordering::Relaxed);
-        }
+        self.0.set(value);
     }
 }
 
 /// A histogram from a [`Registry`], with fixed buckets; a no-op when metrics are off
 /// (`Default`).
 #[derive(Debug, Clone, Default)]
-pub struct Histogram(Option<Arc<Buckets>>);
+pub struct Histogram(Option<histogram::Histogram>);
 
 impl Histogram {
     pub fn record(&self, value: f64) {
-        let Some(cells) = &self.0 else { return };
-        if value.is_nan() {
-            return;
+        if let Some(histogram) = &self.0 {
+            histogram.observe(value);
         }
-        // The first bucket whose bound is >= value (`le`), else +Inf.
-        let i = cells.bounds.partition_point(|bound| *bound < value);
-        cells.counts[i].fetch_add(1, Ordering::Relaxed);
-        let _ = cells
-            .sum
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                Some((f64::from_bits(bits) + value).to_bits())
-            });
     }
 }
 
-/// A histogram's cells: one count per bucket (not cumulative; the last is +Inf) and the sum.
-#[derive(Debug)]
-struct Buckets {
-    bounds: &'static [f64],
-    counts: Box<[AtomicU64]>,
-    /// `f64` bits.
-    sum: AtomicU64,
-}
+/// A series' labels: (name, value) in the order of its family's label names.
+type Labels = Vec<(&'static str, String)>;
 
-#[derive(Debug, Clone)]
-enum Cell {
-    Counter(Arc<AtomicU64>),
-    /// `f64` bits.
-    Gauge(Arc<AtomicU64>),
-    Histogram(Arc<Buckets>),
+#[derive(Debug, Default)]
+struct Registered {
+    registry: registry::Registry,
+    /// What is registered in it, by name (a `family::Family` or a `histogram::Histogram`).
+    families: HashMap<&'static str, Box<dyn Any + Send>>,
 }
-
-/// Every registered series by (name, label values): a family's series are next to each other.
-type Series = BTreeMap<(&'static str, Vec<String>), (MetricDef, Cell)>;
 
 /// Where the handles of what no command counts itself come from (see the module docs), and
-/// their text at scrape time. Asking again for the same name and labels returns the same cell,
-/// so a series outlives whoever asked for it (a group generation, say).
-#[derive(Clone, Default)]
-pub struct Registry {
-    series: Option<Arc<Mutex<Series>>>,
-}
-
-impl std::fmt::Debug for Registry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry")
-            .field("enabled", &self.is_enabled())
-            .finish()
-    }
-}
+/// the `/metrics` text. Asking again for the same name returns the same family, and for the
+/// same labels the same series, so a series outlives whoever asked for it (a group
+/// generation, say).
+#[derive(Debug, Clone, Default)]
+pub struct Registry(Option<Arc<Mutex<Registered>>>);
 
 impl Registry {
     /// No metrics: every handle is a no-op.
@@ -629,63 +572,61 @@ impl Registry {
 
     /// A registry whose handles count.
     pub fn enabled() -> Self {
-        Registry {
-            series: Some(Arc::default()),
-        }
+        Registry(Some(Arc::default()))
     }
 
-    pub fn is_enabled(&self) -> bool {
-        self.series.is_some()
-    }
-
-    /// The cell of `def` with label values `labels` (in the order of `def.labels`), made by
-    /// `make` the first time.
-    fn cell(&self, def: &MetricDef, labels: &[&str], make: impl FnOnce() -> Cell) -> Option<Cell> {
-        let series = self.series.as_ref()?;
-        debug_assert_eq!(def.labels.len(), labels.len(), "labels of {}", def.name);
-        let key = (def.name, labels.iter().map(|l| l.to_string()).collect());
-        let mut series = series.lock().unwrap_or_else(|p| p.into_inner());
+    fn lock(&self) -> Option<MutexGuard<'_, Registered>> {
         Some(
-            series
-                .entry(key)
-                .or_insert_with(|| (*def, make()))
-                .1
-                .clone(),
+            self.0
+                .as_ref()?
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
         )
+    }
+
+    /// The family `def`, made by `make` and registered the first time. prometheus-client adds a
+    /// counter's `_total` and the help text's full stop itself: they are handed over without.
+    fn family<M: Metric + Clone>(&self, def: &MetricDef, make: impl FnOnce() -> M) -> Option<M> {
+        let mut registered = self.lock()?;
+        let Registered { registry, families } = &mut *registered;
+        let family = families.entry(def.name).or_insert_with(|| {
+            let family = make();
+            let help = def.help.strip_suffix('.').unwrap_or(def.help);
+            registry.register(base_name(def), help, family.clone());
+            Box::new(family)
+        });
+        family.downcast_ref::<M>().cloned()
     }
 
     pub fn counter(&self, def: &MetricDef, labels: &[&str]) -> Counter {
         debug_assert_eq!(def.kind, Kind::Counter, "{}", def.name);
-        match self.cell(def, labels, || Cell::Counter(Arc::default())) {
-            Some(Cell::Counter(cell)) => Counter(Some(cell)),
-            _ => Counter::default(),
-        }
+        let family = self.family(def, family::Family::<Labels, counter::Counter>::default);
+        Counter(
+            family
+                .map(|f| f.get_or_create_owned(&labelled(def, labels)))
+                .unwrap_or_default(),
+        )
     }
 
     pub fn gauge(&self, def: &MetricDef, labels: &[&str]) -> Gauge {
         debug_assert_eq!(def.kind, Kind::Gauge, "{}", def.name);
-        match self.cell(def, labels, || Cell::Gauge(Arc::default())) {
-            Some(Cell::Gauge(cell)) => Gauge(Some(cell)),
-            _ => Gauge::default(),
-        }
+        let family = self.family(
+            def,
+            family::Family::<Labels, gauge::Gauge<f64, AtomicU64>>::default,
+        );
+        Gauge(
+            family
+                .map(|f| f.get_or_create_owned(&labelled(def, labels)))
+                .unwrap_or_default(),
+        )
     }
 
     /// The histogram `def` (no labels) with upper bucket bounds `bounds` (ascending; +Inf is
     /// implied).
-    pub fn histogram(&self, def: &MetricDef, bounds: &'static [f64]) -> Histogram {
+    pub fn histogram(&self, def: &MetricDef, bounds: impl IntoIterator<Item = f64>) -> Histogram {
         debug_assert_eq!(def.kind, Kind::Histogram, "{}", def.name);
-        debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{}", def.name);
-        let make = || {
-            Cell::Histogram(Arc::new(Buckets {
-                bounds,
-                counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-                sum: AtomicU64::new(0f64.to_bits()),
-            }))
-        };
-        match self.cell(def, &[], make) {
-            Some(Cell::Histogram(cells)) => Histogram(Some(cells)),
-            _ => Histogram::default(),
-        }
+        debug_assert!(def.labels.is_empty(), "labels of {}", def.name);
+        Histogram(self.family(def, || histogram::Histogram::new(bounds)))
     }
 
     /// The build info of `command` (`consume`, `produce`): always 1.
@@ -694,28 +635,28 @@ impl Registry {
             .set(1.0);
     }
 
-    /// Writes every registered series, family by family.
-    pub fn render(&self, out: &mut Exposition) {
-        let Some(series) = &self.series else { return };
-        let series = series.lock().unwrap_or_else(|p| p.into_inner());
-        let mut family = "";
-        for ((name, labels), (def, cell)) in series.iter() {
-            let value = match cell {
-                Cell::Histogram(cells) => {
-                    out.histogram(def, cells);
-                    continue;
-                }
-                Cell::Counter(c) => Value::Count(c.load(Ordering::Relaxed)),
-                Cell::Gauge(g) => Value::Float(f64::from_bits(g.load(Ordering::Relaxed))),
-            };
-            if *name != family {
-                out.header(def);
-                family = name;
-            }
-            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-            out.sample(def, &labels, value);
+    /// Adds what is read at scrape time.
+    fn register_collector(&self, collector: Box<dyn Collector>) {
+        if let Some(mut registered) = self.lock() {
+            registered.registry.register_collector(collector);
         }
     }
+
+    /// The `/metrics` text: every registered family, then what the collectors read now.
+    pub fn encode(&self) -> Result<String, fmt::Error> {
+        let mut text = String::new();
+        if let Some(registered) = self.lock() {
+            prometheus_text::encode(&mut text, &registered.registry)?;
+        }
+        Ok(text)
+    }
+}
+
+/// `labels` (values in the order of `def.labels`) as a series' label set.
+fn labelled(def: &MetricDef, labels: &[&str]) -> Labels {
+    debug_assert_eq!(def.labels.len(), labels.len(), "labels of {}", def.name);
+    let values = labels.iter().map(|v| v.to_string());
+    def.labels.iter().copied().zip(values).collect()
 }
 
 // ----------------------------------------------------------------------------- health
@@ -746,7 +687,7 @@ impl Health {
 /// A command's view for the endpoint.
 pub trait Probe: Send + Sync {
     /// Writes the command's own metrics for `/metrics`, read now from where it counts them.
-    fn render(&self, _out: &mut Exposition) {}
+    fn render(&self, _out: &mut Exposition<'_>) {}
     /// Whether the pipeline's tasks are alive and making progress.
     fn health(&self) -> Health;
 }
@@ -839,13 +780,11 @@ const MAX_REQUEST_BYTES: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 16;
-/// The content type of `/metrics`.
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 
 struct EndpointState {
     registry: Registry,
-    probe: RwLock<Option<Arc<dyn Probe>>>,
+    probe: ProbeSlot,
 }
 
 /// The `--metrics-addr` HTTP endpoint. Serves until dropped.
@@ -864,8 +803,9 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    /// Binds `addr` (HOST:PORT; port 0 picks a free one) and serves `/metrics` from `registry`
-    /// and the probe. `/healthz` answers 503 "starting" until [`set_probe`](Self::set_probe).
+    /// Binds `addr` (HOST:PORT; port 0 picks a free one) and serves `/metrics` from `registry`,
+    /// to which it adds `reclamacoes_healthy` and the probe's families, read at scrape time.
+    /// `/healthz` answers 503 "starting" until [`set_probe`](Self::set_probe).
     pub async fn bind(addr: &str, registry: Registry) -> Result<Endpoint, MetricsError> {
         let bind_err = |source| MetricsError::Bind {
             addr: addr.to_string(),
@@ -873,10 +813,9 @@ impl Endpoint {
         };
         let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
         let local = listener.local_addr().map_err(bind_err)?;
-        let state = Arc::new(EndpointState {
-            registry,
-            probe: RwLock::new(None),
-        });
+        let probe = ProbeSlot::default();
+        registry.register_collector(Box::new(Scrape(Arc::clone(&probe))));
+        let state = Arc::new(EndpointState { registry, probe });
         let task = tokio::spawn(serve(listener, Arc::clone(&state)));
         tracing::info!(
             metrics = %format!("http://{local}/metrics"),
@@ -901,7 +840,7 @@ impl Endpoint {
             .state
             .probe
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(probe);
+            .unwrap_or_else(PoisonError::into_inner) = Some(probe);
     }
 }
 
@@ -964,19 +903,20 @@ fn response(status: StatusCode, content_type: &'static str, body: String) -> Res
     response
 }
 
+/// What `/healthz` says with `probe` (none yet: starting).
+fn health(probe: Option<&dyn Probe>) -> Health {
+    match probe {
+        Some(p) => p.health(),
+        None => Health::failing("starting: connecting to the services"),
+    }
+}
+
 impl EndpointState {
     fn probe(&self) -> Option<Arc<dyn Probe>> {
         self.probe
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
-    }
-
-    fn health(probe: Option<&dyn Probe>) -> Health {
-        match probe {
-            Some(p) => p.health(),
-            None => Health::failing("starting: connecting to the services"),
-        }
     }
 
     /// The answer to one request (hyper leaves out the body of a HEAD answer).
@@ -992,9 +932,16 @@ impl EndpointState {
             return r;
         }
         match request.uri().path() {
-            "/metrics" => response(StatusCode::OK, PROMETHEUS_TEXT, self.metrics()),
+            "/metrics" => match self.registry.encode() {
+                Ok(text) => response(StatusCode::OK, prometheus_text::CONTENT_TYPE, text),
+                Err(e) => response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    PLAIN_TEXT,
+                    format!("cannot encode the metrics: {e}\n"),
+                ),
+            },
             "/healthz" => {
-                let health = Self::health(self.probe().as_deref());
+                let health = health(self.probe().as_deref());
                 let (status, verdict) = if health.healthy {
                     (StatusCode::OK, "ok")
                 } else {
@@ -1015,19 +962,6 @@ impl EndpointState {
             ),
         }
     }
-
-    /// `/metrics`: the registry, health, then what the probe counts, read now.
-    fn metrics(&self) -> String {
-        let probe = self.probe();
-        let mut out = Exposition::default();
-        self.registry.render(&mut out);
-        let healthy = Self::health(probe.as_deref()).healthy;
-        out.family(&HEALTHY).sample(&[], u64::from(healthy));
-        if let Some(probe) = &probe {
-            probe.render(&mut out);
-        }
-        out.into_string()
-    }
 }
 
 // ----------------------------------------------------------------------------- consume
@@ -1047,8 +981,9 @@ impl ConsumeMetrics {
     pub fn new(registry: &Registry) -> Self {
         registry.set_build_info("consume");
         ConsumeMetrics {
-            file_size: registry.histogram(&C_FILE_SIZE, FILE_SIZE_BUCKETS),
-            checkpoint_duration: registry.histogram(&C_CHECKPOINT_DURATION, DURATION_BUCKETS),
+            file_size: registry.histogram(&C_FILE_SIZE, file_size_buckets()),
+            checkpoint_duration: registry
+                .histogram(&C_CHECKPOINT_DURATION, DURATION_BUCKETS.iter().copied()),
         }
     }
 }
@@ -1073,6 +1008,7 @@ pub const BUFFER_LABELS: [&str; 3] = ["windows", "late", "dead_letter"];
 #[cfg(test)]
 pub(crate) mod testing {
     use std::net::SocketAddr;
+    use std::sync::Arc;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
@@ -1090,6 +1026,14 @@ pub(crate) mod testing {
     /// `GET path` as a browser or Prometheus sends it (no `Connection: close`).
     pub fn get(path: &str) -> String {
         format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n")
+    }
+
+    /// The `/metrics` text of `registry` with `probe` set, as the endpoint serves it (once per
+    /// registry: it adds the probe's collector).
+    pub fn render(registry: &super::Registry, probe: Arc<dyn super::Probe>) -> String {
+        let slot = Arc::new(std::sync::RwLock::new(Some(probe)));
+        registry.register_collector(Box::new(super::Scrape(slot)));
+        registry.encode().unwrap()
     }
 
     /// Fails if a family is written twice (`# TYPE` once per name).
@@ -1115,7 +1059,7 @@ mod tests {
     }
 
     impl Probe for FakeProbe {
-        fn render(&self, out: &mut Exposition) {
+        fn render(&self, out: &mut Exposition<'_>) {
             let n = self.rendered.fetch_add(1, Ordering::Relaxed) + 1;
             out.family(&C_RECORDS_READ).sample(&[], 83u64);
             out.family(&C_ROWS_WRITTEN)
@@ -1181,13 +1125,15 @@ mod tests {
             "reclamacoes_consume_partition_lag_records{partition=\"2\"} 7\n",
             "# TYPE reclamacoes_consume_file_size_bytes histogram\n",
             "reclamacoes_consume_file_size_bytes_bucket{le=\"65536\"} 2\n",
+            // The crate writes `le` as Go's client does: 1 GiB as 1.073741824e+09.
+            "reclamacoes_consume_file_size_bytes_bucket{le=\"1.073741824e+09\"} 2\n",
             "reclamacoes_consume_file_size_bytes_bucket{le=\"+Inf\"} 2\n",
-            "reclamacoes_consume_file_size_bytes_sum 69632\n",
+            "reclamacoes_consume_file_size_bytes_sum 69632.0\n",
             "reclamacoes_consume_file_size_bytes_count 2\n",
             "reclamacoes_consume_checkpoint_duration_seconds_bucket{le=\"0.01\"} 0\n",
             "reclamacoes_consume_checkpoint_duration_seconds_bucket{le=\"0.025\"} 1\n",
             "reclamacoes_consume_checkpoint_duration_seconds_sum 0.02\n",
-            "reclamacoes_consume_group_generation -1\n",
+            "reclamacoes_consume_group_generation -1.0\n",
             "reclamacoes_consume_group_revocations_total{reason=\"lost\"} 2\n",
             "reclamacoes_consume_enrichment_keys 1\n", // rendered at scrape time
             "reclamacoes_healthy 1\n",
@@ -1196,7 +1142,7 @@ mod tests {
             assert!(body.contains(line), "missing {line:?} in\n{body}");
         }
         assert!(body.contains(&format!(
-            "reclamacoes_build_info{{command=\"consume\",version=\"{}\"}} 1\n",
+            "reclamacoes_build_info{{command=\"consume\",version=\"{}\"}} 1.0\n",
             env!("CARGO_PKG_VERSION")
         )));
         let (_, body) = send(addr, &get("/metrics")).await;
@@ -1284,9 +1230,7 @@ mod tests {
         registry
             .counter(&C_GROUP_REVOCATIONS, &["lost"])
             .increment(1);
-        let mut out = Exposition::default();
-        registry.render(&mut out);
-        assert_eq!(out.as_str(), "");
+        assert_eq!(registry.encode().unwrap(), "");
     }
 
     #[test]
@@ -1303,9 +1247,7 @@ mod tests {
             .increment(2);
         ConsumeMetrics::new(&registry).file_size.record(1.0);
         ConsumeMetrics::new(&registry).file_size.record(2.0);
-        let mut out = Exposition::default();
-        registry.render(&mut out);
-        let text = out.into_string();
+        let text = registry.encode().unwrap();
         assert_families_once(&text);
         assert!(text.contains("reclamacoes_consume_group_revocations_total{reason=\"lost\"} 3\n"));
         assert!(
@@ -1317,26 +1259,63 @@ mod tests {
         );
     }
 
+    /// A probe that writes what its function writes.
+    struct Writes(fn(&mut Exposition<'_>));
+
+    impl Probe for Writes {
+        fn render(&self, out: &mut Exposition<'_>) {
+            (self.0)(out)
+        }
+        fn health(&self) -> Health {
+            Health::ok("")
+        }
+    }
+
     #[test]
-    fn values_and_labels_are_written_as_prometheus_reads_them() {
-        let shown = |v: Value| v.to_string();
-        assert_eq!(shown(Value::Count(u64::MAX)), "18446744073709551615");
-        assert_eq!(shown(Value::Int(-1)), "-1");
-        assert_eq!(shown(Value::Float(7.0)), "7");
-        assert_eq!(shown(Value::Float(-0.0)), "0");
-        assert_eq!(shown(Value::Float(0.0025)), "0.0025");
-        assert_eq!(shown(Value::Float(1.7e9 + 0.5)), "1700000000.5");
-        assert_eq!(shown(Value::Float(f64::INFINITY)), "+Inf");
-        assert_eq!(shown(Value::Float(f64::NAN)), "NaN");
-        let mut out = Exposition::default();
-        out.family(&C_WATERMARK_SOURCE)
-            .sample(&["0", "a\"b\\c\nd"], 1u64);
-        assert!(
-            out.as_str()
-                .ends_with("reclamacoes_consume_partition_watermark_source{partition=\"0\",source=\"a\\\"b\\\\c\\nd\"} 1\n"),
-            "{}",
-            out.as_str()
+    fn names_help_labels_and_values_are_the_tables() {
+        let registry = Registry::enabled();
+        registry
+            .counter(&C_GROUP_REVOCATIONS, &["lost"])
+            .increment(1);
+        let text = testing::render(
+            &registry,
+            Arc::new(Writes(|out| {
+                out.family(&C_RECORDS_READ).sample(&[], u64::MAX);
+                out.family(&C_LAG).sample(&["0"], -1i64);
+                out.family(&C_WATERMARK).sample(&[], 1.7e9 + 0.5);
+                out.family(&C_ENRICH_AGE).sample(&[], 0.0025);
+                out.family(&C_WATERMARK_SOURCE)
+                    .sample(&["0", "a\"b\\c\nd"], 1u64);
+            })),
         );
+        assert_families_once(&text);
+        assert!(!text.contains("_total_total"), "{text}");
+        for def in [
+            &C_GROUP_REVOCATIONS,
+            &C_RECORDS_READ,
+            &HEALTHY,
+            &C_WATERMARK_SOURCE,
+        ] {
+            let head = format!(
+                "# HELP {} {}\n# TYPE {} {}\n",
+                def.name,
+                def.help,
+                def.name,
+                def.kind.as_str()
+            );
+            assert!(text.contains(&head), "missing {head:?} in\n{text}");
+        }
+        for line in [
+            "reclamacoes_consume_group_revocations_total{reason=\"lost\"} 1\n",
+            "reclamacoes_healthy 1\n",
+            "reclamacoes_consume_records_read_total 18446744073709551615\n",
+            "reclamacoes_consume_partition_lag_records{partition=\"0\"} -1\n",
+            "reclamacoes_consume_watermark_timestamp_seconds 1700000000.5\n",
+            "reclamacoes_consume_enrichment_last_refresh_age_seconds 0.0025\n",
+            "reclamacoes_consume_partition_watermark_source{partition=\"0\",source=\"a\\\"b\\\\c\\nd\"} 1\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
     }
 
     #[test]
@@ -1378,6 +1357,12 @@ mod tests {
                 m.name
             );
             assert!(!m.help.contains('\n'), "{}: one-line help", m.name);
+            // prometheus-client ends a registered help text with a full stop.
+            assert!(
+                m.help.ends_with('.'),
+                "{}: help ends with a full stop",
+                m.name
+            );
         }
     }
 }

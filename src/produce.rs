@@ -1093,7 +1093,7 @@ struct ProduceProbe {
 }
 
 impl Probe for ProduceProbe {
-    fn render(&self, out: &mut Exposition) {
+    fn render(&self, out: &mut Exposition<'_>) {
         let s = &self.stats;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (read, sent) = (get(&s.rows_read), get(&s.rows_sent));

@@ -182,7 +182,7 @@ impl Counters {
     }
 
     /// Writes every count that `/metrics` shows.
-    pub fn render(&self, out: &mut Exposition) {
+    pub fn render(&self, out: &mut Exposition<'_>) {
         out.family(&C_RECORDS_READ)
             .sample(&[], self.records_read.get());
         out.family(&C_ROWS_WRITTEN)
@@ -462,7 +462,7 @@ impl ConsumeProbe {
 }
 
 impl Probe for ConsumeProbe {
-    fn render(&self, out: &mut Exposition) {
+    fn render(&self, out: &mut Exposition<'_>) {
         self.counters.render(out);
         let partitions: Vec<(String, &PartitionStatus)> = self
             .statuses
@@ -587,7 +587,7 @@ mod tests {
     use super::*;
     use crate::checkpoint::FileRef;
     use crate::enrich::{EnrichConfig, EnrichError, ReferenceSource, ReferenceTable};
-    use crate::metrics::testing::{assert_families_once, get as request, send};
+    use crate::metrics::testing::{assert_families_once, get as request, render, send};
     use crate::metrics::{ConsumeMetrics, Endpoint, Registry};
     use crate::output::MemStore;
 
@@ -710,9 +710,7 @@ mod tests {
             .source
             .store(WatermarkSource::IdleClock as u64, Ordering::Relaxed);
 
-        let mut out = Exposition::default();
-        probe.render(&mut out);
-        let text = out.into_string();
+        let text = render(&Registry::enabled(), Arc::new(probe));
         assert_families_once(&text);
         let m = parse(&text);
         let mut summary = ConsumeSummary::from_counters(&counters);
