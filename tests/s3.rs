@@ -140,6 +140,31 @@ fn exactly_once_across_repeated_sigkill_on_s3() {
         .filter(|p| p.file_name().unwrap() == "_SUCCESS")
         .count();
     assert!(success >= 15, "{success} _SUCCESS markers");
+    // The manifests' rows (read from each file's footer on S3, with ranged reads) add up to the
+    // rows of the windows they complete.
+    let markers: Vec<_> = listed
+        .iter()
+        .filter(|p| p.file_name().unwrap() == "_SUCCESS")
+        .collect();
+    let manifest_rows: i64 = markers
+        .iter()
+        .map(|m| {
+            let m: serde_json::Value = serde_json::from_slice(&std::fs::read(m).unwrap()).unwrap();
+            m["rows"].as_i64().unwrap()
+        })
+        .sum();
+    let globs: Vec<String> = markers
+        .iter()
+        .map(|m| format!("'{}/*.parquet'", m.parent().unwrap().display()))
+        .collect();
+    let window_rows = common::scalar(
+        &local,
+        &format!("SELECT count(*) FROM read_parquet([{}])", globs.join(", ")),
+    );
+    assert_eq!(
+        manifest_rows, window_rows,
+        "manifest rows vs the windows' rows"
+    );
     let inspect = run_bounded(
         app_s3(&endpoint).args(["inspect", &url, "--json", "--sample", "0"]),
         HANG_GUARD,
@@ -571,6 +596,17 @@ fn the_s3_store_keeps_the_store_contract() {
         );
         assert_eq!(w.finish().unwrap(), big.len() as u64);
         assert_eq!(store.get("z/big.bin").unwrap().unwrap(), &big[..]);
+        // A suffix is a ranged read (a Parquet footer without the file); longer than the object:
+        // all of it; no object: `None`.
+        assert_eq!(
+            store.get_suffix("z/big.bin", 1000).unwrap().unwrap(),
+            &big[big.len() - 1000..]
+        );
+        assert_eq!(
+            store.get_suffix("a/b/x.json", 100).unwrap().unwrap(),
+            &b"two"[..]
+        );
+        assert_eq!(store.get_suffix("z/none.bin", 8).unwrap(), None);
         let mut unfinished = store.writer("z/gone.bin").unwrap();
         unfinished.write_all(&big[..(9 << 20)]).unwrap();
         drop(unfinished);

@@ -124,12 +124,7 @@ pub fn apply(store: &dyn Store, sweep: Sweep) -> Result<u64, ConsumeError> {
 }
 
 /// The row count in a table file's footer, for a manifest (0 when it cannot be read: the
-/// manifest still lists the file).
+/// manifest still lists the file). Reads the footer only, never the file.
 fn footer_rows(store: &dyn Store, key: &str) -> u64 {
-    store
-        .get(key)
-        .ok()
-        .flatten()
-        .and_then(|b| crate::output::parquet::row_count(&b, key).ok())
-        .unwrap_or(0)
+    crate::output::parquet::footer_row_count(|n| store.get_suffix(key, n)).unwrap_or(0)
 }

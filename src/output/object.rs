@@ -613,15 +613,20 @@ impl ObjectOutput {
     }
 
     /// The object at `key`, or `None`. A missing bucket is an error, not a missing object.
-    fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
+    /// The object's bytes (`suffix`: only its last that many), or `None` when it is absent.
+    fn get_bytes(&self, key: &str, suffix: Option<u64>) -> Result<Option<Bytes>> {
         let path = self.path(key)?;
         let store = Arc::clone(&self.shared.store);
         let secrets = &self.shared.secrets;
         self.retry("read", key, || {
             let store = Arc::clone(&store);
             let path = path.clone();
+            let options = object_store::GetOptions {
+                range: suffix.map(object_store::GetRange::Suffix),
+                ..Default::default()
+            };
             async move {
-                match store.get(&path).await {
+                match store.get_opts(&path, options).await {
                     Ok(r) => r.bytes().await.map(Some),
                     Err(e @ object_store::Error::NotFound { .. }) => {
                         if Summary::of(&e, secrets).code.as_deref() == Some("NoSuchBucket") {
@@ -773,7 +778,7 @@ impl Store for ObjectOutput {
         loop {
             match self.put_payload(key, payload.clone(), PutMode::Create)? {
                 PutOutcome::Written => return Ok(true),
-                PutOutcome::Exists => match self.get_bytes(key)? {
+                PutOutcome::Exists => match self.get_bytes(key, None)? {
                     // Our own earlier attempt landed (its answer was lost): the create is ours.
                     Some(found) => return Ok(found.as_ref() == bytes),
                     // S3 answers 409 while a concurrent conditional write of the key is in
@@ -799,7 +804,11 @@ impl Store for ObjectOutput {
     }
 
     fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        self.get_bytes(key)
+        self.get_bytes(key, None)
+    }
+
+    fn get_suffix(&self, key: &str, len: u64) -> Result<Option<Bytes>> {
+        self.get_bytes(key, Some(len))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {

@@ -437,9 +437,20 @@ pub enum ConcatError<E> {
 }
 
 /// The number of rows of a Parquet file, from its footer.
-pub fn row_count(bytes: &Bytes, what: &str) -> Result<u64, ParquetFormatError> {
-    let meta = read_metadata(bytes, what)?;
-    Ok(u64::try_from(meta.file_metadata().num_rows()).unwrap_or(0))
+/// The row count of a Parquet file from its footer alone, read through `suffix` (the file's
+/// last `n` bytes): two small reads (the footer's length, then the footer) instead of the file.
+/// `None` when the file is absent or its footer cannot be read.
+pub fn footer_row_count<E>(mut suffix: impl FnMut(u64) -> Result<Option<Bytes>, E>) -> Option<u64> {
+    // A Parquet file ends with the footer's length (u32, little-endian) and the magic `PAR1`.
+    let tail = suffix(8).ok()??;
+    if tail.len() < 8 || &tail[tail.len() - 4..] != b"PAR1" {
+        return None;
+    }
+    let len = u32::from_le_bytes(tail[tail.len() - 8..tail.len() - 4].try_into().ok()?);
+    let footer = suffix(u64::from(len) + 8).ok()??;
+    let metadata = footer.get(..footer.len().checked_sub(8)?)?;
+    let meta = ParquetMetaDataReader::decode_metadata(metadata).ok()?;
+    u64::try_from(meta.file_metadata().num_rows()).ok()
 }
 
 #[cfg(test)]
@@ -558,6 +569,40 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(e.contains("other columns"), "{e}");
+    }
+
+    #[test]
+    fn the_row_count_is_read_from_the_footer_alone() {
+        let props = FormatConfig::default().writer_properties();
+        let mut rg = RowGroup::new(&schema(), &props, 0).unwrap();
+        rg.write(&batch(0, 1234), 1233).unwrap();
+        let file = finish(rg);
+        let mut asked = Vec::new();
+        let suffix = |n: u64| {
+            asked.push(n);
+            let start = file.len().saturating_sub(n as usize);
+            Ok::<_, ()>(Some(file.slice(start..)))
+        };
+        assert_eq!(footer_row_count(suffix), Some(1234));
+        assert_eq!(asked.len(), 2);
+        assert!(
+            asked[1] < file.len() as u64 / 4,
+            "only the footer is read: {asked:?}"
+        );
+        // Not a Parquet file, a truncated one, an absent one: no count.
+        let garbage = Bytes::from_static(b"not a parquet file at all");
+        assert_eq!(
+            footer_row_count(|_| Ok::<_, ()>(Some(garbage.clone()))),
+            None
+        );
+        let cut = file.slice(..file.len() - 3);
+        assert_eq!(
+            footer_row_count(|n: u64| Ok::<_, ()>(Some(
+                cut.slice(cut.len().saturating_sub(n as usize)..)
+            ))),
+            None
+        );
+        assert_eq!(footer_row_count(|_| Ok::<_, ()>(None)), None);
     }
 
     #[test]

@@ -108,6 +108,16 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>>;
     /// The object's bytes, or `None` when there is no such key.
     fn get(&self, key: &str) -> Result<Option<Bytes>>;
+    /// The object's last `len` bytes (all of it when shorter), or `None` when there is no such
+    /// key: a Parquet footer without reading the file.
+    fn get_suffix(&self, key: &str, len: u64) -> Result<Option<Bytes>> {
+        Ok(self.get(key)?.map(|b| {
+            let start = b
+                .len()
+                .saturating_sub(usize::try_from(len).unwrap_or(usize::MAX));
+            b.slice(start..)
+        }))
+    }
     /// Every object whose key starts with `prefix` (`""`: all), in key order.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     /// Removes `key`; a missing key is fine.
@@ -260,6 +270,24 @@ impl Store for LocalStore {
     fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let path = self.path(key);
         match fs::read(&path) {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("read", path.display(), e)),
+        }
+    }
+
+    fn get_suffix(&self, key: &str, len: u64) -> Result<Option<Bytes>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.path(key);
+        let read = || -> io::Result<Vec<u8>> {
+            let mut file = fs::File::open(&path)?;
+            let size = file.metadata()?.len();
+            file.seek(SeekFrom::Start(size.saturating_sub(len)))?;
+            let mut out = Vec::with_capacity(usize::try_from(len.min(size)).unwrap_or(0));
+            file.read_to_end(&mut out)?;
+            Ok(out)
+        };
+        match read() {
             Ok(b) => Ok(Some(Bytes::from(b))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io("read", path.display(), e)),
@@ -528,6 +556,16 @@ mod tests {
         );
         assert_eq!(w.finish().unwrap(), 10_000);
         assert_eq!(store.get("z/big.bin").unwrap().unwrap().len(), 10_000);
+        assert_eq!(
+            store.get_suffix("z/big.bin", 8).unwrap().unwrap(),
+            &[7u8; 8][..]
+        );
+        assert_eq!(
+            store.get_suffix("a/b/x.json", 100).unwrap().unwrap(),
+            &b"two"[..],
+            "longer than the object: all of it"
+        );
+        assert_eq!(store.get_suffix("z/none.bin", 8).unwrap(), None);
         let unfinished = store.writer("z/gone.bin").unwrap();
         drop(unfinished);
         let keys: Vec<String> = store.list("").unwrap().into_iter().map(|o| o.key).collect();
