@@ -36,6 +36,7 @@ help:
 	@echo "make bench | bench-quick           benchmarks vs kcat, Kafka perf tools, the seed's Python/PySpark (BENCHMARKS.md)"
 	@echo "make bench-produce | bench-consume | bench-profile   one step (1M rows) / perf profile"
 	@echo "make bench-group                   1 vs 3 consumer-group instances on one 6-partition topic"
+	@echo "make bench-enrich                  full vs partial enrichment cache (a generated 10M-row dimension)"
 
 up:
 	@$(SERVICES) up
@@ -98,11 +99,14 @@ demo:
 #   bench-consume:  consume step only, 1M rows (app consume vs ConsumerPerformance vs PySpark)
 #   bench-profile:  perf CPU profile of app produce and app consume (200k rows)
 #   bench-group:    1 vs 3 `app consume --group` instances on one 6-partition topic (1M rows)
-.PHONY: bench bench-quick bench-produce bench-consume bench-profile bench-group
+#   bench-enrich:   full vs partial enrichment cache, small dimension and a generated 10M-row one
+.PHONY: bench bench-quick bench-produce bench-consume bench-profile bench-group bench-enrich
 bench:
 	@scripts/with-services.sh scripts/bench.sh full $(BENCH_ARGS)
 bench-quick:
 	@scripts/with-services.sh scripts/bench.sh quick $(BENCH_ARGS)
+bench-enrich:
+	@scripts/with-services.sh scripts/bench.sh enrich $(BENCH_ARGS)
 bench-produce:
 	@scripts/with-services.sh scripts/bench.sh produce $(BENCH_ARGS)
 bench-consume:

@@ -4,7 +4,7 @@
 # scripts/with-services.sh, which starts the missing ones and stops only those afterwards.
 #
 # Usage: scripts/bench.sh setup                  install/build only
-#        scripts/bench.sh full|quick|produce|consume [bench.py args, e.g. --rows 200000]
+#        scripts/bench.sh full|quick|produce|consume|enrich [bench.py args, e.g. --rows 200000]
 #        scripts/bench.sh profile [ROWS] [--only produce|consume]   perf profiles of app produce / consume
 #        scripts/bench.sh group [--rows N] [--members 1,3]   1 vs N `app consume --group` instances
 #
@@ -105,10 +105,22 @@ cmd=${1:-quick}
 shift || true
 case $cmd in
   setup) setup ;;
-  full | quick | produce | consume)
+  full)
+    setup
+    check_services
+    "$VENV/bin/python" bench/bench.py --mode full "$@"
+    # The enrichment case (full vs partial cache, a generated 10M-row dimension).
+    exec "$VENV/bin/python" bench/enrich.py
+    ;;
+  quick | produce | consume)
     setup
     check_services
     exec "$VENV/bin/python" bench/bench.py --mode "$cmd" "$@"
+    ;;
+  enrich)
+    setup
+    check_services
+    exec "$VENV/bin/python" bench/enrich.py "$@"
     ;;
   group)
     setup

@@ -22,6 +22,8 @@
 # built once, ~2.5 min); `down` and `status` always include it.
 #
 # Environment (defaults): KAFKA_PORT=9092 KAFKA_CONTROLLER_PORT=9093 MYSQL_PORT=3306
+#   SERVICES="kafka mariadb" (what `up` starts; e.g. SERVICES=mariadb for a private database)
+#   MYSQL_BINLOG=on|off (row-based binary log for --enrich-cdc; on) MYSQL_SERVER_ID=1
 #   KAFKA_HEAP_OPTS="-Xms256m -Xmx1g" KAFKA_AUTO_CREATE_TOPICS=false
 #   KAFKA_READY_TIMEOUT=90 MYSQL_READY_TIMEOUT=60 STOP_TIMEOUT=30 (seconds)
 #   SERVICES_MODE=auto|local|docker (auto: docker when `docker info` succeeds)
@@ -39,6 +41,9 @@ KAFKA_AUTO_CREATE_TOPICS=${KAFKA_AUTO_CREATE_TOPICS:-false}
 KAFKA_READY_TIMEOUT=${KAFKA_READY_TIMEOUT:-90}
 MYSQL_PORT=${MYSQL_PORT:-3306}
 MYSQL_READY_TIMEOUT=${MYSQL_READY_TIMEOUT:-60}
+MYSQL_BINLOG=${MYSQL_BINLOG:-on}
+MYSQL_SERVER_ID=${MYSQL_SERVER_ID:-1}
+SERVICES=${SERVICES:-kafka mariadb}
 STOP_TIMEOUT=${STOP_TIMEOUT:-30}
 SERVICES_MODE=${SERVICES_MODE:-auto}
 # Root password of the mysql container in docker mode (local dev only; see docker-compose.yml).
@@ -315,8 +320,15 @@ mysql_up() { # appends "mariadb" to STARTED_NOW when it starts it
   mkdir -p "$MYSQL_DIR"
   # shellcheck disable=SC2034  # used by render (indirect expansion)
   local MYSQL_DATA_DIR=$MYSQL_DATA
+  local MYSQL_BINLOG_OPTION
+  case $MYSQL_BINLOG in
+    on) MYSQL_BINLOG_OPTION=log-bin=mariadb-bin ;;
+    off) MYSQL_BINLOG_OPTION=skip-log-bin ;;
+    *) die "MYSQL_BINLOG=$MYSQL_BINLOG: use on or off" ;;
+  esac
   render "$ROOT/services/mariadb/my.cnf.in" "$MYSQL_CONF" \
-    MYSQL_DATA_DIR MYSQL_SOCKET MYSQL_DIR MYSQL_PORT
+    MYSQL_DATA_DIR MYSQL_SOCKET MYSQL_DIR MYSQL_PORT MYSQL_SERVER_ID
+  sed -i "s|@MYSQL_BINLOG@|$MYSQL_BINLOG_OPTION|" "$MYSQL_CONF"
   local user_opt=()
   is_root && user_opt=(--user=root)
 
@@ -410,11 +422,15 @@ cmd_up() {
     return
   fi
 
-  ensure_packages
+  if [[ " $SERVICES " != *" kafka "* ]]; then
+    command -v mariadbd >/dev/null 2>&1 || apt_install mariadb-server mariadb-client
+  else
+    ensure_packages
+  fi
   mkdir -p "$LOCAL_DIR"
   STARTED_NOW=()
-  mysql_up
-  kafka_up
+  if [[ " $SERVICES " == *" mariadb "* ]]; then mysql_up; fi
+  if [[ " $SERVICES " == *" kafka "* ]]; then kafka_up; fi
   local started=("${STARTED_NOW[@]}")
   # Record before waiting, so that a caller's cleanup also stops a half-started service.
   if [[ -n $record ]] && ((${#started[@]})); then printf '%s\n' "${started[@]}" >>"$record"; fi
@@ -423,7 +439,7 @@ cmd_up() {
   for s in "${started[@]}"; do
     case $s in mariadb) mysql_wait ;; kafka) kafka_wait ;; esac
   done
-  load_schema
+  if [[ " $SERVICES " == *" mariadb "* ]]; then load_schema; fi
   if [[ ${S3:-0} == 1 ]]; then "$ROOT/scripts/s3.sh" up ${record:+--record "$record"}; fi
   if ((${#started[@]})); then
     log "up: started ${started[*]}"

@@ -22,6 +22,11 @@ GRANT ALL PRIVILEGES ON reclamacoes_db.* TO 'reclamacoes'@'localhost';
 -- Scratch databases for tests that want isolation: reclamacoes_test, reclamacoes_test_<anything>.
 GRANT ALL PRIVILEGES ON `reclamacoes\_test%`.* TO 'reclamacoes'@'%';
 GRANT ALL PRIVILEGES ON `reclamacoes\_test%`.* TO 'reclamacoes'@'localhost';
+-- `app consume --enrich-cdc` follows the dimension's changes in the binary log, as a replica
+-- would: it reads the log (REPLICATION SLAVE) and asks where it ends (REPLICATION CLIENT, which
+-- MariaDB 10.5+ calls BINLOG MONITOR).
+GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'reclamacoes'@'%';
+GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'reclamacoes'@'localhost';
 
 -- Segment (S1..S5) and name of each institution, keyed by the 8-digit base CNPJ
 -- (with leading zeros, as in the complaints CSV column "CNPJ IF").

@@ -287,6 +287,32 @@ pub struct ConsumeArgs {
     /// A record whose key is not in the enrichment table: keep with nulls, drop, or dead-letter.
     #[arg(long, env = "CONSUME_ON_MISS", default_value = "null")]
     pub on_miss: crate::enrich::OnMiss,
+    /// How much of the dimension is held: `full` (the whole table, reloaded every
+    /// --refresh-interval) or `partial` (a bounded cache of the keys seen, asked for per batch;
+    /// for dimensions too large to hold).
+    #[arg(long, env = "CONSUME_ENRICH_CACHE", value_enum, default_value_t = EnrichCacheArg::Full)]
+    pub enrich_cache: EnrichCacheArg,
+    /// Partial cache: memory bound of its entries, in bytes (rows and absent keys).
+    #[arg(long, env = "CONSUME_ENRICH_CACHE_BYTES", default_value_t = DEFAULT_ENRICH_CACHE_BYTES)]
+    pub enrich_cache_bytes: usize,
+    /// Partial cache: an entry (row or absent key) is asked for again this long after it was
+    /// written (expire after write); `off` to keep entries until evicted.
+    #[arg(long, env = "CONSUME_ENRICH_CACHE_TTL", default_value = "5m", value_parser = parse_optional_duration)]
+    pub enrich_cache_ttl: OptionalDuration,
+    /// Follow the dimension's changes in the server's binary log (row-based; the user needs
+    /// REPLICATION SLAVE and REPLICATION CLIENT): a partial cache forgets changed keys, a full
+    /// cache reloads, within a moment of the commit. Without a usable log: one warning, then
+    /// periodic reload as without this flag.
+    #[arg(long, env = "CONSUME_ENRICH_CDC")]
+    pub enrich_cdc: bool,
+    /// With --enrich-cdc: the dimension table (`db.table`), when the query's FROM does not name
+    /// it plainly.
+    #[arg(long, env = "CONSUME_ENRICH_CDC_TABLE", requires = "enrich_cdc")]
+    pub enrich_cdc_table: Option<String>,
+    /// Partial cache: how long records whose key is not cached wait for an unreachable
+    /// database before they follow --on-miss as `dimension unreachable`.
+    #[arg(long, env = "CONSUME_ENRICH_MISS_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub enrich_miss_timeout: Duration,
     /// Parquet compression: none, snappy, gzip, lz4, zstd.
     #[arg(long, env = "CONSUME_COMPRESSION", default_value = "zstd")]
     pub compression: crate::output::Compression,
@@ -331,6 +357,18 @@ pub struct ConsumeArgs {
 pub const DEFAULT_MAX_BUFFER_BYTES: usize = 24 * 1024 * 1024;
 /// Default `--fetch-max-bytes`.
 pub const DEFAULT_FETCH_MAX_BYTES: i32 = 512 * 1024;
+
+/// Default `--enrich-cache-bytes`: 16 MiB.
+pub const DEFAULT_ENRICH_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// `--enrich-cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EnrichCacheArg {
+    /// The whole table in memory, reloaded every --refresh-interval.
+    Full,
+    /// A bounded cache of the keys seen.
+    Partial,
+}
 
 /// `--start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -642,6 +680,20 @@ async fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             refresh_interval: args.refresh_interval,
             first_load_timeout: args.mysql_timeout,
             query_timeout: Duration::from_secs(10).min(args.mysql_timeout),
+            cache: match args.enrich_cache {
+                EnrichCacheArg::Full => crate::enrich::CacheMode::Full,
+                EnrichCacheArg::Partial => {
+                    crate::enrich::CacheMode::Partial(crate::enrich::PartialConfig {
+                        max_bytes: args.enrich_cache_bytes,
+                        ttl: args.enrich_cache_ttl,
+                        miss_timeout: args.enrich_miss_timeout,
+                        ..crate::enrich::PartialConfig::default()
+                    })
+                }
+            },
+            cdc: args.enrich_cdc.then_some(crate::enrich::CdcConfig {
+                table: args.enrich_cdc_table,
+            }),
         },
         sink: consume::SinkConfig {
             location,

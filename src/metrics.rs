@@ -289,6 +289,60 @@ pub const C_ENRICH_MISSES: MetricDef = def(
     &[],
     "Enrichment lookups that did not find the key (or the record had no key).",
 );
+pub const C_ENRICH_CACHE_HITS: MetricDef = def(
+    "reclamacoes_consume_enrichment_cache_hits_total",
+    Kind::Counter,
+    &[],
+    "Partial cache: records whose key the cache answered (a row, or a key known to be absent).",
+);
+pub const C_ENRICH_CACHE_MISSES: MetricDef = def(
+    "reclamacoes_consume_enrichment_cache_misses_total",
+    Kind::Counter,
+    &[],
+    "Partial cache: records whose key had to be asked from the database.",
+);
+pub const C_ENRICH_QUERIES: MetricDef = def(
+    "reclamacoes_consume_enrichment_queries_total",
+    Kind::Counter,
+    &[],
+    "Partial cache: miss lookups, one per batch that missed (its distinct keys in `IN` lists).",
+);
+pub const C_ENRICH_KEYS_QUERIED: MetricDef = def(
+    "reclamacoes_consume_enrichment_keys_queried_total",
+    Kind::Counter,
+    &[],
+    "Partial cache: keys asked from the database.",
+);
+pub const C_ENRICH_QUERY_FAILURES: MetricDef = def(
+    "reclamacoes_consume_enrichment_query_failures_total",
+    Kind::Counter,
+    &[],
+    "Partial cache: failed lookup attempts (each retry counts).",
+);
+pub const C_ENRICH_UNREACHABLE: MetricDef = def(
+    "reclamacoes_consume_enrichment_unreachable_total",
+    Kind::Counter,
+    &[],
+    "Partial cache: records that followed --on-miss because the dimension was unreachable (reason `dimension unreachable`).",
+);
+pub const C_ENRICH_CACHE_BYTES: MetricDef = def(
+    "reclamacoes_consume_enrichment_cache_bytes",
+    Kind::Gauge,
+    &[],
+    "Partial cache: bytes its entries are counted for (bounded by --enrich-cache-bytes).",
+);
+pub const C_ENRICH_CHANGES: MetricDef = def(
+    "reclamacoes_consume_enrichment_changes_total",
+    Kind::Counter,
+    &[],
+    "With --enrich-cdc: changed dimension keys read from the binary log (applied to the cache).",
+);
+pub const C_ENRICH_EVICTIONS: MetricDef = def(
+    "reclamacoes_consume_enrichment_cache_evictions_total",
+    Kind::Counter,
+    &[],
+    "Partial cache: entries evicted to stay within --enrich-cache-bytes.",
+);
 
 pub const P_ROWS_READ: MetricDef = def(
     "reclamacoes_produce_rows_read_total",
@@ -373,6 +427,15 @@ pub const METRICS: &[MetricDef] = &[
     C_ENRICH_FAILURES,
     C_ENRICH_HITS,
     C_ENRICH_MISSES,
+    C_ENRICH_CACHE_HITS,
+    C_ENRICH_CACHE_MISSES,
+    C_ENRICH_QUERIES,
+    C_ENRICH_KEYS_QUERIED,
+    C_ENRICH_QUERY_FAILURES,
+    C_ENRICH_UNREACHABLE,
+    C_ENRICH_CACHE_BYTES,
+    C_ENRICH_EVICTIONS,
+    C_ENRICH_CHANGES,
     P_ROWS_READ,
     P_ROWS_SENT,
     P_ROWS_REJECTED,

@@ -22,8 +22,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{
-    new_null_array, Array, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder,
-    Int32Array, Int64Array, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondArray,
+    Array, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int32Array,
+    Int64Array, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondArray,
     TimestampMicrosecondBuilder, UInt32Array,
 };
 use arrow::datatypes::SchemaRef;
@@ -32,7 +32,7 @@ use serde::Deserializer as _;
 
 use super::core::{RecordKind, RecordMeta};
 use super::flat_json::{self, FieldKey, FlatValue, KeyOrder};
-use crate::enrich::{Join, OnMiss, ReferenceTable};
+use crate::enrich::{Found, Join, Lookup, OnMiss};
 use crate::output::parquet::{dead_letter_schema, OutputSchema};
 use crate::schema::{self, FieldType, Schema};
 use crate::window::{window_end, window_start};
@@ -74,6 +74,13 @@ pub struct DecodedBatch {
     pub metas: Vec<RecordMeta>,
     pub enrich_hits: u64,
     pub enrich_misses: u64,
+    /// Misses because the dimension could not be asked (partial mode; counted in
+    /// `enrich_misses` too).
+    pub enrich_unreachable: u64,
+    /// Partial mode: records whose key the lookup did not hold ([`Join::Pending`]), and those
+    /// keys, distinct. When there are any, the batch is decoded again once they are asked for.
+    pub enrich_pending: u64,
+    pub pending_keys: Vec<String>,
 }
 
 impl DecodedBatch {
@@ -136,12 +143,13 @@ impl Decoder {
         &self.config
     }
 
-    /// Decodes `records` (in offset order) of `partition`, enriching from `table`.
-    pub fn decode<'a>(
+    /// Decodes `records` (in offset order) of `partition`, enriching through `lookup` (a
+    /// `ReferenceTable` in full mode, a partial cache's view otherwise).
+    pub fn decode<'a, L: Lookup + ?Sized>(
         &self,
         partition: i32,
         records: impl ExactSizeIterator<Item = RawRecord<'a>>,
-        table: &ReferenceTable,
+        lookup: &L,
         now_wall_ms: i64,
     ) -> Result<DecodedBatch, DecodeError> {
         let n = records.len();
@@ -156,7 +164,8 @@ impl Decoder {
         let mut lookups: Vec<Option<u32>> = Vec::with_capacity(n);
         let mut dead = DeadLetters::default();
         let mut metas = Vec::with_capacity(n);
-        let (mut hits, mut misses) = (0u64, 0u64);
+        let (mut hits, mut misses, mut unreachable, mut pending) = (0u64, 0u64, 0u64, 0u64);
+        let mut pending_keys: std::collections::HashSet<String> = Default::default();
         let mut slots: Vec<Slot<'_>> = Vec::with_capacity(fields.len());
         let mut typed: Vec<Typed<'_>> = Vec::with_capacity(fields.len());
         for rec in records {
@@ -208,15 +217,30 @@ impl Decoder {
             // The one lookup and miss policy (`enrich`): a string key is borrowed, so a hit
             // allocates nothing.
             let key = typed[self.config.join_field].as_key();
-            let joined = table.join(key.as_deref(), self.config.on_miss, &self.enrich_source);
-            if matches!(joined, Join::Hit(_)) {
-                hits += 1;
-            } else {
-                misses += 1;
+            let key = key.as_deref();
+            let found = key.map(|k| lookup.find(k));
+            let joined = crate::enrich::join(found, key, self.config.on_miss, &self.enrich_source);
+            match (&joined, found) {
+                (Join::Hit(_), _) => hits += 1,
+                (Join::Pending, _) => pending += 1,
+                (_, Some(Found::Unreachable)) => {
+                    misses += 1;
+                    unreachable += 1;
+                }
+                _ => misses += 1,
             }
             let found = match joined {
                 Join::Hit(row) => Some(row),
                 Join::Null => None,
+                // Decoded again once the key is asked for: a placeholder meanwhile.
+                Join::Pending => {
+                    if let Some(k) = key {
+                        if !pending_keys.contains(k) {
+                            pending_keys.insert(k.to_string());
+                        }
+                    }
+                    None
+                }
                 Join::Drop => {
                     metas.push(RecordMeta {
                         offset: rec.offset,
@@ -249,7 +273,7 @@ impl Decoder {
             &kafka_ts,
             &event_times,
             &lookups,
-            table,
+            lookup,
         )?;
         let dead = dead
             .finish(&self.dead_schema)
@@ -261,6 +285,9 @@ impl Decoder {
             metas,
             enrich_hits: hits,
             enrich_misses: misses,
+            enrich_unreachable: unreachable,
+            enrich_pending: pending,
+            pending_keys: pending_keys.into_iter().collect(),
         })
     }
 
@@ -352,7 +379,7 @@ impl Decoder {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn rows_batch(
+    fn rows_batch<L: Lookup + ?Sized>(
         &self,
         partition: i32,
         columns: Vec<ColumnBuilder>,
@@ -360,21 +387,14 @@ impl Decoder {
         kafka_ts: &[i64],
         event_times: &[i64],
         lookups: &[Option<u32>],
-        table: &ReferenceTable,
+        lookup: &L,
     ) -> Result<RecordBatch, DecodeError> {
         let fail = |message: String| DecodeError { partition, message };
         let n = offsets.len();
         let mut arrays: Vec<ArrayRef> = columns.into_iter().map(ColumnBuilder::finish).collect();
         let indices = UInt32Array::from(lookups.to_vec());
-        for (c, (_, ty)) in table.columns.iter().enumerate() {
-            let array = match table.arrow.get(c) {
-                Some(values) if !table.is_empty() => {
-                    arrow::compute::take(values.as_ref(), &indices, None)
-                        .map_err(|e| fail(e.to_string()))?
-                }
-                _ => new_null_array(&ty.arrow_type(), n),
-            };
-            arrays.push(array);
+        for c in 0..lookup.columns().len() {
+            arrays.push(lookup.column(c, &indices).map_err(fail)?);
         }
         let micros = |ms: i64| ms.saturating_mul(1000);
         let w = self.config.window_ms;
@@ -761,7 +781,7 @@ impl DeadLetters {
 mod tests {
     use super::*;
     use crate::enrich::ReferenceTable;
-    use crate::schema::{Source, Value};
+    use crate::schema::{FieldType, Source, Value};
     use arrow::array::{Array, AsArray};
     use proptest::prelude::*;
 
@@ -992,7 +1012,143 @@ mod tests {
         assert!(matches!(batch.metas[0].kind, RecordKind::Dropped { .. }));
     }
 
+    fn banks(keys: &[&str]) -> ReferenceTable {
+        ReferenceTable::build(
+            "banco_",
+            vec![
+                ("cnpj".into(), FieldType::String),
+                ("nome".into(), FieldType::String),
+            ],
+            keys.iter()
+                .map(|k| vec![Value::Str(k.to_string()), Value::Str(format!("BANCO {k}"))])
+                .collect(),
+        )
+    }
+
+    fn decode_with<L: Lookup + ?Sized>(
+        d: &Decoder,
+        values: &[Vec<u8>],
+        lookup: &L,
+    ) -> DecodedBatch {
+        let records = values.iter().enumerate().map(|(i, v)| RawRecord {
+            offset: i as i64,
+            timestamp_ms: 1_000,
+            key: None,
+            value: Some(v.as_slice()),
+            refused: None,
+        });
+        let records: Vec<_> = records.collect();
+        d.decode(3, records.into_iter(), lookup, 0).unwrap()
+    }
+
+    #[test]
+    fn a_partial_cache_reports_the_keys_to_ask_then_enriches_from_the_answers() {
+        use crate::enrich::partial::{Limits, Overlay, PartialCache, PartialView};
+        let d = decoder(OnMiss::DeadLetter, None);
+        let full = banks(&["00360305", "60746948"]);
+        let cache = PartialCache::new(Limits {
+            max_bytes: 1 << 20,
+            ttl_ms: None,
+        });
+        let values = vec![
+            json(Some("00360305"), "a"),
+            json(Some("60746948"), "b"),
+            json(Some("00360305"), "c"),
+            json(Some("11111111"), "d"),
+        ];
+        let mut overlay = Overlay::default();
+        let view = PartialView {
+            cache: &cache,
+            overlay: &overlay,
+            columns: &full.columns,
+            now_ms: 0,
+        };
+        let first = decode_with(&d, &values, &view);
+        let mut pending = first.pending_keys.clone();
+        pending.sort();
+        assert_eq!(pending, vec!["00360305", "11111111", "60746948"]);
+        assert_eq!(first.enrich_pending, 4);
+        // Unreachable: the records follow --on-miss with that reason; found keys are enriched.
+        overlay.answer(
+            "00360305".into(),
+            Some(vec![Value::Str("BANCO 00360305".into())]),
+        );
+        overlay.unreachable("60746948".into());
+        overlay.answer("11111111".into(), None);
+        let view = PartialView {
+            cache: &cache,
+            overlay: &overlay,
+            columns: &full.columns,
+            now_ms: 0,
+        };
+        let batch = decode_with(&d, &values, &view);
+        assert!(batch.pending_keys.is_empty());
+        assert_eq!(
+            (
+                batch.enrich_hits,
+                batch.enrich_misses,
+                batch.enrich_unreachable
+            ),
+            (2, 2, 1)
+        );
+        let errors = batch.dead_letter_errors();
+        assert!(
+            errors[0].contains("dimension unreachable: key `60746948`"),
+            "{errors:?}"
+        );
+        assert!(errors[1].contains("key `11111111` not found"), "{errors:?}");
+        let names = batch.rows.column_by_name("banco_nome").unwrap();
+        assert_eq!(names.as_string::<i32>().value(1), "BANCO 00360305");
+    }
+
     proptest! {
+        /// A partial cache holding any part of the dimension (rows, absent keys), with the keys
+        /// it lacks asked for, gives exactly the rows, dead letters and routes the full table
+        /// gives.
+        #[test]
+        fn partial_cache_rows_equal_full_cache_rows(
+            picks in proptest::collection::vec(0..6usize, 1..30),
+            held in proptest::collection::vec(any::<bool>(), 6),
+            tiny in any::<bool>(),
+            on_miss in prop_oneof![Just(OnMiss::Null), Just(OnMiss::Drop), Just(OnMiss::DeadLetter)],
+        ) {
+            use crate::enrich::partial::{Limits, Overlay, PartialCache, PartialView};
+            let universe = ["00360305", "60746948", "00000000", "12345678", "99999999", "55555555"];
+            let full = banks(&universe[..3]);
+            let d = decoder(on_miss, None);
+            let values: Vec<Vec<u8>> = picks.iter().enumerate()
+                .map(|(i, &k)| json(Some(universe[k]), &format!("r{i}"))).collect();
+            let answer = |key: &str| match full.find(key) {
+                Found::Row(r) => Some(full.row(r)),
+                _ => None,
+            };
+            // The cache holds some keys (a tiny bound evicts most of them).
+            let mut cache = PartialCache::new(Limits {
+                max_bytes: if tiny { 300 } else { 1 << 20 },
+                ttl_ms: None,
+            });
+            for (key, _) in universe.iter().zip(&held).filter(|(_, h)| **h) {
+                cache.insert(key, answer(key), 0);
+            }
+            let mut overlay = Overlay::default();
+            let batch = loop {
+                let view = PartialView { cache: &cache, overlay: &overlay, columns: &full.columns, now_ms: 0 };
+                let batch = decode_with(&d, &values, &view);
+                if batch.pending_keys.is_empty() {
+                    break batch;
+                }
+                for key in batch.pending_keys {
+                    let row = answer(&key);
+                    overlay.answer(key, row);
+                }
+            };
+            let expected = decode_with(&d, &values, &full);
+            prop_assert_eq!(&batch.rows, &expected.rows);
+            prop_assert_eq!(&batch.dead, &expected.dead);
+            prop_assert_eq!(&batch.metas, &expected.metas);
+            prop_assert_eq!((batch.enrich_hits, batch.enrich_misses), (expected.enrich_hits, expected.enrich_misses));
+        }
+
         /// What `produce` writes, `consume` decodes: any text survives.
         #[test]
         fn any_institution_name_round_trips(name in "\\PC{0,40}") {

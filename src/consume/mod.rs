@@ -163,6 +163,33 @@ pub async fn run(
     let mut summary = ConsumeSummary::from_counters(&instance.counters);
     summary.enrich_hits = stats.hits;
     summary.enrich_misses = stats.misses;
+    summary.enrich_unreachable = stats.unreachable;
+    if stats.mode == "partial" {
+        let asked = stats.cache_hits + stats.cache_misses;
+        summary.enrich_detail.push(format!(
+            "partial cache: hit rate {:.2}% ({} of {} records), {} lookups asking {} keys ({} \
+             failed attempts), {} entries in {:.1} MB, {} evicted",
+            if asked == 0 {
+                100.0
+            } else {
+                100.0 * stats.cache_hits as f64 / asked as f64
+            },
+            stats.cache_hits,
+            asked,
+            stats.queries,
+            stats.keys_queried,
+            stats.query_failures,
+            stats.rows,
+            stats.bytes as f64 / 1e6,
+            stats.evictions
+        ));
+    }
+    if let Some(cdc) = &stats.cdc {
+        summary.enrich_detail.push(format!(
+            "binary log: {cdc}; {} changed keys applied",
+            stats.changes
+        ));
+    }
     summary.refresh_failures = stats.refresh_failures;
     summary.windows_open = runs.last().map_or(0, |r| r.windows_open);
     summary.elapsed = started.elapsed();

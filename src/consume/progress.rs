@@ -21,11 +21,14 @@ use super::pipeline::{FileKindWritten, Progress};
 use crate::enrich::EnrichmentCache;
 use crate::metrics::{
     BusyClocks, Exposition, Health, Heartbeat, Output, Probe, BUFFER_LABELS, C_BUFFERED_BYTES,
-    C_BYTES_WRITTEN, C_DEAD_LETTERS, C_ENRICH_AGE, C_ENRICH_FAILURES, C_ENRICH_HITS, C_ENRICH_KEYS,
-    C_ENRICH_MISSES, C_ENRICH_REFRESHES, C_FILES_WRITTEN, C_HIGH_WATERMARK, C_LAG, C_LATE,
-    C_MISS_DROPPED, C_NEXT_OFFSET, C_OPEN_WINDOWS, C_PARTITION_WATERMARK, C_RECORDS_READ,
-    C_REPLAY_SKIPPED, C_ROWS_WRITTEN, C_ROW_GROUPS_STAGED, C_SKIPPED_BATCHES, C_WATERMARK,
-    C_WATERMARK_SOURCE, C_WINDOWS_CLOSED, OUTPUT_LABELS, WATERMARK_SOURCES,
+    C_BYTES_WRITTEN, C_DEAD_LETTERS, C_ENRICH_AGE, C_ENRICH_CACHE_BYTES, C_ENRICH_CACHE_HITS,
+    C_ENRICH_CACHE_MISSES, C_ENRICH_CHANGES, C_ENRICH_EVICTIONS, C_ENRICH_FAILURES, C_ENRICH_HITS,
+    C_ENRICH_KEYS, C_ENRICH_KEYS_QUERIED, C_ENRICH_MISSES, C_ENRICH_QUERIES,
+    C_ENRICH_QUERY_FAILURES, C_ENRICH_REFRESHES, C_ENRICH_UNREACHABLE, C_FILES_WRITTEN,
+    C_HIGH_WATERMARK, C_LAG, C_LATE, C_MISS_DROPPED, C_NEXT_OFFSET, C_OPEN_WINDOWS,
+    C_PARTITION_WATERMARK, C_RECORDS_READ, C_REPLAY_SKIPPED, C_ROWS_WRITTEN, C_ROW_GROUPS_STAGED,
+    C_SKIPPED_BATCHES, C_WATERMARK, C_WATERMARK_SOURCE, C_WINDOWS_CLOSED, OUTPUT_LABELS,
+    WATERMARK_SOURCES,
 };
 
 /// One count: an atomic that tasks add to. Cloning reads it (a snapshot), so a copy of the
@@ -294,6 +297,10 @@ pub struct ConsumeSummary {
     /// From the enrichment cache's own counts.
     pub enrich_hits: u64,
     pub enrich_misses: u64,
+    /// Partial cache: misses because the dimension could not be asked.
+    pub enrich_unreachable: u64,
+    /// More lines on the enrichment: the partial cache's hit rate and lookups, the binary log.
+    pub enrich_detail: Vec<String>,
     pub refresh_failures: u64,
     pub windows_open: u64,
     pub elapsed: Duration,
@@ -334,7 +341,7 @@ impl ConsumeSummary {
         }
         let late_dropped = c.late_dropped.get();
         format!(
-            "consume summary: partitions {:?}{}\n  records read: {}\n{transactions}  rows written: {} in {} files ({:.1} MB)\n  windows closed: {} (partition closes), with _SUCCESS: {}, still open: {}{}\n  enrichment: {} hits, {} misses{}, {} refresh failures\n  late rows: {} to _late{}\n  dead letters: {} to _dead_letter\n  replayed and skipped (already written): {}\n  checkpoints committed: {}\n  time: {:.2} s, {:.0} records/s\n  output: {}\n",
+            "consume summary: partitions {:?}{}\n  records read: {}\n{transactions}  rows written: {} in {} files ({:.1} MB)\n  windows closed: {} (partition closes), with _SUCCESS: {}, still open: {}{}\n  enrichment: {} hits, {} misses{}, {} refresh failures\n{}  late rows: {} to _late{}\n  dead letters: {} to _dead_letter\n  replayed and skipped (already written): {}\n  checkpoints committed: {}\n  time: {:.2} s, {:.0} records/s\n  output: {}\n",
             self.partitions,
             if self.resumed_from_checkpoint { " (resumed from checkpoint)" } else { "" },
             c.records_read.get(),
@@ -347,8 +354,13 @@ impl ConsumeSummary {
             optional(c.row_groups_staged.get(), "row groups staged"),
             self.enrich_hits,
             self.enrich_misses,
-            optional(c.miss_dropped.get(), "dropped"),
+            optional(c.miss_dropped.get(), "dropped")
+                + &optional(self.enrich_unreachable, "with the dimension unreachable"),
             self.refresh_failures,
+            self.enrich_detail
+                .iter()
+                .map(|d| format!("  enrichment {d}\n"))
+                .collect::<String>(),
             c.rows_late.get(),
             if late_dropped > 0 { format!(", {late_dropped} dropped") } else { String::new() },
             c.dead_letters.get(),
@@ -521,6 +533,25 @@ impl Probe for ConsumeProbe {
             .sample(&[], stats.refresh_failures);
         out.family(&C_ENRICH_HITS).sample(&[], stats.hits);
         out.family(&C_ENRICH_MISSES).sample(&[], stats.misses);
+        if stats.cdc.is_some() {
+            out.family(&C_ENRICH_CHANGES).sample(&[], stats.changes);
+        }
+        if stats.mode == "partial" {
+            out.family(&C_ENRICH_CACHE_HITS)
+                .sample(&[], stats.cache_hits);
+            out.family(&C_ENRICH_CACHE_MISSES)
+                .sample(&[], stats.cache_misses);
+            out.family(&C_ENRICH_QUERIES).sample(&[], stats.queries);
+            out.family(&C_ENRICH_KEYS_QUERIED)
+                .sample(&[], stats.keys_queried);
+            out.family(&C_ENRICH_QUERY_FAILURES)
+                .sample(&[], stats.query_failures);
+            out.family(&C_ENRICH_UNREACHABLE)
+                .sample(&[], stats.unreachable);
+            out.family(&C_ENRICH_CACHE_BYTES)
+                .sample(&[], stats.bytes as u64);
+            out.family(&C_ENRICH_EVICTIONS).sample(&[], stats.evictions);
+        }
     }
 
     fn health(&self) -> Health {
@@ -559,9 +590,40 @@ impl Probe for ConsumeProbe {
             }
         }
         let stats = self.cache.stats();
+        if let Some((since, error)) = &stats.down_since {
+            return Health::failing(format!(
+                "enrichment: dimension unreachable at {} for {:.0} s ({error}); records whose key \
+                 is not cached wait up to --enrich-miss-timeout, then follow --on-miss as \
+                 `dimension unreachable` ({} so far)",
+                self.cache.describe(),
+                since.elapsed().unwrap_or_default().as_secs_f64(),
+                stats.unreachable
+            ));
+        }
+        let cdc = stats
+            .cdc
+            .as_deref()
+            .map_or(String::new(), |c| format!("; {c}"));
+        if stats.mode == "partial" {
+            let asked = stats.cache_hits + stats.cache_misses;
+            return Health::ok(format!(
+                "{} partition(s) fetching; output {}; enrichment: partial cache, {} keys ({:.1} \
+                 MB), hit rate {:.1}%, {} records with the dimension unreachable{cdc}",
+                self.statuses.len(),
+                self.output,
+                stats.rows,
+                stats.bytes as f64 / 1e6,
+                if asked == 0 {
+                    100.0
+                } else {
+                    100.0 * stats.cache_hits as f64 / asked as f64
+                },
+                stats.unreachable
+            ));
+        }
         Health::ok(format!(
             "{} partition(s) fetching; output {}; enrichment map: {} keys, loaded {:.0} s ago, {} \
-             refresh failures",
+             refresh failures{cdc}",
             self.statuses.len(),
             self.output,
             stats.rows,

@@ -3,7 +3,8 @@
 //! - [`fetch`]: reads committed record batches from Kafka, retries transient errors with the
 //!   fetch policy, applies `--on-data-loss`, and at the end of a bounded run says what an open
 //!   transaction holds back.
-//! - [`decode_partition`]: JSON -> Arrow columns and enrichment, on the blocking pool.
+//! - [`decode_partition`]: JSON -> Arrow columns and enrichment, on the blocking pool; with a
+//!   partial cache, the keys a batch misses are asked for (one lookup) between two decodes.
 //! - [`process`]: the partition's [`PartitionPipeline`] (route, write, checkpoint) on the blocking
 //!   pool; it reports commits, completion and failure to the coordinator as [`Event`]s.
 //!
@@ -19,12 +20,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::core::{self, Now};
-use super::decode::{DecodedBatch, Decoder};
-use super::fetched::{CorruptBatchPolicy, FetchedRecords};
+use super::decode::{DecodeError, DecodedBatch, Decoder};
+use super::fetched::{CorruptBatchPolicy, FetchError, FetchedRecords};
 use super::instance::Board;
 use super::pipeline::{PartitionPipeline, PipelineError, Progress};
 use super::progress::{ConsumeProbe, Counters, HeldBack, PartitionStatus};
 use super::{ConsumeError, DataLossPolicy};
+use crate::enrich::partial::Overlay;
 use crate::enrich::EnrichmentCache;
 use crate::kafka::{
     ControlBatchRecord, FetchedContent, IsolationLevel, KafkaError, PartitionHandle,
@@ -289,14 +291,12 @@ pub(super) async fn decode_partition(
                 high_watermark,
                 next_offset,
             } => {
-                let decoder = Arc::clone(&decoder);
-                let table = Arc::clone(cache.snapshot().table());
                 let now = clock.now().wall_ms;
-                let decoded = tokio::task::spawn_blocking(move || {
-                    records
-                        .with_records(|raw| decoder.decode(partition, raw.into_iter(), &table, now))
-                })
-                .await;
+                let decoded = if cache.is_partial() {
+                    decode_partial(&decoder, &cache, partition, records, now).await
+                } else {
+                    decode_full(&decoder, &cache, partition, records, now).await
+                };
                 match decoded {
                     Ok(Ok(Ok(batch))) => {
                         cache.count_lookups(batch.enrich_hits, batch.enrich_misses);
@@ -322,6 +322,71 @@ pub(super) async fn decode_partition(
         if tx.send(out).await.is_err() || last {
             return;
         }
+    }
+}
+
+type DecodeResult =
+    Result<Result<Result<DecodedBatch, DecodeError>, FetchError>, tokio::task::JoinError>;
+
+/// Decodes a batch from the whole table (a snapshot: a refresh meanwhile does not matter).
+async fn decode_full(
+    decoder: &Arc<Decoder>,
+    cache: &EnrichmentCache,
+    partition: i32,
+    records: FetchedRecords,
+    now: i64,
+) -> DecodeResult {
+    let decoder = Arc::clone(decoder);
+    let table = Arc::clone(cache.snapshot().table());
+    tokio::task::spawn_blocking(move || {
+        records.with_records(|raw| decoder.decode(partition, raw.into_iter(), table.as_ref(), now))
+    })
+    .await
+}
+
+/// Decodes a batch through the partial cache: the keys it does not hold are asked for in one
+/// lookup (which waits through an outage for at most `--enrich-miss-timeout`: backpressure, the
+/// fetcher stops at its channel), and the batch is decoded again with the answers in front of
+/// the cache. Again while keys are missing (an entry found on the first pass may expire or be
+/// evicted before the next): each round answers at least one more key, so it ends.
+async fn decode_partial(
+    decoder: &Arc<Decoder>,
+    cache: &EnrichmentCache,
+    partition: i32,
+    records: FetchedRecords,
+    now: i64,
+) -> DecodeResult {
+    let mut records = records;
+    let mut overlay = Overlay::default();
+    let mut first = None;
+    loop {
+        let (d, c) = (Arc::clone(decoder), cache.clone());
+        let (back, answers, decoded) = tokio::task::spawn_blocking(move || {
+            let decoded = records.with_records(|raw| {
+                c.with_view(&overlay, |view| {
+                    d.decode(partition, raw.into_iter(), view, now)
+                })
+            });
+            (records, overlay, decoded)
+        })
+        .await?;
+        (records, overlay) = (back, answers);
+        let batch = match decoded {
+            Ok(Some(Ok(batch))) => batch,
+            Ok(Some(Err(e))) => return Ok(Ok(Err(e))),
+            Ok(None) => return decode_full(decoder, cache, partition, records, now).await,
+            Err(e) => return Ok(Err(e)),
+        };
+        // The cache's own hit rate is the first pass's.
+        let (hits, pending) = *first.get_or_insert((
+            batch.enrich_hits + batch.enrich_misses,
+            batch.enrich_pending,
+        ));
+        if batch.pending_keys.is_empty() {
+            cache.count_partial(hits, pending, batch.enrich_unreachable);
+            return Ok(Ok(Ok(batch)));
+        }
+        overlay.merge(cache.resolve(&batch.pending_keys).await);
     }
 }
 

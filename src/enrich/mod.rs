@@ -1,5 +1,11 @@
-//! The enrichment cache: a reference table loaded from MySQL/MariaDB, kept in memory and
-//! refreshed in the background, so that every decoded record can be joined with it by key.
+//! The enrichment cache: a reference table (the dimension) from MySQL/MariaDB, joined by key
+//! with every decoded record. Two modes (`--enrich-cache`):
+//! - **full** (the default, Flink's `FULL` cache): the whole table in memory, reloaded every
+//!   `--refresh-interval`; for dimensions that fit in memory comfortably;
+//! - **partial** ([`partial`], Flink's `PARTIAL`): a cache of the keys seen, bounded in bytes
+//!   (`--enrich-cache-bytes`), entries expiring `--enrich-cache-ttl` after they were written;
+//!   each batch asks the database once for the distinct keys it misses (`WHERE key IN (…)`,
+//!   chunked), and remembers absent keys too. For dimensions of any size.
 //!
 //! This module owns:
 //! - [`EnrichConfig`]: where the table comes from (URL, query) and how often it is reloaded;
@@ -7,20 +13,27 @@
 //!   column types), the rows as Arrow columns, and each key's row (the key is the first column
 //!   of the query, as text);
 //! - [`ReferenceSource`]: the boundary to the database, implemented by [`MySqlSource`] (and by
-//!   fakes in tests);
+//!   fakes in tests): [`load`](ReferenceSource::load) the whole table, or
+//!   [`lookup`](ReferenceSource::lookup) some keys;
+//! - [`Lookup`]: what the decoder reads through, one key at a time (allocation-free on a hit)
+//!   and then one enrichment column at a time: a [`ReferenceTable`] in full mode, a
+//!   [`partial::PartialView`] in partial mode;
 //! - [`EnrichmentCache`]: the current table behind an `Arc` that is swapped atomically by a
 //!   background refresh task; the consumer takes a per-batch [`EnrichSnapshot`] and never waits
 //!   for a refresh. A failed refresh keeps serving the previous table;
-//! - the join, one lookup and one miss policy: [`ReferenceTable::join`] looks a record's key up
-//!   and applies [`OnMiss`] to a miss, answering a [`Join`] (the row, or null columns, drop, or
-//!   dead letter with its reason). The consumer's decoder calls it per record and then takes
-//!   each enrichment column for the whole batch at once from [`ReferenceTable::arrow`];
+//! - the join, one lookup and one miss policy: [`join`] applies [`OnMiss`] to what a lookup
+//!   [`Found`], answering a [`Join`] (the row, or null columns, drop, or dead letter with its
+//!   reason: not found, no key, or the dimension unreachable). The consumer's decoder calls it
+//!   per record and then takes each enrichment column for the whole batch at once
+//!   ([`Lookup::column`]);
 //! - [`redact_url`]: hides passwords in URLs before they reach logs or error messages.
 //!
 //! ```text
 //!   MySQL ──load (timeout)──▶ ReferenceTable ──Arc swap──▶ EnrichmentCache
 //!                                                             │ snapshot() per batch
-//!        consumer's decoder ◀── ReferenceTable::join(key, OnMiss) per record, one `take` per column
+//!        consumer's decoder ◀── join(find(key), OnMiss) per record, one column per enrichment column
+//!
+//!   partial: decoder ── distinct unknown keys ──▶ resolve: one IN query ──▶ Overlay ──▶ PartialCache
 //! ```
 //!
 //! Retries ([`crate::retry`]): the first load retries with jittered backoff (200 ms doubling to
@@ -28,6 +41,13 @@
 //! query MySQL refuses, a wrong password or database, a value that cannot be converted): that
 //! fails at once. A failed refresh is retried (500 ms doubling, capped at the refresh interval)
 //! until it succeeds; it is never fatal, since the previous table keeps being served.
+//!
+//! Partial mode ([`EnrichmentCache::resolve`]): a miss query is retried with the same backoff
+//! for at most `--enrich-miss-timeout`, counted from when the dimension became unreachable, so
+//! an outage stalls the stream (backpressure: the decoder waits, the fetcher stops at its
+//! channel) for that long at most; then the records whose key is not held follow `--on-miss`
+//! with the reason "dimension unreachable" (counted; `/healthz` says so while it lasts), and
+//! each later batch tries once more before doing the same. What the cache holds keeps serving.
 //!
 //! Shutdown is a [`Shutdown`] handle: the refresh task (and a first load still retrying) stops
 //! as soon as it fires (or its trigger is dropped).
@@ -42,7 +62,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::retry::{self, RetryError, RetryPolicy, Verdict};
 use crate::shutdown::Shutdown;
-use arrow::array::ArrayRef;
+use arrow::array::{ArrayRef, UInt32Array};
 use chrono::{NaiveDate, NaiveDateTime};
 use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
@@ -50,6 +70,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::schema::{FieldType, Value};
+
+pub mod cdc;
+pub mod partial;
+
+use partial::{Limits, Overlay, PartialCache, PartialView};
 
 /// The URL used when neither `--mysql-url` nor `MYSQL_URL` is given.
 pub const DEFAULT_MYSQL_URL: &str = "mysql://reclamacoes:reclamacoes@127.0.0.1:3306/reclamacoes_db";
@@ -197,6 +222,63 @@ pub struct EnrichConfig {
     pub first_load_timeout: Duration,
     /// Bound on each database call (connect, query + fetch).
     pub query_timeout: Duration,
+    /// Full table in memory, or a partial cache of the keys seen (`--enrich-cache`).
+    pub cache: CacheMode,
+    /// Follow the dimension's changes in the binary log (`--enrich-cdc`); `None`: do not.
+    pub cdc: Option<CdcConfig>,
+}
+
+/// Following the binary log ([`cdc`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CdcConfig {
+    /// The dimension table (`db.table` or `table`), when the query's `FROM` does not say it
+    /// (`--enrich-cdc-table`).
+    pub table: Option<String>,
+}
+
+/// How much of the dimension is held (`--enrich-cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// The whole table, reloaded every refresh interval.
+    #[default]
+    Full,
+    /// The keys seen, asked for in batches.
+    Partial(PartialConfig),
+}
+
+/// The bounds of the partial cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialConfig {
+    /// Bound on the cache's entries, in bytes (`--enrich-cache-bytes`).
+    pub max_bytes: usize,
+    /// An entry is asked again this long after it was written (`--enrich-cache-ttl`; `None`:
+    /// never).
+    pub ttl: Option<Duration>,
+    /// How long records whose key is not held wait for an unreachable dimension before they
+    /// follow `--on-miss` as "dimension unreachable" (`--enrich-miss-timeout`).
+    pub miss_timeout: Duration,
+    /// Most keys in one `IN (…)` list; more are asked in several statements.
+    pub max_keys_per_query: usize,
+}
+
+impl Default for PartialConfig {
+    fn default() -> Self {
+        PartialConfig {
+            max_bytes: 16 << 20,
+            ttl: Some(Duration::from_secs(300)),
+            miss_timeout: Duration::from_secs(30),
+            max_keys_per_query: 512,
+        }
+    }
+}
+
+impl fmt::Display for CacheMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CacheMode::Full => "full",
+            CacheMode::Partial(_) => "partial",
+        })
+    }
 }
 
 impl Default for EnrichConfig {
@@ -208,6 +290,8 @@ impl Default for EnrichConfig {
             refresh_interval: Duration::from_secs(60),
             first_load_timeout: Duration::from_secs(30),
             query_timeout: Duration::from_secs(10),
+            cache: CacheMode::Full,
+            cdc: None,
         }
     }
 }
@@ -231,11 +315,62 @@ pub struct ReferenceTable {
     pub arrow: Vec<ArrayRef>,
 }
 
-/// What the join does with one record ([`ReferenceTable::join`]).
+/// What a lookup of one key found ([`Lookup::find`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// The key's row (a row number of the [`Lookup`] that found it).
+    Row(u32),
+    /// The dimension does not have the key.
+    Absent,
+    /// Partial mode: not held; the batch must ask the database.
+    Unknown,
+    /// Partial mode: not held, and the database could not be asked.
+    Unreachable,
+}
+
+/// What the decoder reads the dimension through: a key at a time, then each enrichment column
+/// for the rows found, at once.
+pub trait Lookup {
+    /// Looks `key` up. Allocation-free on a hit.
+    fn find(&self, key: &str) -> Found;
+    /// The enrichment columns (prefixed names, types).
+    fn columns(&self) -> &[(String, FieldType)];
+    /// Enrichment column `c` for `rows` (row numbers of [`Found::Row`]; null where none).
+    fn column(&self, c: usize, rows: &UInt32Array) -> Result<ArrayRef, String>;
+}
+
+/// The join of one record, the one miss policy: `found` is what the lookup of its key found
+/// (`None`: the record has no key, a null join field). `source` names the table in a dead
+/// letter's reason (no secret). A hit allocates nothing.
+pub fn join(found: Option<Found>, key: Option<&str>, on_miss: OnMiss, source: &str) -> Join {
+    let unreachable = match found {
+        Some(Found::Row(row)) => return Join::Hit(row),
+        Some(Found::Unknown) => return Join::Pending,
+        Some(Found::Unreachable) => true,
+        Some(Found::Absent) | None => false,
+    };
+    match on_miss {
+        OnMiss::Null => Join::Null,
+        OnMiss::Drop => Join::Drop,
+        OnMiss::DeadLetter => Join::DeadLetter(match key {
+            Some(k) if unreachable => format!(
+                "enrichment: dimension unreachable: key `{k}` is not cached and {source} could                  not be asked within --enrich-miss-timeout"
+            ),
+            Some(k) => {
+                format!("enrichment: key `{k}` not found in the reference table from {source}")
+            }
+            None => "enrichment: the record has no key to look up".to_string(),
+        }),
+    }
+}
+
+/// What the join does with one record ([`join`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Join {
-    /// The key's row in [`ReferenceTable::arrow`].
+    /// The key's row ([`Found::Row`]).
     Hit(u32),
+    /// Partial mode: the key must be asked for first; the batch is decoded again after.
+    Pending,
     /// A miss under [`OnMiss::Null`]: keep the record, its enrichment columns null.
     Null,
     /// A miss under [`OnMiss::Drop`]: skip the record (it is still committed).
@@ -313,19 +448,7 @@ impl ReferenceTable {
     /// (a `None` key, a null join field, is a miss) and applies `on_miss` to a miss. `source`
     /// names the table in a dead letter's reason (no secret). A hit allocates nothing.
     pub fn join(&self, key: Option<&str>, on_miss: OnMiss, source: &str) -> Join {
-        if let Some(&row) = key.and_then(|k| self.index.get(k)) {
-            return Join::Hit(row);
-        }
-        match on_miss {
-            OnMiss::Null => Join::Null,
-            OnMiss::Drop => Join::Drop,
-            OnMiss::DeadLetter => Join::DeadLetter(match key {
-                Some(k) => {
-                    format!("enrichment: key `{k}` not found in the reference table from {source}")
-                }
-                None => "enrichment: the record has no key to look up".to_string(),
-            }),
-        }
+        join(key.map(|k| self.find(k)), key, on_miss, source)
     }
 
     /// The values of row `row` (of a [`Join::Hit`]), aligned with [`columns`](Self::columns):
@@ -356,10 +479,51 @@ impl ReferenceTable {
     }
 }
 
+impl Lookup for ReferenceTable {
+    fn find(&self, key: &str) -> Found {
+        match self.index.get(key) {
+            Some(&row) => Found::Row(row),
+            None => Found::Absent,
+        }
+    }
+
+    fn columns(&self) -> &[(String, FieldType)] {
+        &self.columns
+    }
+
+    fn column(&self, c: usize, rows: &UInt32Array) -> Result<ArrayRef, String> {
+        let ty = &self
+            .columns
+            .get(c)
+            .ok_or_else(|| format!("no enrichment column {c}"))?
+            .1;
+        match self.arrow.get(c) {
+            Some(values) if !self.is_empty() => {
+                arrow::compute::take(values.as_ref(), rows, None).map_err(|e| e.to_string())
+            }
+            _ => Ok(arrow::array::new_null_array(&ty.arrow_type(), rows.len())),
+        }
+    }
+}
+
 /// Something the reference table can be loaded from.
 pub trait ReferenceSource: Send + Sync {
     /// Loads the whole table once. Implementations bound their own calls with timeouts.
     fn load(&self) -> impl Future<Output = Result<ReferenceTable, EnrichError>> + Send;
+    /// The rows of `keys` (distinct) only, as a table with the same columns as
+    /// [`load`](Self::load)'s; keys the dimension does not have are simply not in it. With no
+    /// keys, the columns alone. Partial mode asks this once per batch that misses.
+    fn lookup(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<ReferenceTable, EnrichError>> + Send {
+        let _ = keys;
+        let error = EnrichError::Source {
+            target: self.describe(),
+            message: "this source cannot look keys up (--enrich-cache partial)".into(),
+        };
+        async move { Err(error) }
+    }
     /// Where the table comes from, safe for logs (no passwords).
     fn describe(&self) -> String;
 }
@@ -367,6 +531,11 @@ pub trait ReferenceSource: Send + Sync {
 /// Loads the reference table from MySQL/MariaDB with a fresh connection per load (one load per
 /// refresh interval does not need a pool). The session time zone is set to UTC so `TIMESTAMP`
 /// columns come back in UTC; `DATETIME` values are taken as UTC.
+///
+/// Key lookups (partial mode) go through a small pool of connections, kept open between
+/// batches: `SELECT * FROM (<query>) AS enrich_dim WHERE enrich_dim.<key> IN (?, …)`, prepared,
+/// with the key column's name from the query's own columns (asked once, `WHERE 1 = 0`). The
+/// server merges such a derived table into the outer query, so an index on the key serves it.
 #[derive(Debug, Clone)]
 pub struct MySqlSource {
     opts: mysql_async::Opts,
@@ -374,7 +543,14 @@ pub struct MySqlSource {
     query: String,
     prefix: String,
     query_timeout: Duration,
+    max_keys_per_query: usize,
+    pool: mysql_async::Pool,
+    /// The key column's name, as the query returns it.
+    key_column: Arc<std::sync::OnceLock<String>>,
 }
+
+/// Connections the key lookups of one consumer keep open at most.
+const LOOKUP_CONNECTIONS: usize = 4;
 
 impl MySqlSource {
     /// Parses the URL (no connection is made yet).
@@ -385,14 +561,181 @@ impl MySqlSource {
                 url: target.clone(),
                 reason: redact_url(&e.to_string()),
             })?;
-        let opts = mysql_async::OptsBuilder::from_opts(opts).init(vec!["SET time_zone = '+00:00'"]);
+        let constraints =
+            mysql_async::PoolConstraints::new(0, LOOKUP_CONNECTIONS).unwrap_or_default();
+        let opts = mysql_async::OptsBuilder::from_opts(opts)
+            .init(vec!["SET time_zone = '+00:00'"])
+            .pool_opts(mysql_async::PoolOpts::default().with_constraints(constraints));
+        let opts: mysql_async::Opts = opts.into();
+        let max_keys_per_query = match config.cache {
+            CacheMode::Partial(p) => p.max_keys_per_query.max(1),
+            CacheMode::Full => PartialConfig::default().max_keys_per_query,
+        };
         Ok(MySqlSource {
-            opts: opts.into(),
+            pool: mysql_async::Pool::new(opts.clone()),
+            opts,
             target,
             query: config.query.clone(),
             prefix: config.column_prefix.clone(),
             query_timeout: config.query_timeout,
+            max_keys_per_query,
+            key_column: Arc::default(),
         })
+    }
+
+    fn derived(&self) -> String {
+        format!(
+            "SELECT * FROM ({}) AS enrich_dim",
+            self.query.trim().trim_end_matches(';')
+        )
+    }
+
+    /// A pooled connection that answers a ping: connections idle in the pool across a restart
+    /// of the server are broken, and are dropped here rather than failing the lookup.
+    async fn live_connection(&self) -> Result<mysql_async::Conn, mysql_async::Error> {
+        let mut last = None;
+        for _ in 0..=LOOKUP_CONNECTIONS {
+            let mut conn = self.pool.get_conn().await?;
+            match conn.ping().await {
+                Ok(()) => return Ok(conn),
+                Err(e) => last = Some(e),
+            }
+        }
+        match last {
+            Some(e) => Err(e),
+            None => self.pool.get_conn().await,
+        }
+    }
+
+    /// The rows of `keys` (see [`ReferenceSource::lookup`]).
+    async fn lookup_keys(&self, keys: &[String]) -> Result<ReferenceTable, EnrichError> {
+        let timeout = self.query_timeout;
+        let mut conn = tokio::time::timeout(timeout, self.live_connection())
+            .await
+            .map_err(|_| self.timed_out("connecting", timeout))?
+            .map_err(|e| EnrichError::Connect {
+                target: self.target.clone(),
+                message: redact_url(&e.to_string()),
+                code: server_code(&e),
+            })?;
+        let query_error = |query: String, e: mysql_async::Error| EnrichError::Query {
+            target: self.target.clone(),
+            query,
+            message: redact_url(&e.to_string()),
+            code: server_code(&e),
+        };
+        let key_column = match self.key_column.get() {
+            Some(name) => name.clone(),
+            None => {
+                let probe = format!("{} WHERE 1 = 0", self.derived());
+                let columns = tokio::time::timeout(timeout, async {
+                    let result = conn.query_iter(probe.as_str()).await?;
+                    let columns = result.columns();
+                    result.drop_result().await?;
+                    Ok::<_, mysql_async::Error>(columns)
+                })
+                .await
+                .map_err(|_| self.timed_out("the enrichment query", timeout))?
+                .map_err(|e| query_error(probe.clone(), e))?
+                .unwrap_or_else(|| Vec::new().into());
+                let Some(first) = columns.first() else {
+                    return Err(EnrichError::NoColumns {
+                        target: self.target.clone(),
+                        query: self.query.clone(),
+                    });
+                };
+                let name = first.name_str().into_owned();
+                if keys.is_empty() {
+                    let table = self.table_from(&columns, Vec::new())?;
+                    let _ = self.key_column.set(name);
+                    return Ok(table);
+                }
+                let _ = self.key_column.set(name.clone());
+                name
+            }
+        };
+        // The first statement on this connection; the others, at most LOOKUP_CONNECTIONS at
+        // once, each on a pooled connection of its own (a large dimension's lookups wait on
+        // its disk: they overlap).
+        // Owned: the futures below must not hold borrows of a higher-ranked lifetime.
+        let chunks: Vec<Vec<String>> = partial::in_list_chunks(keys, self.max_keys_per_query)
+            .into_iter()
+            .map(|c| c.into_iter().map(str::to_string).collect())
+            .collect();
+        let mut chunks = chunks.into_iter();
+        let first = chunks.next().unwrap_or_default();
+        let (columns, mut rows) = self.lookup_chunk(&mut conn, &key_column, &first).await?;
+        drop(conn);
+        use futures::StreamExt as _;
+        let rest: Vec<_> = futures::stream::iter(chunks)
+            .map(|chunk| {
+                let key_column = &key_column;
+                async move {
+                    let mut conn = tokio::time::timeout(timeout, self.live_connection())
+                        .await
+                        .map_err(|_| self.timed_out("connecting", timeout))?
+                        .map_err(|e| EnrichError::Connect {
+                            target: self.target.clone(),
+                            message: redact_url(&e.to_string()),
+                            code: server_code(&e),
+                        })?;
+                    self.lookup_chunk(&mut conn, key_column, &chunk).await
+                }
+            })
+            .buffer_unordered(LOOKUP_CONNECTIONS)
+            .collect()
+            .await;
+        for chunk in rest {
+            rows.extend(chunk?.1);
+        }
+        let columns = columns.unwrap_or_else(|| Vec::new().into());
+        self.table_from(&columns, rows)
+    }
+
+    /// One `IN` list (none: the columns only) on `conn`.
+    async fn lookup_chunk(
+        &self,
+        conn: &mut mysql_async::Conn,
+        key_column: &str,
+        chunk: &[String],
+    ) -> Result<(Option<Arc<[mysql_async::Column]>>, Vec<mysql_async::Row>), EnrichError> {
+        let timeout = self.query_timeout;
+        let statement = if chunk.is_empty() {
+            format!("{} WHERE 1 = 0", self.derived())
+        } else {
+            format!(
+                "{} WHERE enrich_dim.`{}` IN ({})",
+                self.derived(),
+                key_column.replace('`', "``"),
+                vec!["?"; chunk.len()].join(", ")
+            )
+        };
+        let params: Vec<mysql_async::Value> = chunk
+            .iter()
+            .map(|k| mysql_async::Value::Bytes(k.as_bytes().to_vec()))
+            .collect();
+        let fetched = tokio::time::timeout(timeout, async {
+            let mut result = if params.is_empty() {
+                conn.exec_iter(statement.as_str(), ()).await?
+            } else {
+                conn.exec_iter(statement.as_str(), params).await?
+            };
+            let cols = result.columns();
+            let got: Vec<mysql_async::Row> = result.collect().await?;
+            result.drop_result().await?;
+            Ok::<_, mysql_async::Error>((cols, got))
+        })
+        .await;
+        match fetched {
+            Err(_) => Err(self.timed_out("the enrichment key lookup", timeout)),
+            Ok(Err(e)) => Err(EnrichError::Query {
+                target: self.target.clone(),
+                query: statement,
+                message: redact_url(&e.to_string()),
+                code: server_code(&e),
+            }),
+            Ok(Ok(fetched)) => Ok(fetched),
+        }
     }
 
     async fn load_once(&self) -> Result<ReferenceTable, EnrichError> {
@@ -427,8 +770,16 @@ impl MySqlSource {
         };
         // Best effort: the data is already here.
         let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, conn.disconnect()).await;
-
         let columns = columns.unwrap_or_else(|| Vec::new().into());
+        self.table_from(&columns, rows)
+    }
+
+    /// Converts what a query returned (key first) into a table.
+    fn table_from(
+        &self,
+        columns: &[mysql_async::Column],
+        rows: Vec<mysql_async::Row>,
+    ) -> Result<ReferenceTable, EnrichError> {
         if columns.is_empty() {
             return Err(EnrichError::NoColumns {
                 target: self.target.clone(),
@@ -482,6 +833,13 @@ impl MySqlSource {
 impl ReferenceSource for MySqlSource {
     fn load(&self) -> impl Future<Output = Result<ReferenceTable, EnrichError>> + Send {
         self.load_once()
+    }
+
+    fn lookup(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<ReferenceTable, EnrichError>> + Send {
+        self.lookup_keys(keys)
     }
 
     fn describe(&self) -> String {
@@ -677,32 +1035,152 @@ impl fmt::Display for OnMiss {
 /// Counters of an [`EnrichmentCache`], for logs and `--stats`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheStats {
+    /// `full` or `partial`.
+    pub mode: &'static str,
+    /// Records joined with a row.
     pub hits: u64,
+    /// Records without a row (not found, no key, or the dimension unreachable).
     pub misses: u64,
-    /// Successful loads, including the first one.
+    /// Successful loads, including the first one (full mode).
     pub refresh_ok: u64,
     /// Failed refreshes (after the first load succeeded).
     pub refresh_failures: u64,
-    /// When the table being served was loaded.
+    /// When the table being served was loaded (partial mode: when the columns were read).
     pub last_refresh: SystemTime,
-    /// Rows in the table being served.
+    /// Rows in the table being served (partial mode: entries held, absent keys included).
     pub rows: usize,
-    /// The last refresh error, cleared by the next successful refresh.
+    /// The last refresh (or lookup) error, cleared by the next success.
     pub last_error: Option<String>,
+    /// Partial mode: records whose key the cache answered (a row or a known absence).
+    pub cache_hits: u64,
+    /// Partial mode: records whose key had to be asked for.
+    pub cache_misses: u64,
+    /// Partial mode: miss lookups (one per batch that missed; `IN` lists of at most
+    /// [`PartialConfig::max_keys_per_query`] keys each) and the keys they asked for.
+    pub queries: u64,
+    pub keys_queried: u64,
+    /// Partial mode: lookups that failed (each attempt).
+    pub query_failures: u64,
+    /// Partial mode: records that followed `--on-miss` because the dimension was unreachable.
+    pub unreachable: u64,
+    /// Partial mode: bytes the entries are counted for, and entries evicted to stay in bound.
+    pub bytes: usize,
+    pub evictions: u64,
+    /// Partial mode: since when the dimension has been unreachable, and the last error.
+    pub down_since: Option<(SystemTime, String)>,
+    /// Changed keys the binary log reported (`--enrich-cdc`).
+    pub changes: u64,
+    /// What following the binary log does now (`None`: not asked to).
+    pub cdc: Option<String>,
+}
+
+/// A key lookup behind a pointer (the partial cache holds its source without its type).
+trait KeyLookup: Send + Sync {
+    fn lookup_boxed<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> futures::future::BoxFuture<'a, Result<ReferenceTable, EnrichError>>;
+}
+
+impl<S: ReferenceSource> KeyLookup for S {
+    fn lookup_boxed<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> futures::future::BoxFuture<'a, Result<ReferenceTable, EnrichError>> {
+        Box::pin(self.lookup(keys))
+    }
+}
+
+/// The dimension could not be asked since `since`.
+#[derive(Debug, Clone)]
+struct Down {
+    since: Instant,
+    since_wall: SystemTime,
+    error: String,
+}
+
+struct PartialState {
+    cache: RwLock<PartialCache>,
+    source: Box<dyn KeyLookup>,
+    config: PartialConfig,
+    down: Mutex<Option<Down>>,
+    /// Entry ages are measured from here (tokio's clock, so tests can pause it).
+    origin: Instant,
+}
+
+impl fmt::Debug for PartialState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PartialState")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialState {
+    fn now_ms(&self) -> i64 {
+        self.origin.elapsed().as_millis() as i64
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, PartialCache> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, PartialCache> {
+        self.cache.write().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 #[derive(Debug)]
 struct Shared {
+    /// Full mode: the table served. Partial mode: an empty table with the columns.
     current: RwLock<Arc<ReferenceTable>>,
+    partial: Option<PartialState>,
     hits: AtomicU64,
     misses: AtomicU64,
     refresh_ok: AtomicU64,
     refresh_failures: AtomicU64,
     last_error: Mutex<Option<String>>,
     target: String,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    queries: AtomicU64,
+    keys_queried: AtomicU64,
+    query_failures: AtomicU64,
+    unreachable: AtomicU64,
+    /// Keys the binary log said changed ([`cdc`]).
+    changes: AtomicU64,
+    /// What following the binary log does now (`None`: not asked to).
+    cdc_state: Mutex<Option<String>>,
+    /// Full mode: reload now (the binary log saw a change).
+    reload: tokio::sync::Notify,
 }
 
-/// The in-memory enrichment table, refreshed in the background. Cheap to clone (shared state).
+impl Shared {
+    fn new(table: ReferenceTable, partial: Option<PartialState>, target: String) -> Self {
+        Shared {
+            current: RwLock::new(Arc::new(table)),
+            partial,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            refresh_ok: AtomicU64::new(1),
+            refresh_failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            target,
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+            queries: AtomicU64::new(0),
+            keys_queried: AtomicU64::new(0),
+            query_failures: AtomicU64::new(0),
+            unreachable: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
+            cdc_state: Mutex::new(None),
+            reload: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+/// The enrichment cache: the whole table refreshed in the background (full mode), or the keys
+/// seen (partial mode). Cheap to clone (shared state).
 #[derive(Debug, Clone)]
 pub struct EnrichmentCache {
     shared: Arc<Shared>,
@@ -723,12 +1201,15 @@ impl EnrichSnapshot {
 }
 
 impl EnrichmentCache {
-    /// Loads the table once (retrying transient errors with backoff, 200 ms doubling to 5 s,
-    /// for at most `config.first_load_timeout`; a permanent one, [`first_load_verdict`], fails
-    /// at once), then spawns the refresh task, which reloads every `config.refresh_interval`. A
-    /// failed refresh keeps the previous table, is logged and counted, and is retried with
-    /// backoff (500 ms doubling, capped at the interval). A refresh whose columns differ from
-    /// the first load is rejected the same way.
+    /// Full mode: loads the table once (retrying transient errors with backoff, 200 ms doubling
+    /// to 5 s, for at most `config.first_load_timeout`; a permanent one, [`first_load_verdict`],
+    /// fails at once), then spawns the refresh task, which reloads every
+    /// `config.refresh_interval`. A failed refresh keeps the previous table, is logged and
+    /// counted, and is retried with backoff (500 ms doubling, capped at the interval). A refresh
+    /// whose columns differ from the first load is rejected the same way.
+    ///
+    /// Partial mode: reads the query's columns the same way (no rows), and starts empty; the
+    /// returned task only waits for the stop.
     ///
     /// The task stops when `shutdown` becomes `true` or its sender is dropped; await the
     /// returned handle to wait for it.
@@ -738,22 +1219,90 @@ impl EnrichmentCache {
         shutdown: Shutdown,
     ) -> Result<(EnrichmentCache, JoinHandle<()>), EnrichError> {
         let target = source.describe();
-        let table = first_load(&source, config.first_load_timeout, &shutdown).await?;
+        // Where the binary log stands, before the load: no change falls in between. If the
+        // database cannot be asked yet (it may be starting: the load retries), asked again after
+        // the load, and a full cache then reloads once to cover the gap.
+        let cdc_config = config.cdc.clone();
+        let early = match &cdc_config {
+            None => None,
+            Some(cdc) => Some(cdc::prepare(&config, cdc.table.as_deref()).await),
+        };
+        let prepare_again = config.clone();
+        let (cache, task) = Self::start_cache(source, config, shutdown.clone()).await?;
+        let follow = match (early, &cdc_config) {
+            (Some(Ok(follow)), _) => Some(follow),
+            (Some(Err(_)), Some(cdc)) => {
+                match cdc::prepare(&prepare_again, cdc.table.as_deref()).await {
+                    Ok(follow) => {
+                        cache.shared.reload.notify_one();
+                        Some(follow)
+                    }
+                    Err(cdc::Unavailable(reason)) => {
+                        tracing::warn!(source = %target, "enrichment: cannot follow the binary \
+                            log (--enrich-cdc): {reason}; falling back to periodic reload \
+                            (--refresh-interval, --enrich-cache-ttl)");
+                        cache.set_cdc_state(Some(format!(
+                            "not following the binary log ({reason}); periodic reload"
+                        )));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let Some(follow) = follow else {
+            return Ok((cache, task));
+        };
+        cache.set_cdc_state(Some(format!(
+            "following the binary log: {}",
+            follow.describe()
+        )));
+        let follower = tokio::spawn(cdc::follow(cache.clone(), follow, shutdown));
+        let both = tokio::spawn(async move {
+            let _ = task.await;
+            let _ = follower.await;
+        });
+        Ok((cache, both))
+    }
+
+    async fn start_cache<S: ReferenceSource + 'static>(
+        source: S,
+        config: EnrichConfig,
+        shutdown: Shutdown,
+    ) -> Result<(EnrichmentCache, JoinHandle<()>), EnrichError> {
+        let target = source.describe();
+        if let CacheMode::Partial(partial) = config.cache {
+            let columns = first_load(&source, config.first_load_timeout, &shutdown, true).await?;
+            tracing::info!(
+                source = %target,
+                columns = %columns.column_list(),
+                max_bytes = partial.max_bytes,
+                ttl = ?partial.ttl,
+                "enrichment: partial cache (rows are asked for as records need them)"
+            );
+            let state = PartialState {
+                cache: RwLock::new(PartialCache::new(Limits {
+                    max_bytes: partial.max_bytes,
+                    ttl_ms: partial.ttl.map(|t| t.as_millis() as i64),
+                })),
+                source: Box::new(source),
+                config: partial,
+                down: Mutex::new(None),
+                origin: Instant::now(),
+            };
+            let shared = Arc::new(Shared::new(columns, Some(state), target));
+            let cache = EnrichmentCache { shared };
+            let task = tokio::spawn(watch_recovery(cache.clone(), shutdown));
+            return Ok((cache, task));
+        }
+        let table = first_load(&source, config.first_load_timeout, &shutdown, false).await?;
         tracing::info!(
             source = %target,
             rows = table.len(),
             columns = %table.column_list(),
             "enrichment table loaded"
         );
-        let shared = Arc::new(Shared {
-            current: RwLock::new(Arc::new(table)),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            refresh_ok: AtomicU64::new(1),
-            refresh_failures: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-            target,
-        });
+        let shared = Arc::new(Shared::new(table, None, target));
         let task = tokio::spawn(refresh_loop(
             source,
             Arc::clone(&shared),
@@ -763,17 +1312,176 @@ impl EnrichmentCache {
         Ok((EnrichmentCache { shared }, task))
     }
 
-    /// A consistent view of the current table; take one per batch.
+    /// A consistent view of the current table; take one per batch (full mode; in partial mode
+    /// an empty table with the columns).
     pub fn snapshot(&self) -> EnrichSnapshot {
         EnrichSnapshot {
             table: self.current(),
         }
     }
 
+    /// Whether this is a partial cache ([`with_view`](Self::with_view),
+    /// [`resolve`](Self::resolve)).
+    pub fn is_partial(&self) -> bool {
+        self.shared.partial.is_some()
+    }
+
+    /// Partial mode: keeps what `overlay` answered, then runs `f` over a view of the cache
+    /// behind `overlay` (under a read lock: call it off the async threads). `None` in full
+    /// mode.
+    pub fn with_view<T>(
+        &self,
+        overlay: &Overlay,
+        f: impl FnOnce(&PartialView<'_>) -> T,
+    ) -> Option<T> {
+        let p = self.shared.partial.as_ref()?;
+        let now_ms = p.now_ms();
+        if !overlay.is_empty() {
+            p.write().absorb(overlay, now_ms);
+        }
+        let table = self.current();
+        let cache = p.read();
+        let view = PartialView {
+            cache: &cache,
+            overlay,
+            columns: &table.columns,
+            now_ms,
+        };
+        Some(f(&view))
+    }
+
+    /// Partial mode: asks the dimension for `keys` (distinct; one lookup, chunked into `IN`
+    /// lists), retrying for at most `--enrich-miss-timeout` counted from when the dimension
+    /// became unreachable (once it has been unreachable that long, one attempt). Answers every
+    /// key: its row, absent, or unreachable.
+    pub async fn resolve(&self, keys: &[String]) -> Overlay {
+        let mut overlay = Overlay::default();
+        let Some(p) = self.shared.partial.as_ref() else {
+            keys.iter().for_each(|k| overlay.unreachable(k.clone()));
+            return overlay;
+        };
+        overlay.epoch = p.read().epoch();
+        let shared = &self.shared;
+        shared.queries.fetch_add(1, Ordering::Relaxed);
+        shared
+            .keys_queried
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let down_for = lock(&p.down).as_ref().map(|d| d.since.elapsed());
+        let budget = p
+            .config
+            .miss_timeout
+            .saturating_sub(down_for.unwrap_or_default());
+        let deadline = Instant::now() + budget;
+        // Past the bound, one more attempt (and a quick second one: the first may meet a
+        // connection that went stale in the outage).
+        let policy = if budget.is_zero() {
+            FIRST_LOAD_RETRY.with_max_attempts(2)
+        } else {
+            FIRST_LOAD_RETRY.with_deadline(budget)
+        };
+        let columns = self.current();
+        let found = retry::retry(
+            &policy,
+            "Looking enrichment keys up",
+            None,
+            first_load_verdict,
+            || async {
+                // At least a second per attempt, so one attempt is made even past the budget.
+                let bound = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_secs(1));
+                let result = match tokio::time::timeout(bound, p.source.lookup_boxed(keys)).await {
+                    Ok(Ok(table)) if table.columns != columns.columns => {
+                        Err(EnrichError::ColumnsChanged {
+                            target: shared.target.clone(),
+                            before: columns.column_list(),
+                            after: table.column_list(),
+                        })
+                    }
+                    Ok(result) => result,
+                    Err(_) => Err(EnrichError::Timeout {
+                        target: shared.target.clone(),
+                        what: "the enrichment key lookup",
+                        after: bound,
+                    }),
+                };
+                if let Err(e) = &result {
+                    shared.query_failures.fetch_add(1, Ordering::Relaxed);
+                    let message = redact_url(&e.to_string());
+                    let mut down = lock(&p.down);
+                    if down.is_none() {
+                        tracing::warn!(source = %shared.target, error = %message,
+                            "enrichment dimension unreachable: records whose key is not cached wait \
+                             (--enrich-miss-timeout), then follow --on-miss as `dimension unreachable`");
+                    }
+                    let since = down.as_ref().map_or_else(
+                        || (Instant::now(), SystemTime::now()),
+                        |d| (d.since, d.since_wall),
+                    );
+                    *down = Some(Down {
+                        since: since.0,
+                        since_wall: since.1,
+                        error: message.clone(),
+                    });
+                    *lock(&shared.last_error) = Some(message);
+                }
+                result
+            },
+        )
+        .await;
+        match found {
+            Ok(table) => {
+                if let Some(down) = lock(&p.down).take() {
+                    tracing::info!(source = %shared.target, after = ?down.since.elapsed(),
+                        "enrichment dimension reachable again");
+                    *lock(&shared.last_error) = None;
+                }
+                for key in keys {
+                    let row = match table.find(key) {
+                        Found::Row(r) => Some(table.row(r)),
+                        _ => None,
+                    };
+                    overlay.answer(key.clone(), row);
+                }
+            }
+            Err(_) => keys.iter().for_each(|k| overlay.unreachable(k.clone())),
+        }
+        overlay
+    }
+
+    /// The binary log says `keys` changed: a partial cache forgets them (and keeps no answer
+    /// read before), a full cache reloads now.
+    pub fn changed(&self, keys: Vec<String>) {
+        if keys.is_empty() {
+            return;
+        }
+        self.shared
+            .changes
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        match &self.shared.partial {
+            Some(p) => p.write().invalidate(&keys),
+            None => self.shared.reload.notify_one(),
+        }
+    }
+
+    /// What following the binary log does now (for `/healthz` and the summary).
+    pub fn set_cdc_state(&self, state: Option<String>) {
+        *lock(&self.shared.cdc_state) = state;
+    }
+
     /// Counts lookups done elsewhere (the consumer's columnar enrichment).
     pub fn count_lookups(&self, hits: u64, misses: u64) {
         self.shared.hits.fetch_add(hits, Ordering::Relaxed);
         self.shared.misses.fetch_add(misses, Ordering::Relaxed);
+    }
+
+    /// Partial mode: counts records answered by the cache, records whose key was asked for,
+    /// and records that followed `--on-miss` because the dimension was unreachable.
+    pub fn count_partial(&self, cache_hits: u64, cache_misses: u64, unreachable: u64) {
+        let s = &self.shared;
+        s.cache_hits.fetch_add(cache_hits, Ordering::Relaxed);
+        s.cache_misses.fetch_add(cache_misses, Ordering::Relaxed);
+        s.unreachable.fetch_add(unreachable, Ordering::Relaxed);
     }
 
     /// The output columns (prefixed names and types) of the table being served.
@@ -788,14 +1496,42 @@ impl EnrichmentCache {
 
     pub fn stats(&self) -> CacheStats {
         let table = self.current();
+        let s = &self.shared;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (rows, bytes, evictions, down_since) = match &s.partial {
+            None => (table.len(), 0, 0, None),
+            Some(p) => {
+                let cache = p.read();
+                let down = lock(&p.down)
+                    .as_ref()
+                    .map(|d| (d.since_wall, d.error.clone()));
+                (cache.len(), cache.bytes(), cache.evictions(), down)
+            }
+        };
         CacheStats {
-            hits: self.shared.hits.load(Ordering::Relaxed),
-            misses: self.shared.misses.load(Ordering::Relaxed),
-            refresh_ok: self.shared.refresh_ok.load(Ordering::Relaxed),
-            refresh_failures: self.shared.refresh_failures.load(Ordering::Relaxed),
+            mode: if s.partial.is_some() {
+                "partial"
+            } else {
+                "full"
+            },
+            hits: get(&s.hits),
+            misses: get(&s.misses),
+            refresh_ok: get(&s.refresh_ok),
+            refresh_failures: get(&s.refresh_failures),
             last_refresh: table.loaded_at,
-            rows: table.len(),
-            last_error: lock(&self.shared.last_error).clone(),
+            rows,
+            last_error: lock(&s.last_error).clone(),
+            cache_hits: get(&s.cache_hits),
+            cache_misses: get(&s.cache_misses),
+            queries: get(&s.queries),
+            keys_queried: get(&s.keys_queried),
+            query_failures: get(&s.query_failures),
+            unreachable: get(&s.unreachable),
+            bytes,
+            evictions,
+            down_since,
+            changes: get(&s.changes),
+            cdc: lock(&s.cdc_state).clone(),
         }
     }
 
@@ -812,10 +1548,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The first load (`columns_only`: the columns, no rows, for partial mode), retried until
+/// `timeout` unless the error is permanent.
 async fn first_load<S: ReferenceSource>(
     source: &S,
     timeout: Duration,
     shutdown: &Shutdown,
+    columns_only: bool,
 ) -> Result<ReferenceTable, EnrichError> {
     let target = source.describe();
     let deadline = Instant::now() + timeout;
@@ -829,7 +1568,14 @@ async fn first_load<S: ReferenceSource>(
         || async move {
             // Each attempt gets the time left, so the load ends by the deadline.
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, source.load()).await {
+            let load = async {
+                if columns_only {
+                    source.lookup(&[]).await
+                } else {
+                    source.load().await
+                }
+            };
+            match tokio::time::timeout(remaining, load).await {
                 Ok(loaded) => loaded,
                 Err(_) => Err(EnrichError::Timeout {
                     target: target_ref.clone(),
@@ -854,6 +1600,34 @@ async fn first_load<S: ReferenceSource>(
     })
 }
 
+/// How often a partial cache whose database is unreachable checks whether it is back.
+const RECOVERY_PROBE: Duration = Duration::from_secs(1);
+
+/// Partial mode: while the database is unreachable, asks it (for no key, a `WHERE 1 = 0`) every
+/// [`RECOVERY_PROBE`], so `/healthz` says it is back even when no record needs a lookup.
+async fn watch_recovery(cache: EnrichmentCache, mut shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = shutdown.requested() => break,
+            _ = tokio::time::sleep(RECOVERY_PROBE) => {}
+        }
+        let Some(p) = cache.shared.partial.as_ref() else {
+            break;
+        };
+        if lock(&p.down).is_none() {
+            continue;
+        }
+        let probe = tokio::time::timeout(RECOVERY_PROBE, p.source.lookup_boxed(&[])).await;
+        if let Ok(Ok(_)) = probe {
+            if let Some(down) = lock(&p.down).take() {
+                tracing::info!(source = %cache.shared.target, after = ?down.since.elapsed(),
+                    "enrichment dimension reachable again");
+                *lock(&cache.shared.last_error) = None;
+            }
+        }
+    }
+}
+
 async fn refresh_loop<S: ReferenceSource>(
     source: S,
     shared: Arc<Shared>,
@@ -867,6 +1641,8 @@ async fn refresh_loop<S: ReferenceSource>(
         tokio::select! {
             _ = shutdown.requested() => break,
             _ = tokio::time::sleep(interval) => {}
+            // The binary log saw the table change (`cdc`).
+            _ = shared.reload.notified() => {}
         }
         let refreshed = retry::retry_notify(
             &policy,
@@ -987,6 +1763,8 @@ mod tests {
         /// Returned instead of `next` when set.
         error: Option<EnrichError>,
         loads: u32,
+        /// The keys of each lookup.
+        asked: Vec<Vec<String>>,
     }
 
     impl Fake {
@@ -1027,9 +1805,220 @@ mod tests {
             };
             async move { result }
         }
+        /// The rows of `keys` in the table `load` would answer (same errors).
+        fn lookup(
+            &self,
+            keys: &[String],
+        ) -> impl Future<Output = Result<ReferenceTable, EnrichError>> + Send {
+            let loaded = self.load();
+            let keys = keys.to_vec();
+            lock(&self.state).asked.push(keys.clone());
+            async move {
+                let table = loaded.await?;
+                let mut columns = vec![("cnpj".to_string(), FieldType::String)];
+                columns.extend(table.columns.iter().cloned());
+                let rows = keys
+                    .iter()
+                    .filter_map(|k| match table.find(k) {
+                        Found::Row(r) => {
+                            let mut row = vec![Value::Str(k.clone())];
+                            row.extend(table.row(r));
+                            Some(row)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                Ok(ReferenceTable::build("", columns, rows))
+            }
+        }
         fn describe(&self) -> String {
             redact_url("mysql://app:s3cr3t@db.example:3306/refdb")
         }
+    }
+
+    fn partial_config(miss_timeout_ms: u64, ttl_ms: Option<u64>) -> EnrichConfig {
+        EnrichConfig {
+            cache: CacheMode::Partial(PartialConfig {
+                max_bytes: 1 << 20,
+                ttl: ttl_ms.map(Duration::from_millis),
+                miss_timeout: Duration::from_millis(miss_timeout_ms),
+                max_keys_per_query: 512,
+            }),
+            ..config(1000, 5000)
+        }
+    }
+
+    fn keys(list: &[&str]) -> Vec<String> {
+        list.iter().map(|k| k.to_string()).collect()
+    }
+
+    /// What the partial cache answers for `key` now, behind `overlay`.
+    fn partial_find(cache: &EnrichmentCache, overlay: &Overlay, key: &str) -> Option<Vec<Value>> {
+        cache
+            .with_view(overlay, |view| match view.find(key) {
+                Found::Row(r) => {
+                    let rows = UInt32Array::from(vec![r]);
+                    let values = (0..view.columns().len())
+                        .map(|c| {
+                            let col = view.column(c, &rows).unwrap();
+                            crate::schema::array_value(&view.columns()[c].1, col.as_ref(), 0)
+                        })
+                        .collect();
+                    Some(values)
+                }
+                _ => None,
+            })
+            .expect("a partial cache")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn partial_cache_asks_once_per_batch_and_remembers_rows_and_absent_keys() {
+        let fake = Fake::serving(banco(&[("1", "S1", "A"), ("2", "S2", "B")]));
+        let (_tx, rx) = crate::shutdown::channel();
+        let (cache, _task) = EnrichmentCache::start(fake.clone(), partial_config(1000, None), rx)
+            .await
+            .unwrap();
+        assert!(cache.is_partial());
+        assert_eq!(
+            cache.columns(),
+            vec![
+                ("banco_segmento".to_string(), FieldType::String),
+                ("banco_nome".to_string(), FieldType::String)
+            ]
+        );
+        assert_eq!(fake.loads(), 1, "only the columns were read");
+        let empty = Overlay::default();
+        let found = cache.with_view(&empty, |view| view.find("1")).unwrap();
+        assert_eq!(found, Found::Unknown);
+        // One lookup for the batch's distinct missing keys.
+        let overlay = cache.resolve(&keys(&["1", "9"])).await;
+        assert_eq!(lock(&fake.state).asked.last().unwrap(), &keys(&["1", "9"]));
+        assert_eq!(
+            partial_find(&cache, &overlay, "1"),
+            Some(vec![Value::Str("S1".into()), Value::Str("A".into())])
+        );
+        // Absorbed by the view above: later batches find both, the absent one as absent.
+        let empty = Overlay::default();
+        assert!(matches!(
+            cache.with_view(&empty, |v| v.find("1")).unwrap(),
+            Found::Row(_)
+        ));
+        assert_eq!(
+            cache.with_view(&empty, |v| v.find("9")).unwrap(),
+            Found::Absent
+        );
+        let stats = cache.stats();
+        assert_eq!((stats.queries, stats.keys_queried, stats.rows), (1, 2, 2));
+        assert!(stats.bytes > 0);
+        assert_eq!(stats.mode, "partial");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn partial_entries_expire_after_write() {
+        let fake = Fake::serving(banco(&[("1", "S1", "A")]));
+        let (_tx, rx) = crate::shutdown::channel();
+        let (cache, _task) =
+            EnrichmentCache::start(fake.clone(), partial_config(1000, Some(2000)), rx)
+                .await
+                .unwrap();
+        let overlay = cache.resolve(&keys(&["1"])).await;
+        let empty = Overlay::default();
+        cache.with_view(&overlay, |_| ()).unwrap();
+        tokio::time::sleep(Duration::from_millis(1999)).await;
+        assert!(matches!(
+            cache.with_view(&empty, |v| v.find("1")).unwrap(),
+            Found::Row(_)
+        ));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(
+            cache.with_view(&empty, |v| v.find("1")).unwrap(),
+            Found::Unknown
+        );
+        // Asked again, it sees the dimension's new value.
+        fake.set(Ok(banco(&[("1", "S1", "NEW")])));
+        let overlay = cache.resolve(&keys(&["1"])).await;
+        assert_eq!(
+            partial_find(&cache, &overlay, "1").unwrap()[1],
+            Value::Str("NEW".into())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_dimension_is_waited_for_up_to_the_bound_then_said() {
+        let fake = Fake::serving(banco(&[("1", "S1", "A")]));
+        let (_tx, rx) = crate::shutdown::channel();
+        let (cache, _task) = EnrichmentCache::start(fake.clone(), partial_config(3000, None), rx)
+            .await
+            .unwrap();
+        let overlay = cache.resolve(&keys(&["1"])).await;
+        cache.with_view(&overlay, |_| ()).unwrap();
+        fake.set(Err("Connection refused (os error 111)".into()));
+        let started = Instant::now();
+        let overlay = cache.resolve(&keys(&["2"])).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1500) && waited <= Duration::from_millis(4000),
+            "{waited:?}"
+        );
+        // What the cache holds keeps serving; the key it does not hold is unreachable, not absent.
+        assert!(partial_find(&cache, &overlay, "1").is_some());
+        assert_eq!(
+            cache.with_view(&overlay, |v| v.find("2")).unwrap(),
+            Found::Unreachable
+        );
+        let stats = cache.stats();
+        let (_, error) = stats.down_since.clone().expect("down");
+        assert!(
+            error.contains("os error 111") && !error.contains("s3cr3t"),
+            "{error}"
+        );
+        assert!(stats.query_failures >= 2, "{}", stats.query_failures);
+        // Past the bound (counted from the first failure), a later batch tries twice (the
+        // first attempt may meet a stale connection) and does not wait again.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let started = Instant::now();
+        let failures = stats.query_failures;
+        let _ = cache.resolve(&keys(&["3"])).await;
+        assert!(started.elapsed() <= Duration::from_millis(200));
+        assert_eq!(cache.stats().query_failures, failures + 2);
+        // Back: the watcher sees it within a second, with no record asking; then answered.
+        fake.set(Ok(banco(&[("1", "S1", "A"), ("2", "S2", "B")])));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(cache.stats().down_since.is_none());
+        let overlay = cache.resolve(&keys(&["2"])).await;
+        assert!(partial_find(&cache, &overlay, "2").is_some());
+        let stats = cache.stats();
+        assert!(stats.down_since.is_none() && stats.last_error.is_none());
+    }
+
+    #[test]
+    fn join_says_when_the_dimension_was_unreachable() {
+        let source = "mysql://app:***@db/refdb";
+        let Join::DeadLetter(reason) = join(
+            Some(Found::Unreachable),
+            Some("7"),
+            OnMiss::DeadLetter,
+            source,
+        ) else {
+            panic!("a dead letter");
+        };
+        assert!(
+            reason.starts_with("enrichment: dimension unreachable: key `7`")
+                && reason.contains(source),
+            "{reason}"
+        );
+        assert_eq!(
+            join(Some(Found::Unreachable), Some("7"), OnMiss::Null, source),
+            Join::Null
+        );
+        assert_eq!(
+            join(Some(Found::Unknown), Some("7"), OnMiss::Drop, source),
+            Join::Pending
+        );
+        assert_eq!(
+            join(Some(Found::Row(3)), Some("7"), OnMiss::Drop, source),
+            Join::Hit(3)
+        );
     }
 
     fn config(interval_ms: u64, first_timeout_ms: u64) -> EnrichConfig {
