@@ -74,7 +74,7 @@ use self::instance::Board;
 use self::pipeline::{prepare, PartitionPipeline, PipelineConfig, PipelineError, Recovered};
 use self::progress::{ConsumeProbe, Counters, PartitionStatus, StatusLine};
 pub use self::progress::{ConsumeSummary, HeldBack};
-use self::tasks::{Clock, Event, FetchJob, Processor};
+use self::tasks::{Clock, DecodeJob, Event, FetchJob, Processor};
 use crate::checkpoint::{self, CheckpointError};
 use crate::enrich::{EnrichError, EnrichmentCache, MySqlSource};
 use crate::group::{GroupConfig, GroupEvent, GroupMember, Revocation, RevokeReason};
@@ -720,15 +720,16 @@ async fn run_partitions(
                         slot,
                         retry: FETCH_RETRY,
                     }));
-                    tasks.spawn(tasks::decode_partition(
-                        topic.clone(),
+                    tasks.spawn(tasks::decode_partition(DecodeJob {
+                        topic: topic.clone(),
                         partition,
-                        Arc::clone(&instance.decoder),
-                        instance.cache.clone(),
-                        fetch_rx,
-                        decoded_tx,
-                        instance.clock.clone(),
-                    ));
+                        decoder: Arc::clone(&instance.decoder),
+                        cache: instance.cache.clone(),
+                        rx: fetch_rx,
+                        tx: decoded_tx,
+                        clock: instance.clock.clone(),
+                        stop: stop_handle.clone(),
+                    }));
                     tasks.spawn(tasks::process(Processor {
                         partition,
                         pipeline: Some(*pipeline),

@@ -271,16 +271,30 @@ async fn held_back(handle: &PartitionHandle, stable: i64, high_watermark: i64) -
     }
 }
 
+/// What one partition's decode task needs.
+pub(super) struct DecodeJob {
+    pub(super) topic: String,
+    pub(super) partition: i32,
+    pub(super) decoder: Arc<Decoder>,
+    pub(super) cache: EnrichmentCache,
+    pub(super) rx: mpsc::Receiver<Fetched>,
+    pub(super) tx: mpsc::Sender<Decoded>,
+    pub(super) clock: Clock,
+    pub(super) stop: Shutdown,
+}
+
 /// Decodes fetched batches on the blocking pool, one at a time, in order.
-pub(super) async fn decode_partition(
-    topic: String,
-    partition: i32,
-    decoder: Arc<Decoder>,
-    cache: EnrichmentCache,
-    mut rx: mpsc::Receiver<Fetched>,
-    tx: mpsc::Sender<Decoded>,
-    clock: Clock,
-) {
+pub(super) async fn decode_partition(job: DecodeJob) {
+    let DecodeJob {
+        topic,
+        partition,
+        decoder,
+        cache,
+        mut rx,
+        tx,
+        clock,
+        mut stop,
+    } = job;
     while let Some(msg) = rx.recv().await {
         let out = match msg {
             Fetched::CaughtUp => Decoded::CaughtUp,
@@ -293,7 +307,13 @@ pub(super) async fn decode_partition(
             } => {
                 let now = clock.now().wall_ms;
                 let decoded = if cache.is_partial() {
-                    decode_partial(&decoder, &cache, partition, records, now).await
+                    tokio::select! {
+                        decoded = decode_partial(&decoder, &cache, partition, records, now) => decoded,
+                        // A batch waiting for an unreachable dimension does not hold up a stop:
+                        // it is left undecoded, so nothing of it is committed, and a restart
+                        // reads it again.
+                        _ = stop.requested() => return,
+                    }
                 } else {
                     decode_full(&decoder, &cache, partition, records, now).await
                 };
