@@ -74,7 +74,7 @@ use self::instance::Board;
 use self::pipeline::{prepare, PartitionPipeline, PipelineConfig, PipelineError, Recovered};
 use self::progress::{ConsumeProbe, Counters, PartitionStatus, StatusLine};
 pub use self::progress::{ConsumeSummary, HeldBack};
-use self::tasks::{Clock, DecodeJob, Event, FetchJob, Processor};
+use self::tasks::{Clock, DecodeJob, Event, FetchJob, Processor, StepsInFlight};
 use crate::checkpoint::{self, CheckpointError};
 use crate::enrich::{EnrichError, EnrichmentCache, MySqlSource};
 use crate::group::{GroupConfig, GroupEvent, GroupMember, Revocation, RevokeReason};
@@ -656,6 +656,7 @@ async fn run_partitions(
     let mut group_error: Option<ConsumeError> = None;
     let mut revocation: Option<Revocation> = None;
     let mut end_asked = false;
+    let in_flight = StepsInFlight::default();
 
     let spinner = config.run.progress_bar.then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
@@ -745,6 +746,7 @@ async fn run_partitions(
                         close_at_end: config.windows.close_at_end && config.source.until_caught_up,
                         dirty: false,
                         last_commit: Instant::now(),
+                        in_flight: in_flight.clone(),
                     }));
                 }
                 Action::ShowOffset { partition, offset } => until.committed(partition, offset),
@@ -871,6 +873,15 @@ async fn run_partitions(
     if finish.sweep {
         // What this run committed last may complete windows.
         markers.sweep(false).await;
+    } else if finish.dropped && !coordinator.started().is_empty() {
+        // A dropped run's steps may still be writing (a write stalled by a network cut lands
+        // once the link is back). Wait for them, within the drain timeout, then sweep: a file
+        // this writer landed after losing the partition is superseded by the new owner's, and
+        // is removed here rather than left for whichever sweep comes next.
+        let waited = steps_finished(&in_flight, config.run.drain_timeout).await;
+        if waited {
+            markers.sweep(false).await;
+        }
     }
     if let Some(failure) = finish.failure {
         return Err(match failure {
@@ -901,6 +912,18 @@ async fn run_partitions(
         resumed,
     };
     Ok((run, reason))
+}
+
+/// Waits until no processing step is running, for at most `bound`; whether it got there.
+async fn steps_finished(in_flight: &StepsInFlight, bound: Duration) -> bool {
+    let deadline = Instant::now() + bound;
+    while !in_flight.is_idle() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
 }
 
 /// Where a partition without a usable checkpoint may start.

@@ -451,6 +451,35 @@ pub(super) struct Processor {
     /// Something changed since the last commit.
     pub(super) dirty: bool,
     pub(super) last_commit: Instant,
+    /// Steps running on the blocking pool, across the run's partitions (see [`StepsInFlight`]).
+    pub(super) in_flight: StepsInFlight,
+}
+
+/// How many processing steps are running on the blocking pool. Aborting a process task does not
+/// stop its step: a write stalled by a network cut can land after the run that started it was
+/// dropped. The driver waits for this to reach zero after a dropped run and then sweeps, so such
+/// a late file (superseded by the new owner's) is removed by the member that wrote it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct StepsInFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl StepsInFlight {
+    fn enter(&self) -> StepGuard {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        StepGuard(Arc::clone(&self.0))
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == 0
+    }
+}
+
+/// Counts one step until it ends (also when it panics).
+struct StepGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StepGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Processor {
@@ -499,7 +528,9 @@ impl Processor {
             .pipeline
             .take()
             .expect("the pipeline is back after every step");
+        let guard = self.in_flight.enter();
         let (p, result) = tokio::task::spawn_blocking(move || {
+            let _counted = guard;
             let result = run_step(&mut p, step, now);
             (p, result)
         })
