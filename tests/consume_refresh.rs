@@ -9,25 +9,11 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use mysql_async::prelude::Queryable;
 use reclamacoes::kafka::Compression;
-use reclamacoes::schema::{Schema, Value};
+use reclamacoes::schema::Schema;
 use rskafka::record::Record;
 
 fn record(schema: &Schema, cnpj: &str, label: &str, event_ms: i64) -> Record {
-    let mut values = vec![Value::Null; schema.fields.len()];
-    values[0] = Value::Int(2025);
-    values[1] = Value::Int(1);
-    values[2] = Value::Str("Refresh".into());
-    values[3] = Value::Str("Banco/financeira".into());
-    values[4] = Value::Str(cnpj.into());
-    values[5] = Value::Str(label.into());
-    let mut json = String::new();
-    schema.write_json(&values, None, &mut json);
-    Record {
-        key: Some(cnpj.as_bytes().to_vec()),
-        value: Some(json.into_bytes()),
-        headers: Default::default(),
-        timestamp: Utc.timestamp_millis_opt(event_ms).unwrap(),
-    }
+    common::keyed_record(schema, "Refresh", cnpj, label, event_ms)
 }
 
 fn wait_for_window(out: &std::path::Path, start_ms: i64) {

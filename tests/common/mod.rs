@@ -77,6 +77,26 @@ pub fn random_topic(prefix: &str) -> String {
     format!("test-{prefix}-{:016x}", rand::random::<u64>())
 }
 
+/// A Banco Central record keyed by its CNPJ (the enrichment join key), with `tag` and `label`
+/// in two of its text columns, at `event_ms`: the enrichment tests' records.
+pub fn keyed_record(schema: &Schema, tag: &str, cnpj: &str, label: &str, event_ms: i64) -> Record {
+    let mut values = vec![Value::Null; schema.fields.len()];
+    values[0] = Value::Int(2025);
+    values[1] = Value::Int(1);
+    values[2] = Value::Str(tag.into());
+    values[3] = Value::Str("Banco/financeira".into());
+    values[4] = Value::Str(cnpj.into());
+    values[5] = Value::Str(label.into());
+    let mut json = String::new();
+    schema.write_json(&values, None, &mut json);
+    Record {
+        key: Some(cnpj.as_bytes().to_vec()),
+        value: Some(json.into_bytes()),
+        headers: Default::default(),
+        timestamp: Utc.timestamp_millis_opt(event_ms).unwrap(),
+    }
+}
+
 /// JSON complaint record `i` of the built-in schema with Kafka timestamp `event_ms`, keyed by
 /// institution (13 keys, 7 base CNPJs).
 pub fn synthetic_record(schema: &Schema, i: u64, event_ms: i64) -> Record {
