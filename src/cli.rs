@@ -323,6 +323,15 @@ pub struct ConsumeArgs {
     /// largest open window's row group is staged, so row groups get smaller, files do not.
     #[arg(long, env = "CONSUME_MAX_BUFFER_BYTES", default_value_t = DEFAULT_MAX_BUFFER_BYTES)]
     pub max_buffer_bytes: usize,
+    /// What readers open: a Delta Lake table (every closed window lands through a Delta commit,
+    /// exactly once; `_delta_log/` beside the window directories), or `none`: the Parquet files
+    /// only, visible as they land.
+    #[arg(long, env = "CONSUME_TABLE", value_enum, default_value_t = TableArg::Delta)]
+    pub table: TableArg,
+    /// Delta table: write a checkpoint of the log every this many commits (0: never), so
+    /// opening the table reads one checkpoint and fewer commits.
+    #[arg(long, env = "CONSUME_DELTA_CHECKPOINT_EVERY", default_value_t = 100)]
+    pub delta_checkpoint_every: u64,
     /// Commit a checkpoint (and write late rows and dead letters) at least this often.
     #[arg(long, env = "CONSUME_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub checkpoint_interval: Duration,
@@ -368,6 +377,15 @@ pub enum EnrichCacheArg {
     Full,
     /// A bounded cache of the keys seen.
     Partial,
+}
+
+/// `--table`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TableArg {
+    /// A Delta Lake table in the output directory.
+    Delta,
+    /// Parquet files only.
+    None,
 }
 
 /// `--start`.
@@ -705,6 +723,13 @@ async fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             },
             max_buffer_bytes: args.max_buffer_bytes,
             checkpoint_interval: args.checkpoint_interval,
+            table: match args.table {
+                TableArg::None => consume::TableConfig::None,
+                TableArg::Delta => consume::TableConfig::Delta(crate::output::delta::DeltaConfig {
+                    checkpoint_every: args.delta_checkpoint_every,
+                    retry_timeout: args.output_retry_timeout,
+                }),
+            },
         },
         run: consume::RunConfig {
             drain_timeout: args.drain_timeout,

@@ -1012,6 +1012,7 @@ mod tests {
             },
             output: OutputConfig::default(),
             memory_budget: 1 << 30,
+            table: None,
         };
         let recovered = prepare(store.as_ref(), "t", MINUTE, &[0].into())
             .unwrap()

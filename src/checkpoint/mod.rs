@@ -35,6 +35,17 @@ pub struct FileRef {
     pub bytes: u64,
 }
 
+/// A closed window's data file that a checkpoint committed and the table (`output::table`) may
+/// not hold yet: `generation` is the checkpoint generation that first committed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableFile {
+    pub generation: u64,
+    /// The window's start (UTC ms): the file lives in its directory.
+    pub window: i64,
+    pub file: FileRef,
+}
+
 /// Everything needed to resume one partition exactly once. See `consume::core`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +82,11 @@ pub struct PartitionCheckpoint {
     /// new owner started from it (`store::commit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_from: Option<String>,
+    /// Closed windows' files committed here or by an earlier generation whose table commit is
+    /// not known to have landed, in commit order (`output::table`): whoever runs the partition
+    /// next publishes them before anything else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unpublished: Vec<TableFile>,
 }
 
 impl PartitionCheckpoint {

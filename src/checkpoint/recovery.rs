@@ -291,6 +291,7 @@ mod tests {
             marks,
             fenced_writers: Vec::new(),
             claimed_from: None,
+            unpublished: Vec::new(),
         };
         let listing = store.list("").unwrap();
         let plan = plan(&store, 0, Some(&cp), &listing).unwrap();
@@ -353,6 +354,7 @@ mod tests {
             marks,
             fenced_writers: Vec::new(),
             claimed_from: None,
+            unpublished: Vec::new(),
         };
         let listing = store.list("").unwrap();
         let unaware = plan(&store, 0, Some(&cp), &listing).unwrap();

@@ -433,6 +433,7 @@ mod tests {
             marks: Marks::default(),
             fenced_writers: Vec::new(),
             claimed_from: None,
+            unpublished: Vec::new(),
         }
     }
 
@@ -548,6 +549,9 @@ mod tests {
     impl Store for PrunedWhileRead {
         fn describe(&self) -> String {
             self.inner.describe()
+        }
+        fn table_root(&self) -> crate::output::store::Result<crate::output::delta::TableRoot> {
+            self.inner.table_root()
         }
         fn put(&self, key: &str, bytes: &[u8]) -> crate::output::store::Result<()> {
             self.inner.put(key, bytes)

@@ -88,6 +88,16 @@ pub struct SinkConfig {
     /// Bound on the open Parquet row groups of all partitions together.
     pub max_buffer_bytes: usize,
     pub checkpoint_interval: Duration,
+    pub table: TableConfig,
+}
+
+/// The table closed windows are published to (`output::table`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableConfig {
+    /// Parquet files only: a file is visible as soon as it lands.
+    None,
+    /// A Delta Lake table at the output.
+    Delta(crate::output::delta::DeltaConfig),
 }
 
 /// How the run behaves and reports.

@@ -60,7 +60,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::checkpoint::{FileRef, Marks, PartitionCheckpoint, CHECKPOINT_VERSION};
+use crate::checkpoint::{FileRef, Marks, PartitionCheckpoint, TableFile, CHECKPOINT_VERSION};
 use crate::output::layout::{Destination, WriterId};
 use crate::window::{window_end, window_start};
 
@@ -258,6 +258,8 @@ pub struct PartitionCore {
     /// Staged files merged into closed windows, with the generation after whose commit they may
     /// be deleted (the previous generation still references them; see `committed`).
     retired: Vec<(u64, i64, FileRef)>,
+    /// See `PartitionCheckpoint::unpublished`.
+    unpublished: Vec<TableFile>,
 }
 
 impl PartitionCore {
@@ -280,6 +282,7 @@ impl PartitionCore {
             generation: 0,
             closed_since_commit: Vec::new(),
             retired: Vec::new(),
+            unpublished: Vec::new(),
             fenced_writers: Vec::new(),
             claimed_from: None,
         };
@@ -292,6 +295,7 @@ impl PartitionCore {
                 core.closed_before = cp.closed_before;
                 core.generation = cp.generation;
                 core.marks = cp.marks.clone();
+                core.unpublished = cp.unpublished.clone();
                 // This run takes the partition from the checkpoint's writer.
                 let mut fenced = cp.fenced_writers.clone();
                 fenced.retain(|w| w != &cp.writer);
@@ -575,6 +579,12 @@ impl PartitionCore {
         for staged in w.staged {
             self.retired.push((retire_after, window, staged));
         }
+        // The next commit is the first to cover these files.
+        self.unpublished.extend(files.iter().map(|file| TableFile {
+            generation: self.generation + 1,
+            window,
+            file: file.clone(),
+        }));
         if !files.is_empty() {
             self.closed_since_commit
                 .push(ClosedWindow { window, files });
@@ -646,7 +656,19 @@ impl PartitionCore {
             marks: self.marks.clone(),
             fenced_writers: self.fenced_writers.clone(),
             claimed_from: self.claimed_from.clone(),
+            unpublished: self.unpublished.clone(),
         }
+    }
+
+    /// Closed windows' files the table may not hold yet (see `PartitionCheckpoint::unpublished`).
+    pub fn unpublished(&self) -> &[TableFile] {
+        &self.unpublished
+    }
+
+    /// The table holds every file committed up to `generation` (its application version for
+    /// this partition reached it): they need no publishing any more.
+    pub fn published(&mut self, generation: u64) {
+        self.unpublished.retain(|f| f.generation > generation);
     }
 
     /// The checkpoint of generation `generation` is committed. Returns the windows closed since

@@ -60,7 +60,7 @@ use tokio::time::Instant;
 
 pub use self::config::{
     ConsumeConfig, DataLossPolicy, IdleAdvance, RecordsConfig, RunConfig, SinkConfig, SourceConfig,
-    StartAt, WindowsConfig,
+    StartAt, TableConfig, WindowsConfig,
 };
 use self::coordinator::{
     Action, Coordinator, CoordinatorConfig, DropReason, EndRequest, Failure, Input,
@@ -80,7 +80,9 @@ use crate::enrich::{EnrichError, EnrichmentCache, MySqlSource};
 use crate::group::{GroupConfig, GroupEvent, GroupMember, Revocation, RevokeReason};
 use crate::kafka::{Kafka, KafkaError, PartitionHandle};
 use crate::metrics::{BusyClocks, ConsumeMetrics, MetricsError, Probe};
+use crate::output::delta::DeltaTable;
 use crate::output::layout::{SuccessScope, WriterId};
+use crate::output::table::TableCommitter;
 use crate::output::{OutputSchema, ParquetFormatError, Store, StoreError};
 use crate::retry::RetryPolicy;
 use crate::schema::FieldType;
@@ -99,6 +101,8 @@ pub enum ConsumeError {
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Table(#[from] crate::output::table::TableError),
     #[error(transparent)]
     Format(#[from] ParquetFormatError),
     #[error(transparent)]
@@ -218,6 +222,8 @@ struct Instance {
     output_schema: OutputSchema,
     store: Arc<dyn Store>,
     location: String,
+    /// Where closed windows are published (`--table`).
+    table: Option<Arc<dyn TableCommitter>>,
     counters: Arc<Counters>,
     decoder: Arc<Decoder>,
     core: CoreConfig,
@@ -271,6 +277,23 @@ impl Instance {
         let location_config = config.sink.location.clone();
         let store: Arc<dyn Store> = blocking(move || Ok(location_config.open()?)).await?;
         let location = store.describe();
+        let table = match &config.sink.table {
+            TableConfig::None => None,
+            TableConfig::Delta(delta) => {
+                let (store, schema, delta) = (
+                    Arc::clone(&store),
+                    Arc::clone(output_schema.arrow()),
+                    delta.clone(),
+                );
+                let opened = blocking(move || {
+                    let root = store.table_root()?;
+                    Ok(DeltaTable::open_or_create(root, &schema, delta)?)
+                })
+                .await?;
+                tracing::info!(table = %opened.describe(), version = opened.version(), "Opened the Delta table");
+                Some(Arc::new(opened) as Arc<dyn TableCommitter>)
+            }
+        };
         let idle_advance = match config.windows.idle_advance {
             IdleAdvance::On => true,
             IdleAdvance::Off => false,
@@ -307,6 +330,7 @@ impl Instance {
             output_schema,
             store,
             location,
+            table,
             counters: Arc::new(Counters::default()),
             decoder,
             core,
@@ -627,6 +651,7 @@ async fn run_partitions(
         core: instance.core.clone(),
         output: config.sink.output.clone(),
         memory_budget: config.sink.max_buffer_bytes / assigned.len().max(1),
+        table: instance.table.clone(),
     };
     let scope_partitions: BTreeSet<i32> = match &scope {
         SuccessScope::AllPartitions => (0..instance.partition_count as i32).collect(),

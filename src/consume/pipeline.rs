@@ -19,6 +19,7 @@ use crate::checkpoint::recovery::{self, Plan};
 use crate::checkpoint::{self, CheckpointError, FileRef, PartitionCheckpoint};
 use crate::output::layout::{self, Destination, Key, WriterId};
 use crate::output::store::Store;
+use crate::output::table::{Published, TableCommitter, TableError};
 use crate::output::{OutputConfig, OutputSchema, PartitionSink, SinkError};
 
 /// Errors of a partition's processing.
@@ -28,6 +29,8 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Table(#[from] TableError),
     #[error("selecting rows for {destination} failed: {message}; this is a bug, please report it")]
     Select {
         destination: Destination,
@@ -104,6 +107,9 @@ pub struct PartitionPipeline {
     /// Files written since the last commit: no checkpoint covers them yet. If the commit is
     /// fenced they never will be, and this writer deletes them (see [`Self::checkpoint`]).
     uncommitted: Vec<Key>,
+    topic: String,
+    /// Where closed windows' files are published after each commit (`None`: `--table none`).
+    table: Option<Arc<dyn TableCommitter>>,
 }
 
 /// How a partition runs.
@@ -115,6 +121,8 @@ pub struct PipelineConfig {
     /// Bound on the bytes of this partition's open row groups; past it, the largest open window
     /// is staged (memory pressure makes row groups smaller, never files more numerous).
     pub memory_budget: usize,
+    /// The table closed windows are published to (`output::table`); `None`: files only.
+    pub table: Option<Arc<dyn TableCommitter>>,
 }
 
 impl PartitionPipeline {
@@ -153,6 +161,8 @@ impl PartitionPipeline {
             writer,
             memory_budget: config.memory_budget,
             uncommitted: Vec::new(),
+            topic: config.topic.clone(),
+            table: config.table.clone(),
         };
         pipeline.checkpoint(&mut Progress::default())?;
         let plan = &recovered.plan;
@@ -331,7 +341,42 @@ impl PartitionPipeline {
         for (window, file) in &committed.retired_staged {
             self.sink.delete_staged(*window, file)?;
         }
+        self.publish(cp.generation)?;
         Ok(committed)
+    }
+
+    /// Publishes the closed windows' files that generation `generation` (just committed)
+    /// carries as unpublished: after a failure they stay in the checkpoint, and the next
+    /// commit, or whoever claims the partition next, publishes them (`output::table`).
+    fn publish(&mut self, generation: u64) -> Result<(), PipelineError> {
+        let Some(table) = &self.table else {
+            self.core.published(generation);
+            return Ok(());
+        };
+        if self.core.unpublished().is_empty() {
+            return Ok(());
+        }
+        let partition = self.core.partition();
+        let outcome = table.publish(&self.topic, partition, generation, self.core.unpublished())?;
+        match outcome {
+            Published::Committed { version, files } => tracing::debug!(
+                partition,
+                generation,
+                version,
+                files,
+                "Published to {}",
+                table.describe()
+            ),
+            Published::Already { at } => tracing::debug!(
+                partition,
+                generation,
+                at,
+                "{} already holds these files (published by an earlier owner)",
+                table.describe()
+            ),
+        }
+        self.core.published(generation);
+        Ok(())
     }
 
     /// Deletes the files written since the last commit (after being fenced). Best effort: what

@@ -12,11 +12,13 @@
 //! Nothing outside this module knows about paths, renames or fsync: callers name destinations
 //! and get back [`FileRef`]s to record in the checkpoint.
 
+pub mod delta;
 pub mod layout;
 pub mod location;
 pub mod object;
 pub mod parquet;
 pub mod store;
+pub mod table;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -759,6 +759,25 @@ fn scrub(text: &str, secrets: &[String]) -> String {
 }
 
 impl Store for ObjectOutput {
+    fn table_root(&self) -> Result<super::delta::TableRoot> {
+        let s = &self.shared;
+        let url = format!(
+            "{}://{}/{}",
+            s.url.scheme.name(),
+            s.url.bucket,
+            if s.url.prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", s.url.prefix)
+            }
+        );
+        Ok(super::delta::TableRoot {
+            store: Arc::clone(&s.store),
+            url: url::Url::parse(&url)
+                .map_err(|e| StoreError::Other(format!("`{url}` is not a URL: {e}")))?,
+        })
+    }
+
     fn describe(&self) -> String {
         self.shared.location.clone()
     }

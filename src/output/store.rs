@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::delta::TableRoot;
 use super::layout::{self, Key};
 
 /// Errors of a store. Each names the object and its location and says what to do.
@@ -127,6 +128,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn failing(&self) -> Option<String> {
         None
     }
+    /// The same place as an `ObjectStore` and a URL, for the Delta table's engine
+    /// (`output::delta`), which reads and writes through `object_store` itself.
+    fn table_root(&self) -> Result<TableRoot>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -216,6 +220,22 @@ fn create_dir_durably(dir: &Path) -> Result<()> {
 }
 
 impl Store for LocalStore {
+    fn table_root(&self) -> Result<TableRoot> {
+        create_dir_durably(&self.root)?;
+        let absolute = std::fs::canonicalize(&self.root)
+            .map_err(|e| StoreError::io("resolving", self.root.display(), e))?;
+        let url = url::Url::from_directory_path(&absolute).map_err(|()| {
+            StoreError::Other(format!(
+                "{} cannot be written as a file:// URL",
+                absolute.display()
+            ))
+        })?;
+        Ok(TableRoot {
+            store: Arc::new(object_store::local::LocalFileSystem::new()),
+            url,
+        })
+    }
+
     fn describe(&self) -> String {
         format!("local directory {}", self.root.display())
     }
@@ -408,6 +428,8 @@ impl Drop for LocalWriter {
 #[derive(Debug, Clone, Default)]
 pub struct MemStore {
     objects: Arc<Mutex<BTreeMap<Key, Bytes>>>,
+    /// The Delta table's log, when a test asks for one (`table_root`).
+    table: Arc<object_store::memory::InMemory>,
     /// Calls left before failing; negative: never fail.
     budget: Arc<AtomicI64>,
 }
@@ -416,6 +438,7 @@ impl MemStore {
     pub fn new() -> Self {
         MemStore {
             objects: Arc::default(),
+            table: Arc::default(),
             budget: Arc::new(AtomicI64::new(-1)),
         }
     }
@@ -456,6 +479,13 @@ impl MemStore {
 }
 
 impl Store for MemStore {
+    fn table_root(&self) -> Result<TableRoot> {
+        Ok(TableRoot {
+            store: Arc::clone(&self.table) as _,
+            url: url::Url::parse("memory:///").map_err(|e| StoreError::Other(e.to_string()))?,
+        })
+    }
+
     fn describe(&self) -> String {
         "memory".into()
     }

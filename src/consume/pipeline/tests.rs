@@ -158,6 +158,7 @@ pub(crate) fn config(budget: usize, idle_advance: bool) -> PipelineConfig {
             max_file_bytes: 3_000,
             ..OutputConfig::default()
         },
+        table: None,
         memory_budget: budget,
     }
 }

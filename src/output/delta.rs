@@ -1,0 +1,453 @@
+//! The output as a Delta Lake table (the [`TableCommitter`] of `--table delta`), written with
+//! `delta_kernel`, the Delta project's own Rust kernel, through its default engine on our own
+//! object store (local disk or the S3 bucket of `--output`).
+//!
+//! - The table is created on the first run, with the output schema, unpartitioned: the files
+//!   stay in their `window=…/` directories (plain Parquet readers keep reading the directory;
+//!   Delta readers read what the log lists), and every add carries exact statistics of
+//!   `kafka_partition`, `kafka_offset` and `window_start` and the row count, so readers skip
+//!   files by window or offset.
+//! - One commit per publish ([`TableCommitter::publish`], `output::table` says why exactly
+//!   once): a blind append of the files with a `txn` action (application id per topic partition,
+//!   version = checkpoint generation). A commit is `_delta_log/<version>.json` created if absent
+//!   (put-if-absent on local disk, `If-None-Match` on S3: no lock service), so of two writers
+//!   only one gets a version; the other rebuilds on the new snapshot and decides again.
+//! - Every `checkpoint_every` versions the table writes a checkpoint (`_last_checkpoint` and a
+//!   checkpoint Parquet file), so opening the table reads one checkpoint and at most that many
+//!   commits, however long it has run. Old commits are kept (time travel); the kernel has no
+//!   log cleanup or vacuum: docs/consume.md says how to run them with python `deltalake`.
+//! - Transaction retention is never set: the `txn` versions must not expire.
+//!
+//! Writes go through the kernel's engine, not our `Store`: the engine needs an `ObjectStore`,
+//! and a commit must be created-if-absent by the engine itself. Transient failures (an S3
+//! outage) are retried here with the output's retry deadline.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    ArrayRef, Int32Array, Int64Array, RecordBatch, StructArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema as ArrowSchema, TimeUnit};
+use delta_kernel::committer::FileSystemCommitter;
+use delta_kernel::engine::arrow_conversion::TryFromArrow as _;
+use delta_kernel::expressions::ColumnName;
+use delta_kernel::object_store::DynObjectStore;
+use delta_kernel::schema::StructType;
+use delta_kernel::snapshot::{Snapshot, SnapshotRef};
+use delta_kernel::transaction::create_table::create_table;
+use delta_kernel::transaction::{CommitResult, UpdateTableOperation};
+use delta_kernel::{Engine as _, FileMeta, KernelError};
+use delta_kernel_default_engine::executor::tokio::TokioMultiThreadExecutor;
+use delta_kernel_default_engine::parquet::DataFileMetadata;
+use delta_kernel_default_engine::stats::collect_stats;
+use delta_kernel_default_engine::{build_add_file_metadata, DefaultEngine, DefaultEngineBuilder};
+use url::Url;
+
+use super::layout;
+use super::parquet::{COLUMN_OFFSET, COLUMN_PARTITION, COLUMN_WINDOW_START};
+use super::table::{self, Decision, Published, TableCommitter, TableError};
+use crate::checkpoint::TableFile;
+use crate::retry::RetryPolicy;
+
+/// Who wrote a commit (`commitInfo.engineInfo`).
+pub const ENGINE_INFO: &str = concat!("reclamacoes/", env!("CARGO_PKG_VERSION"));
+/// The log directory, relative to the table root.
+pub const LOG_DIR: &str = "_delta_log";
+
+/// Where the table lives: an object store and the table's root URL in it (ends in `/`).
+#[derive(Clone)]
+pub struct TableRoot {
+    pub store: Arc<DynObjectStore>,
+    pub url: Url,
+}
+
+impl std::fmt::Debug for TableRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableRoot")
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the table is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaConfig {
+    /// A checkpoint after every this many commits (0: never).
+    pub checkpoint_every: u64,
+    /// How long a publish rides out transient failures.
+    pub retry_timeout: Duration,
+}
+
+impl Default for DeltaConfig {
+    fn default() -> Self {
+        DeltaConfig {
+            checkpoint_every: 100,
+            retry_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Transient failures: 200 ms doubling to 5 s, with jitter, within the retry timeout.
+const PUBLISH_RETRY: RetryPolicy =
+    RetryPolicy::exponential(Duration::from_millis(200), Duration::from_secs(5));
+
+/// An open Delta table. Blocking: call from blocking threads.
+pub struct DeltaTable {
+    engine: DefaultEngine<TokioMultiThreadExecutor>,
+    root: TableRoot,
+    /// The latest snapshot this process knows (updated incrementally).
+    latest: Mutex<SnapshotRef>,
+    config: DeltaConfig,
+}
+
+impl std::fmt::Debug for DeltaTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeltaTable")
+            .field("root", &self.root.url.as_str())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn kernel_error(action: &'static str, root: &Url, e: KernelError) -> TableError {
+    TableError::Delta {
+        action,
+        location: root.to_string(),
+        detail: e.to_string(),
+        advice: "check that the output is reachable and writable; a Delta table must only be \
+                 written by Delta writers",
+    }
+}
+
+/// The kernel's engine: its tasks run on the caller's multi-threaded runtime, or on a runtime
+/// of its own when there is none (tests, tools).
+fn engine(store: Arc<DynObjectStore>) -> Result<DefaultEngine<TokioMultiThreadExecutor>, String> {
+    let executor = match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            TokioMultiThreadExecutor::new(handle)
+        }
+        _ => TokioMultiThreadExecutor::new_owned_runtime(Some(1), Some(4))
+            .map_err(|e| e.to_string())?,
+    };
+    Ok(DefaultEngineBuilder::new(store)
+        .with_task_executor(Arc::new(executor))
+        .build())
+}
+
+impl DeltaTable {
+    /// Opens the table at `root`, creating it with `schema` when there is none; refuses a table
+    /// with another schema.
+    pub fn open_or_create(
+        root: TableRoot,
+        schema: &ArrowSchema,
+        config: DeltaConfig,
+    ) -> Result<DeltaTable, TableError> {
+        let url = root.url.clone();
+        let engine = engine(Arc::clone(&root.store)).map_err(|detail| TableError::Delta {
+            action: "starting the engine of",
+            location: url.to_string(),
+            detail,
+            advice: "this is a bug, please report it",
+        })?;
+        let wanted = StructType::try_from_arrow(schema)
+            .map_err(|e| kernel_error("converting the output schema for", &url, e.into()))?;
+        let snapshot = if Self::exists(&engine, &url)? {
+            Self::load(&engine, &url)?
+        } else {
+            let created = create_table(url.as_str(), Arc::new(wanted.clone()), ENGINE_INFO, true)
+                .build(&engine, Box::new(FileSystemCommitter::new()))
+                .map_err(|e| kernel_error("creating", &url, e))?
+                .commit(&engine)
+                .map_err(|e| kernel_error("creating", &url, e))?;
+            match created {
+                CommitResult::Committed(c) => match c.post_commit_snapshot() {
+                    Some(s) => Arc::clone(s),
+                    None => Self::load(&engine, &url)?,
+                },
+                // Another writer created it first.
+                _ => Self::load(&engine, &url)?,
+            }
+        };
+        let found = snapshot.schema();
+        if found.as_ref() != &wanted {
+            return Err(TableError::Schema {
+                location: url.to_string(),
+                detail: schema_difference(&found, &wanted),
+            });
+        }
+        Ok(DeltaTable {
+            engine,
+            root,
+            latest: Mutex::new(snapshot),
+            config,
+        })
+    }
+
+    /// Whether `_delta_log/` holds anything.
+    fn exists(
+        engine: &DefaultEngine<TokioMultiThreadExecutor>,
+        url: &Url,
+    ) -> Result<bool, TableError> {
+        let log = url
+            .join(&format!("{LOG_DIR}/"))
+            .map_err(|e| kernel_error("naming the log of", url, e.into()))?;
+        let mut listing = engine
+            .storage_handler()
+            .list_from(&log)
+            .map_err(|e| kernel_error("listing the log of", url, e))?;
+        match listing.next() {
+            None | Some(Err(KernelError::FileNotFound(_))) => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(kernel_error("listing the log of", url, e)),
+        }
+    }
+
+    fn load(
+        engine: &DefaultEngine<TokioMultiThreadExecutor>,
+        url: &Url,
+    ) -> Result<SnapshotRef, TableError> {
+        Snapshot::builder_for(url.as_str())
+            .build(engine)
+            .map_err(|e| kernel_error("reading", url, e))
+    }
+
+    /// The latest snapshot: the cached one brought up to date (reads only newer commits).
+    pub fn refresh(&self) -> Result<SnapshotRef, TableError> {
+        let cached = Arc::clone(&self.lock());
+        let fresh = Snapshot::builder_from(cached)
+            .build(&self.engine)
+            .map_err(|e| kernel_error("reading", &self.root.url, e))?;
+        *self.lock() = Arc::clone(&fresh);
+        Ok(fresh)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SnapshotRef> {
+        // A panic while holding it leaves a valid snapshot behind.
+        self.latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The table version this process last saw.
+    pub fn version(&self) -> u64 {
+        self.lock().version()
+    }
+
+    /// The partition's application version in the latest snapshot.
+    pub fn app_version(&self, topic: &str, partition: i32) -> Result<Option<i64>, TableError> {
+        let snapshot = self.refresh()?;
+        snapshot
+            .get_app_id_version(&table::app_id(topic, partition), &self.engine)
+            .map_err(|e| kernel_error("reading the transactions of", &self.root.url, e))
+    }
+
+    /// One attempt: decide on the latest snapshot and commit. `Ok(None)`: lost a race, decide
+    /// again.
+    fn try_publish(
+        &self,
+        app: &str,
+        generation: u64,
+        files: &[TableFile],
+        partition: i32,
+    ) -> Result<Option<Published>, KernelError> {
+        let snapshot = Arc::clone(&self.lock());
+        let current = snapshot.get_app_id_version(app, &self.engine)?;
+        let add = match table::decide(files, current, generation) {
+            Decision::Skip => {
+                return Ok(Some(Published::Already {
+                    at: current.unwrap_or(-1),
+                }))
+            }
+            Decision::Commit(add) if add.is_empty() => {
+                return Ok(Some(Published::Already {
+                    at: current.unwrap_or(-1),
+                }))
+            }
+            Decision::Commit(add) => add,
+        };
+        let version = i64::try_from(generation)
+            .map_err(|_| KernelError::generic(format!("generation {generation} too large")))?;
+        let mut txn = Arc::clone(&snapshot)
+            .update_table(UpdateTableOperation::StreamingUpdate, ENGINE_INFO, true)
+            .with_blind_append()
+            .with_transaction_id(app, version)
+            .build(&self.engine, Box::new(FileSystemCommitter::new()))?;
+        let context = txn.write_state()?.write_context_builder().build()?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for f in &add {
+            let meta = self.add_metadata(f, partition, now_ms)?;
+            txn.add_files(build_add_file_metadata(meta, &context)?);
+        }
+        match txn.commit(&self.engine)? {
+            CommitResult::Committed(c) => {
+                let version = c.commit_version();
+                if let Some(s) = c.post_commit_snapshot() {
+                    let mut latest = self.lock();
+                    if s.version() > latest.version() {
+                        *latest = Arc::clone(s);
+                    }
+                }
+                self.maybe_checkpoint(version);
+                Ok(Some(Published::Committed {
+                    version,
+                    files: add.len(),
+                }))
+            }
+            CommitResult::Conflicted(_) => Ok(None),
+            CommitResult::Retryable(r) => Err(r.error),
+        }
+    }
+
+    /// An add action's metadata: the file's URL under the table, its size, and exact statistics
+    /// of the columns every file knows without reading it (one partition, one window, an offset
+    /// range) with the true row count.
+    fn add_metadata(
+        &self,
+        f: &TableFile,
+        partition: i32,
+        now_ms: i64,
+    ) -> Result<DataFileMetadata, KernelError> {
+        let url = self.root.url.join(&relative_path(f))?;
+        let micros = f.window.saturating_mul(1000);
+        let schema = Arc::new(ArrowSchema::new(vec![
+            Field::new(COLUMN_PARTITION, DataType::Int32, false),
+            Field::new(COLUMN_OFFSET, DataType::Int64, false),
+            Field::new(
+                COLUMN_WINDOW_START,
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+        ]));
+        let extremes = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int32Array::from(vec![partition, partition])) as ArrayRef,
+                Arc::new(Int64Array::from(vec![f.file.first, f.file.last])),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![micros, micros]).with_timezone("UTC"),
+                ),
+            ],
+        )?;
+        let columns =
+            [COLUMN_PARTITION, COLUMN_OFFSET, COLUMN_WINDOW_START].map(|c| ColumnName::new([c]));
+        let physical = self.lock().schema();
+        let stats = collect_stats(&extremes, &columns, &physical)?;
+        let stats = with_num_records(stats, f.file.rows)?;
+        Ok(DataFileMetadata::new(
+            FileMeta::new(url, now_ms, f.file.bytes),
+            stats,
+        ))
+    }
+
+    /// A checkpoint at every `checkpoint_every`th version. A failed checkpoint loses nothing
+    /// (the commits are the truth): it is logged and the next one is tried.
+    fn maybe_checkpoint(&self, version: u64) {
+        let every = self.config.checkpoint_every;
+        if every == 0 || version == 0 || version % every != 0 {
+            return;
+        }
+        let snapshot = Arc::clone(&self.lock());
+        if snapshot.version() != version {
+            return; // a newer commit; its own writer checkpoints at its turn
+        }
+        let started = Instant::now();
+        match snapshot.checkpoint(&self.engine, None) {
+            Ok((_, s)) => {
+                tracing::info!(
+                    table = %self.root.url,
+                    version,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "Wrote a Delta checkpoint"
+                );
+                let mut latest = self.lock();
+                if s.version() >= latest.version() {
+                    *latest = s;
+                }
+            }
+            Err(e) => tracing::warn!(
+                table = %self.root.url,
+                version,
+                error = %e,
+                "Could not write a Delta checkpoint (readers read the commits instead); the next one is tried at version {}",
+                version + every
+            ),
+        }
+    }
+}
+
+impl TableCommitter for DeltaTable {
+    fn describe(&self) -> String {
+        format!("the Delta table at {}", self.root.url)
+    }
+
+    fn publish(
+        &self,
+        topic: &str,
+        partition: i32,
+        generation: u64,
+        files: &[TableFile],
+    ) -> Result<Published, TableError> {
+        let app = table::app_id(topic, partition);
+        let mut backoff = PUBLISH_RETRY
+            .with_deadline(self.config.retry_timeout)
+            .backoff();
+        let started = Instant::now();
+        loop {
+            let attempt = self
+                .refresh()
+                .map_err(|e| KernelError::generic(e.to_string()))
+                .and_then(|_| self.try_publish(&app, generation, files, partition));
+            match attempt {
+                Ok(Some(done)) => return Ok(done),
+                // Lost a race for the next version: decide again on the new snapshot.
+                Ok(None) => continue,
+                Err(e) => match backoff.next_delay(started.elapsed()) {
+                    Some(delay) => {
+                        tracing::warn!(
+                            table = %self.root.url,
+                            partition,
+                            generation,
+                            error = %e,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "Committing to the Delta table failed; retrying"
+                        );
+                        std::thread::sleep(delay);
+                    }
+                    None => return Err(kernel_error("committing to", &self.root.url, e)),
+                },
+            }
+        }
+    }
+}
+
+/// The add action's path: relative to the table root, URL-encoded (the window directory's `:`
+/// as `%3A`, so no reader takes `window=…T14` for a URI scheme).
+pub fn relative_path(f: &TableFile) -> String {
+    let dir = layout::window_dir(f.window).replace(':', "%3A");
+    format!("{dir}/{}", f.file.name)
+}
+
+/// `stats` with `numRecords` set to `rows` (the statistics were collected from two rows of
+/// extremes).
+fn with_num_records(stats: StructArray, rows: u64) -> Result<StructArray, KernelError> {
+    let (fields, mut columns, nulls) = stats.into_parts();
+    let rows = i64::try_from(rows).map_err(|_| KernelError::generic("row count too large"))?;
+    if let Some(i) = fields.iter().position(|f| f.name() == "numRecords") {
+        columns[i] = Arc::new(Int64Array::from(vec![rows]));
+    }
+    StructArray::try_new(fields, columns, nulls).map_err(KernelError::from)
+}
+
+/// A short description of how two schemas differ, for the error.
+fn schema_difference(found: &StructType, wanted: &StructType) -> String {
+    let names = |s: &StructType| -> Vec<String> {
+        s.fields()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect()
+    };
+    let (found, wanted) = (names(found), names(wanted));
+    let missing: Vec<_> = wanted.iter().filter(|c| !found.contains(c)).collect();
+    let extra: Vec<_> = found.iter().filter(|c| !wanted.contains(c)).collect();
+    format!("the table lacks {missing:?} and has {extra:?}")
+}
