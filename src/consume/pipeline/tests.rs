@@ -95,6 +95,8 @@ enum Step {
     Crash,
     /// Fail the store after this many calls, then fetch, tick or checkpoint.
     CrashInside(i64, u8, usize),
+    /// Checkpoint, and crash in the table commit: before it (`false`) or after it landed.
+    CrashInPublish(bool),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -106,6 +108,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (1..8usize).prop_map(Step::Pressure),
         1 => Just(Step::Crash),
         2 => (0..8i64, 0..3u8, 1..8usize).prop_map(|(c, what, n)| Step::CrashInside(c, what, n)),
+        1 => any::<bool>().prop_map(Step::CrashInPublish),
     ]
 }
 
@@ -134,10 +137,95 @@ pub(crate) fn table(with_flip: bool) -> ReferenceTable {
     )
 }
 
+/// The real Delta table (over the `MemStore`'s in-memory object store) behind a switch that
+/// makes the next publish crash before the table commit or just after it landed.
+#[derive(Debug)]
+struct FlakyTable {
+    inner: crate::output::delta::DeltaTable,
+    crash_next: std::sync::Mutex<Option<bool>>,
+}
+
+impl FlakyTable {
+    fn open(store: &MemStore, schema: &OutputSchema) -> Arc<FlakyTable> {
+        let config = crate::output::delta::DeltaConfig {
+            checkpoint_every: 3,
+            retry_timeout: std::time::Duration::ZERO,
+        };
+        let inner = crate::output::delta::DeltaTable::open_or_create(
+            store.table_root().unwrap(),
+            schema.arrow(),
+            config,
+        )
+        .unwrap();
+        Arc::new(FlakyTable {
+            inner,
+            crash_next: Default::default(),
+        })
+    }
+}
+
+impl TableCommitter for FlakyTable {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn publish(
+        &self,
+        topic: &str,
+        partition: i32,
+        generation: u64,
+        files: &[crate::checkpoint::TableFile],
+    ) -> Result<Published, TableError> {
+        let crash = |when: &str| TableError::Delta {
+            action: "committing to",
+            location: "the test table".into(),
+            detail: format!("crash {when} the commit"),
+            advice: "",
+        };
+        match self.crash_next.lock().unwrap().take() {
+            Some(false) => Err(crash("before")),
+            Some(true) => {
+                self.inner.publish(topic, partition, generation, files)?;
+                Err(crash("after"))
+            }
+            None => self.inner.publish(topic, partition, generation, files),
+        }
+    }
+}
+
+/// The data files the table's commits add, by path (decoded), counting repeats.
+fn table_adds(store: &MemStore) -> BTreeMap<String, usize> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt as _;
+    let root = store.table_root().unwrap();
+    let log = object_store::path::Path::from("_delta_log");
+    let metas: Vec<_> =
+        futures::executor::block_on(root.store.list(Some(&log)).try_collect()).unwrap();
+    let mut adds = BTreeMap::new();
+    for meta in metas {
+        if !meta.location.as_ref().ends_with(".json") {
+            continue;
+        }
+        let bytes = futures::executor::block_on(async {
+            root.store.get(&meta.location).await.unwrap().bytes().await
+        })
+        .unwrap();
+        for line in std::str::from_utf8(&bytes).unwrap().lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(path) = action["add"]["path"].as_str() {
+                *adds.entry(path.replace("%3A", ":")).or_default() += 1;
+            }
+        }
+    }
+    adds
+}
+
 /// One run of the consumer over the stream (until it "crashes").
 struct Run<'a> {
     stream: &'a [Rec],
     pipeline: PartitionPipeline,
+    /// The run's table, when the test runs with one.
+    delta: Option<Arc<FlakyTable>>,
     decoder: Decoder,
     table: ReferenceTable,
     now: Now,
@@ -170,6 +258,7 @@ impl<'a> Run<'a> {
         run: u32,
         now: Now,
         idle_advance: bool,
+        with_table: bool,
     ) -> Run<'a> {
         store.heal();
         let schema = schema();
@@ -193,9 +282,13 @@ impl<'a> Run<'a> {
             .remove(&0)
             .unwrap();
         let budget = 1 << 30;
+        // Each run is a new process: it opens the table afresh.
+        let delta = with_table.then(|| FlakyTable::open(store, &output));
+        let mut config = config(budget, idle_advance);
+        config.table = delta.clone().map(|d| d as Arc<dyn TableCommitter>);
         let pipeline = PartitionPipeline::claim(
             Arc::new(store.clone()),
-            &config(budget, idle_advance),
+            &config,
             &output,
             0,
             WriterId(run),
@@ -207,6 +300,7 @@ impl<'a> Run<'a> {
         Run {
             stream,
             pipeline,
+            delta,
             decoder,
             table,
             now,
@@ -322,11 +416,12 @@ proptest! {
         stream in stream(),
         steps in proptest::collection::vec(step(), 0..70),
         idle_advance in any::<bool>(),
+        with_table in any::<bool>(),
     ) {
         let store = MemStore::new();
         let mut now = Now { wall_ms: BASE_WALL, mono_ms: 0 };
         let mut runs = 0u32;
-        let mut run = Run::start(&stream, &store, runs, now, idle_advance);
+        let mut run = Run::start(&stream, &store, runs, now, idle_advance, with_table);
         for step in steps {
             let crashed = match step {
                 Step::Fetch(n) => run.fetch(n).is_err(),
@@ -349,19 +444,29 @@ proptest! {
                     store.heal();
                     r.is_err()
                 }
+                Step::CrashInPublish(after) => match run.delta.clone() {
+                    Some(delta) => {
+                        *delta.crash_next.lock().unwrap() = Some(after);
+                        let r = run.checkpoint();
+                        // No closed window to publish: the switch was not reached.
+                        delta.crash_next.lock().unwrap().take();
+                        r.is_err()
+                    }
+                    None => run.checkpoint().is_err(),
+                },
             };
             if crashed {
                 now = run.now;
                 now.wall_ms += 50;
                 runs += 1;
-                run = Run::start(&stream, &store, runs, now, idle_advance);
+                run = Run::start(&stream, &store, runs, now, idle_advance, with_table);
             }
         }
         // End: read everything, the wall clock far ahead so no record is refused as future.
         now = run.now;
         now.wall_ms += 10 * FUTURE;
         runs += 1;
-        let mut run = Run::start(&stream, &store, runs, now, idle_advance);
+        let mut run = Run::start(&stream, &store, runs, now, idle_advance, with_table);
         run.fetch(stream.len()).unwrap();
         let mut progress = Progress::default();
         run.pipeline.finish(true, &mut progress).unwrap();
@@ -408,6 +513,21 @@ proptest! {
             }
             r.sort();
             prop_assert!(r.windows(2).all(|w| w[0].1 < w[1].0), "{} files overlap: {:?}", destination, r);
+        }
+        // The table: every closed window's file, each added once, and nothing else (no late
+        // file, no dead letter, no file a checkpoint never committed).
+        let adds = table_adds(&store);
+        prop_assert!(adds.values().all(|&n| n == 1), "a file added twice: {:?}", adds);
+        let window_files: BTreeSet<String> = files
+            .iter()
+            .filter(|(d, ..)| matches!(d, Destination::Window(_)))
+            .map(|(_, key, ..)| key.clone())
+            .collect();
+        if with_table {
+            let in_table: BTreeSet<String> = adds.into_keys().collect();
+            prop_assert_eq!(in_table, window_files, "the table's files ({} runs)", runs);
+        } else {
+            prop_assert!(adds.is_empty());
         }
         // A restart after the clean finish has nothing to clean up and resumes at the end.
         let recovered = prepare(&store, TOPIC, WIDTH, &BTreeSet::from([0])).unwrap().remove(&0).unwrap();
