@@ -194,7 +194,7 @@ impl TableCommitter for FlakyTable {
 }
 
 /// The data files the table's commits add, by path (decoded), counting repeats.
-fn table_adds(store: &MemStore) -> BTreeMap<String, usize> {
+pub(crate) fn table_adds(store: &MemStore) -> BTreeMap<String, usize> {
     use futures::TryStreamExt;
     use object_store::ObjectStoreExt as _;
     let root = store.table_root().unwrap();

@@ -21,12 +21,14 @@ use crate::consume::core::Now;
 use crate::consume::decode::{DecodeConfig, Decoder, RawRecord};
 use crate::consume::markers;
 use crate::consume::pipeline::tests::{
-    config as pipeline_config, read_output, schema, table, BASE_WALL, TOPIC, WIDTH,
+    config as pipeline_config, read_output, schema, table, table_adds, BASE_WALL, TOPIC, WIDTH,
 };
 use crate::consume::pipeline::{prepare, PartitionPipeline, PipelineError, Progress};
 use crate::enrich::{OnMiss, ReferenceTable};
+use crate::output::delta::{DeltaConfig, DeltaTable};
 use crate::output::layout::{self, Destination, Entry, SuccessScope, WriterId};
-use crate::output::store::MemStore;
+use crate::output::store::{MemStore, Store as _};
+use crate::output::table::TableCommitter;
 use crate::output::OutputSchema;
 
 const PARTITIONS: i32 = 3;
@@ -42,6 +44,8 @@ struct Member {
     sweep: Option<bool>,
     checking: Vec<i32>,
     finish: Option<Finish>,
+    /// This member's process's own handle on the one Delta table.
+    delta: Arc<dyn TableCommitter>,
 }
 
 impl Member {
@@ -165,6 +169,17 @@ impl World {
                 sweep: None,
                 checking: Vec::new(),
                 finish: None,
+                delta: Arc::new(
+                    DeltaTable::open_or_create(
+                        self.store.table_root().unwrap(),
+                        self.output.arrow(),
+                        DeltaConfig {
+                            checkpoint_every: 4,
+                            retry_timeout: Duration::ZERO,
+                        },
+                    )
+                    .unwrap(),
+                ),
             };
             m.apply(first);
             self.members[slot] = Some(m);
@@ -181,9 +196,11 @@ impl World {
             .unwrap()
             .remove(&p)
             .unwrap();
+        let mut config = pipeline_config(1 << 30, false);
+        config.table = Some(Arc::clone(&m.delta));
         let claimed = PartitionPipeline::claim(
             Arc::new(self.store.clone()),
-            &pipeline_config(1 << 30, false),
+            &config,
             &self.output,
             p,
             m.writer,
@@ -525,6 +542,12 @@ proptest! {
             }
         }
         prop_assert_eq!(seen.len(), PARTITIONS as usize * RECORDS, "records lost");
+        // The table every member published to holds exactly the window files, each once.
+        let adds = table_adds(&w.store);
+        prop_assert!(adds.values().all(|&n| n == 1), "a file added twice: {:?}", adds);
+        let in_table: BTreeSet<String> = adds.into_keys().collect();
+        let window_files: BTreeSet<String> = seen.values().cloned().collect();
+        prop_assert_eq!(in_table, window_files, "the table's files");
         // Every window's marker lists exactly its files.
         let snapshot = w.store.snapshot();
         for (window, names) in &files {
