@@ -37,6 +37,7 @@ help:
 	@echo "make bench-produce | bench-consume | bench-profile   one step (1M rows) / perf profile"
 	@echo "make bench-group                   1 vs 3 consumer-group instances on one 6-partition topic"
 	@echo "make bench-enrich                  full vs partial enrichment cache (a generated 10M-row dimension)"
+	@echo "make bench-table                   the Delta table vs plain files (5M records), and the log after a day of commits"
 
 up:
 	@$(SERVICES) up
@@ -100,13 +101,17 @@ demo:
 #   bench-profile:  perf CPU profile of app produce and app consume (200k rows)
 #   bench-group:    1 vs 3 `app consume --group` instances on one 6-partition topic (1M rows)
 #   bench-enrich:   full vs partial enrichment cache, small dimension and a generated 10M-row one
-.PHONY: bench bench-quick bench-produce bench-consume bench-profile bench-group bench-enrich
+#   bench-table:    --table delta vs --table none at 5M records (1 and 3 partitions), and how
+#                   fast the Delta table opens after a day of commits (with and without checkpoints)
+.PHONY: bench bench-quick bench-produce bench-consume bench-profile bench-group bench-enrich bench-table
 bench:
 	@scripts/with-services.sh scripts/bench.sh full $(BENCH_ARGS)
 bench-quick:
 	@scripts/with-services.sh scripts/bench.sh quick $(BENCH_ARGS)
 bench-enrich:
 	@scripts/with-services.sh scripts/bench.sh enrich $(BENCH_ARGS)
+bench-table:
+	@scripts/with-services.sh scripts/bench.sh table $(BENCH_ARGS)
 bench-produce:
 	@scripts/with-services.sh scripts/bench.sh produce $(BENCH_ARGS)
 bench-consume:

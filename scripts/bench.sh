@@ -74,8 +74,8 @@ spark_jars() {
 }
 
 build() {
-  log "cargo build --release --bin app --example gen_data"
-  cargo build --release --bin app --example gen_data
+  log "cargo build --release --bin app --example gen_data --example delta_log"
+  cargo build --release --bin app --example gen_data --example delta_log
 }
 
 check_services() {
@@ -110,7 +110,10 @@ case $cmd in
     check_services
     "$VENV/bin/python" bench/bench.py --mode full "$@"
     # The enrichment case (full vs partial cache, a generated 10M-row dimension).
-    exec "$VENV/bin/python" bench/enrich.py
+    "$VENV/bin/python" bench/enrich.py
+    # The Delta table against plain files, and the log's growth.
+    scripts/python-env.sh
+    exec "$VENV/bin/python" bench/table.py
     ;;
   quick | produce | consume)
     setup
@@ -121,6 +124,12 @@ case $cmd in
     setup
     check_services
     exec "$VENV/bin/python" bench/enrich.py "$@"
+    ;;
+  table)
+    setup
+    check_services
+    scripts/python-env.sh
+    exec "$VENV/bin/python" bench/table.py "$@"
     ;;
   group)
     setup

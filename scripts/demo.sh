@@ -144,6 +144,18 @@ DUCKDB_SQL="SELECT banco_segmento, count(*) AS linhas, sum(quantidade_total_de_r
 DUCKDB_PY="import sys, duckdb; duckdb.sql(sys.argv[1]).show()"
 PYARROW_PY="import pyarrow.parquet as pq; t = pq.read_table('$OUT'); print(t.num_rows, 'rows,', t.num_columns, 'columns; window_start:', t.schema.field('window_start').type)"
 PANDAS_PY="import pandas; df = pandas.read_parquet('$OUT'); print(len(df), 'rows; window_start:', df['window_start'].dtype); print(df.groupby('window_start').size().to_string())"
+# The Delta table (the same files, through the log in _delta_log/): snapshots, time travel.
+DELTA_URI=${OUT%/}
+DELTA_OPTS=
+DUCKDB_DELTA_SETUP="con.execute('LOAD delta')"
+if [[ $S3 == 1 ]]; then
+  DELTA_OPTS=", storage_options={'AWS_ENDPOINT_URL': 'http://$S3_HOST', 'AWS_ALLOW_HTTP': 'true', 'AWS_REGION': 'us-east-1'}"
+  DUCKDB_DELTA_SETUP="con.execute('LOAD delta'); con.execute('LOAD httpfs'); con.execute(f\"CREATE SECRET (TYPE s3, KEY_ID '{os.environ['AWS_ACCESS_KEY_ID']}', SECRET '{os.environ['AWS_SECRET_ACCESS_KEY']}', ENDPOINT '$S3_HOST', URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')\")"
+fi
+DELTALAKE_PY="import deltalake; dt = deltalake.DeltaTable('$DELTA_URI'$DELTA_OPTS); t = dt.to_pyarrow_table(); print(f'version {dt.version()}: {t.num_rows} rows in {len(dt.file_uris())} files'); [print(f\"  version {h['version']}: {h['operation']}\") for h in sorted(dt.history(), key=lambda h: h['version'])]"
+POLARS_DELTA_PY="import polars as pl; df = pl.read_delta('$DELTA_URI'$DELTA_OPTS); print(df.height, 'rows'); print(df.group_by('window_start').len().sort('window_start'))"
+DUCKDB_DELTA_SQL="SELECT banco_segmento, count(*) AS linhas, sum(quantidade_total_de_reclamacoes) AS reclamacoes FROM delta_scan('$DELTA_URI') GROUP BY ALL ORDER BY banco_segmento NULLS LAST"
+DUCKDB_DELTA_PY="import os, sys, duckdb, duckdb_ext; con = duckdb.connect(); con.execute('SET extension_directory = ?', [os.path.join(list(duckdb_ext.__path__)[0], 'extensions')]); $DUCKDB_DELTA_SETUP; con.sql(sys.argv[1]).show()"
 if [[ $S3 == 1 ]]; then
   # The same reads straight from the S3 server; credentials from the AWS_* variables that
   # `scripts/s3.sh env` prints (eval it in your shell first).
@@ -162,6 +174,14 @@ run_readers() {
   "$PYTHON" -c "$PYARROW_PY" | sed 's/^/    /' || die "the pyarrow read failed (command above)"
   echo "  pandas $("$PYTHON" -c 'import pandas; print(pandas.__version__)'):"
   "$PYTHON" -c "$PANDAS_PY" | sed 's/^/    /' || die "the pandas read failed (command above)"
+  echo
+  echo "The Delta table, run now (what Delta readers see: whole commits, each file once):"
+  echo "  deltalake $("$PYTHON" -c 'import deltalake; print(deltalake.__version__)'):"
+  "$PYTHON" -c "$DELTALAKE_PY" | sed 's/^/    /' || die "the deltalake read failed (command above)"
+  echo "  polars.read_delta:"
+  "$PYTHON" -c "$POLARS_DELTA_PY" | sed 's/^/    /' || die "the polars read_delta failed (command above)"
+  echo "  DuckDB delta_scan:"
+  "$PYTHON" -c "$DUCKDB_DELTA_PY" "$DUCKDB_DELTA_SQL" | sed 's/^/    /' || die "the DuckDB delta_scan query failed (command above)"
 }
 # =============================================================================================
 
@@ -179,7 +199,7 @@ windows:          $windows_line
 enrichment:       $(field "$C" enrichment)   (misses: no CNPJ, or one not in table bancos; bank columns stay null)${ENRICH_HINT}
 late rows:        $(field "$C" "late rows")
 dead letters:     $(field "$C" "dead letters")
-output:           ${OUT%/}/   (the table: window=*/part-*.parquet; logs and summaries in $LOGS/)
+output:           ${OUT%/}/   (a Delta table: _delta_log/ lists window=*/part-*.parquet; logs and summaries in $LOGS/)
 total time:       $(elapsed "$T0") s
 
 Query the files (.local/venv has duckdb, pyarrow, pandas and polars; scripts/python-env.sh makes it)$([[ $S3 == 1 ]] && printf ',\n  after: eval "$(scripts/s3.sh env)"'):
@@ -193,6 +213,15 @@ Query the files (.local/venv has duckdb, pyarrow, pandas and polars; scripts/pyt
   polars:   polars.scan_parquet('${OUT%/}/**/*.parquet', hive_partitioning=True).collect()
   Spark:    spark.read.parquet('$OUT')
   (the table is every *.parquet file; late rows and dead letters are .pq files in _late/ and _dead_letter/)
+
+Read it as a Delta table (snapshots; time travel with version=N):
+  deltalake:
+    $PY_SHOWN -c "$DELTALAKE_PY"
+  polars:
+    $PY_SHOWN -c "$POLARS_DELTA_PY"
+  DuckDB (delta extension):
+    $PY_SHOWN -c "$DUCKDB_DELTA_PY" "$DUCKDB_DELTA_SQL"
+  Spark:    spark.read.format('delta').load('$OUT')   (delta-spark)
   Look again later: target/release/app inspect $OUT   (add --json for scripts)
 EOF
 
