@@ -54,7 +54,8 @@ pub enum Command {
     /// exactly once, until stopped (or caught up).
     Consume(ConsumeArgs),
     /// Report what an output directory holds: windows (closed/open), files and rows per window,
-    /// schema, sample rows, late rows, dead letters, checkpoint offsets.
+    /// schema, sample rows, late rows, dead letters, checkpoint offsets, and the Delta table
+    /// (versions, app versions per partition, files not in the table).
     Inspect(InspectArgs),
 }
 
@@ -71,6 +72,10 @@ pub struct InspectArgs {
     /// Sample rows to show (0: none).
     #[arg(long, default_value_t = crate::inspect::DEFAULT_SAMPLE_ROWS, value_name = "N")]
     pub sample: usize,
+    /// Delta table: list its newest N versions (`all`: every one). Each costs a read of its
+    /// commit file; the totals and checks cover the whole table either way.
+    #[arg(long, default_value_t = crate::inspect::VersionLimit::default(), value_name = "N|all")]
+    pub versions: crate::inspect::VersionLimit,
 }
 
 /// Object storage options shared by `consume` and `inspect`. Credentials only from the
@@ -578,6 +583,7 @@ fn run_inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let options = crate::inspect::InspectOptions {
         output,
         sample: args.sample,
+        versions: args.versions,
     };
     let report = crate::inspect::inspect(&options).context("inspect failed")?;
     if args.json {

@@ -8,6 +8,9 @@
 //! offsets, what is closed). [`Report::render`] prints it for people, [`Report`]'s `Serialize`
 //! gives the same numbers as JSON for scripts.
 //!
+//! When the output is a Delta table (`_delta_log/`), the report also says what the table holds
+//! and how it got there: `delta` (the submodule) owns that part.
+//!
 //! Outputs of layout 1 (`window_start=…` folders, one `checkpoint.json`) are read too, so an old
 //! output can be looked at before it is moved aside.
 //!
@@ -37,6 +40,12 @@ use crate::output::layout::{
 };
 use crate::output::store::{LocalStore, ObjectInfo, Store, StoreError};
 use crate::output::Location;
+
+mod delta;
+pub use delta::{
+    DeltaChecks, DeltaReport, Listed, PartitionVersion, PublishState, Txn, VersionInfo,
+    VersionLimit, WrongSize, DEFAULT_VERSIONS_SHOWN,
+};
 
 /// Sample rows shown by default (`--sample`).
 pub const DEFAULT_SAMPLE_ROWS: usize = 5;
@@ -71,6 +80,27 @@ pub enum InspectError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(
+        "{action} the Delta table at {location} failed: {detail}; check that the output is \
+         reachable; `_delta_log/` must be written only by Delta writers (`app consume`, \
+         deltalake, Spark)"
+    )]
+    Delta {
+        action: &'static str,
+        location: String,
+        detail: String,
+    },
+    #[error(
+        "cannot read the Delta commit {key} in {location} (line {line}): {detail}; a commit holds \
+         one JSON action per line: this one is damaged or was not written by a Delta writer, and \
+         Delta readers will refuse it too"
+    )]
+    DeltaCommit {
+        key: String,
+        location: String,
+        line: usize,
+        detail: String,
+    },
+    #[error(
         "cannot read Parquet file {key} in {location}: {source}; the file may be truncated or \
          not Parquet (files appear under their name only when complete, so a damaged one points \
          at a disk or copy problem)"
@@ -89,6 +119,8 @@ pub struct InspectOptions {
     pub output: Location,
     /// Sample rows to show (0: none).
     pub sample: usize,
+    /// How many of the Delta table's newest versions to list.
+    pub versions: VersionLimit,
 }
 
 impl InspectOptions {
@@ -97,6 +129,7 @@ impl InspectOptions {
         InspectOptions {
             output: Location::Local(output.into()),
             sample: DEFAULT_SAMPLE_ROWS,
+            versions: VersionLimit::default(),
         }
     }
 }
@@ -129,6 +162,8 @@ pub struct Report {
     pub late: LateInfo,
     pub dead_letters: DeadLetterInfo,
     pub checkpoints: Vec<CheckpointInfo>,
+    /// The Delta table (`None`: the output has no `_delta_log/`).
+    pub delta: Option<DeltaReport>,
 }
 
 /// One window directory.
@@ -313,7 +348,7 @@ pub fn inspect(options: &InspectOptions) -> Result<Report, InspectError> {
         }
     }
     let store = options.output.open()?;
-    inspect_store(store.as_ref(), options.sample)
+    inspect_store(store.as_ref(), options.sample, options.versions)
 }
 
 /// One data file found in the listing.
@@ -324,7 +359,13 @@ struct DataFile {
 }
 
 /// Builds the report of any output store.
-pub fn inspect_store(store: &dyn Store, sample_rows: usize) -> Result<Report, InspectError> {
+pub fn inspect_store(
+    store: &dyn Store,
+    sample_rows: usize,
+    versions: VersionLimit,
+) -> Result<Report, InspectError> {
+    // The table's snapshot before the listing: every file it lists is then in the listing.
+    let table = delta::open(store)?;
     let listing = store.list("")?;
     let legacy = listing
         .iter()
@@ -336,7 +377,7 @@ pub fn inspect_store(store: &dyn Store, sample_rows: usize) -> Result<Report, In
     let mut staged = StagedInfo::default();
     let mut staged_windows = BTreeSet::new();
     let mut unfinished = 0usize;
-    let mut found_any = false;
+    let mut found_any = table.is_some();
     for o in &listing {
         let entry = if legacy {
             classify_legacy(o)
@@ -487,30 +528,38 @@ pub fn inspect_store(store: &dyn Store, sample_rows: usize) -> Result<Report, In
         }
         None => (None, None),
     };
-    let checkpoints = if legacy {
+    let latest = if legacy {
         Vec::new()
     } else {
         read_latest(store)?
-            .into_iter()
-            .map(|(c, key)| CheckpointInfo {
-                file: key,
-                partition: c.partition,
-                generation: c.generation,
-                writer: c.writer.clone(),
-                topic: c.topic.clone(),
-                window_ms: c.window_ms,
-                closed_before: (c.closed_before != i64::MIN).then(|| {
-                    if c.closed_before == i64::MAX {
-                        "the end of the stream (--close-windows)".to_string()
-                    } else {
-                        rfc3339(c.closed_before)
-                    }
-                }),
-                resume_offset: c.resume_offset,
-                next_offset: c.next_offset,
-                staged_windows: c.staged.len(),
-            })
-            .collect()
+    };
+    let checkpoints = latest
+        .iter()
+        .map(|(c, key)| CheckpointInfo {
+            file: key.clone(),
+            partition: c.partition,
+            generation: c.generation,
+            writer: c.writer.clone(),
+            topic: c.topic.clone(),
+            window_ms: c.window_ms,
+            closed_before: (c.closed_before != i64::MIN).then(|| {
+                if c.closed_before == i64::MAX {
+                    "the end of the stream (--close-windows)".to_string()
+                } else {
+                    rfc3339(c.closed_before)
+                }
+            }),
+            resume_offset: c.resume_offset,
+            next_offset: c.next_offset,
+            staged_windows: c.staged.len(),
+        })
+        .collect();
+    let delta = match &table {
+        Some(table) => {
+            let latest: Vec<_> = latest.into_iter().map(|(c, _)| c).collect();
+            Some(delta::report(table, store, &listing, &latest, versions)?)
+        }
+        None => None,
     };
     Ok(Report {
         output: store.describe(),
@@ -529,6 +578,7 @@ pub fn inspect_store(store: &dyn Store, sample_rows: usize) -> Result<Report, In
         late: late_info,
         dead_letters: dead_info,
         checkpoints,
+        delta,
     })
 }
 
@@ -817,6 +867,9 @@ impl Report {
                 );
             }
         }
+        if let Some(delta) = &self.delta {
+            delta.render(&mut s);
+        }
         if self.staged.row_groups > 0 {
             let _ = writeln!(
                 s,
@@ -955,7 +1008,9 @@ mod tests {
     use crate::consume::decode::{DecodeConfig, Decoder, RawRecord};
     use crate::consume::pipeline::{prepare, PartitionPipeline, PipelineConfig, Progress};
     use crate::enrich::{OnMiss, ReferenceTable};
+    use crate::output::delta::{DeltaConfig, DeltaTable};
     use crate::output::layout::WriterId;
+    use crate::output::table::TableCommitter;
     use crate::output::{OutputConfig, OutputSchema};
     use crate::schema::{Schema, Source, Value};
 
@@ -985,10 +1040,20 @@ mod tests {
     /// A partition's run: window T0 closed (3 rows), window T0+1m open (2 rows, staged), one
     /// late row, two dead letters.
     fn fixture(out: &Path) {
+        fixture_with(out, false)
+    }
+
+    /// [`fixture`], publishing to a Delta table when `delta`.
+    fn fixture_with(out: &Path, delta: bool) {
         let store: Arc<dyn Store> = Arc::new(LocalStore::new(out));
         let schema = Arc::new(Schema::banco_central());
         let table = ReferenceTable::one_bank();
         let output = OutputSchema::new(&schema, &table.columns).unwrap();
+        let committer = delta.then(|| {
+            let root = store.table_root().unwrap();
+            let t = DeltaTable::open_or_create(root, output.arrow(), DeltaConfig::default());
+            Arc::new(t.unwrap()) as Arc<dyn TableCommitter>
+        });
         let decoder = Decoder::new(
             DecodeConfig {
                 schema: Arc::clone(&schema),
@@ -1012,7 +1077,7 @@ mod tests {
             },
             output: OutputConfig::default(),
             memory_budget: 1 << 30,
-            table: None,
+            table: committer,
         };
         let recovered = prepare(store.as_ref(), "t", MINUTE, &[0].into())
             .unwrap()
@@ -1127,6 +1192,201 @@ mod tests {
         }
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["total_rows"], 3);
+        assert_eq!(report.delta, None, "no _delta_log");
+        assert!(json["delta"].is_null());
+    }
+
+    #[test]
+    fn reports_the_delta_table_its_versions_and_partitions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("output");
+        fixture_with(&out, true);
+        let report = inspect(&InspectOptions::new(&out)).unwrap();
+        let delta = report.delta.as_ref().expect("a Delta table");
+        assert_eq!(
+            (delta.version, delta.files, delta.rows, delta.checkpoint),
+            (1, 1, 3, None)
+        );
+        assert_eq!(delta.bytes, report.windows[0].bytes);
+        assert_eq!((delta.commits, delta.oldest_commit), (2, Some(0)));
+        let generation = report.checkpoints[0].generation;
+        let v: Vec<_> = delta
+            .versions
+            .iter()
+            .map(|v| {
+                (
+                    v.version,
+                    v.operation.as_deref().unwrap(),
+                    v.files_added,
+                    v.rows_added,
+                    v.txns.clone(),
+                )
+            })
+            .collect();
+        let txn = Txn {
+            app_id: "t-0".into(),
+            version: generation as i64,
+        };
+        assert_eq!(
+            v,
+            vec![
+                (0, "CREATE TABLE", 0, 0, vec![]),
+                (1, "STREAMING UPDATE", 1, 3, vec![txn]),
+            ]
+        );
+        assert!(delta.versions.iter().all(|v| v.timestamp.is_some()));
+        assert_eq!(
+            delta.partitions,
+            vec![PartitionVersion {
+                app_id: "t-0".into(),
+                partition: Some(0),
+                table_version: Some(generation as i64),
+                checkpoint_generation: Some(generation),
+                pending_files: 0,
+                pending_rows: 0,
+                state: PublishState::Published,
+            }]
+        );
+        assert!(delta.checks.consistent);
+        assert_eq!(delta.checks.checked, 1);
+        assert_eq!(delta.checks.not_in_table.count, 0);
+        let text = report.render();
+        for needle in [
+            "delta table (_delta_log): version 1, 1 file, 3 rows",
+            "no checkpoint",
+            &format!("t-0={generation}"),
+            "published",
+            "all 1 file of version 1 in the output with their recorded sizes",
+            "version=1)",
+        ] {
+            assert!(text.contains(needle), "`{needle}` missing:\n{text}");
+        }
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["delta"]["versions"][1]["rows_added"], 3);
+        assert_eq!(json["delta"]["partitions"][0]["state"], "published");
+
+        // --versions: the newest N, or none.
+        let only = |limit| {
+            let options = InspectOptions {
+                versions: limit,
+                ..InspectOptions::new(&out)
+            };
+            let report = inspect(&options).unwrap();
+            let delta = report.delta.unwrap();
+            delta.versions.iter().map(|v| v.version).collect::<Vec<_>>()
+        };
+        assert_eq!(only(VersionLimit::Last(1)), vec![1]);
+        assert_eq!(only(VersionLimit::Last(0)), Vec::<u64>::new());
+        assert_eq!(only(VersionLimit::All), vec![0, 1]);
+    }
+
+    #[test]
+    fn delta_checks_find_stray_missing_resized_and_pending_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("output");
+        fixture_with(&out, true);
+        let dir = out.join("window=2026-01-02T03:04:00Z");
+        let table_file = walk_files(&dir).remove(0);
+        let name = table_file
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let key = format!("window=2026-01-02T03:04:00Z/{name}");
+
+        // A file written but never committed, and one of another name: not in the table.
+        std::fs::copy(&table_file, dir.join("part-0-100-101-0000beef.parquet")).unwrap();
+        std::fs::write(dir.join("stray.parquet"), b"x").unwrap();
+        let report = inspect(&InspectOptions::new(&out)).unwrap();
+        let checks = &report.delta.as_ref().unwrap().checks;
+        assert!(checks.consistent, "extra files do not break the table");
+        assert_eq!(checks.not_in_table.count, 2);
+        assert_eq!(
+            checks.not_in_table.first,
+            vec![
+                "window=2026-01-02T03:04:00Z/part-0-100-101-0000beef.parquet".to_string(),
+                "window=2026-01-02T03:04:00Z/stray.parquet".to_string()
+            ]
+        );
+        let text = report.render();
+        assert!(
+            text.contains("not in the table: 2 .parquet files under window=…/"),
+            "{text}"
+        );
+        assert!(text.contains("stray.parquet"), "{text}");
+
+        // A table file replaced by another (the late file: Parquet too, of another size), then
+        // a missing one.
+        let original = std::fs::read(&table_file).unwrap();
+        let late = walk_files_ending(&out.join("_late/window=2026-01-02T03:04:00Z"), "pq");
+        let other = std::fs::read(&late[0]).unwrap();
+        assert_ne!(other.len(), original.len());
+        std::fs::write(&table_file, &other).unwrap();
+        let report = inspect(&InspectOptions::new(&out)).unwrap();
+        let checks = &report.delta.as_ref().unwrap().checks;
+        assert!(!checks.consistent);
+        assert_eq!(
+            checks.wrong_size.first,
+            vec![WrongSize {
+                file: key.clone(),
+                recorded: original.len() as i64,
+                found: other.len() as u64,
+            }]
+        );
+        assert!(report
+            .render()
+            .contains("INCONSISTENT: 0 missing, 1 with another size"));
+        std::fs::remove_file(&table_file).unwrap();
+        let report = inspect(&InspectOptions::new(&out)).unwrap();
+        let checks = &report.delta.as_ref().unwrap().checks;
+        assert_eq!(
+            (checks.missing.count, checks.wrong_size.count),
+            (1, 0),
+            "{checks:?}"
+        );
+        assert_eq!(checks.missing.first, vec![key.clone()]);
+        let text = report.render();
+        assert!(text.contains("INCONSISTENT: 1 missing"), "{text}");
+        assert!(text.contains(&format!("missing: {key}")), "{text}");
+
+        // The run stopped between its checkpoint and its table commit: the commit is not
+        // there, the checkpoint carries the file as unpublished. The checkpoint is ahead.
+        std::fs::write(&table_file, &original).unwrap();
+        std::fs::remove_file(out.join("_delta_log/00000000000000000001.json")).unwrap();
+        let report = inspect(&InspectOptions::new(&out)).unwrap();
+        let delta = report.delta.as_ref().unwrap();
+        assert_eq!((delta.version, delta.files, delta.rows), (0, 0, 0));
+        let p = &delta.partitions[0];
+        assert_eq!(
+            (p.table_version, p.pending_files, p.pending_rows, p.state),
+            (None, 1, 3, PublishState::Pending)
+        );
+        assert_eq!(delta.checks.pending.first, vec![key]);
+        assert_eq!(delta.checks.not_in_table.count, 2, "the two strays");
+        let text = report.render();
+        assert!(
+            text.contains("CHECKPOINT AHEAD: 1 file (3 rows) committed, not in the table yet"),
+            "{text}"
+        );
+        assert!(text.contains("committed, waiting to be published: 1 .parquet file"));
+    }
+
+    #[test]
+    fn a_damaged_commit_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("output");
+        fixture_with(&out, true);
+        let commit = out.join("_delta_log/00000000000000000001.json");
+        let mut text = std::fs::read_to_string(&commit).unwrap();
+        text.push_str("{\"add\": 7}\n");
+        std::fs::write(&commit, text).unwrap();
+        // The kernel reads it first (the snapshot replays it).
+        let e = inspect(&InspectOptions::new(&out)).unwrap_err().to_string();
+        assert!(
+            e.contains("Delta") && e.contains(&out.display().to_string()),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1160,10 +1420,14 @@ mod tests {
     }
 
     fn walk_files(dir: &Path) -> Vec<PathBuf> {
+        walk_files_ending(dir, "parquet")
+    }
+
+    fn walk_files_ending(dir: &Path, extension: &str) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .filter(|p| p.extension().is_some_and(|e| e == extension))
             .collect();
         v.sort();
         v

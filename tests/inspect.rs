@@ -1,6 +1,8 @@
 //! `app inspect --json` against a real output directory (fixtures produced to the real Kafka and
 //! consumed with `--until-caught-up`, with dead letters, a closed window and late rows), its
-//! numbers checked against DuckDB reading the same files.
+//! numbers checked against DuckDB reading the same files; and its Delta table section (versions,
+//! rows per version, app versions per partition, files not in the table) against what the test
+//! produced and python deltalake reads.
 
 mod common;
 
@@ -12,6 +14,7 @@ use std::path::Path;
 use chrono::{Duration as ChronoDuration, Utc};
 use common::{handle, random_topic, raw_record as record, run_app};
 use reclamacoes::kafka::Compression;
+use reclamacoes::schema::Schema;
 use serde_json::Value as Json;
 
 const PARTITIONS: i32 = 3;
@@ -254,4 +257,388 @@ async fn inspect_json_agrees_with_duckdb() {
     );
     let err = String::from_utf8_lossy(&err.stderr);
     assert!(err.contains("holds no output"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Delta table
+
+const MINUTE_MS: i64 = 60_000;
+
+/// `rows` records of partition `p` with event (Kafka) time `event_ms`.
+async fn produce_at(topic: &str, p: i32, rows: usize, event_ms: i64) {
+    let schema = Schema::banco_central();
+    let records = (0..rows as u64)
+        .map(|i| common::synthetic_record(&schema, i, event_ms))
+        .collect();
+    handle(topic, p)
+        .await
+        .produce(records, Compression::None)
+        .await
+        .unwrap();
+}
+
+/// The start of a window an hour ago: far enough in the past that the wall clock plays no part.
+fn an_hour_ago() -> i64 {
+    let now = Utc::now().timestamp_millis();
+    (now - 60 * MINUTE_MS) / MINUTE_MS * MINUTE_MS
+}
+
+/// A consumer run to the end of the topic; windows close on the records' event time only.
+fn consume_table(topic: &str, out: &Path, extra: &[&str]) -> String {
+    let mut flags = vec![
+        "--window",
+        "1m",
+        "--until-caught-up",
+        "--idle-advance",
+        "off",
+    ];
+    flags.extend_from_slice(extra);
+    let o = run_app(
+        &common::consume_args(topic, out, &flags),
+        out.parent().unwrap(),
+        true,
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn inspect_with(out: &Path, flags: &[&str]) -> (Json, String) {
+    let path = out.to_str().unwrap();
+    let mut args = vec!["inspect", "--sample", "0"];
+    args.extend_from_slice(flags);
+    let json = run_app(
+        &[&args[..], &["--json", path]].concat(),
+        out.parent().unwrap(),
+        true,
+    );
+    let json = serde_json::from_slice(&json.stdout)
+        .unwrap_or_else(|e| panic!("inspect --json is not JSON ({e}): {:?}", json.stdout));
+    let text = run_app(&[&args[..], &[path]].concat(), out.parent().unwrap(), true);
+    (json, String::from_utf8_lossy(&text.stdout).into_owned())
+}
+
+/// (app id -> (files added, rows added, txn version)) of versions `range`, each commit setting
+/// exactly one txn.
+fn by_app(delta: &Json, range: std::ops::RangeInclusive<u64>) -> BTreeMap<String, (u64, u64, i64)> {
+    delta["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| range.contains(&v["version"].as_u64().unwrap()))
+        .map(|v| {
+            assert_eq!(v["operation"], "STREAMING UPDATE", "{v}");
+            let txns = v["txns"].as_array().unwrap();
+            assert_eq!(txns.len(), 1, "one txn per commit: {v}");
+            (
+                txns[0]["app_id"].as_str().unwrap().to_string(),
+                (
+                    v["files_added"].as_u64().unwrap(),
+                    v["rows_added"].as_u64().unwrap(),
+                    txns[0]["version"].as_i64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// What python deltalake reads at `version` (tests/delta_readers.py: rows, and the history).
+fn deltalake_at(out: &Path, version: u64) -> Json {
+    let o = std::process::Command::new(common::python())
+        .arg(common::repo_root().join("tests/delta_readers.py"))
+        .arg(out)
+        .args(["--version", &version.to_string()])
+        .output()
+        .expect("run tests/delta_readers.py");
+    assert!(
+        o.status.success(),
+        "delta_readers.py failed on version {version}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Two runs over three partitions: the first closes a window (one commit per partition), the
+/// second the next one. `app inspect` lists the seven versions with their rows and txns, each
+/// partition's app version beside its checkpoint, and python deltalake reads at every version
+/// the rows the versions added up to it.
+#[tokio::test]
+async fn inspect_reports_the_delta_tables_versions_and_partitions() {
+    let kafka = common::require_kafka().await;
+    common::require_mysql().await;
+    let topic = random_topic("inspect-delta");
+    kafka.ensure_topic(&topic, PARTITIONS, 1).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("output");
+    let started = Utc::now();
+    let t0 = an_hour_ago();
+    // Run 1: window t0 gets p+1 rows per partition and closes (a record at t0+2m10s passes
+    // the watermark, 10 s of lateness, over its end); the window t0+2m stays open.
+    for p in 0..PARTITIONS {
+        produce_at(&topic, p, p as usize + 1, t0 + 10_000).await;
+        produce_at(&topic, p, 1, t0 + 2 * MINUTE_MS + 10_000).await;
+    }
+    consume_table(&topic, &out, &["--delta-checkpoint-every", "2"]);
+    // Run 2: window t0+2m gets 2p+2 more rows and closes: 2p+3 rows per partition.
+    for p in 0..PARTITIONS {
+        produce_at(&topic, p, 2 * p as usize + 2, t0 + 2 * MINUTE_MS + 20_000).await;
+        produce_at(&topic, p, 1, t0 + 4 * MINUTE_MS + 10_000).await;
+    }
+    consume_table(&topic, &out, &["--delta-checkpoint-every", "2"]);
+
+    let (report, text) = inspect_with(&out, &[]);
+    let delta = &report["delta"];
+    let app = |p: i32| format!("{topic}-{p}");
+    assert_eq!(delta["version"], 6, "{delta:#}");
+    assert_eq!(
+        (delta["files"].as_u64(), delta["rows"].as_u64()),
+        (Some(6), Some(6 + 15))
+    );
+    assert_eq!(
+        (delta["commits"].as_u64(), delta["oldest_commit"].as_u64()),
+        (Some(7), Some(0))
+    );
+    // The newest Delta checkpoint (one every 2 versions; a writer skips its turn when another
+    // commit lands first) is the one in the log directory.
+    let newest_checkpoint = std::fs::read_dir(out.join("_delta_log"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".checkpoint.parquet")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max();
+    assert!(
+        newest_checkpoint.is_some(),
+        "--delta-checkpoint-every 2 wrote one"
+    );
+    assert_eq!(delta["checkpoint"].as_u64(), newest_checkpoint);
+
+    // The versions, oldest first: the table's creation, then one commit per partition and run.
+    let versions = delta["versions"].as_array().unwrap();
+    let numbers: Vec<u64> = versions
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (0..=6).collect::<Vec<_>>());
+    assert_eq!(versions[0]["operation"], "CREATE TABLE");
+    assert_eq!(
+        (
+            versions[0]["files_added"].as_u64(),
+            versions[0]["rows_added"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    let first = by_app(delta, 1..=3);
+    let second = by_app(delta, 4..=6);
+    for p in 0..PARTITIONS {
+        let (files, rows, _) = first[&app(p)];
+        assert_eq!(
+            (files, rows),
+            (1, p as u64 + 1),
+            "run 1, partition {p}: {first:?}"
+        );
+        let (files, rows, _) = second[&app(p)];
+        assert_eq!(
+            (files, rows),
+            (1, 2 * p as u64 + 3),
+            "run 2, partition {p}: {second:?}"
+        );
+        assert!(
+            second[&app(p)].2 > first[&app(p)].2,
+            "the app version grows"
+        );
+    }
+    for v in versions {
+        let at = chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap()).unwrap();
+        assert!(
+            at >= started - ChronoDuration::seconds(1) && at <= Utc::now(),
+            "{v}"
+        );
+    }
+
+    // Per partition: the table's app version is the txn of its last commit, next to the
+    // newest checkpoint generation; everything committed is published.
+    let partitions = delta["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), PARTITIONS as usize, "{partitions:?}");
+    for (p, row) in partitions.iter().enumerate() {
+        let p = p as i32;
+        let checkpoint = &report["checkpoints"][p as usize];
+        assert_eq!(row["app_id"], Json::String(app(p)));
+        assert_eq!(row["table_version"].as_i64(), Some(second[&app(p)].2));
+        assert_eq!(row["checkpoint_generation"], checkpoint["generation"]);
+        assert!(
+            row["table_version"].as_i64().unwrap() <= checkpoint["generation"].as_i64().unwrap()
+        );
+        assert_eq!(row["state"], "published", "{row}");
+        assert_eq!(row["pending_files"], 0);
+        assert!(
+            text.lines().any(|l| l.contains(&app(p))
+                && l.contains(&format!(
+                    "{}  {:>10}  published",
+                    second[&app(p)].2,
+                    checkpoint["generation"]
+                ))),
+            "partition {p}:\n{text}"
+        );
+    }
+    let checks = &delta["checks"];
+    assert_eq!(checks["consistent"], true);
+    assert_eq!(checks["checked"], 6);
+    assert_eq!(
+        (
+            checks["not_in_table"]["count"].as_u64(),
+            checks["pending"]["count"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+
+    // The text says the same, and how to read a version.
+    for needle in [
+        "delta table (_delta_log): version 6, 6 files, 21 rows".to_string(),
+        "versions (7 of 7 commits kept):".to_string(),
+        format!("{}=", app(2)),
+        "all 6 files of version 6 in the output with their recorded sizes".to_string(),
+        format!("deltalake.DeltaTable(\"{}\", version=6)", out.display()),
+    ] {
+        assert!(text.contains(&needle), "`{needle}` missing:\n{text}");
+    }
+
+    // An independent reader: python deltalake at every version reads the rows the versions
+    // added up to it, and its history has the same operations.
+    let mut total = 0;
+    for v in &versions[1..] {
+        total += v["rows_added"].as_u64().unwrap();
+        let version = v["version"].as_u64().unwrap();
+        let read = deltalake_at(&out, version);
+        assert_eq!(
+            read["deltalake"]["rows"].as_u64(),
+            Some(total),
+            "version {version}: {read}"
+        );
+        assert_eq!(read["deltalake"]["duplicates"], 0);
+        let history: Vec<&str> = read["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["operation"].as_str().unwrap())
+            .collect();
+        let ours: Vec<&str> = versions[..=version as usize]
+            .iter()
+            .map(|v| v["operation"].as_str().unwrap())
+            .collect();
+        assert_eq!(history, ours, "version {version}");
+    }
+    assert_eq!(total, 21);
+
+    // --versions N: the newest N; the totals stay whole.
+    let (limited, text) = inspect_with(&out, &["--versions", "2"]);
+    let numbers: Vec<u64> = limited["delta"]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, vec![5, 6]);
+    assert_eq!(limited["delta"]["rows"], 21);
+    assert!(
+        text.contains("versions (2 of 7 commits kept; --versions N or --versions all for more)"),
+        "{text}"
+    );
+}
+
+/// A `.parquet` file dropped in a window directory is reported as not in the table; a run
+/// that stopped between its checkpoint and its table commit shows as a checkpoint ahead of the
+/// table; the next run publishes the files and its recovery removes the stray one.
+#[tokio::test]
+async fn inspect_reports_files_not_in_the_delta_table() {
+    let kafka = common::require_kafka().await;
+    common::require_mysql().await;
+    let topic = random_topic("inspect-stray");
+    kafka.ensure_topic(&topic, 1, 1).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("output");
+    let t0 = an_hour_ago();
+    produce_at(&topic, 0, 3, t0 + 10_000).await;
+    produce_at(&topic, 0, 1, t0 + 2 * MINUTE_MS + 10_000).await;
+    consume_table(&topic, &out, &[]);
+    let (report, _) = inspect_with(&out, &[]);
+    let delta = &report["delta"];
+    assert_eq!(
+        (
+            delta["version"].as_u64(),
+            delta["files"].as_u64(),
+            delta["rows"].as_u64()
+        ),
+        (Some(1), Some(1), Some(3))
+    );
+    let committed = report["windows"][0]["dir"].as_str().unwrap().to_string();
+    let dir = out.join(&committed);
+    let table_file = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .unwrap();
+
+    // A file written but never committed (offsets past the checkpoint, another writer).
+    let stray = format!("{committed}/part-0-1000-1001-0badf00d.parquet");
+    std::fs::copy(&table_file, out.join(&stray)).unwrap();
+    let (report, text) = inspect_with(&out, &[]);
+    let checks = &report["delta"]["checks"];
+    assert_eq!(checks["consistent"], true, "{checks}");
+    assert_eq!(checks["not_in_table"]["count"], 1, "{checks}");
+    assert_eq!(
+        checks["not_in_table"]["first"][0],
+        Json::String(stray.clone())
+    );
+    assert!(
+        text.contains("not in the table: 1 .parquet file under window=…/")
+            && text.contains(&format!("not in the table: {stray}")),
+        "{text}"
+    );
+
+    // The run "stopped" between its checkpoint and its table commit: the commit is gone, the
+    // checkpoint carries the file. The table is at version 0 and the checkpoint ahead.
+    std::fs::remove_file(out.join("_delta_log/00000000000000000001.json")).unwrap();
+    let (report, text) = inspect_with(&out, &[]);
+    let delta = &report["delta"];
+    assert_eq!(
+        (delta["version"].as_u64(), delta["files"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let p = &delta["partitions"][0];
+    assert_eq!(p["state"], "pending", "{p}");
+    assert_eq!(
+        (p["pending_files"].as_u64(), p["pending_rows"].as_u64()),
+        (Some(1), Some(3))
+    );
+    assert!(p["table_version"].is_null());
+    assert_eq!(delta["checks"]["pending"]["count"], 1);
+    assert_eq!(
+        delta["checks"]["not_in_table"]["count"], 1,
+        "the stray alone"
+    );
+    assert!(
+        text.contains("CHECKPOINT AHEAD: 1 file (3 rows) committed, not in the table yet"),
+        "{text}"
+    );
+
+    // The next run publishes the file (version 1 again) and removes the stray.
+    consume_table(&topic, &out, &[]);
+    let (report, text) = inspect_with(&out, &[]);
+    let delta = &report["delta"];
+    assert_eq!(
+        (
+            delta["version"].as_u64(),
+            delta["files"].as_u64(),
+            delta["rows"].as_u64()
+        ),
+        (Some(1), Some(1), Some(3))
+    );
+    assert_eq!(delta["partitions"][0]["state"], "published");
+    assert_eq!(
+        delta["checks"]["not_in_table"]["count"], 0,
+        "recovery removed the stray"
+    );
+    assert!(!out.join(&stray).exists());
+    assert!(!text.contains("not in the table"), "{text}");
 }
