@@ -471,14 +471,20 @@ async fn inspect_reports_the_delta_tables_versions_and_partitions() {
         );
         assert_eq!(row["state"], "published", "{row}");
         assert_eq!(row["pending_files"], 0);
-        assert!(
-            text.lines().any(|l| l.contains(&app(p))
-                && l.contains(&format!(
-                    "{}  {:>10}  published",
-                    second[&app(p)].2,
-                    checkpoint["generation"]
-                ))),
-            "partition {p}:\n{text}"
+        // The text row: app id, table version, checkpoint generation, state.
+        let row_text: Vec<&str> = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{} ", app(p))))
+            .unwrap_or_else(|| panic!("no row for partition {p}:\n{text}"))
+            .split_whitespace()
+            .take(4)
+            .collect();
+        let generation = checkpoint["generation"].to_string();
+        let table_version = second[&app(p)].2.to_string();
+        assert_eq!(
+            row_text,
+            [app(p).as_str(), &table_version, &generation, "published"],
+            "{text}"
         );
     }
     let checks = &delta["checks"];
@@ -516,17 +522,18 @@ async fn inspect_reports_the_delta_tables_versions_and_partitions() {
             "version {version}: {read}"
         );
         assert_eq!(read["deltalake"]["duplicates"], 0);
+        // deltalake's history is the latest snapshot's, whatever version was read.
         let history: Vec<&str> = read["history"]
             .as_array()
             .unwrap()
             .iter()
             .map(|h| h["operation"].as_str().unwrap())
             .collect();
-        let ours: Vec<&str> = versions[..=version as usize]
+        let ours: Vec<&str> = versions
             .iter()
             .map(|v| v["operation"].as_str().unwrap())
             .collect();
-        assert_eq!(history, ours, "version {version}");
+        assert_eq!(history, ours);
     }
     assert_eq!(total, 21);
 
@@ -596,9 +603,27 @@ async fn inspect_reports_files_not_in_the_delta_table() {
         "{text}"
     );
 
-    // The run "stopped" between its checkpoint and its table commit: the commit is gone, the
-    // checkpoint carries the file. The table is at version 0 and the checkpoint ahead.
+    // The run "stopped" between its checkpoint and its table commit: the commit is not there,
+    // and neither are the generations the run committed after it (each generation carries the
+    // file until the table is known to hold it, `output::table`). The table is at version 0,
+    // the checkpoint ahead.
+    let published = report["delta"]["versions"][1]["txns"][0]["version"]
+        .as_u64()
+        .unwrap();
     std::fs::remove_file(out.join("_delta_log/00000000000000000001.json")).unwrap();
+    let generations = out.join("_checkpoint/partition=0");
+    for e in std::fs::read_dir(&generations).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let generation: u64 = name
+            .strip_prefix("gen-")
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a checkpoint name: {name}"));
+        if generation > published {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
     let (report, text) = inspect_with(&out, &[]);
     let delta = &report["delta"];
     assert_eq!(
@@ -640,5 +665,5 @@ async fn inspect_reports_files_not_in_the_delta_table() {
         "recovery removed the stray"
     );
     assert!(!out.join(&stray).exists());
-    assert!(!text.contains("not in the table"), "{text}");
+    assert!(!text.contains("not in the table:"), "{text}");
 }

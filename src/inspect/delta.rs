@@ -778,6 +778,12 @@ impl DeltaReport {
             );
             for p in &self.partitions {
                 let state = match p.state {
+                    PublishState::Published
+                        if p.table_version.unwrap_or(-1)
+                            < p.checkpoint_generation.map_or(-1, |g| g as i64) =>
+                    {
+                        "published (the later generations closed no window)".to_string()
+                    }
                     PublishState::Published => "published".to_string(),
                     PublishState::Pending => format!(
                         "CHECKPOINT AHEAD: {} ({}) committed, not in the table yet; the \
