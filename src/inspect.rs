@@ -90,17 +90,6 @@ pub enum InspectError {
         detail: String,
     },
     #[error(
-        "cannot read the Delta commit {key} in {location} (line {line}): {detail}; a commit holds \
-         one JSON action per line: this one is damaged or was not written by a Delta writer, and \
-         Delta readers will refuse it too"
-    )]
-    DeltaCommit {
-        key: String,
-        location: String,
-        line: usize,
-        detail: String,
-    },
-    #[error(
         "cannot read Parquet file {key} in {location}: {source}; the file may be truncated or \
          not Parquet (files appear under their name only when complete, so a damaged one points \
          at a disk or copy problem)"
@@ -1040,18 +1029,18 @@ mod tests {
     /// A partition's run: window T0 closed (3 rows), window T0+1m open (2 rows, staged), one
     /// late row, two dead letters.
     fn fixture(out: &Path) {
-        fixture_with(out, false)
+        fixture_with(out, None)
     }
 
     /// [`fixture`], publishing to a Delta table when `delta`.
-    fn fixture_with(out: &Path, delta: bool) {
+    fn fixture_with(out: &Path, delta: Option<DeltaConfig>) {
         let store: Arc<dyn Store> = Arc::new(LocalStore::new(out));
         let schema = Arc::new(Schema::banco_central());
         let table = ReferenceTable::one_bank();
         let output = OutputSchema::new(&schema, &table.columns).unwrap();
-        let committer = delta.then(|| {
+        let committer = delta.map(|config| {
             let root = store.table_root().unwrap();
-            let t = DeltaTable::open_or_create(root, output.arrow(), DeltaConfig::default());
+            let t = DeltaTable::open_or_create(root, output.arrow(), config);
             Arc::new(t.unwrap()) as Arc<dyn TableCommitter>
         });
         let decoder = Decoder::new(
@@ -1200,7 +1189,7 @@ mod tests {
     fn reports_the_delta_table_its_versions_and_partitions() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("output");
-        fixture_with(&out, true);
+        fixture_with(&out, Some(DeltaConfig::default()));
         let report = inspect(&InspectOptions::new(&out)).unwrap();
         let delta = report.delta.as_ref().expect("a Delta table");
         assert_eq!(
@@ -1284,7 +1273,7 @@ mod tests {
     fn delta_checks_find_stray_missing_resized_and_pending_files() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("output");
-        fixture_with(&out, true);
+        fixture_with(&out, Some(DeltaConfig::default()));
         let dir = out.join("window=2026-01-02T03:04:00Z");
         let table_file = walk_files(&dir).remove(0);
         let name = table_file
@@ -1373,20 +1362,45 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_commit_is_a_clear_error() {
+    fn a_damaged_commit_is_a_clear_error_or_an_unreadable_version() {
+        let damage = |out: &Path| {
+            let commit = out.join("_delta_log/00000000000000000001.json");
+            let mut text = std::fs::read_to_string(&commit).unwrap();
+            text.push_str("{\"add\": 7}\n");
+            std::fs::write(&commit, text).unwrap();
+        };
+        // The latest snapshot replays it: the kernel refuses the table, and so does inspect.
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("output");
-        fixture_with(&out, true);
-        let commit = out.join("_delta_log/00000000000000000001.json");
-        let mut text = std::fs::read_to_string(&commit).unwrap();
-        text.push_str("{\"add\": 7}\n");
-        std::fs::write(&commit, text).unwrap();
-        // The kernel reads it first (the snapshot replays it).
+        fixture_with(&out, Some(DeltaConfig::default()));
+        damage(&out);
         let e = inspect(&InspectOptions::new(&out)).unwrap_err().to_string();
         assert!(
-            e.contains("Delta") && e.contains(&out.display().to_string()),
+            e.contains("the Delta table at file://") && e.contains("failed"),
             "{e}"
         );
+
+        // A checkpoint at version 1 covers it: the table is readable, version 1 is not.
+        let out = tmp.path().join("checkpointed");
+        let every = DeltaConfig {
+            checkpoint_every: 1,
+            ..DeltaConfig::default()
+        };
+        fixture_with(&out, Some(every));
+        damage(&out);
+        let report = inspect(&InspectOptions::new(&out)).unwrap();
+        let delta = report.delta.as_ref().unwrap();
+        assert_eq!(
+            (delta.version, delta.rows, delta.checkpoint),
+            (1, 3, Some(1))
+        );
+        let unreadable = delta.versions[1].unreadable.as_deref().unwrap();
+        assert!(
+            unreadable.contains("_delta_log/00000000000000000001.json line 4"),
+            "{unreadable}"
+        );
+        let text = report.render();
+        assert!(text.contains("UNREADABLE: _delta_log/"), "{text}");
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! - what one version did (operation, time, files and rows added, the `txn` it set): its commit
 //!   file `_delta_log/<version>.json`, read through our [`Store`] and parsed by [`parse_commit`]
 //!   (the kernel has no API for one commit's actions). Only the versions shown are read, one
-//!   object each: `--versions` bounds the cost on object storage;
+//!   object each: `--versions` bounds the cost on object storage. A commit that does not parse
+//!   is reported as unreadable, not as a failure of the whole report: when a checkpoint covers
+//!   it, the table itself is still readable (when none does, the kernel refuses the snapshot
+//!   first, and that is the error);
 //! - checkpoints: the names in `_delta_log/`;
 //! - what is committed but not yet published: the partitions' checkpoints (`unpublished`,
 //!   `output::table` says why a file waits there).
@@ -121,6 +124,9 @@ pub struct VersionInfo {
     pub files_removed: usize,
     /// The `txn` actions: the application versions this commit set.
     pub txns: Vec<Txn>,
+    /// Why the commit file could not be parsed (the counts above are then empty). Readers of
+    /// this version fail; later versions read on when a checkpoint covers it.
+    pub unreadable: Option<String>,
 }
 
 /// A `txn` action: `app_id` (`<topic>-<partition>`) is at `version` (a checkpoint generation).
@@ -192,7 +198,7 @@ pub struct DeltaChecks {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Listed<T> {
     pub count: usize,
-    /// The first [`NAMES_SHOWN`] (10), in key order.
+    /// The first 10, in key order.
     pub first: Vec<T>,
 }
 
@@ -523,12 +529,16 @@ pub(super) fn report(
         let Some(bytes) = store.get(&key)? else {
             continue; // removed by a log cleanup
         };
-        let c = parse_commit(&bytes).map_err(|(line, detail)| InspectError::DeltaCommit {
-            key: key.clone(),
-            location: store.describe(),
-            line,
-            detail,
-        })?;
+        let (c, unreadable) = match parse_commit(&bytes) {
+            Ok(c) => (c, None),
+            Err((line, detail)) => (
+                Commit::default(),
+                Some(format!(
+                    "{key} line {line}: {detail}; the commit is damaged or was not written by a \
+                     Delta writer: readers of version {v} fail on it"
+                )),
+            ),
+        };
         commits.insert(v);
         versions.push(VersionInfo {
             version: v,
@@ -540,6 +550,7 @@ pub(super) fn report(
             files_without_row_count: c.files_without_row_count,
             files_removed: c.files_removed,
             txns: c.txns,
+            unreadable,
         });
     }
 
@@ -742,6 +753,9 @@ impl DeltaReport {
             let mut extra = String::new();
             if v.files_removed > 0 {
                 extra = format!(" ({} removed)", v.files_removed);
+            }
+            if let Some(why) = &v.unreadable {
+                extra = format!(" UNREADABLE: {why}");
             }
             let _ = writeln!(
                 s,
