@@ -517,11 +517,15 @@ fn parse_resume(s: &str) -> Result<(PathBuf, u64), String> {
     Ok((PathBuf::from(file), line))
 }
 
-/// Sets up `tracing` (stderr; text or JSON; `RUST_LOG` respected, default `info` with rskafka's
-/// per-connection chatter at `warn`).
+/// The log filter without `RUST_LOG`: our own info lines; the Kafka client's and the Delta
+/// kernel's only from warnings up (the kernel logs every commit and snapshot at info).
+pub const DEFAULT_LOG_FILTER: &str =
+    "info,rskafka=warn,delta_kernel=warn,delta_kernel_default_engine=warn";
+
+/// Sets up `tracing` (stderr; text or JSON; `RUST_LOG` respected, else [`DEFAULT_LOG_FILTER`]).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -30,7 +30,7 @@ use delta_kernel::scan::state::ScanFile;
 use delta_kernel::snapshot::{Snapshot, SnapshotRef};
 use delta_kernel::KernelError;
 use delta_kernel_default_engine::executor::tokio::TokioMultiThreadExecutor;
-use delta_kernel_default_engine::{DefaultEngine, DefaultEngineBuilder};
+use delta_kernel_default_engine::DefaultEngine;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -406,24 +406,12 @@ fn kernel_error(action: &'static str, location: &str) -> impl FnOnce(KernelError
     }
 }
 
-/// The kernel's engine: on the caller's multi-threaded runtime (the CLI's), or on one of its own
-/// (tests, tools). The same choice as `output::delta`.
 fn engine(root: &TableRoot) -> Result<DefaultEngine<TokioMultiThreadExecutor>, InspectError> {
-    let executor = match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            TokioMultiThreadExecutor::new(handle)
-        }
-        _ => TokioMultiThreadExecutor::new_owned_runtime(Some(1), Some(2)).map_err(|e| {
-            InspectError::Delta {
-                action: "starting a runtime to read",
-                location: root.url.to_string(),
-                detail: e.to_string(),
-            }
-        })?,
-    };
-    Ok(DefaultEngineBuilder::new(Arc::clone(&root.store))
-        .with_task_executor(Arc::new(executor))
-        .build())
+    crate::output::delta::engine(Arc::clone(&root.store)).map_err(|detail| InspectError::Delta {
+        action: "starting a runtime to read",
+        location: root.url.to_string(),
+        detail,
+    })
 }
 
 /// Opens the latest snapshot when the output has a `_delta_log/`; `None` when it has none.

@@ -121,8 +121,10 @@ fn kernel_error(action: &'static str, root: &Url, e: KernelError) -> TableError 
 }
 
 /// The kernel's engine: its tasks run on the caller's multi-threaded runtime, or on a runtime
-/// of its own when there is none (tests, tools).
-fn engine(store: Arc<DynObjectStore>) -> Result<DefaultEngine<TokioMultiThreadExecutor>, String> {
+/// of its own when there is none (tests, tools). The consumer and `app inspect` both use it.
+pub fn engine(
+    store: Arc<DynObjectStore>,
+) -> Result<DefaultEngine<TokioMultiThreadExecutor>, String> {
     let executor = match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             TokioMultiThreadExecutor::new(handle)
