@@ -154,21 +154,20 @@ impl DeltaTable {
         })?;
         let wanted = StructType::try_from_arrow(schema)
             .map_err(|e| kernel_error("converting the output schema for", &url, e.into()))?;
-        let snapshot = if Self::exists(&engine, &url)? {
-            Self::load(&engine, &url)?
-        } else {
-            let created = create_table(url.as_str(), Arc::new(wanted.clone()), ENGINE_INFO, true)
-                .build(&engine, Box::new(FileSystemCommitter::new()))
-                .map_err(|e| kernel_error("creating", &url, e))?
-                .commit(&engine)
-                .map_err(|e| kernel_error("creating", &url, e))?;
-            match created {
-                CommitResult::Committed(c) => match c.post_commit_snapshot() {
-                    Some(s) => Arc::clone(s),
-                    None => Self::load(&engine, &url)?,
+        // Transient failures (an S3 outage at start) are ridden out as a publish's are.
+        let mut backoff = PUBLISH_RETRY.with_deadline(config.retry_timeout).backoff();
+        let started = Instant::now();
+        let snapshot = loop {
+            match Self::latest_or_create(&engine, &url, &wanted) {
+                Ok(snapshot) => break snapshot,
+                Err(e) => match backoff.next_delay(started.elapsed()) {
+                    Some(delay) => {
+                        tracing::warn!(table = %url, error = %e, retry_in_ms = delay.as_millis() as u64,
+                            "Opening the Delta table failed; retrying");
+                        std::thread::sleep(delay);
+                    }
+                    None => return Err(e),
                 },
-                // Another writer created it first.
-                _ => Self::load(&engine, &url)?,
             }
         };
         let found = snapshot.schema();
@@ -184,6 +183,38 @@ impl DeltaTable {
             latest: Mutex::new(snapshot),
             config,
         })
+    }
+
+    /// The latest snapshot; the table is created first when there is none. Several writers may
+    /// create it at once (instances of a group starting together): one commit of version 0
+    /// lands, the others find the table there (before or at their commit) and read it.
+    fn latest_or_create(
+        engine: &DefaultEngine<TokioMultiThreadExecutor>,
+        url: &Url,
+        wanted: &StructType,
+    ) -> Result<SnapshotRef, TableError> {
+        if Self::exists(engine, url)? {
+            return Self::load(engine, url);
+        }
+        let built = create_table(url.as_str(), Arc::new(wanted.clone()), ENGINE_INFO, true)
+            .build(engine, Box::new(FileSystemCommitter::new()));
+        let txn = match built {
+            Ok(txn) => txn,
+            Err(KernelError::TableAlreadyExistsAtPath(_)) => return Self::load(engine, url),
+            Err(e) => return Err(kernel_error("creating", url, e)),
+        };
+        match txn.commit(engine) {
+            Ok(CommitResult::Committed(c)) => match c.post_commit_snapshot() {
+                Some(s) => Ok(Arc::clone(s)),
+                None => Self::load(engine, url),
+            },
+            // Another writer's version 0 landed first.
+            Ok(CommitResult::Conflicted(_)) | Err(KernelError::FileAlreadyExists(_)) => {
+                Self::load(engine, url)
+            }
+            Ok(CommitResult::Retryable(r)) => Err(kernel_error("creating", url, r.error)),
+            Err(e) => Err(kernel_error("creating", url, e)),
+        }
     }
 
     /// Whether `_delta_log/` holds anything.
@@ -452,4 +483,138 @@ fn schema_difference(found: &StructType, wanted: &StructType) -> String {
     let missing: Vec<_> = wanted.iter().filter(|c| !found.contains(c)).collect();
     let extra: Vec<_> = found.iter().filter(|c| !wanted.contains(c)).collect();
     format!("the table lacks {missing:?} and has {extra:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::FileRef;
+    use crate::output::store::{LocalStore, Store as _};
+    use std::sync::Barrier;
+
+    fn schema() -> ArrowSchema {
+        let utc = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        ArrowSchema::new(vec![
+            Field::new("value", DataType::Utf8, true),
+            Field::new(COLUMN_PARTITION, DataType::Int32, false),
+            Field::new(COLUMN_OFFSET, DataType::Int64, false),
+            Field::new(COLUMN_WINDOW_START, utc(), false),
+        ])
+    }
+
+    fn file(partition: i32, generation: u64) -> TableFile {
+        let first = generation as i64 * 10;
+        TableFile {
+            generation,
+            window: 1_796_515_200_000,
+            file: FileRef {
+                name: format!(
+                    "part-{partition}-{first}-{}-0000000{partition}.parquet",
+                    first + 9
+                ),
+                first,
+                last: first + 9,
+                rows: 10,
+                bytes: 1_000,
+            },
+        }
+    }
+
+    /// The adds of every commit on disk, by path, and the commits' count.
+    fn adds(dir: &std::path::Path) -> (BTreeMap<String, usize>, usize) {
+        let mut adds = BTreeMap::new();
+        let mut commits = 0;
+        for entry in std::fs::read_dir(dir.join(LOG_DIR)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                commits += 1;
+                for line in std::fs::read_to_string(&path).unwrap().lines() {
+                    let action: serde_json::Value = serde_json::from_str(line).unwrap();
+                    if let Some(p) = action["add"]["path"].as_str() {
+                        *adds.entry(p.to_string()).or_default() += 1;
+                    }
+                }
+            }
+        }
+        (adds, commits)
+    }
+
+    use std::collections::BTreeMap;
+
+    /// Writers that start together on a new output: one creates the table, every one opens it;
+    /// then they publish concurrently on the real file system (each lost race for a version is
+    /// rebuilt): every file lands once, every partition's version is its last generation.
+    #[test]
+    fn many_writers_create_and_publish_to_one_table_concurrently() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = LocalStore::new(dir.path()).table_root().unwrap();
+        const WRITERS: usize = 6;
+        const PUBLISHES: u64 = 8;
+        let barrier = Barrier::new(WRITERS);
+        std::thread::scope(|s| {
+            for w in 0..WRITERS {
+                let (root, barrier) = (root.clone(), &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    let table = DeltaTable::open_or_create(root, &schema(), DeltaConfig::default())
+                        .unwrap();
+                    let partition = w as i32;
+                    for g in 1..=PUBLISHES {
+                        let done = table
+                            .publish("t", partition, g, &[file(partition, g)])
+                            .unwrap();
+                        assert!(matches!(done, Published::Committed { files: 1, .. }));
+                    }
+                    // A late publish of an earlier generation adds nothing.
+                    let late = table
+                        .publish("t", partition, 3, &[file(partition, 3)])
+                        .unwrap();
+                    assert_eq!(
+                        late,
+                        Published::Already {
+                            at: PUBLISHES as i64
+                        }
+                    );
+                });
+            }
+        });
+        let (adds, commits) = adds(dir.path());
+        assert_eq!(
+            commits,
+            1 + WRITERS * PUBLISHES as usize,
+            "one create, one commit per publish"
+        );
+        assert_eq!(adds.len(), WRITERS * PUBLISHES as usize);
+        assert!(adds.values().all(|&n| n == 1), "{adds:?}");
+        let table = DeltaTable::open_or_create(root, &schema(), DeltaConfig::default()).unwrap();
+        for p in 0..WRITERS as i32 {
+            assert_eq!(table.app_version("t", p).unwrap(), Some(PUBLISHES as i64));
+        }
+        // Checkpoints were written along the way (every 100 versions: not reached) and the
+        // add paths encode the window directory's colons.
+        assert!(adds
+            .keys()
+            .all(|p| p.starts_with("window=") && p.contains("%3A")));
+    }
+
+    #[test]
+    fn a_table_with_another_schema_is_refused_with_instructions() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = LocalStore::new(dir.path()).table_root().unwrap();
+        DeltaTable::open_or_create(root.clone(), &schema(), DeltaConfig::default()).unwrap();
+        let mut fields: Vec<Field> = schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("extra", DataType::Int64, true));
+        let other = ArrowSchema::new(fields);
+        let e = DeltaTable::open_or_create(root, &other, DeltaConfig::default()).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, TableError::Schema { .. }), "{text}");
+        assert!(
+            text.contains("extra") && text.contains("--table none"),
+            "{text}"
+        );
+    }
 }
