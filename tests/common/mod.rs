@@ -1,11 +1,12 @@
 //! Shared helpers for the integration tests: the services' settings and the environment of the
 //! `app` binary (`services`), random names, records, `app produce` / `app consume` arguments,
 //! polling, free ports, and independent readers (kcat; DuckDB from the Python environment that
-//! `scripts/python-env.sh` makes, which `make test` and `make chaos` run first; Kafka's own
-//! tools from its jars). A service or reader that cannot be reached fails the test with a
-//! message saying what to run; nothing is skipped. Every test crate includes this module
-//! (`mod common;`, or through `tests/faultkit`, which re-exports what its tests use), so a
-//! helper some crates do not use is not dead code (`allow(dead_code)`).
+//! `scripts/python-env.sh` makes, which `make test` and `make chaos` run first; the Delta table
+//! read by `deltalake`, polars and DuckDB, and its log, in `delta`; Kafka's own tools from its
+//! jars). A service or reader that cannot be reached fails the test with a message saying what
+//! to run; nothing is skipped. Every test crate includes this module (`mod common;`, or through
+//! `tests/faultkit`, which re-exports what its tests use), so a helper some crates do not use is
+//! not dead code (`allow(dead_code)`).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -20,6 +21,7 @@ use reclamacoes::kafka::{Compression, Kafka, PartitionHandle};
 use reclamacoes::schema::{Schema, Source, Value};
 use rskafka::record::Record;
 
+pub mod delta;
 mod services;
 // Re-exported for the crates that use them (each crate uses some).
 #[allow(unused_imports)]
