@@ -1,8 +1,9 @@
 //! `app consume --group`: instances of the real binary share one topic through Kafka's group
 //! coordinator (the real broker), hand partitions over when a member is SIGKILLed, restarted,
 //! added or removed, and write every record exactly once into one shared output (a directory,
-//! or the S3 server), with success markers that cover every partition. Kafka's own
-//! `kafka-consumer-groups` shows the group.
+//! or the S3 server), with success markers that cover every partition, and into one Delta table
+//! that deltalake, polars and DuckDB read with every row once (every scenario ends with
+//! `stop_and_check`). Kafka's own `kafka-consumer-groups` shows the group.
 //!
 //! | test | what happens | asserted |
 //! |---|---|---|
@@ -300,8 +301,8 @@ async fn fill(topic: &str) -> (u64, usize) {
 }
 
 /// Stops `members` with SIGTERM (each must exit 0), then checks the output: every
-/// (partition, offset) exactly once, and a `_SUCCESS` per window listing all partitions whose
-/// manifests add up to the table.
+/// (partition, offset) exactly once, a `_SUCCESS` per window listing all partitions whose
+/// manifests add up to the table, and the Delta readers reading every row of the windows once.
 fn stop_and_check(
     members: Vec<Member>,
     out: &Output,
@@ -344,6 +345,19 @@ fn stop_and_check(
         manifest_rows as i64, table,
         "the manifests list exactly the table's rows"
     );
+    // The Delta table the members published to, as deltalake, polars and DuckDB read it (from
+    // S3 for an S3 output): every row of the windows (neither late rows nor dead letters), none
+    // twice.
+    let side = |glob: &str, source: &str| {
+        if common::output::has(&dir, glob) {
+            common::output::count(&dir, source) as u64
+        } else {
+            0
+        }
+    };
+    let late = side("_late/*/*.pq", common::output::LATE);
+    let dead = side("_dead_letter/*.pq", common::output::DEAD);
+    common::delta::assert_rows(&out.arg(), total - late - dead, what);
 }
 
 /// Waits until everything is committed and every window has its marker.

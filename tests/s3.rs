@@ -1,6 +1,6 @@
 //! `app consume --output s3://…` against a real S3 server (versitygw, started by `make test`
 //! and `make up S3=1` on 127.0.0.1:7070), with the shared Kafka and MariaDB: exactly once under
-//! repeated SIGKILL, an S3 outage ridden out (a PRIVATE versitygw on a free port, stopped and
+//! repeated SIGKILL (in the files, and in the Delta table as its readers read it from S3), an S3 outage ridden out (a PRIVATE versitygw on a free port, stopped and
 //! started again), clear errors for wrong credentials and a missing bucket with no secret
 //! printed, two consumers on one prefix fenced by the conditional commit, and independent
 //! readers (pyarrow's S3 filesystem, DuckDB's httpfs) reading the output straight from the
@@ -176,6 +176,9 @@ fn exactly_once_across_repeated_sigkill_on_s3() {
         total - dead,
         "inspect over S3 counts every row"
     );
+    // The Delta table, read straight from S3 by deltalake, polars and DuckDB: every row of the
+    // closed windows (neither late rows nor dead letters), none twice.
+    common::delta::assert_rows(&url, total - dead - late as u64, &format!("{kills} kills"));
 }
 
 /// A private versitygw on a free port, data in a directory of the test's own.
