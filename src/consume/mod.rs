@@ -577,32 +577,25 @@ async fn run_partitions(
     let mut prepared: BTreeMap<i32, Option<Recovered>> =
         prepared.into_iter().map(|(p, r)| (p, Some(r))).collect();
 
-    // Start offsets: the checkpoint's, else --start.
-    let mut sources = BTreeMap::new();
-    for &p in assigned {
-        let handle = PartitionHandle {
-            config: config.source.kafka.clone(),
-            topic: topic.clone(),
-            partition: p,
-            client: instance.kafka.partition(topic, p).await?,
-        };
-        let (earliest, latest) = handle.offsets().await?;
-        let fresh = match config.source.start {
-            StartAt::Earliest => earliest,
-            StartAt::Latest => latest,
-        };
-        sources.insert(
-            p,
-            (
-                handle,
-                Offsets {
-                    fresh,
-                    earliest,
-                    latest,
-                },
-            ),
-        );
-    }
+    // Start offsets: the checkpoint's, else --start. A broker unreachable here (a network cut
+    // while the group assigns) is waited out as a fetch is; the run's end (a revocation, a
+    // shutdown) ends the wait: nothing was claimed, so there is nothing to drain.
+    let mut revocation: Option<Revocation> = None;
+    let mut sources = tokio::select! {
+        sources = open_sources(instance, assigned) => sources?,
+        end = until.next(&mut revocation) => {
+            end?;
+            let reason = revocation.as_ref().map_or("shutdown", revocation_label);
+            tracing::info!(partitions = ?assigned, reason, "The run ended before its partitions were set up");
+            drop(revocation);
+            let run = PartitionsRun {
+                partitions: assigned.clone(),
+                windows_open: 0,
+                resumed,
+            };
+            return Ok((run, reason));
+        }
+    };
     // A writer id per run: files of an earlier run of this process can never be mistaken for
     // this one's. `app inspect` shows it per window and checkpoint; this line ties it to the
     // instance (and, with --group, the generation).
@@ -679,7 +672,6 @@ async fn run_partitions(
     let mut claimed: BTreeMap<i32, Box<PartitionPipeline>> = BTreeMap::new();
     let mut errors: BTreeMap<i32, ConsumeError> = BTreeMap::new();
     let mut group_error: Option<ConsumeError> = None;
-    let mut revocation: Option<Revocation> = None;
     let mut end_asked = false;
     let in_flight = StepsInFlight::default();
 
@@ -1106,6 +1098,56 @@ impl MarkerSweep {
         }
         Effected::Swept
     }
+}
+
+/// Each assigned partition's client and offsets (earliest, latest, and where a partition
+/// without a checkpoint starts), retried as a fetch is (`FETCH_RETRY`, `kafka::fetch_verdict`).
+async fn open_sources(
+    instance: &Instance,
+    assigned: &BTreeSet<i32>,
+) -> Result<BTreeMap<i32, (PartitionHandle, Offsets)>, ConsumeError> {
+    let (config, topic) = (&instance.config, &instance.topic);
+    let mut sources = BTreeMap::new();
+    for &p in assigned {
+        let what = format!("setting up {topic}/{p}");
+        let (handle, (earliest, latest)) = crate::retry::retry(
+            &FETCH_RETRY,
+            &what,
+            None,
+            crate::kafka::fetch_verdict,
+            || async {
+                let handle = PartitionHandle {
+                    config: config.source.kafka.clone(),
+                    topic: topic.clone(),
+                    partition: p,
+                    client: instance.kafka.partition(topic, p).await?,
+                };
+                let offsets = handle.offsets().await?;
+                Ok((handle, offsets))
+            },
+        )
+        .await
+        .map_err(|e| match e.into_last() {
+            Some(e) => ConsumeError::from(e),
+            None => ConsumeError::Internal(format!("{what}: stopped")),
+        })?;
+        let fresh = match config.source.start {
+            StartAt::Earliest => earliest,
+            StartAt::Latest => latest,
+        };
+        sources.insert(
+            p,
+            (
+                handle,
+                Offsets {
+                    fresh,
+                    earliest,
+                    latest,
+                },
+            ),
+        );
+    }
+    Ok(sources)
 }
 
 /// How a refused claim is retried: while a previous owner's last commit lands (it was lost or
