@@ -386,6 +386,8 @@ struct Scenario {
     expected: (u64, usize),
     work: tempfile::TempDir,
     out: Output,
+    /// A Delta reader polling the table through the whole scenario.
+    poller: common::delta::Poller,
 }
 
 impl Scenario {
@@ -394,12 +396,14 @@ impl Scenario {
         let expected = fill(&topic).await;
         let work = tempfile::tempdir().unwrap();
         let out = out(work.path());
+        let poller = common::delta::Poller::start(&out.arg());
         Scenario {
             group: format!("{topic}-g"),
             topic,
             expected,
             work,
             out,
+            poller,
         }
     }
 
@@ -447,6 +451,8 @@ impl Scenario {
     fn finish(self, members: Vec<Member>, what: &str) {
         let refs: Vec<&Member> = members.iter().collect();
         wait_finished(&self.out, self.expected, &refs);
+        // While members were killed, frozen or cut off, no snapshot held a row twice.
+        self.poller.stop(5, what);
         if let Ok(keep) = std::env::var("RECLAMACOES_KEEP_LOGS") {
             let dest = Path::new(&keep).join(&self.topic);
             std::fs::create_dir_all(&dest).unwrap();

@@ -14,7 +14,12 @@ deltalake package but reads the Parquet files itself) and DuckDB's delta extensi
 shipped by the duckdb-ext-delta wheel): `delta_scan('<uri>')` for the latest snapshot, and with
 --version an ATTACH ... (TYPE delta) read `AT (VERSION => N)`, as delta_scan takes no version.
 
-Prints one JSON object on stdout:
+With --poll SECONDS it is a reader that keeps reading while writers run: every SECONDS it opens
+the latest snapshot afresh with deltalake, reads (kafka_partition, kafka_offset) and prints one
+JSON line {"version": v, "rows": n, "duplicates": d} (or {"error": "..."} when the read fails,
+e.g. before the table exists), until it is killed.
+
+Otherwise it prints one JSON object on stdout:
 
     {"deltalake": {"rows": n, "duplicates": d, "version": v}, "polars": {...}, "duckdb": {...},
      "history": [{"version": v, "operation": "WRITE"}, ...], "files": f}
@@ -120,6 +125,23 @@ def read_duckdb(uri, version, s3):
     return {"rows": rows, "duplicates": rows - distinct, "version": version}
 
 
+def poll(uri, s3, interval):
+    """The polling reader of --poll (see the module docs)."""
+    import time
+    from deltalake import DeltaTable
+
+    while True:
+        try:
+            dt = DeltaTable(uri, storage_options=storage_options(s3))
+            t = dt.to_pyarrow_table(columns=list(KEY))
+            distinct = t.group_by(list(KEY)).aggregate([]).num_rows
+            line = {"version": dt.version(), "rows": t.num_rows, "duplicates": t.num_rows - distinct}
+        except Exception as e:  # noqa: BLE001 - reported, the caller decides
+            line = {"error": f"{type(e).__name__}: {e}"}
+        print(json.dumps(line), flush=True)
+        time.sleep(interval)
+
+
 def sql_string(s):
     return "'" + str(s).replace("'", "''") + "'"
 
@@ -128,9 +150,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("uri", help="a local directory or s3://bucket/prefix")
     ap.add_argument("--version", type=int, default=None, help="read this table version (default: the latest)")
+    ap.add_argument("--poll", type=float, default=None, metavar="SECONDS",
+                    help="keep reading the latest snapshot every SECONDS, one JSON line each")
     args = ap.parse_args()
     uri = args.uri.rstrip("/") if args.uri.startswith("s3://") else os.path.abspath(args.uri)
     s3 = s3_settings() if uri.startswith("s3://") else None
+    if args.poll is not None:
+        poll(uri, s3, args.poll)
 
     out, extra = {}, {}
     for name, read in [("deltalake", read_deltalake), ("polars", read_polars), ("duckdb", read_duckdb)]:

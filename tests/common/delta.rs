@@ -118,6 +118,105 @@ pub fn assert_rows(table: &(impl AsRef<OsStr> + ?Sized), rows: u64, what: &str) 
     reads
 }
 
+/// A reader that keeps reading the table while writers run (`tests/delta_readers.py --poll`:
+/// python `deltalake` opens the latest snapshot afresh every 0.3 s). [`Poller::stop`] returns
+/// what it saw, so a test can assert that no snapshot, at any moment, held a row twice.
+pub struct Poller {
+    child: std::process::Child,
+    table: String,
+    /// Its stdout, drained by a thread (a full pipe would stall the reader).
+    lines: std::thread::JoinHandle<String>,
+}
+
+/// One read of a [`Poller`]: a snapshot, or why it could not be read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PollRead {
+    pub version: Option<u64>,
+    pub rows: Option<u64>,
+    pub duplicates: Option<u64>,
+    pub error: Option<String>,
+}
+
+impl Poller {
+    pub fn start(table: &(impl AsRef<OsStr> + ?Sized)) -> Poller {
+        let table = table.as_ref().to_str().expect("a UTF-8 table location").to_string();
+        let mut cmd = Command::new(super::python());
+        cmd.arg(super::repo_root().join("tests/delta_readers.py"))
+            .arg(&table)
+            .args(["--poll", "0.3"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        if table.starts_with("s3://") {
+            super::services::s3::env(&mut cmd);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot start the polling Delta reader ({e}); run scripts/python-env.sh")
+        });
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let lines = std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        });
+        Poller {
+            child,
+            table,
+            lines,
+        }
+    }
+
+    /// Stops the reader and asserts what every read saw: no duplicated (partition, offset), the
+    /// version and the rows never going back, no failed read once the table was readable, and
+    /// at least `min_reads` snapshots read. Returns the reads.
+    pub fn stop(mut self, min_reads: usize, what: &str) -> Vec<PollRead> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let lines = std::mem::replace(&mut self.lines, std::thread::spawn(String::new));
+        let text = lines.join().unwrap_or_default();
+        let reads: Vec<PollRead> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let ok: Vec<&PollRead> = reads.iter().filter(|r| r.error.is_none()).collect();
+        eprintln!(
+            "polling Delta reader ({what}) on {}: {} snapshots read, versions {:?}..{:?}",
+            self.table,
+            ok.len(),
+            ok.first().and_then(|r| r.version),
+            ok.last().and_then(|r| r.version)
+        );
+        assert!(
+            ok.len() >= min_reads,
+            "{what}: the polling reader read {} snapshots, fewer than {min_reads}: {reads:?}",
+            ok.len()
+        );
+        let first_ok = reads.iter().position(|r| r.error.is_none()).unwrap_or(0);
+        if let Some(failed) = reads[first_ok..].iter().find(|r| r.error.is_some()) {
+            panic!("{what}: a read of the table failed after it was readable: {failed:?}");
+        }
+        for r in &ok {
+            assert_eq!(r.duplicates, Some(0), "{what}: a snapshot held a row twice: {r:?}");
+        }
+        for pair in ok.windows(2) {
+            assert!(
+                pair[0].version <= pair[1].version && pair[0].rows <= pair[1].rows,
+                "{what}: the table went back: {:?} then {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+        reads
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// One commit of the log: its version and its actions in order.
 #[derive(Debug, Clone)]
 pub struct LogCommit {
