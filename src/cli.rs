@@ -738,6 +738,7 @@ async fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
                 TableArg::Delta => consume::TableConfig::Delta(crate::output::delta::DeltaConfig {
                     checkpoint_every: args.delta_checkpoint_every,
                     retry_timeout: args.output_retry_timeout,
+                    log_retention: None,
                 }),
             },
         },

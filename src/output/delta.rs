@@ -32,13 +32,14 @@ use arrow::datatypes::{DataType, Field, Schema as ArrowSchema, TimeUnit};
 use delta_kernel::committer::FileSystemCommitter;
 use delta_kernel::engine::arrow_conversion::TryFromArrow as _;
 use delta_kernel::expressions::ColumnName;
-use delta_kernel::object_store::DynObjectStore;
+use delta_kernel::object_store::{DynObjectStore, ObjectStoreExt as _};
 use delta_kernel::schema::StructType;
 use delta_kernel::snapshot::{Snapshot, SnapshotRef};
 use delta_kernel::transaction::create_table::create_table;
 use delta_kernel::transaction::{CommitResult, UpdateTableOperation};
 use delta_kernel::{Engine as _, FileMeta, KernelError};
 use delta_kernel_default_engine::executor::tokio::TokioMultiThreadExecutor;
+use delta_kernel_default_engine::executor::TaskExecutor as _;
 use delta_kernel_default_engine::parquet::DataFileMetadata;
 use delta_kernel_default_engine::stats::collect_stats;
 use delta_kernel_default_engine::{build_add_file_metadata, DefaultEngine, DefaultEngineBuilder};
@@ -77,6 +78,10 @@ pub struct DeltaConfig {
     pub checkpoint_every: u64,
     /// How long a publish rides out transient failures.
     pub retry_timeout: Duration,
+    /// Log retention: commits and checkpoints older than this, and older than a checkpoint that
+    /// is itself past it, are deleted after each checkpoint. `None`: the table's
+    /// `delta.logRetentionDuration`, else 30 days (Delta's default).
+    pub log_retention: Option<Duration>,
 }
 
 impl Default for DeltaConfig {
@@ -84,6 +89,7 @@ impl Default for DeltaConfig {
         DeltaConfig {
             checkpoint_every: 100,
             retry_timeout: Duration::from_secs(300),
+            log_retention: None,
         }
     }
 }
@@ -95,6 +101,8 @@ const PUBLISH_RETRY: RetryPolicy =
 /// An open Delta table. Blocking: call from blocking threads.
 pub struct DeltaTable {
     engine: DefaultEngine<TokioMultiThreadExecutor>,
+    /// The engine's executor, for the log cleanup's deletes.
+    executor: Arc<TokioMultiThreadExecutor>,
     root: TableRoot,
     /// The latest snapshot this process knows (updated incrementally).
     latest: Mutex<SnapshotRef>,
@@ -125,6 +133,19 @@ fn kernel_error(action: &'static str, root: &Url, e: KernelError) -> TableError 
 pub fn engine(
     store: Arc<DynObjectStore>,
 ) -> Result<DefaultEngine<TokioMultiThreadExecutor>, String> {
+    Ok(engine_with(store, executor()?))
+}
+
+fn engine_with(
+    store: Arc<DynObjectStore>,
+    executor: Arc<TokioMultiThreadExecutor>,
+) -> DefaultEngine<TokioMultiThreadExecutor> {
+    DefaultEngineBuilder::new(store)
+        .with_task_executor(executor)
+        .build()
+}
+
+fn executor() -> Result<Arc<TokioMultiThreadExecutor>, String> {
     let executor = match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             TokioMultiThreadExecutor::new(handle)
@@ -132,9 +153,7 @@ pub fn engine(
         _ => TokioMultiThreadExecutor::new_owned_runtime(Some(1), Some(4))
             .map_err(|e| e.to_string())?,
     };
-    Ok(DefaultEngineBuilder::new(store)
-        .with_task_executor(Arc::new(executor))
-        .build())
+    Ok(Arc::new(executor))
 }
 
 impl DeltaTable {
@@ -146,12 +165,13 @@ impl DeltaTable {
         config: DeltaConfig,
     ) -> Result<DeltaTable, TableError> {
         let url = root.url.clone();
-        let engine = engine(Arc::clone(&root.store)).map_err(|detail| TableError::Delta {
+        let executor = executor().map_err(|detail| TableError::Delta {
             action: "starting the engine of",
             location: url.to_string(),
             detail,
             advice: "this is a bug, please report it",
         })?;
+        let engine = engine_with(Arc::clone(&root.store), Arc::clone(&executor));
         let wanted = StructType::try_from_arrow(schema)
             .map_err(|e| kernel_error("converting the output schema for", &url, e.into()))?;
         // Transient failures (an S3 outage at start) are ridden out as a publish's are.
@@ -179,6 +199,7 @@ impl DeltaTable {
         }
         Ok(DeltaTable {
             engine,
+            executor,
             root,
             latest: Mutex::new(snapshot),
             config,
@@ -248,8 +269,11 @@ impl DeltaTable {
     /// The latest snapshot: the cached one brought up to date (reads only newer commits).
     pub fn refresh(&self) -> Result<SnapshotRef, TableError> {
         let cached = Arc::clone(&self.lock());
+        // From scratch when the cached version's successors are gone (log retention run by
+        // another writer while this one was idle for longer than the retention).
         let fresh = Snapshot::builder_from(cached)
             .build(&self.engine)
+            .or_else(|_| Snapshot::builder_for(self.root.url.as_str()).build(&self.engine))
             .map_err(|e| kernel_error("reading", &self.root.url, e))?;
         *self.lock() = Arc::clone(&fresh);
         Ok(fresh)
@@ -393,9 +417,20 @@ impl DeltaTable {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "Wrote a Delta checkpoint"
                 );
-                let mut latest = self.lock();
-                if s.version() >= latest.version() {
-                    *latest = s;
+                let retention = self
+                    .config
+                    .log_retention
+                    .or(s.table_properties().log_retention_duration)
+                    .unwrap_or(DEFAULT_LOG_RETENTION);
+                {
+                    let mut latest = self.lock();
+                    if s.version() >= latest.version() {
+                        *latest = s;
+                    }
+                }
+                if let Err(e) = self.clean_log(retention) {
+                    tracing::warn!(table = %self.root.url, error = %e,
+                        "Could not delete expired log files (the table is unaffected); the next checkpoint tries again");
                 }
             }
             Err(e) => tracing::warn!(
@@ -406,6 +441,81 @@ impl DeltaTable {
                 version + every
             ),
         }
+    }
+}
+
+/// Delta's default `delta.logRetentionDuration`.
+pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A file of `_delta_log/`: its version and whether it is (part of) a checkpoint.
+fn log_file_version(name: &str) -> Option<(u64, bool)> {
+    let (digits, rest) = name.split_at_checked(20)?;
+    let version = digits.parse().ok()?;
+    if rest == ".json" || rest == ".crc" {
+        Some((version, false))
+    } else if rest.starts_with(".checkpoint.") && rest.ends_with(".parquet") {
+        Some((version, true))
+    } else {
+        None
+    }
+}
+
+/// What log retention deletes (the Delta protocol's rule, as Spark applies it): among the
+/// checkpoints older than the cutoff, the newest one is kept and everything of an older
+/// version goes (commits, checkpoints, checksums); nothing newer than that checkpoint, and
+/// nothing when no checkpoint is that old. `files` are (name, modified ms).
+pub fn expired_log_files(files: &[(String, i64)], cutoff_ms: i64) -> Vec<String> {
+    let keep_from = files
+        .iter()
+        .filter(|(_, modified)| *modified < cutoff_ms)
+        .filter_map(|(name, _)| log_file_version(name).filter(|(_, cp)| *cp).map(|(v, _)| v))
+        .max();
+    let Some(keep_from) = keep_from else {
+        return Vec::new();
+    };
+    files
+        .iter()
+        .filter(|(name, _)| log_file_version(name).is_some_and(|(v, _)| v < keep_from))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+impl DeltaTable {
+    /// Deletes the log files log retention lets go ([`expired_log_files`]): opening the table
+    /// never needed them (a newer checkpoint holds their state), only time travel to versions
+    /// older than the retention would.
+    fn clean_log(&self, retention: Duration) -> Result<usize, KernelError> {
+        let log = self.root.url.join(&format!("{LOG_DIR}/"))?;
+        let files: Vec<(String, i64)> = self
+            .engine
+            .storage_handler()
+            .list_from(&log)?
+            .filter_map(|f| {
+                let f = f.ok()?;
+                let name = f.location.path_segments()?.next_back()?.to_string();
+                Some((name, f.last_modified))
+            })
+            .collect();
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_sub(retention_ms);
+        let expired = expired_log_files(&files, cutoff);
+        let base = delta_kernel::object_store::path::Path::from_url_path(log.path())
+            .map_err(|e| KernelError::generic(e.to_string()))?;
+        for name in &expired {
+            let (store, path) = (
+                Arc::clone(&self.root.store),
+                base.clone().join(name.as_str()),
+            );
+            self.executor
+                .block_on(async move { store.delete(&path).await })
+                .map_err(|e| KernelError::generic(format!("deleting {name}: {e}")))?;
+        }
+        if !expired.is_empty() {
+            tracing::info!(table = %self.root.url, deleted = expired.len(), "Deleted log files past the log retention");
+        }
+        Ok(expired.len())
     }
 }
 
@@ -595,6 +705,70 @@ mod tests {
         assert!(adds
             .keys()
             .all(|p| p.starts_with("window=") && p.contains("%3A")));
+    }
+
+    #[test]
+    fn log_retention_keeps_the_newest_expired_checkpoint_and_everything_after_it() {
+        let name = |v: u64, suffix: &str| format!("{v:020}{suffix}");
+        let files = vec![
+            (name(0, ".json"), 10),
+            (name(1, ".json"), 20),
+            (name(2, ".json"), 30),
+            (name(2, ".checkpoint.parquet"), 31),
+            (name(3, ".json"), 40),
+            (name(4, ".json"), 50),
+            (name(4, ".checkpoint.parquet"), 51),
+            (name(4, ".crc"), 51),
+            (name(5, ".json"), 60),
+            ("_last_checkpoint".to_string(), 61),
+        ];
+        // No checkpoint older than the cutoff: nothing goes.
+        assert!(expired_log_files(&files, 31).is_empty());
+        // Checkpoint 2 is past the retention: what is older than version 2 goes.
+        assert_eq!(
+            expired_log_files(&files, 45),
+            vec![name(0, ".json"), name(1, ".json")]
+        );
+        // Both are: checkpoint 4 is the one kept, with version 4 and 5.
+        let expired = expired_log_files(&files, 1_000);
+        assert_eq!(expired.len(), 5, "{expired:?}");
+        assert!(expired.iter().all(|n| n < &name(4, "")), "{expired:?}");
+    }
+
+    /// With a retention of zero, every checkpoint deletes the log before it: the table still
+    /// opens, from the checkpoint, with every partition's version.
+    #[test]
+    fn expired_log_files_are_deleted_and_the_table_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = LocalStore::new(dir.path()).table_root().unwrap();
+        let config = DeltaConfig {
+            checkpoint_every: 3,
+            log_retention: Some(Duration::ZERO),
+            ..DeltaConfig::default()
+        };
+        let table = DeltaTable::open_or_create(root.clone(), &schema(), config.clone()).unwrap();
+        for g in 1..=7 {
+            for p in 0..2 {
+                table.publish("t", p, g, &[file(p, g)]).unwrap();
+            }
+        }
+        let log = dir.path().join(LOG_DIR);
+        let names: Vec<String> = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        // 15 versions (0 and 14 publishes), checkpoints at 3, 6, 9, 12: only 12 on remain.
+        assert!(
+            !names.iter().any(|n| n.starts_with(&format!("{:020}", 11))),
+            "{names:?}"
+        );
+        assert!(names.contains(&format!("{:020}.json", 12)), "{names:?}");
+        assert!(names.contains(&format!("{:020}.json", 14)), "{names:?}");
+        let reopened = DeltaTable::open_or_create(root, &schema(), config).unwrap();
+        assert_eq!(reopened.version(), 14);
+        for p in 0..2 {
+            assert_eq!(reopened.app_version("t", p).unwrap(), Some(7));
+        }
     }
 
     #[test]

@@ -139,7 +139,11 @@ pub struct PollRead {
 
 impl Poller {
     pub fn start(table: &(impl AsRef<OsStr> + ?Sized)) -> Poller {
-        let table = table.as_ref().to_str().expect("a UTF-8 table location").to_string();
+        let table = table
+            .as_ref()
+            .to_str()
+            .expect("a UTF-8 table location")
+            .to_string();
         let mut cmd = Command::new(super::python());
         cmd.arg(super::repo_root().join("tests/delta_readers.py"))
             .arg(&table)
@@ -196,7 +200,11 @@ impl Poller {
             panic!("{what}: a read of the table failed after it was readable: {failed:?}");
         }
         for r in &ok {
-            assert_eq!(r.duplicates, Some(0), "{what}: a snapshot held a row twice: {r:?}");
+            assert_eq!(
+                r.duplicates,
+                Some(0),
+                "{what}: a snapshot held a row twice: {r:?}"
+            );
         }
         for pair in ok.windows(2) {
             assert!(

@@ -150,6 +150,7 @@ impl FlakyTable {
         let config = crate::output::delta::DeltaConfig {
             checkpoint_every: 3,
             retry_timeout: std::time::Duration::ZERO,
+            log_retention: None,
         };
         let inner = crate::output::delta::DeltaTable::open_or_create(
             store.table_root().unwrap(),

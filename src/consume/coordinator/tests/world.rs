@@ -176,6 +176,7 @@ impl World {
                         DeltaConfig {
                             checkpoint_every: 4,
                             retry_timeout: Duration::ZERO,
+                            log_retention: None,
                         },
                     )
                     .unwrap(),
