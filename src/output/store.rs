@@ -219,6 +219,30 @@ fn create_dir_durably(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether a rename or link failed because the temporary file is gone, and the write should be
+/// tried again (twice at most). A writer that is taking the partition over deletes the
+/// temporary files it finds there (`checkpoint::recovery`), possibly this writer's in flight; the
+/// write itself is still valid to try: `put_new` stays create-if-absent, so against that writer's
+/// own commit it loses as it would have (`Ok(false)`: fenced), instead of failing with an I/O
+/// error.
+fn temp_vanished(e: &io::Error, attempt: u32) -> bool {
+    e.kind() == io::ErrorKind::NotFound && attempt < 3
+}
+
+impl LocalStore {
+    /// Writes `bytes` to the temporary file `temp` of `path`, fsynced.
+    fn write_temp(&self, path: &Path, temp: &Path, bytes: &[u8]) -> Result<()> {
+        let mut file = self.create_temp(path, temp)?;
+        let written = file.write_all(bytes).and_then(|_| file.sync_all());
+        drop(file);
+        if let Err(e) = written {
+            let _ = fs::remove_file(temp);
+            return Err(StoreError::io("write", temp.display(), e));
+        }
+        Ok(())
+    }
+}
+
 impl Store for LocalStore {
     fn table_root(&self) -> Result<TableRoot> {
         create_dir_durably(&self.root)?;
@@ -242,38 +266,32 @@ impl Store for LocalStore {
 
     fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
         let (path, temp) = self.paths(key);
-        let mut file = self.create_temp(&path, &temp)?;
-        let written = file.write_all(bytes).and_then(|_| file.sync_all());
-        if let Err(e) = written {
-            drop(file);
-            let _ = fs::remove_file(&temp);
-            return Err(StoreError::io("write", temp.display(), e));
+        for attempt in 1.. {
+            self.write_temp(&path, &temp, bytes)?;
+            match fs::rename(&temp, &path) {
+                Ok(()) => break,
+                Err(e) if temp_vanished(&e, attempt) => continue,
+                Err(e) => return Err(StoreError::io("rename into place", path.display(), e)),
+            }
         }
-        drop(file);
-        fs::rename(&temp, &path)
-            .map_err(|e| StoreError::io("rename into place", path.display(), e))?;
         sync_parent(&path)
     }
 
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool> {
         let (path, temp) = self.paths(key);
-        let mut file = self.create_temp(&path, &temp)?;
-        let written = file.write_all(bytes).and_then(|_| file.sync_all());
-        drop(file);
-        if let Err(e) = written {
+        for attempt in 1.. {
+            self.write_temp(&path, &temp, bytes)?;
+            let linked = fs::hard_link(&temp, &path);
             let _ = fs::remove_file(&temp);
-            return Err(StoreError::io("write", temp.display(), e));
-        }
-        let linked = fs::hard_link(&temp, &path);
-        let _ = fs::remove_file(&temp);
-        match linked {
-            Ok(()) => {
-                sync_parent(&path)?;
-                Ok(true)
+            match linked {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+                Err(e) if temp_vanished(&e, attempt) => continue,
+                Err(e) => return Err(StoreError::io("create", path.display(), e)),
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(StoreError::io("create", path.display(), e)),
         }
+        sync_parent(&path)?;
+        Ok(true)
     }
 
     fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
