@@ -337,6 +337,10 @@ pub struct ConsumeArgs {
     /// opening the table reads one checkpoint and fewer commits.
     #[arg(long, env = "CONSUME_DELTA_CHECKPOINT_EVERY", default_value_t = 100)]
     pub delta_checkpoint_every: u64,
+    /// Delta table: after each checkpoint, delete log files older than this (time travel
+    /// reaches back this far). Default: the table's delta.logRetentionDuration, else 30 days.
+    #[arg(long, env = "CONSUME_DELTA_LOG_RETENTION", value_parser = humantime::parse_duration)]
+    pub delta_log_retention: Option<Duration>,
     /// Commit a checkpoint (and write late rows and dead letters) at least this often.
     #[arg(long, env = "CONSUME_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub checkpoint_interval: Duration,
@@ -738,7 +742,7 @@ async fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
                 TableArg::Delta => consume::TableConfig::Delta(crate::output::delta::DeltaConfig {
                     checkpoint_every: args.delta_checkpoint_every,
                     retry_timeout: args.output_retry_timeout,
-                    log_retention: None,
+                    log_retention: args.delta_log_retention,
                 }),
             },
         },
