@@ -448,7 +448,7 @@ impl DeltaTable {
 pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A file of `_delta_log/`: its version and whether it is (part of) a checkpoint.
-fn log_file_version(name: &str) -> Option<(u64, bool)> {
+pub fn log_file_version(name: &str) -> Option<(u64, bool)> {
     let (digits, rest) = name.split_at_checked(20)?;
     let version = digits.parse().ok()?;
     if rest == ".json" || rest == ".crc" {
