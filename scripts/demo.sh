@@ -147,13 +147,17 @@ PANDAS_PY="import pandas; df = pandas.read_parquet('$OUT'); print(len(df), 'rows
 # The Delta table (the same files, through the log in _delta_log/): snapshots, time travel.
 DELTA_URI=${OUT%/}
 DELTA_OPTS=
+DELTA_EXIT=
 DUCKDB_DELTA_SETUP="con.execute('LOAD delta')"
 if [[ $S3 == 1 ]]; then
+  # After an S3 read, delta-rs can abort the interpreter at exit ("terminate called without an
+  # active exception", delta-io/delta-rs#2184): leave without the interpreter's shutdown.
+  DELTA_EXIT="; import os, sys; sys.stdout.flush(); os._exit(0)"
   DELTA_OPTS=", storage_options={'AWS_ENDPOINT_URL': 'http://$S3_HOST', 'AWS_ALLOW_HTTP': 'true', 'AWS_REGION': 'us-east-1'}"
   DUCKDB_DELTA_SETUP="con.execute('LOAD delta'); con.execute('LOAD httpfs'); con.execute(f\"CREATE SECRET (TYPE s3, KEY_ID '{os.environ['AWS_ACCESS_KEY_ID']}', SECRET '{os.environ['AWS_SECRET_ACCESS_KEY']}', ENDPOINT '$S3_HOST', URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')\")"
 fi
-DELTALAKE_PY="import deltalake; dt = deltalake.DeltaTable('$DELTA_URI'$DELTA_OPTS); t = dt.to_pyarrow_table(); print(f'version {dt.version()}: {t.num_rows} rows in {len(dt.file_uris())} files'); [print(f\"  version {h['version']}: {h['operation']}\") for h in sorted(dt.history(), key=lambda h: h['version'])]"
-POLARS_DELTA_PY="import polars as pl; df = pl.read_delta('$DELTA_URI'$DELTA_OPTS); print(df.height, 'rows'); print(df.group_by('window_start').len().sort('window_start'))"
+DELTALAKE_PY="import deltalake; dt = deltalake.DeltaTable('$DELTA_URI'$DELTA_OPTS); t = dt.to_pyarrow_table(); print(f'version {dt.version()}: {t.num_rows} rows in {len(dt.file_uris())} files'); [print(f\"  version {h['version']}: {h['operation']}\") for h in sorted(dt.history(), key=lambda h: h['version'])]$DELTA_EXIT"
+POLARS_DELTA_PY="import polars as pl; df = pl.read_delta('$DELTA_URI'$DELTA_OPTS); print(df.height, 'rows'); print(df.group_by('window_start').len().sort('window_start'))$DELTA_EXIT"
 DUCKDB_DELTA_SQL="SELECT banco_segmento, count(*) AS linhas, sum(quantidade_total_de_reclamacoes) AS reclamacoes FROM delta_scan('$DELTA_URI') GROUP BY ALL ORDER BY banco_segmento NULLS LAST"
 DUCKDB_DELTA_PY="import os, sys, duckdb, duckdb_ext; con = duckdb.connect(); con.execute('SET extension_directory = ?', [os.path.join(list(duckdb_ext.__path__)[0], 'extensions')]); $DUCKDB_DELTA_SETUP; con.sql(sys.argv[1]).show()"
 if [[ $S3 == 1 ]]; then
