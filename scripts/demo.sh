@@ -147,12 +147,12 @@ PANDAS_PY="import pandas; df = pandas.read_parquet('$OUT'); print(len(df), 'rows
 # The Delta table (the same files, through the log in _delta_log/): snapshots, time travel.
 DELTA_URI=${OUT%/}
 DELTA_OPTS=
-DELTA_EXIT=
+# After a read, delta-rs can abort the interpreter at its exit ("terminate called without an
+# active exception", delta-io/delta-rs#2184; seen locally and from S3): leave without the
+# interpreter's shutdown.
+DELTA_EXIT="; import os, sys; sys.stdout.flush(); os._exit(0)"
 DUCKDB_DELTA_SETUP="con.execute('LOAD delta')"
 if [[ $S3 == 1 ]]; then
-  # After an S3 read, delta-rs can abort the interpreter at exit ("terminate called without an
-  # active exception", delta-io/delta-rs#2184): leave without the interpreter's shutdown.
-  DELTA_EXIT="; import os, sys; sys.stdout.flush(); os._exit(0)"
   DELTA_OPTS=", storage_options={'AWS_ENDPOINT_URL': 'http://$S3_HOST', 'AWS_ALLOW_HTTP': 'true', 'AWS_REGION': 'us-east-1'}"
   DUCKDB_DELTA_SETUP="con.execute('LOAD delta'); con.execute('LOAD httpfs'); con.execute(f\"CREATE SECRET (TYPE s3, KEY_ID '{os.environ['AWS_ACCESS_KEY_ID']}', SECRET '{os.environ['AWS_SECRET_ACCESS_KEY']}', ENDPOINT '$S3_HOST', URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')\")"
 fi
