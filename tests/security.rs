@@ -479,8 +479,7 @@ async fn record_values_never_become_file_paths() {
             | Entry::Checkpoint { partition: 0, .. } => true,
             // The Delta table's log: names the table makes (versions), none from a record.
             _ => rel.strip_prefix("_delta_log/").is_some_and(|name| {
-                name == "_last_checkpoint"
-                    || reclamacoes::output::delta::log_file_version(name).is_some()
+                name == "_last_checkpoint" || reclamacoes::output::delta::log_name(name).is_some()
             }),
         };
         assert!(ok, "unexpected path {rel}");

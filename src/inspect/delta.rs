@@ -36,7 +36,7 @@ use url::Url;
 
 use super::{plural, rfc3339, InspectError};
 use crate::checkpoint::PartitionCheckpoint;
-use crate::output::delta::{TableRoot, LOG_DIR};
+use crate::output::delta::{log_name, LogName, TableRoot, LOG_DIR};
 use crate::output::layout;
 use crate::output::store::{ObjectInfo, Store};
 use crate::output::table::app_id;
@@ -236,27 +236,17 @@ pub struct WrongSize {
 enum LogFile {
     /// `<version>.json`.
     Commit(u64),
-    /// `<version>.checkpoint.parquet`, multi-part `<version>.checkpoint.<i>.<n>.parquet`, or
-    /// V2 `<version>.checkpoint.<uuid>.{json,parquet}`.
+    /// A checkpoint (any of its forms: [`LogName::Checkpoint`]).
     Checkpoint(u64),
 }
 
-/// Parses a name in `_delta_log/` (not its subdirectories). CRC files, compacted logs and
-/// `_last_checkpoint` are `None`.
+/// A name in `_delta_log/` ([`log_name`]); CRC files, compacted logs and `_last_checkpoint` are
+/// `None`.
 fn parse_log_name(name: &str) -> Option<LogFile> {
-    let (digits, rest) = name.split_at_checked(20)?;
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let version = digits.parse().ok()?;
-    match rest {
-        ".json" => Some(LogFile::Commit(version)),
-        _ if rest.starts_with(".checkpoint.")
-            && (rest.ends_with(".parquet") || rest.ends_with(".json")) =>
-        {
-            Some(LogFile::Checkpoint(version))
-        }
-        _ => None,
+    match log_name(name)? {
+        LogName::Commit(v) => Some(LogFile::Commit(v)),
+        LogName::Checkpoint(v) => Some(LogFile::Checkpoint(v)),
+        LogName::Checksum(_) => None,
     }
 }
 

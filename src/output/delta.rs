@@ -447,16 +447,44 @@ impl DeltaTable {
 /// Delta's default `delta.logRetentionDuration`.
 pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// A file of `_delta_log/`: its version and whether it is (part of) a checkpoint.
-pub fn log_file_version(name: &str) -> Option<(u64, bool)> {
+/// A file of `_delta_log/` (not of its subdirectories), by its name: the one parser of log
+/// names, for log retention and `app inspect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogName {
+    /// `<version>.json`.
+    Commit(u64),
+    /// `<version>.crc`.
+    Checksum(u64),
+    /// `<version>.checkpoint.parquet`, multi-part `<version>.checkpoint.<i>.<n>.parquet`, or
+    /// V2 `<version>.checkpoint.<uuid>.{json,parquet}`.
+    Checkpoint(u64),
+}
+
+impl LogName {
+    pub fn version(self) -> u64 {
+        match self {
+            LogName::Commit(v) | LogName::Checksum(v) | LogName::Checkpoint(v) => v,
+        }
+    }
+}
+
+/// Parses a name in `_delta_log/`; `_last_checkpoint`, compacted logs and anything else are
+/// `None`.
+pub fn log_name(name: &str) -> Option<LogName> {
     let (digits, rest) = name.split_at_checked(20)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let version = digits.parse().ok()?;
-    if rest == ".json" || rest == ".crc" {
-        Some((version, false))
-    } else if rest.starts_with(".checkpoint.") && rest.ends_with(".parquet") {
-        Some((version, true))
-    } else {
-        None
+    match rest {
+        ".json" => Some(LogName::Commit(version)),
+        ".crc" => Some(LogName::Checksum(version)),
+        _ if rest.starts_with(".checkpoint.")
+            && (rest.ends_with(".parquet") || rest.ends_with(".json")) =>
+        {
+            Some(LogName::Checkpoint(version))
+        }
+        _ => None,
     }
 }
 
@@ -468,14 +496,17 @@ pub fn expired_log_files(files: &[(String, i64)], cutoff_ms: i64) -> Vec<String>
     let keep_from = files
         .iter()
         .filter(|(_, modified)| *modified < cutoff_ms)
-        .filter_map(|(name, _)| log_file_version(name).filter(|(_, cp)| *cp).map(|(v, _)| v))
+        .filter_map(|(name, _)| match log_name(name) {
+            Some(LogName::Checkpoint(v)) => Some(v),
+            _ => None,
+        })
         .max();
     let Some(keep_from) = keep_from else {
         return Vec::new();
     };
     files
         .iter()
-        .filter(|(name, _)| log_file_version(name).is_some_and(|(v, _)| v < keep_from))
+        .filter(|(name, _)| log_name(name).is_some_and(|n| n.version() < keep_from))
         .map(|(name, _)| name.clone())
         .collect()
 }
