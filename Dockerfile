@@ -16,11 +16,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends musl-tools \
 WORKDIR /src
 COPY . .
 ENV CC_x86_64_unknown_linux_musl=musl-gcc
-RUN cargo build --release --locked --target x86_64-unknown-linux-musl \
-    && strip target/x86_64-unknown-linux-musl/release/app
+RUN cargo build --profile dist --locked --target x86_64-unknown-linux-musl \
+    && strip target/x86_64-unknown-linux-musl/dist/app
 
 FROM scratch
-COPY --from=build /src/target/x86_64-unknown-linux-musl/release/app /app
+COPY --from=build /src/target/x86_64-unknown-linux-musl/dist/app /app
 # Not root; /output is where a local --output goes (mount a volume there).
 USER 65534:65534
 WORKDIR /output

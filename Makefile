@@ -120,7 +120,7 @@ bench-group:
 	@scripts/with-services.sh scripts/bench.sh group $(BENCH_ARGS)
 bench-profile:
 	@scripts/with-services.sh scripts/bench.sh profile $(BENCH_ROWS)
-# Fully static binary: target/x86_64-unknown-linux-musl/release/app (installs the musl target
+# Fully static binary: target/x86_64-unknown-linux-musl/dist/app (installs the musl target
 # and musl-tools when missing; checks it with file/ldd; prints its size).
 .PHONY: static
 static:

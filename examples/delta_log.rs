@@ -11,7 +11,11 @@
 //! ```text
 //! cargo run --release --example delta_log -- --dir /tmp/delta-log --commits 8640
 //! cargo run --release --example delta_log -- --dir /tmp/delta-log --commits 8640 --checkpoint-every 0
+//! cargo run --release --example delta_log -- --dir /tmp/delta-log --open-only 20
 //! ```
+//!
+//! `--open-only N` publishes nothing: it opens the existing table under `--dir` N times (for a
+//! profiler) and prints the median times.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,7 +42,8 @@ fn main() -> anyhow::Result<()> {
     let dir = PathBuf::from(arg("--dir", "/tmp/delta-log"));
     let commits: u64 = arg("--commits", "8640").parse()?;
     let every: u64 = arg("--checkpoint-every", "100").parse()?;
-    if dir.exists() {
+    let open_only: usize = arg("--open-only", "0").parse()?;
+    if dir.exists() && open_only == 0 {
         std::fs::remove_dir_all(&dir)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -63,6 +68,30 @@ fn main() -> anyhow::Result<()> {
     let root = store.table_root()?;
     let open = || DeltaTable::open_or_create(root.clone(), &schema, config.clone());
     let table = open()?;
+    if open_only > 0 {
+        let (mut opens, mut versions) = (Vec::new(), Vec::new());
+        for _ in 0..open_only {
+            let t0 = Instant::now();
+            let reopened = open()?;
+            opens.push(t0.elapsed().as_secs_f64() * 1e3);
+            let t1 = Instant::now();
+            for p in 0..PARTITIONS {
+                reopened.app_version(TOPIC, p)?;
+            }
+            versions.push(t1.elapsed().as_secs_f64() * 1e3);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "version {}: open {:.1} ms, app versions {:.1} ms (median of {open_only})",
+            table.version(),
+            median(&mut opens),
+            median(&mut versions)
+        );
+        return Ok(());
+    }
     let marks: Vec<u64> = [60 * 6, 1_000, 2_000, 4_000, 8_640, commits]
         .into_iter()
         .filter(|&m| m <= commits)

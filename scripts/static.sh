@@ -6,7 +6,7 @@
 # - installs what is missing: the Rust target (`rustup target add x86_64-unknown-linux-musl`)
 #   and musl-gcc (Debian package musl-tools, after `apt-get update`), which compiles the C code
 #   of zstd-sys, lz4-sys and ring for musl;
-# - builds target/x86_64-unknown-linux-musl/release/app;
+# - builds target/x86_64-unknown-linux-musl/dist/app;
 # - prints its size, and writes a stripped copy (no debug line tables) to target/static/app;
 # - checks it is statically linked (`file`, `ldd`) and that it runs (`app --version`).
 # Exit status: 0 when the binary is built and static; 1 otherwise, with what to do.
@@ -18,7 +18,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 TARGET=${STATIC_TARGET:-x86_64-unknown-linux-musl}
 CARGO=${CARGO:-cargo}
-BIN=$ROOT/target/$TARGET/release/app
+BIN=$ROOT/target/$TARGET/dist/app
 STRIPPED=$ROOT/target/static/app
 
 log() { printf '[static] %s\n' "$*" >&2; }
@@ -73,9 +73,9 @@ fi
 # self-contained musl crt objects.
 cc_var=CC_${TARGET//-/_}
 export "$cc_var=${!cc_var:-musl-gcc}"
-log "building: $CARGO build --release --locked --target $TARGET --bin app  (slow the first time)"
+log "building: $CARGO build --profile dist --locked --target $TARGET --bin app  (slow the first time)"
 start=$SECONDS
-if ! "$CARGO" build --release --locked --target "$TARGET" --bin app; then
+if ! "$CARGO" build --profile dist --locked --target "$TARGET" --bin app; then
   die "the static build failed (see the compiler output above). C dependencies are compiled \
 with $cc_var=${!cc_var}; check that musl-gcc works (\`musl-gcc --version\`)"
 fi

@@ -1,7 +1,7 @@
 //! The static musl binary (`make static`, scripts/static.sh) is statically linked and runs the
 //! pipeline: produce the fixtures to the real Kafka, consume them with MySQL enrichment, inspect.
 //!
-//! Building it is slow, so an existing target/x86_64-unknown-linux-musl/release/app is reused when
+//! Building it is slow, so an existing target/x86_64-unknown-linux-musl/dist/app is reused when
 //! it is newer than every source file (src/, Cargo.toml, Cargo.lock); otherwise scripts/static.sh
 //! builds it, and the test fails with its message if the musl target cannot be installed.
 
@@ -26,10 +26,16 @@ fn newest_mtime(path: &Path) -> SystemTime {
     newest
 }
 
-/// The static binary, built by scripts/static.sh when missing or older than the sources.
+/// The static binary, built by scripts/static.sh when missing or older than the sources (once
+/// for the tests of this file).
 fn static_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(build_if_stale).clone()
+}
+
+fn build_if_stale() -> PathBuf {
     let root = common::repo_root();
-    let bin = root.join("target").join(TARGET).join("release/app");
+    let bin = root.join("target").join(TARGET).join("dist/app");
     let sources = ["src", "Cargo.toml", "Cargo.lock"]
         .iter()
         .map(|p| newest_mtime(&root.join(p)))
@@ -107,6 +113,36 @@ fn run(bin: &Path, args: &[&str], cwd: &Path) -> Output {
     out
 }
 
+/// What the shipped binary may weigh, stripped (issue 24: under 30 MB with the Delta table).
+const MAX_STRIPPED_BYTES: u64 = 30_000_000;
+
+#[test]
+fn static_binary_stripped_stays_under_30_mb() {
+    let bin = static_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let stripped = dir.path().join("app");
+    let out = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&bin)
+        .output()
+        .expect("`strip` (binutils) is installed: apt-get install binutils");
+    assert!(
+        out.status.success(),
+        "strip {} failed: {}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let size = std::fs::metadata(&stripped).unwrap().len();
+    assert!(
+        size < MAX_STRIPPED_BYTES,
+        "the stripped static binary is {size} bytes, over {MAX_STRIPPED_BYTES}: a new dependency \
+         or a hot crate's code grew it. Find what with `nm --size-sort -S --demangle=rust {}`, \
+         and keep code that never runs per record at opt-level \"z\" (Cargo.toml, profile.release.package)",
+        bin.display()
+    );
+}
+
 #[tokio::test]
 async fn static_binary_is_static_and_runs_the_pipeline() {
     common::require_kafka().await;
@@ -173,6 +209,9 @@ async fn static_binary_is_static_and_runs_the_pipeline() {
     );
     let report: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
     assert_eq!(report["total_rows"], 80);
+    // The Delta table, written by the kernel inside the static binary (built without
+    // unwinding and with fat LTO, profile `dist`), holds every row.
+    assert_eq!(report["delta"]["rows"], 80, "{report}");
     // The files read back with the library's own reader too.
     let mut rows = 0;
     for window in std::fs::read_dir(&out).unwrap() {

@@ -34,7 +34,7 @@ use delta_kernel::engine::arrow_conversion::TryFromArrow as _;
 use delta_kernel::expressions::ColumnName;
 use delta_kernel::object_store::{DynObjectStore, ObjectStoreExt as _};
 use delta_kernel::schema::StructType;
-use delta_kernel::snapshot::{Snapshot, SnapshotRef};
+use delta_kernel::snapshot::{IncrementalReplay, Snapshot, SnapshotRef};
 use delta_kernel::transaction::create_table::create_table;
 use delta_kernel::transaction::{CommitResult, UpdateTableOperation};
 use delta_kernel::{Engine as _, FileMeta, KernelError};
@@ -95,6 +95,10 @@ impl Default for DeltaConfig {
 }
 
 /// Transient failures: 200 ms doubling to 5 s, with jitter, within the retry timeout.
+/// How many commits a snapshot replays to bring an older version checksum up to date; further
+/// behind (another writer that writes none), it reads the checkpoint instead.
+const CRC_REPLAY: IncrementalReplay = IncrementalReplay::UpToCommits(100);
+
 const PUBLISH_RETRY: RetryPolicy =
     RetryPolicy::exponential(Duration::from_millis(200), Duration::from_secs(5));
 
@@ -226,7 +230,7 @@ impl DeltaTable {
         };
         match txn.commit(engine) {
             Ok(CommitResult::Committed(c)) => match c.post_commit_snapshot() {
-                Some(s) => Ok(Arc::clone(s)),
+                Some(s) => Ok(with_checksum(engine, url, s)),
                 None => Self::load(engine, url),
             },
             // Another writer's version 0 landed first.
@@ -238,7 +242,9 @@ impl DeltaTable {
         }
     }
 
-    /// Whether `_delta_log/` holds anything.
+    /// Whether `_delta_log/` holds anything. Asked by name first (version 0, or the pointer to
+    /// the last checkpoint once log retention has deleted version 0): listing a log of
+    /// thousands of commits costs more than opening the table.
     fn exists(
         engine: &DefaultEngine<TokioMultiThreadExecutor>,
         url: &Url,
@@ -246,8 +252,18 @@ impl DeltaTable {
         let log = url
             .join(&format!("{LOG_DIR}/"))
             .map_err(|e| kernel_error("naming the log of", url, e.into()))?;
-        let mut listing = engine
-            .storage_handler()
+        let storage = engine.storage_handler();
+        for name in [format!("{:020}.json", 0), "_last_checkpoint".to_string()] {
+            let file = log
+                .join(&name)
+                .map_err(|e| kernel_error("naming the log of", url, e.into()))?;
+            match storage.head(&file) {
+                Ok(_) => return Ok(true),
+                Err(KernelError::FileNotFound(_)) => {}
+                Err(e) => return Err(kernel_error("reading the log of", url, e)),
+            }
+        }
+        let mut listing = storage
             .list_from(&log)
             .map_err(|e| kernel_error("listing the log of", url, e))?;
         match listing.next() {
@@ -262,6 +278,7 @@ impl DeltaTable {
         url: &Url,
     ) -> Result<SnapshotRef, TableError> {
         Snapshot::builder_for(url.as_str())
+            .with_incremental_crc_replay(CRC_REPLAY)
             .build(engine)
             .map_err(|e| kernel_error("reading", url, e))
     }
@@ -272,9 +289,9 @@ impl DeltaTable {
         // From scratch when the cached version's successors are gone (log retention run by
         // another writer while this one was idle for longer than the retention).
         let fresh = Snapshot::builder_from(cached)
+            .with_incremental_crc_replay(CRC_REPLAY)
             .build(&self.engine)
-            .or_else(|_| Snapshot::builder_for(self.root.url.as_str()).build(&self.engine))
-            .map_err(|e| kernel_error("reading", &self.root.url, e))?;
+            .or_else(|_| Self::load(&self.engine, &self.root.url))?;
         *self.lock() = Arc::clone(&fresh);
         Ok(fresh)
     }
@@ -340,9 +357,10 @@ impl DeltaTable {
             CommitResult::Committed(c) => {
                 let version = c.commit_version();
                 if let Some(s) = c.post_commit_snapshot() {
+                    let s = with_checksum(&self.engine, &self.root.url, s);
                     let mut latest = self.lock();
                     if s.version() > latest.version() {
-                        *latest = Arc::clone(s);
+                        *latest = s;
                     }
                 }
                 self.maybe_checkpoint(version);
@@ -444,6 +462,27 @@ impl DeltaTable {
     }
 }
 
+/// Writes the version checksum (`<version>.crc`) of a snapshot this process just committed:
+/// protocol, metadata, file counts and every application's `txn` version in one small JSON
+/// file, which the next open reads instead of the checkpoint (whose size grows with the
+/// table's files). It is computed in memory from the previous version's checksum and the
+/// commit. A failure loses nothing (the commits are the truth; readers then replay from the
+/// checkpoint): it is logged.
+fn with_checksum(
+    engine: &DefaultEngine<TokioMultiThreadExecutor>,
+    url: &Url,
+    snapshot: &SnapshotRef,
+) -> SnapshotRef {
+    match snapshot.write_checksum(engine) {
+        Ok((_, with_crc)) => with_crc,
+        Err(e) => {
+            tracing::warn!(table = %url, version = snapshot.version(), error = %e,
+                "Could not write the Delta version checksum (the table is unaffected; the next open replays the log from the checkpoint)");
+            Arc::clone(snapshot)
+        }
+    }
+}
+
 /// Delta's default `delta.logRetentionDuration`.
 pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -491,22 +530,31 @@ pub fn log_name(name: &str) -> Option<LogName> {
 /// What log retention deletes (the Delta protocol's rule, as Spark applies it): among the
 /// checkpoints older than the cutoff, the newest one is kept and everything of an older
 /// version goes (commits, checkpoints, checksums); nothing newer than that checkpoint, and
-/// nothing when no checkpoint is that old. `files` are (name, modified ms).
+/// nothing when no checkpoint is that old. Besides, a version checksum older than the newest
+/// checkpoint goes whatever its age: an open reads the newest checksum only, and a reader
+/// that finds none for an older version replays its commits as it would without checksums
+/// (one file per commit, not two, is what listing the log costs). `files` are (name,
+/// modified ms).
 pub fn expired_log_files(files: &[(String, i64)], cutoff_ms: i64) -> Vec<String> {
-    let keep_from = files
-        .iter()
-        .filter(|(_, modified)| *modified < cutoff_ms)
-        .filter_map(|(name, _)| match log_name(name) {
-            Some(LogName::Checkpoint(v)) => Some(v),
-            _ => None,
-        })
-        .max();
-    let Some(keep_from) = keep_from else {
-        return Vec::new();
+    let newest_checkpoint = |expired_only: bool| {
+        files
+            .iter()
+            .filter(|(_, modified)| !expired_only || *modified < cutoff_ms)
+            .filter_map(|(name, _)| match log_name(name) {
+                Some(LogName::Checkpoint(v)) => Some(v),
+                _ => None,
+            })
+            .max()
     };
+    let keep_from = newest_checkpoint(true);
+    let checksums_from = newest_checkpoint(false);
     files
         .iter()
-        .filter(|(name, _)| log_name(name).is_some_and(|n| n.version() < keep_from))
+        .filter(|(name, _)| match log_name(name) {
+            Some(LogName::Checksum(v)) => checksums_from.is_some_and(|c| v < c),
+            Some(n) => keep_from.is_some_and(|k| n.version() < k),
+            None => false,
+        })
         .map(|(name, _)| name.clone())
         .collect()
 }
@@ -738,31 +786,92 @@ mod tests {
             .all(|p| p.starts_with("window=") && p.contains("%3A")));
     }
 
+    /// Every commit leaves its version checksum, with every partition's `txn` version and the
+    /// table's file count (those older than the newest checkpoint are deleted with it); a
+    /// restart opens from the newest: with the checkpoint's Parquet made
+    /// unreadable, the table still opens and answers every partition's version, which it could
+    /// not if it read the checkpoint (whose size grows with the table's files).
+    #[test]
+    fn commits_write_version_checksums_and_an_open_reads_them_not_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = LocalStore::new(dir.path()).table_root().unwrap();
+        let config = DeltaConfig {
+            checkpoint_every: 4,
+            ..DeltaConfig::default()
+        };
+        let table = DeltaTable::open_or_create(root.clone(), &schema(), config.clone()).unwrap();
+        for g in 1..=3 {
+            for p in 0..2 {
+                table.publish("t", p, g, &[file(p, g)]).unwrap();
+            }
+        }
+        let log = dir.path().join(LOG_DIR);
+        let names: Vec<String> = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        // Every version's checksum was written; the checkpoint at 4 let those before it go.
+        for v in 0..=6u64 {
+            assert_eq!(
+                names.contains(&format!("{v:020}.crc")),
+                v >= 4,
+                "checksum of version {v}: {names:?}"
+            );
+        }
+        let crc: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(log.join(format!("{:020}.crc", 6))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(crc["numFiles"], 6, "{crc}");
+        let txns = crc["setTransactions"].as_array().expect("setTransactions");
+        assert_eq!(txns.len(), 2, "{crc}");
+        assert!(txns.iter().all(|t| t["version"] == 3), "{crc}");
+        let checkpoint = log.join(format!("{:020}.checkpoint.parquet", 4));
+        assert!(checkpoint.exists(), "{names:?}");
+        std::fs::write(&checkpoint, b"not parquet").unwrap();
+        let reopened = DeltaTable::open_or_create(root, &schema(), config).unwrap();
+        assert_eq!(reopened.version(), 6);
+        for p in 0..2 {
+            assert_eq!(reopened.app_version("t", p).unwrap(), Some(3));
+        }
+    }
+
     #[test]
     fn log_retention_keeps_the_newest_expired_checkpoint_and_everything_after_it() {
         let name = |v: u64, suffix: &str| format!("{v:020}{suffix}");
         let files = vec![
             (name(0, ".json"), 10),
             (name(1, ".json"), 20),
+            (name(1, ".crc"), 20),
             (name(2, ".json"), 30),
             (name(2, ".checkpoint.parquet"), 31),
             (name(3, ".json"), 40),
+            (name(3, ".crc"), 40),
             (name(4, ".json"), 50),
             (name(4, ".checkpoint.parquet"), 51),
             (name(4, ".crc"), 51),
             (name(5, ".json"), 60),
             ("_last_checkpoint".to_string(), 61),
         ];
-        // No checkpoint older than the cutoff: nothing goes.
-        assert!(expired_log_files(&files, 31).is_empty());
+        // No checkpoint older than the cutoff: only the checksums older than the newest
+        // checkpoint go.
+        assert_eq!(
+            expired_log_files(&files, 31),
+            vec![name(1, ".crc"), name(3, ".crc")]
+        );
         // Checkpoint 2 is past the retention: what is older than version 2 goes.
         assert_eq!(
             expired_log_files(&files, 45),
-            vec![name(0, ".json"), name(1, ".json")]
+            vec![
+                name(0, ".json"),
+                name(1, ".json"),
+                name(1, ".crc"),
+                name(3, ".crc")
+            ]
         );
         // Both are: checkpoint 4 is the one kept, with version 4 and 5.
         let expired = expired_log_files(&files, 1_000);
-        assert_eq!(expired.len(), 5, "{expired:?}");
+        assert_eq!(expired.len(), 7, "{expired:?}");
         assert!(expired.iter().all(|n| n < &name(4, "")), "{expired:?}");
     }
 

@@ -14,6 +14,7 @@
 
 pub mod delta;
 pub mod layout;
+pub mod local_listing;
 pub mod location;
 pub mod object;
 pub mod parquet;

@@ -255,7 +255,7 @@ impl Store for LocalStore {
             ))
         })?;
         Ok(TableRoot {
-            store: Arc::new(object_store::local::LocalFileSystem::new()),
+            store: Arc::new(super::local_listing::LocalListing::new()),
             url,
         })
     }
