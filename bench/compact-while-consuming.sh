@@ -5,11 +5,16 @@
 #
 # Usage: make up && bench/compact-while-consuming.sh     (needs target/release/app, .local/venv)
 #
-# A consumer runs continuously with 5 s windows; every 6 s the fixtures are produced again
-# (80 rows each, 2 partitions), 6 times; after the third, deltalake compacts the table and
+# The fixtures are produced (80 rows, 2 partitions) 6 times, 6 s apart; a consumer started after
+# the first runs continuously with 5 s windows; after the third, deltalake compacts the table and
 # vacuums it while the consumer goes on. Then the consumer is stopped (SIGTERM: it flushes) and
 # deltalake, polars and DuckDB read the table: every produced row once (partition, offset), and
 # the consumer's log has no error.
+#
+# Result on 2026-12-06 (deltalake 1.6.6): the compaction fails before it writes anything,
+# "File selection contains 4 missing files", on a running table and on a stopped copy alike: its
+# optimize does not find files whose add path encodes the window directory's colons (%3A),
+# which its reader and every other reader find. Vacuum works. See docs/consume.md.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -21,14 +26,16 @@ ROUNDS=6
 rm -rf "$WORK" && mkdir -p "$WORK"
 OUT=$WORK/output
 
-"$APP" consume --topic "$TOPIC" --output "$OUT" --window 5s --allowed-lateness 0s \
-  --checkpoint-interval 1s >"$WORK/consume.out" 2>"$WORK/consume.err" &
-CONSUMER=$!
-trap 'kill $CONSUMER 2>/dev/null || true' EXIT
-
+CONSUMER=
 for round in $(seq 1 $ROUNDS); do
   "$APP" produce --topic "$TOPIC" --partitions 2 --rejects "$WORK/rejects" fixtures/ \
     >"$WORK/produce-$round.out" 2>&1
+  if [[ -z $CONSUMER ]]; then # the topic exists now
+    "$APP" consume --topic "$TOPIC" --output "$OUT" --window 5s --allowed-lateness 0s \
+      --checkpoint-interval 1s >"$WORK/consume.out" 2>"$WORK/consume.err" &
+    CONSUMER=$!
+    trap 'kill $CONSUMER 2>/dev/null || true' EXIT
+  fi
   sleep 6
   if [[ $round -eq 3 ]]; then
     "$PY" - "$OUT" <<'EOF'
