@@ -730,6 +730,25 @@ mod tests {
 
     use std::collections::BTreeMap;
 
+    /// Opens (or creates) the table and publishes generations 1..=`generations` of partitions
+    /// 0 and 1, one file each.
+    fn publish_generations(root: &TableRoot, config: &DeltaConfig, generations: u64) {
+        let table = DeltaTable::open_or_create(root.clone(), &schema(), config.clone()).unwrap();
+        for g in 1..=generations {
+            for p in 0..2 {
+                table.publish("t", p, g, &[file(p, g)]).unwrap();
+            }
+        }
+    }
+
+    /// The names in `_delta_log/`.
+    fn log_names(log: &std::path::Path) -> Vec<String> {
+        std::fs::read_dir(log)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
     /// Writers that start together on a new output: one creates the table, every one opens it;
     /// then they publish concurrently on the real file system (each lost race for a version is
     /// rebuilt): every file lands once, every partition's version is its last generation.
@@ -799,17 +818,9 @@ mod tests {
             checkpoint_every: 4,
             ..DeltaConfig::default()
         };
-        let table = DeltaTable::open_or_create(root.clone(), &schema(), config.clone()).unwrap();
-        for g in 1..=3 {
-            for p in 0..2 {
-                table.publish("t", p, g, &[file(p, g)]).unwrap();
-            }
-        }
+        publish_generations(&root, &config, 3);
         let log = dir.path().join(LOG_DIR);
-        let names: Vec<String> = std::fs::read_dir(&log)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let names = log_names(&log);
         // Every version's checksum was written; the checkpoint at 4 let those before it go.
         for v in 0..=6u64 {
             assert_eq!(
@@ -886,17 +897,9 @@ mod tests {
             log_retention: Some(Duration::ZERO),
             ..DeltaConfig::default()
         };
-        let table = DeltaTable::open_or_create(root.clone(), &schema(), config.clone()).unwrap();
-        for g in 1..=7 {
-            for p in 0..2 {
-                table.publish("t", p, g, &[file(p, g)]).unwrap();
-            }
-        }
+        publish_generations(&root, &config, 7);
         let log = dir.path().join(LOG_DIR);
-        let names: Vec<String> = std::fs::read_dir(&log)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let names = log_names(&log);
         // 15 versions (0 and 14 publishes), checkpoints at 3, 6, 9, 12: only 12 on remain.
         assert!(
             !names.iter().any(|n| n.starts_with(&format!("{:020}", 11))),
